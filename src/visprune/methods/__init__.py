@@ -1,0 +1,27 @@
+"""Selection methods: pure torch, tensors in, indices out. Importing registers them."""
+
+# isort: off  (import order is registration order: the paper methods, then the baselines)
+from .base import Context, Method, resolve_budget
+from .divprune import DivPrune
+from .otprune import OTPrune
+from .rediprune import ReDiPrune, match_query_width, pool_text_query
+from .resprune import ResPrune
+from .trimtokenator import TrimTokenator
+from .simple import KeepAll, Random, Uniform
+# isort: on
+
+__all__ = [
+    "Context",
+    "DivPrune",
+    "KeepAll",
+    "Method",
+    "OTPrune",
+    "Random",
+    "ReDiPrune",
+    "ResPrune",
+    "TrimTokenator",
+    "Uniform",
+    "match_query_width",
+    "pool_text_query",
+    "resolve_budget",
+]

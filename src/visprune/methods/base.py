@@ -1,0 +1,267 @@
+"""The ``Method`` contract shared by every selection method.
+
+A method is a small dataclass of hyperparameters plus ``budget``. ``Method.select`` validates the
+input, resolves the budget, upcasts to float32, and hands a ``(b, n, d)`` batch to the method's
+vectorised ``_select``. Everything a method needs beyond the tokens (prompt text, a ready query)
+arrives in a :class:`Context`; methods never see a model.
+
+The exact contract (budget rules, ties, errors) is ``spec/METHODS.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, fields
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+Stage = Literal["vision", "llm", "layer"]
+Budget = int | float
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method may know besides the visual tokens.
+
+    Parameters
+    ----------
+    text : Tensor or list of Tensor, optional
+        Prompt-token embeddings ``(m, d_t)``: the LLM input embeddings of the prompt tokens after
+        the sample's last visual token, without padding (spec "Text"). For a batch ``(b, n, d)``,
+        either one ``(m, d_t)`` tensor shared by every item (video frames of one prompt) or a list
+        of ``b`` tensors. ``m`` may be 0 (an empty tail).
+    query : Tensor, optional
+        A ready text query ``(d_q,)`` (shared) or ``(b, d_q)``; used by methods that pool the text
+        into one vector (ReDiPrune) instead of ``text``.
+    """
+
+    text: Tensor | list[Tensor] | None = None
+    query: Tensor | None = None
+
+    def texts_for(self, batch: int) -> list[Tensor] | None:
+        """Return one text tensor per batch item, or ``None`` when no text was given."""
+        if self.text is None:
+            return None
+        if isinstance(self.text, Tensor):
+            return [self.text] * batch
+        texts = list(self.text)
+        if len(texts) != batch:
+            raise ValueError(
+                f"Context.text is a list of {len(texts)} tensors but the batch has {batch} items; "
+                "pass one (m, d) tensor per item, or a single tensor shared by all items."
+            )
+        return texts
+
+
+def resolve_budget(budget: object, n: int, method: str = "method") -> int:
+    """Turn a budget into a token count ``k`` for ``n`` candidates.
+
+    An ``int`` is a count; a ``float`` in (0, 1] is a fraction of ``n`` with
+    ``k = max(1, round(fraction * n))`` (Python rounding, half to even). ``k >= n`` keeps all.
+
+    Parameters
+    ----------
+    budget : int or float
+        The budget as given by the user.
+    n : int
+        Number of candidate tokens.
+    method : str
+        Name used in error messages.
+
+    Returns
+    -------
+    int
+        ``k`` in ``[1, n]``.
+
+    Raises
+    ------
+    ValueError
+        For ``None``, booleans, non-numbers, NaN, ``budget <= 0`` or a fraction above 1.
+    """
+    if budget is None:
+        raise ValueError(
+            f"{method}: no budget given; pass budget=<int count> or budget=<fraction in (0, 1]>."
+        )
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise ValueError(
+            f"{method}: budget must be an int (a token count) or a float in (0, 1] "
+            f"(a fraction of the tokens), got {budget!r} of type {type(budget).__name__}."
+        )
+    if isinstance(budget, numbers.Integral):
+        count = int(budget)
+        if count <= 0:
+            raise ValueError(f"{method}: budget must be positive, got {count}.")
+        return min(count, n)
+    fraction = float(budget)
+    if math.isnan(fraction):
+        raise ValueError(f"{method}: budget is NaN; pass a count or a fraction in (0, 1].")
+    if fraction <= 0:
+        raise ValueError(f"{method}: budget must be positive, got {fraction!r}.")
+    if fraction > 1:
+        raise ValueError(
+            f"{method}: a float budget is a fraction of the tokens and must be in (0, 1], got "
+            f"{fraction!r}; pass an int (budget={int(fraction)}) for a token count."
+        )
+    return min(n, max(1, round(fraction * n)))
+
+
+def check_param(
+    method: str, name: str, value: object, *, low: float | None = None, strict: bool = False
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number ``>= low`` (``> low``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(float(value))
+    if ok and low is not None:
+        ok = float(value) > low if strict else float(value) >= low
+    if not ok:
+        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
+        raise ValueError(f"{method}: {name} must be a finite number{bound}, got {value!r}.")
+
+
+def check_finite(tensor: Tensor, what: str, method: str) -> None:
+    """Raise ``ValueError`` naming ``method`` and the number of non-finite values in ``tensor``."""
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise ValueError(
+            f"{method}: {what} contain {bad} non-finite value(s) (NaN or inf); the model produced "
+            "invalid features (check its dtype: fp16 overflows) or the input is corrupt."
+        )
+
+
+@dataclass
+class Method:
+    """Base class of every selection method.
+
+    Subclasses are dataclasses that add their hyperparameters and implement :meth:`_select`.
+
+    Attributes
+    ----------
+    budget : int or float or None
+        Tokens to keep per image: a count, or a fraction in (0, 1] of the image's tokens.
+    name : str
+        Registry name (class attribute).
+    stage : {"vision", "llm", "layer"}
+        Where the method runs: before the projector, on the LLM input embeddings, or inside the LLM.
+    requires : frozenset of str
+        Context the method cannot run without (e.g. ``{"text"}``).
+    uses : frozenset of str
+        Context the method uses when given (a superset of ``requires``).
+    """
+
+    budget: Budget | None = None
+
+    name: ClassVar[str] = "method"
+    stage: ClassVar[Stage] = "llm"
+    requires: ClassVar[frozenset[str]] = frozenset()
+    uses: ClassVar[frozenset[str]] = frozenset()
+
+    def params(self) -> dict[str, object]:
+        """The hyperparameters, ``budget`` included, as a JSON-serialisable dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def num_keep(self, n: int, budget: Budget | None = None) -> int:
+        """Resolve ``budget`` (default: ``self.budget``) into a count for ``n`` candidates."""
+        return resolve_budget(self.budget if budget is None else budget, n, self.name)
+
+    def select(self, tokens: Tensor, k: int | None = None, ctx: Context | None = None) -> Tensor:
+        """Select which visual tokens to keep.
+
+        Parameters
+        ----------
+        tokens : Tensor
+            ``(n, d)`` tokens of one image, or ``(b, n, d)`` for ``b`` images/frames with the
+            same ``n``. Any float dtype; the selection runs in float32.
+        k : int, optional
+            Tokens to keep per item; default: resolved from ``self.budget``.
+        ctx : Context, optional
+            Prompt text or query for text-conditioned methods.
+
+        Returns
+        -------
+        Tensor
+            int64 indices ``(k,)`` or ``(b, k)``, unique and ascending per item, on the input's
+            device.
+        """
+        ctx = ctx or Context()
+        if not isinstance(tokens, Tensor):
+            raise ValueError(f"{self.name}: tokens must be a torch.Tensor, got {type(tokens)}.")
+        if tokens.dim() not in (2, 3):
+            raise ValueError(
+                f"{self.name}: tokens must have shape (n, d) or (b, n, d), got "
+                f"{tuple(tokens.shape)}."
+            )
+        if not tokens.is_floating_point():
+            raise ValueError(f"{self.name}: tokens must be floating point, got {tokens.dtype}.")
+        batch = tokens.unsqueeze(0) if tokens.dim() == 2 else tokens
+        b, n, d = batch.shape
+        if n == 0 or d == 0 or b == 0:
+            raise ValueError(f"{self.name}: tokens are empty (shape {tuple(tokens.shape)}).")
+        check_finite(batch, "tokens", self.name)
+        k = self.num_keep(n) if k is None else resolve_budget(k, n, self.name)
+        self._check_context(ctx, b)
+        if k >= n:
+            keep = torch.arange(n, device=tokens.device).expand(b, n).clone()
+        else:
+            keep = self._select(batch.float(), k, ctx)
+            keep = keep.sort(dim=-1).values
+        return keep[0] if tokens.dim() == 2 else keep
+
+    def _check_context(self, ctx: Context, batch: int) -> None:
+        if "text" in self.requires and ctx.text is None and ctx.query is None:
+            raise ValueError(
+                f"{self.name} is text-conditioned and needs the prompt: pass text=(m, d_t) "
+                "embeddings of the prompt tokens after the image (an empty (0, d_t) tensor means "
+                "'no text'), or a ready query=(d_q,)."
+            )
+        texts = ctx.texts_for(batch)
+        for text in texts or []:
+            if not isinstance(text, Tensor) or text.dim() != 2 or not text.is_floating_point():
+                raise ValueError(
+                    f"{self.name}: each text must be a float tensor of shape (m, d_t), got "
+                    f"{getattr(text, 'shape', type(text))}."
+                )
+            check_finite(text, "text embeddings", self.name)
+        if ctx.query is not None:
+            query = ctx.query
+            if not isinstance(query, Tensor) or query.dim() not in (1, 2):
+                raise ValueError(
+                    f"{self.name}: query must be a tensor (d_q,) or (b, d_q), got "
+                    f"{getattr(query, 'shape', type(query))}."
+                )
+            if query.dim() == 2 and query.shape[0] != batch:
+                raise ValueError(
+                    f"{self.name}: query has {query.shape[0]} rows but the batch has {batch} items."
+                )
+            check_finite(query, "query", self.name)
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        """Pick ``k < n`` tokens per item.
+
+        Parameters
+        ----------
+        tokens : Tensor
+            ``(b, n, d)`` float32, finite.
+        k : int
+            ``1 <= k < n``.
+        ctx : Context
+            Validated context.
+
+        Returns
+        -------
+        Tensor
+            ``(b, k)`` int64 distinct indices in any order (the caller sorts them).
+        """
+        raise NotImplementedError
+
+
+def batch_rows(matrix: Tensor, index: Tensor) -> Tensor:
+    """Return ``matrix[i, index[i], :]`` for every batch item: ``(b, n, m), (b,) -> (b, m)``."""
+    return matrix[torch.arange(matrix.shape[0], device=matrix.device), index]
+
+
+def unit_rows(x: Tensor) -> Tensor:
+    """Rows scaled to unit L2 norm; an all-zero row stays zero. ``(..., d) -> (..., d)``."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)

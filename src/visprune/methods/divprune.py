@@ -1,0 +1,94 @@
+"""DivPrune: max-min diversity on cosine distance.
+
+Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models",
+CVPR 2025, https://arxiv.org/abs/2503.02175
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..registry import METHODS
+from .base import Context, Method, batch_rows, unit_rows
+
+
+def cosine_distance(tokens: Tensor) -> Tensor:
+    """Pairwise cosine distance ``D = 1 - X̂ X̂ᵀ``: ``(b, n, d) -> (b, n, n)``."""
+    unit = unit_rows(tokens)
+    similarity = unit @ unit.mT
+    return similarity.neg_().add_(1.0)
+
+
+def max_min_greedy(distance: Tensor, first: Tensor, k: int, bonus: Tensor | None = None) -> Tensor:
+    """Greedy max-min selection, vectorised over the batch.
+
+    Each step picks ``argmax_j (min_{s in S} D[s, j] + bonus_j)`` over unselected tokens, keeping
+    the running minimum ``m <- min(m, D[s_t, :])`` (O(kn) instead of O(k²n)).
+
+    Parameters
+    ----------
+    distance : Tensor
+        ``(b, n, n)`` distances. Entries of tokens that may never be picked must be handled by the
+        caller through ``bonus = -inf``.
+    first : Tensor
+        ``(b,)`` int64 first pick per item.
+    k : int
+        Picks per item, ``k <= n``.
+    bonus : Tensor, optional
+        ``(b, n)`` additive score (ReDiPrune's ``alpha * rel``; ``-inf`` excludes a token).
+
+    Returns
+    -------
+    Tensor
+        ``(b, k)`` int64 picks in pick order.
+    """
+    b = distance.shape[0]
+    picks = torch.empty(b, k, dtype=torch.long, device=distance.device)
+    rows = torch.arange(b, device=distance.device)
+    pick = first
+    nearest = None
+    for step in range(k):
+        picks[:, step] = pick
+        if step == k - 1:
+            break
+        row = batch_rows(distance, pick)
+        nearest = row.clone() if nearest is None else torch.minimum(nearest, row, out=nearest)
+        nearest[rows, pick] = -torch.inf
+        score = nearest if bonus is None else nearest + bonus
+        pick = score.argmax(dim=-1)
+    return picks
+
+
+@METHODS.register("divprune")
+@dataclass
+class DivPrune(Method):
+    """Max-min diversity on cosine distance (DivPrune, CVPR 2025).
+
+    ``S_{t+1} = S_t ∪ {argmax_{j ∉ S_t} min_{s ∈ S_t} (1 - x̂_s · x̂_j)}``; the first pick is the
+    token farthest from its nearest neighbour.
+
+    Parameters
+    ----------
+    budget : int or float
+        Tokens to keep per image (count, or fraction in (0, 1]).
+
+    Notes
+    -----
+    Runs on the LLM input embeddings (after the projector). Unlike the published code, already
+    selected tokens are excluded from later picks, so images with exactly duplicated tokens still
+    keep ``k`` distinct tokens. Paper: https://arxiv.org/abs/2503.02175
+    """
+
+    name: ClassVar[str] = "divprune"
+    stage: ClassVar[str] = "llm"
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        distance = cosine_distance(tokens)
+        # Distance from each token to its nearest other token: the 2nd smallest of its column
+        # (the smallest is its own zero distance).
+        isolation = distance.kthvalue(2, dim=-2).values
+        return max_min_greedy(distance, isolation.argmax(dim=-1), k)

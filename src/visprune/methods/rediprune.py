@@ -1,0 +1,170 @@
+"""ReDiPrune: text relevance plus max-min diversity, before the projector.
+
+"ReDiPrune: Relevance-Diversity Pre-Projection Token Pruning", https://arxiv.org/abs/2603.24680
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..registry import METHODS
+from .base import Context, Method, check_param, unit_rows
+from .divprune import cosine_distance, max_min_greedy
+
+#: At most this many prompt tokens (the last ones) form the query, as published.
+MAX_QUERY_TOKENS = 128
+
+
+def pool_text_query(text: Tensor, max_tokens: int = MAX_QUERY_TOKENS) -> Tensor:
+    """Pool prompt-token embeddings into one query vector.
+
+    Self-attention over the unit-normalised rows, then a recency-weighted sum:
+    ``A = softmax(Ê Êᵀ)``, ``C = A E``, ``q = Σ_l w_l C_l`` with ``w_l ∝ exp(3 l / (L - 1))``.
+
+    Parameters
+    ----------
+    text : Tensor
+        ``(m, D)`` embeddings of the prompt tokens after the image; only the last ``max_tokens``
+        rows are used.
+    max_tokens : int
+        Cap on the rows used.
+
+    Returns
+    -------
+    Tensor
+        ``(D,)`` float32 query; zeros for an empty text, the row itself for a single token.
+    """
+    rows = text[-max_tokens:].float() if text.shape[0] else text.float()
+    length = rows.shape[0]
+    if length == 0:
+        return rows.new_zeros(rows.shape[1])
+    if length == 1:
+        return rows[0].clone()
+    unit = unit_rows(rows)
+    affinity = unit @ unit.T
+    attention = torch.softmax(affinity - affinity.amax(dim=-1, keepdim=True), dim=-1)
+    context = attention @ rows
+    steps = torch.arange(length, dtype=torch.float32, device=rows.device)
+    weights = torch.exp(3.0 * steps / (length - 1))
+    weights = weights / weights.sum()
+    return weights @ context
+
+
+def match_query_width(query: Tensor, width: int) -> Tensor:
+    """Bring a query of length ``D`` to the vision width ``Cv`` without parameters.
+
+    ``D > Cv`` and divisible: average contiguous groups of ``D / Cv``; ``D > Cv`` otherwise: 1-D
+    adaptive average pooling; ``D < Cv``: tile and truncate; equal: unchanged.
+
+    Parameters
+    ----------
+    query : Tensor
+        ``(..., D)`` queries.
+    width : int
+        Target width ``Cv``.
+
+    Returns
+    -------
+    Tensor
+        ``(..., Cv)``.
+    """
+    size = query.shape[-1]
+    if size == width:
+        return query
+    if size > width and size % width == 0:
+        return query.unflatten(-1, (width, size // width)).mean(-1)
+    if size > width:
+        lead = query.shape[:-1]
+        pooled = F.adaptive_avg_pool1d(query.reshape(-1, 1, size), width)
+        return pooled.reshape(*lead, width)
+    repeats = math.ceil(width / size)
+    return query.repeat(*([1] * (query.dim() - 1)), repeats)[..., :width]
+
+
+@METHODS.register("rediprune")
+@dataclass
+class ReDiPrune(Method):
+    """Relevance to the prompt plus max-min diversity, on pre-projector vision features.
+
+    First pick ``argmax rel``; then ``argmax_{i ∉ S} (min_{s ∈ S} (1 - v̂_s · v̂_i) + α rel_i)``
+    with ``rel_i = cos(v_i, q)`` and ``q`` the pooled prompt query (:func:`pool_text_query`).
+
+    Parameters
+    ----------
+    budget : int or float
+        Tokens to keep per image or video frame (count, or fraction in (0, 1]).
+    alpha : float
+        Weight of relevance against diversity (paper: 0.5). ``alpha = 0`` is pure diversity after
+        the relevance-based first pick (the published code switches pruning off instead).
+    tau : float
+        Relevance threshold; ``tau <= 0`` makes every token a candidate. Otherwise, when
+        ``k < n // 2``, the candidates are the top ``max(3k, k + 1)`` tokens by relevance, else
+        the tokens with ``rel >= tau`` (the top ``k`` if fewer pass).
+
+    Notes
+    -----
+    Stage "vision": runs on the vision features before the projector. Needs the prompt:
+    ``text`` (``(m, D)`` LLM embeddings of the tokens after the image; an empty tail gives a zero
+    query, hence zero relevance) or a ready ``query``. A query of another width is matched to the
+    vision width parameter-free (:func:`match_query_width`). Paper:
+    https://arxiv.org/abs/2603.24680
+    """
+
+    alpha: float = 0.5
+    tau: float = 0.0
+
+    name: ClassVar[str] = "rediprune"
+    stage: ClassVar[str] = "vision"
+    requires: ClassVar[frozenset[str]] = frozenset({"text"})
+    uses: ClassVar[frozenset[str]] = frozenset({"text", "query"})
+
+    def __post_init__(self) -> None:
+        check_param(self.name, "alpha", self.alpha, low=0.0)
+        check_param(self.name, "tau", self.tau)
+
+    def queries(self, ctx: Context, batch: int, width: int) -> Tensor:
+        """The per-item query matched to the vision width: ``(b, Cv)`` float32."""
+        if ctx.query is not None:
+            query = ctx.query.float().expand(batch, -1) if ctx.query.dim() == 1 else ctx.query
+            return match_query_width(query.float(), width)
+        texts = ctx.texts_for(batch)
+        assert texts is not None  # guaranteed by Method._check_context
+        pooled = [pool_text_query(text) for text in texts]
+        return match_query_width(torch.stack(pooled), width)
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        b, n, d = tokens.shape
+        query = self.queries(ctx, b, d).to(tokens.device)
+        relevance = (unit_rows(tokens) @ unit_rows(query).unsqueeze(-1)).squeeze(-1)
+        if self.tau > 0 and k < n // 2:
+            # A fixed-size shortlist: gather it (ascending, so ties still go to the lowest index)
+            # and run the greedy on the shortlist only.
+            shortlist = relevance.topk(min(n, max(3 * k, k + 1)), dim=-1).indices.sort(-1).values
+            sub_tokens = tokens.gather(1, shortlist.unsqueeze(-1).expand(-1, -1, d))
+            sub_relevance = relevance.gather(1, shortlist)
+            picks = self._greedy(sub_tokens, sub_relevance, None, k)
+            return shortlist.gather(1, picks)
+        candidates = None
+        if self.tau > 0:
+            candidates = relevance >= self.tau
+            short = candidates.sum(-1) < k
+            if bool(short.any()):
+                top = relevance.topk(k, dim=-1).indices
+                fallback = torch.zeros_like(candidates).scatter_(1, top, True)
+                candidates = torch.where(short.unsqueeze(-1), fallback, candidates)
+        return self._greedy(tokens, relevance, candidates, k)
+
+    def _greedy(self, tokens: Tensor, relevance: Tensor, candidates: Tensor | None, k: int):
+        bonus = self.alpha * relevance
+        if candidates is not None:
+            bonus = bonus.masked_fill(~candidates, -torch.inf)
+            first = relevance.masked_fill(~candidates, -torch.inf).argmax(dim=-1)
+        else:
+            first = relevance.argmax(dim=-1)
+        return max_min_greedy(cosine_distance(tokens), first, k, bonus)

@@ -1,0 +1,145 @@
+"""ResPrune: residual-energy subspace reconstruction with text modulation.
+
+"ResPrune: Text-Conditioned Subspace Reconstruction for Visual Token Pruning",
+https://arxiv.org/abs/2603.21105 (no published code; this follows spec/METHODS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..registry import METHODS
+from .base import Context, Method, batch_rows, check_param, unit_rows
+from .text import mean_text_direction
+
+#: The greedy stops when the best remaining score falls to this fraction of the largest
+#: ``g_i ‖x_i‖²``: the kept span already reconstructs every relevant token.
+EXHAUSTED = 1e-6
+
+
+class _FeatureResiduals:
+    """Residuals ``x_i - P_S x_i`` kept in feature space (Gram–Schmidt), O(nd) per pick.
+
+    Exact down to the last picks of a rank-deficient set, where a Gram-matrix form loses the
+    residual energies to cancellation; used when the picks can exhaust the feature dimension.
+    """
+
+    def __init__(self, tokens: Tensor, weights: Tensor, scores: Tensor, k: int) -> None:
+        self.residuals = tokens.clone()
+        self.weights = weights
+        self.scores = scores.clone()
+
+    def update(self, pick: Tensor, active: Tensor) -> None:
+        direction = batch_rows(self.residuals, pick)
+        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        direction = direction * active.unsqueeze(-1)
+        coefficients = self.residuals @ direction.unsqueeze(-1)
+        self.residuals.sub_(coefficients * direction.unsqueeze(1))
+        self.scores = self.weights * (self.residuals * self.residuals).sum(-1)
+
+
+class _GramResiduals:
+    """Pivoted partial Cholesky of ``G = diag(√g) X Xᵀ diag(√g)``: the same picks in O(n²d + k²n).
+
+    The Cholesky diagonal ``d²_i`` equals ``g_i ‖x_i - P_S x_i‖²``, the greedy score.
+    """
+
+    def __init__(self, tokens: Tensor, weights: Tensor, scores: Tensor, k: int) -> None:
+        b, n, _ = tokens.shape
+        self.gram = tokens @ tokens.mT
+        self.root = weights.sqrt()
+        self.scores = scores.clone()
+        self.chol = tokens.new_zeros(b, k, n)
+        self.step = 0
+
+    def update(self, pick: Tensor, active: Tensor) -> None:
+        b = pick.shape[0]
+        row = batch_rows(self.gram, pick) * self.root * batch_rows(self.root.unsqueeze(-1), pick)
+        if self.step:
+            done = self.chol[:, : self.step]
+            coeff = done.gather(2, pick.view(b, 1, 1).expand(b, self.step, 1))
+            row = row - (coeff.mT @ done).squeeze(1)
+        pivot = batch_rows(self.scores.unsqueeze(-1), pick).clamp_min(1e-30).sqrt()
+        e = torch.where(active.unsqueeze(-1), row / pivot, 0.0)
+        self.chol[:, self.step] = e
+        self.scores.sub_(e * e)
+        self.step += 1
+
+
+@METHODS.register("resprune")
+@dataclass
+class ResPrune(Method):
+    """Greedy subspace reconstruction of all tokens, weighted by relevance to the prompt.
+
+    ``j = argmax_{i ∉ S} g_i ‖x_i - P_S x_i‖²`` with ``g_i = r̃_i^α`` and ``r̃`` the min-max
+    rescaled cosine between ``x_i`` and the mean prompt direction.
+
+    Parameters
+    ----------
+    budget : int or float
+        Tokens to keep per image (count, or fraction in (0, 1]).
+    alpha : float
+        Exponent of the relevance modulation (0.5); ``alpha = 0`` disables the text term.
+
+    Notes
+    -----
+    Runs on the LLM input embeddings (after the projector). Text (LLM embeddings of the prompt
+    after the image, same width as the tokens) is optional: without it, or with an empty tail,
+    ``g = 1`` and the method is pure residual-energy reconstruction. When the span is exhausted
+    before ``k`` picks (best score <= 1e-6 of the largest ``g_i ‖x_i‖²``), the remaining slots
+    go to the largest ``g_i ‖x_i‖²``. Paper: https://arxiv.org/abs/2603.21105
+    """
+
+    alpha: float = 0.5
+
+    name: ClassVar[str] = "resprune"
+    stage: ClassVar[str] = "llm"
+    uses: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    def __post_init__(self) -> None:
+        check_param(self.name, "alpha", self.alpha, low=0.0)
+
+    def weights(self, tokens: Tensor, ctx: Context) -> Tensor:
+        """Relevance modulation ``g = r̃^α``: ``(b, n, d) -> (b, n)``, ones without text."""
+        b, n, d = tokens.shape
+        ones = tokens.new_ones(b, n)
+        text = mean_text_direction(ctx, b, d, self.name)
+        if text is None or self.alpha == 0:
+            return ones
+        direction, present = text
+        cosine = unit_rows(tokens) @ unit_rows(direction.to(tokens.device)).unsqueeze(-1)
+        cosine = cosine.squeeze(-1)
+        low = cosine.amin(dim=-1, keepdim=True)
+        span = cosine.amax(dim=-1, keepdim=True) - low
+        scaled = (cosine - low) / torch.where(span > 0, span, 1.0)
+        flat = (span <= 0) | ~present.to(tokens.device).unsqueeze(-1)
+        return torch.where(flat, ones, scaled).pow(self.alpha)
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        b, n, d = tokens.shape
+        weights = self.weights(tokens, ctx)
+        prior = weights * (tokens * tokens).sum(-1)
+        threshold = EXHAUSTED * prior.amax(dim=-1)
+        # Picks beyond half the width can drive residuals to zero, where only the feature-space
+        # form keeps them exact; below that the Gram form is faster (one GEMM, then O(k²n)).
+        state_type = _FeatureResiduals if 2 * k > d else _GramResiduals
+        state = state_type(tokens, weights, prior, k)
+        batch = torch.arange(b, device=tokens.device)
+        picks = torch.empty(b, k, dtype=torch.long, device=tokens.device)
+        taken = torch.zeros(b, n, dtype=torch.bool, device=tokens.device)
+        exhausted = torch.zeros(b, dtype=torch.bool, device=tokens.device)
+        for step in range(k):
+            scores = state.scores.masked_fill(taken, -torch.inf)
+            best = scores.argmax(dim=-1)
+            exhausted |= batch_rows(scores.unsqueeze(-1), best).squeeze(-1) <= threshold
+            fill = prior.masked_fill(taken, -torch.inf).argmax(dim=-1)
+            pick = torch.where(exhausted, fill, best)
+            picks[:, step] = pick
+            taken[batch, pick] = True
+            if step < k - 1 and not bool(exhausted.all()):
+                state.update(pick, ~exhausted)
+        return picks

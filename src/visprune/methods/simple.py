@@ -1,0 +1,89 @@
+"""Baselines: random, uniform (raster downsampling) and keepall (the identity)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..registry import METHODS
+from .base import Budget, Context, Method, resolve_budget
+
+
+@METHODS.register("random")
+@dataclass
+class Random(Method):
+    """Keep ``k`` tokens drawn uniformly without replacement.
+
+    Parameters
+    ----------
+    budget : int or float
+        Tokens to keep per image (count, or fraction in (0, 1]).
+    seed : int
+        Seed of the ``torch.Generator``; every image draws from a fresh generator with this seed,
+        so a result never depends on what else is in the batch.
+    """
+
+    seed: int = 0
+
+    name: ClassVar[str] = "random"
+    stage: ClassVar[str] = "llm"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"random: seed must be an int, got {self.seed!r}.")
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        b, n, _ = tokens.shape
+        generator = torch.Generator().manual_seed(self.seed)
+        drawn = torch.randperm(n, generator=generator)[:k]
+        return drawn.to(tokens.device).expand(b, k).clone()
+
+
+@METHODS.register("uniform")
+@dataclass
+class Uniform(Method):
+    """Keep ``k`` tokens evenly spaced in raster order: ``round(linspace(0, n - 1, k))``.
+
+    The downsampling baseline that benchmark studies found surprisingly strong.
+
+    Parameters
+    ----------
+    budget : int or float
+        Tokens to keep per image (count, or fraction in (0, 1]).
+    """
+
+    name: ClassVar[str] = "uniform"
+    stage: ClassVar[str] = "llm"
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        b, n, _ = tokens.shape
+        # Spacing (n - 1) / (k - 1) >= 1 for k < n, so rounding never merges two picks.
+        spots = torch.linspace(0, n - 1, k, dtype=torch.float64).round().long()
+        return spots.to(tokens.device).expand(b, k).clone()
+
+
+@METHODS.register("keepall")
+@dataclass
+class KeepAll(Method):
+    """Keep every token: the identity, for checking that pruning machinery changes nothing."""
+
+    name: ClassVar[str] = "keepall"
+    stage: ClassVar[str] = "llm"
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            raise ValueError(
+                f"keepall keeps every token and takes no budget, got budget={self.budget!r}."
+            )
+
+    def num_keep(self, n: int, budget: Budget | None = None) -> int:
+        if budget is not None:
+            resolve_budget(budget, n, self.name)
+            raise ValueError(f"keepall keeps every token and takes no budget, got {budget!r}.")
+        return n
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        raise ValueError(f"keepall keeps every token; it cannot keep {k} of {tokens.shape[1]}.")

@@ -1,0 +1,98 @@
+"""TrimTokenator: mutual-information alignment, then representative-and-diverse RepMax.
+
+"TrimTokenator: Towards Adaptive Visual Token Pruning for Large Multimodal Models",
+https://arxiv.org/abs/2509.00320 (no published code; this follows spec/METHODS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..registry import METHODS
+from .base import Context, Method, batch_rows, unit_rows
+from .divprune import cosine_distance
+from .text import mean_text_direction
+
+
+def aligned_tokens(unit: Tensor, direction: Tensor, present: Tensor, k: int) -> Tensor:
+    """The tokens aligned with the prompt: ``a_i >= mean(a)``, or the top ``k`` if fewer.
+
+    ``a_i = -(1/m) Σ_j ‖x̂_i - t̂_j‖² = 2 x̂_i · t̄ - 2`` (mutual information under a Gaussian
+    model reduces to this L2 alignment).
+
+    Parameters
+    ----------
+    unit : Tensor
+        ``(b, n, d)`` unit-normalised tokens.
+    direction : Tensor
+        ``(b, d)`` mean ``t̄`` of the unit-normalised prompt rows.
+    present : Tensor
+        ``(b,)`` bool; items without prompt text keep every token.
+    k : int
+        The budget: at least ``k`` tokens stay aligned.
+
+    Returns
+    -------
+    Tensor
+        ``(b, n)`` bool mask of the aligned set ``A``.
+    """
+    alignment = 2.0 * (unit @ direction.unsqueeze(-1)).squeeze(-1) - 2.0
+    aligned = alignment >= alignment.mean(dim=-1, keepdim=True)
+    top = alignment.topk(k, dim=-1).indices
+    top_k = torch.zeros_like(aligned).scatter_(1, top, True)
+    aligned = torch.where((aligned.sum(-1) < k).unsqueeze(-1), top_k, aligned)
+    return aligned | ~present.unsqueeze(-1)
+
+
+@METHODS.register("trimtokenator")
+@dataclass
+class TrimTokenator(Method):
+    """Drop tokens misaligned with the prompt, then keep a representative diverse subset.
+
+    RepMax on the aligned set ``A`` with ``δ(i, j) = 1 - x̂_i · x̂_j``: first pick
+    ``argmax_{i ∈ A} Σ_{j ∈ A} δ(i, j)``, then ``argmax_{i ∈ A \\ S} Σ_{s ∈ S} δ(i, s)``.
+
+    Parameters
+    ----------
+    budget : int or float
+        Tokens to keep per image (count, or fraction in (0, 1]).
+
+    Notes
+    -----
+    Runs on the LLM input embeddings (after the projector). Text (LLM embeddings of the prompt
+    after the image, same width as the tokens) is optional: without it, or with an empty tail,
+    every token is aligned and only RepMax runs. Paper: https://arxiv.org/abs/2509.00320
+    """
+
+    name: ClassVar[str] = "trimtokenator"
+    stage: ClassVar[str] = "llm"
+    uses: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        b, n, d = tokens.shape
+        batch = torch.arange(b, device=tokens.device)
+        text = mean_text_direction(ctx, b, d, self.name)
+        if text is None:
+            aligned = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
+        else:
+            direction, present = (t.to(tokens.device) for t in text)
+            aligned = aligned_tokens(unit_rows(tokens), direction, present, k)
+        distance = cosine_distance(tokens)
+        # Σ_{j ∈ A} δ(i, j): how representative token i is of the whole aligned set.
+        spread = (distance * aligned.unsqueeze(-2)).sum(-1)
+        picks = torch.empty(b, k, dtype=torch.long, device=tokens.device)
+        pick = spread.masked_fill(~aligned, -torch.inf).argmax(dim=-1)
+        total = torch.zeros(b, n, dtype=tokens.dtype, device=tokens.device)
+        excluded = ~aligned
+        for step in range(k):
+            picks[:, step] = pick
+            if step == k - 1:
+                break
+            excluded[batch, pick] = True
+            total += batch_rows(distance, pick)
+            pick = total.masked_fill(excluded, -torch.inf).argmax(dim=-1)
+        return picks
