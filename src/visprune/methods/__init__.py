@@ -1,6 +1,7 @@
 """Selection methods: pure torch, tensors in, indices out. Importing registers them."""
 
-# isort: off  (import order is registration order: the paper methods, then the baselines)
+# Import order is registration order: the paper methods, then the baselines.
+# isort: off
 from .base import Context, Method, resolve_budget
 from .divprune import DivPrune
 from .otprune import OTPrune
