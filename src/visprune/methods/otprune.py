@@ -26,7 +26,9 @@ def column_normalise(tokens: Tensor) -> Tensor:
 
     ``(b, n, d) -> (b, n, d)``: ``X̃[:, c] = X[:, c] / ‖X[:, c]‖``.
     """
-    norms = tokens.norm(dim=-2, keepdim=True)
+    # A sum of squares over the token axis is several times faster than ``norm(dim=-2)``, whose
+    # reduction runs across the memory layout.
+    norms = (tokens * tokens).sum(dim=-2, keepdim=True).sqrt_()
     return tokens / norms.clamp_min(torch.finfo(tokens.dtype).tiny)
 
 
@@ -94,12 +96,12 @@ def logdet_greedy(similarity: Tensor, gamma: float, k: int) -> Tensor:
         picks[:, step] = pick
         if step == k - 1:
             break
-        row = kernel.row(pick, gains)
+        row = kernel.row(pick, gains).unsqueeze(1)
         if step:
             done = chol[:, :step]
             coeff = done.gather(2, pick.view(b, 1, 1).expand(b, step, 1))
-            row = row - (coeff.mT @ done).squeeze(1)
-        e = row / batch_rows(gains.unsqueeze(-1), pick).sqrt()
+            row = torch.baddbmm(row, coeff.mT, done, alpha=-1.0)
+        e = row.squeeze(1).mul_(gains.gather(1, pick.unsqueeze(-1)).rsqrt_())
         chol[:, step] = e
         gains.sub_(e * e)
         gains[batch, pick] = -torch.inf

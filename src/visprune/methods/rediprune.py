@@ -141,14 +141,15 @@ class ReDiPrune(Method):
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         b, n, d = tokens.shape
         query = self.queries(ctx, b, d).to(tokens.device)
-        relevance = (unit_rows(tokens) @ unit_rows(query).unsqueeze(-1)).squeeze(-1)
+        unit = unit_rows(tokens)
+        relevance = (unit @ unit_rows(query).unsqueeze(-1)).squeeze(-1)
         if self.tau > 0 and k < n // 2:
             # A fixed-size shortlist: gather it (ascending, so ties still go to the lowest index)
             # and run the greedy on the shortlist only.
             shortlist = relevance.topk(min(n, max(3 * k, k + 1)), dim=-1).indices.sort(-1).values
-            sub_tokens = tokens.gather(1, shortlist.unsqueeze(-1).expand(-1, -1, d))
+            sub_unit = unit.gather(1, shortlist.unsqueeze(-1).expand(-1, -1, d))
             sub_relevance = relevance.gather(1, shortlist)
-            picks = self._greedy(sub_tokens, sub_relevance, None, k)
+            picks = self._greedy(sub_unit, sub_relevance, None, k)
             return shortlist.gather(1, picks)
         candidates = None
         if self.tau > 0:
@@ -158,13 +159,13 @@ class ReDiPrune(Method):
                 top = relevance.topk(k, dim=-1).indices
                 fallback = torch.zeros_like(candidates).scatter_(1, top, True)
                 candidates = torch.where(short.unsqueeze(-1), fallback, candidates)
-        return self._greedy(tokens, relevance, candidates, k)
+        return self._greedy(unit, relevance, candidates, k)
 
-    def _greedy(self, tokens: Tensor, relevance: Tensor, candidates: Tensor | None, k: int):
+    def _greedy(self, unit: Tensor, relevance: Tensor, candidates: Tensor | None, k: int):
         bonus = self.alpha * relevance
         if candidates is not None:
             bonus = bonus.masked_fill(~candidates, -torch.inf)
             first = relevance.masked_fill(~candidates, -torch.inf).argmax(dim=-1)
         else:
             first = relevance.argmax(dim=-1)
-        return max_min_greedy(cosine_distance(tokens), first, k, bonus)
+        return max_min_greedy(cosine_distance(unit, normalised=True), first, k, bonus)

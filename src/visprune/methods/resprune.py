@@ -32,6 +32,7 @@ class _FeatureResiduals:
         self.residuals = tokens.clone()
         self.weights = weights
         self.scores = scores.clone()
+        self.taken = torch.zeros_like(scores, dtype=torch.bool)
 
     def update(self, pick: Tensor, active: Tensor) -> None:
         direction = batch_rows(self.residuals, pick)
@@ -39,7 +40,9 @@ class _FeatureResiduals:
         direction = direction * active.unsqueeze(-1)
         coefficients = self.residuals @ direction.unsqueeze(-1)
         self.residuals.sub_(coefficients * direction.unsqueeze(1))
-        self.scores = self.weights * (self.residuals * self.residuals).sum(-1)
+        self.taken[torch.arange(pick.shape[0], device=pick.device), pick] = True
+        energy = (self.residuals * self.residuals).sum(-1)
+        self.scores = (self.weights * energy).masked_fill_(self.taken, -torch.inf)
 
 
 class _GramResiduals:
@@ -67,6 +70,7 @@ class _GramResiduals:
         e = torch.where(active.unsqueeze(-1), row / pivot, 0.0)
         self.chol[:, self.step] = e
         self.scores.sub_(e * e)
+        self.scores[torch.arange(b, device=pick.device), pick] = -torch.inf
         self.step += 1
 
 
@@ -130,16 +134,16 @@ class ResPrune(Method):
         state = state_type(tokens, weights, prior, k)
         batch = torch.arange(b, device=tokens.device)
         picks = torch.empty(b, k, dtype=torch.long, device=tokens.device)
-        taken = torch.zeros(b, n, dtype=torch.bool, device=tokens.device)
+        fill_order = prior.clone()  # -inf once taken: the fill order of what is left
         exhausted = torch.zeros(b, dtype=torch.bool, device=tokens.device)
         for step in range(k):
-            scores = state.scores.masked_fill(taken, -torch.inf)
-            best = scores.argmax(dim=-1)
-            exhausted |= batch_rows(scores.unsqueeze(-1), best).squeeze(-1) <= threshold
-            fill = prior.masked_fill(taken, -torch.inf).argmax(dim=-1)
-            pick = torch.where(exhausted, fill, best)
+            best = state.scores.argmax(dim=-1)
+            exhausted |= batch_rows(state.scores.unsqueeze(-1), best).squeeze(-1) <= threshold
+            pick = best
+            if bool(exhausted.any()):
+                pick = torch.where(exhausted, fill_order.argmax(dim=-1), best)
             picks[:, step] = pick
-            taken[batch, pick] = True
+            fill_order[batch, pick] = -torch.inf
             if step < k - 1 and not bool(exhausted.all()):
                 state.update(pick, ~exhausted)
         return picks

@@ -75,15 +75,16 @@ class TrimTokenator(Method):
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         b, n, d = tokens.shape
         batch = torch.arange(b, device=tokens.device)
+        unit = unit_rows(tokens)
         text = mean_text_direction(ctx, b, d, self.name)
         if text is None:
             aligned = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
         else:
             direction, present = (t.to(tokens.device) for t in text)
-            aligned = aligned_tokens(unit_rows(tokens), direction, present, k)
-        distance = cosine_distance(tokens)
+            aligned = aligned_tokens(unit, direction, present, k)
+        distance = cosine_distance(unit, normalised=True)
         # Σ_{j ∈ A} δ(i, j): how representative token i is of the whole aligned set.
-        spread = (distance * aligned.unsqueeze(-2)).sum(-1)
+        spread = (distance @ aligned.to(distance.dtype).unsqueeze(-1)).squeeze(-1)
         picks = torch.empty(b, k, dtype=torch.long, device=tokens.device)
         pick = spread.masked_fill(~aligned, -torch.inf).argmax(dim=-1)
         total = torch.zeros(b, n, dtype=tokens.dtype, device=tokens.device)

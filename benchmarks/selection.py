@@ -1,0 +1,156 @@
+"""Selection speed of every method, as a ratio to one ``X @ X.T`` on the same tokens.
+
+Each repeat times the Gram product and the method back to back in the same process, so machine
+noise hits both; the table reports medians and the ratio of medians. The video case also runs
+the per-frame Python loop that the published code uses and checks it selects the same tokens.
+
+Usage::
+
+    python benchmarks/selection.py [--repeats 7] [--out benchmarks/results/selection.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import visprune
+
+PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
+BASELINES = ["random", "uniform"]
+TEXT_TOKENS = 40
+
+
+@dataclass
+class Case:
+    """One benchmark shape: ``frames`` images of ``n`` tokens of width ``d``, keeping ``k``."""
+
+    label: str
+    frames: int
+    n: int
+    d: int
+    k: int
+
+
+CASES = [
+    Case("LLaVA-1.5 image", 1, 576, 4096, 64),
+    Case("LLaVA-NeXT image", 1, 2880, 4096, 320),
+    Case("video, 32 frames", 32, 144, 1024, 16),
+]
+
+
+def clock(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}; {torch.get_num_threads()} torch threads; Python {platform.python_version()}; "
+        f"torch {torch.__version__}; {platform.system()} {platform.release()}"
+    )
+
+
+def inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (case.frames, case.n, case.d) if case.frames > 1 else (case.n, case.d)
+    tokens = torch.randn(shape, generator=generator)
+    text = torch.randn(TEXT_TOKENS, case.d, generator=generator)
+    return tokens, text
+
+
+def measure(case: Case, method: str, repeats: int) -> dict:
+    tokens, text = inputs(case)
+    run = lambda: visprune.select(method, tokens, case.k, text=text)  # noqa: E731
+    gram = lambda: tokens @ tokens.mT  # noqa: E731
+    run(), gram()  # warm-up
+    method_times, gram_times = [], []
+    for _ in range(repeats):
+        gram_times.append(clock(gram))
+        method_times.append(clock(run))
+    row = {
+        "case": case.label,
+        "method": method,
+        "ms": 1e3 * statistics.median(method_times),
+        "spread": 1e3 * (max(method_times) - min(method_times)),
+        "gram_ms": 1e3 * statistics.median(gram_times),
+    }
+    row["ratio"] = row["ms"] / row["gram_ms"]
+    if case.frames > 1:
+        frames = list(tokens)
+        loop = lambda: [visprune.select(method, f, case.k, text=text) for f in frames]  # noqa: E731
+        loop_times = [clock(loop) for _ in range(max(3, repeats // 2))]
+        row["loop_ms"] = 1e3 * statistics.median(loop_times)
+        row["identical"] = torch.equal(torch.stack(loop()), run())
+    return row
+
+
+def render(rows: list[dict], command: str, repeats: int) -> str:
+    lines = [
+        "# Selection speed",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine()}",
+        "",
+        f"Medians of {repeats} repeats; the Gram time is one `X @ X.T` (a batched `X @ X.mT` for "
+        "video) on the same float32 tokens, timed alternately with the method in the same "
+        "process. Ratio = method median / Gram median. Spread = max - min of the method's "
+        "repeats. Video: `loop` runs the same method frame by frame in Python (the published "
+        "codes' way); `same` says whether both select identical tokens.",
+        "",
+        "| case | method | time (ms) | spread (ms) | Gram (ms) | ratio to Gram | "
+        "per-frame loop (ms) | same |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        loop = f"{row['loop_ms']:.1f}" if "loop_ms" in row else ""
+        same = ("yes" if row["identical"] else "NO") if "identical" in row else ""
+        lines.append(
+            f"| {row['case']} | {row['method']} | {row['ms']:.1f} | {row['spread']:.1f} | "
+            f"{row['gram_ms']:.1f} | {row['ratio']:.2f}x | {loop} | {same} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--methods", nargs="*", default=PAPER_METHODS + BASELINES)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/selection.md"))
+    args = parser.parse_args(argv)
+    rows = []
+    for case in CASES:
+        for method in args.methods:
+            row = measure(case, method, args.repeats)
+            print(
+                f"{row['case']:<20} {row['method']:<14} {row['ms']:9.1f} ms "
+                f"{row['ratio']:6.2f}x Gram"
+                + (f"  loop {row['loop_ms']:.1f} ms" if "loop_ms" in row else ""),
+                flush=True,
+            )
+            rows.append(row)
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(rows, command, args.repeats))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
