@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     for case in CASES:
         for method in args.methods:
             row = measure(case, method, args.repeats)
+            loop = f"  loop {row['loop_ms']:.1f} ms" if "loop_ms" in row else ""
             print(
                 f"{row['case']:<20} {row['method']:<14} {row['ms']:9.1f} ms "
-                f"{row['ratio']:6.2f}x Gram"
-                + (f"  loop {row['loop_ms']:.1f} ms" if "loop_ms" in row else ""),
+                f"{row['ratio']:6.2f}x Gram{loop}",
                 flush=True,
             )
             rows.append(row)

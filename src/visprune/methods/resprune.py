@@ -124,7 +124,7 @@ class ResPrune(Method):
         return torch.where(flat, ones, scaled).pow(self.alpha)
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        b, n, d = tokens.shape
+        b, _, d = tokens.shape
         weights = self.weights(tokens, ctx)
         prior = weights * (tokens * tokens).sum(-1)
         threshold = EXHAUSTED * prior.amax(dim=-1)
