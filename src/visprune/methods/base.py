@@ -41,7 +41,7 @@ class Context:
     text: Tensor | list[Tensor] | None = None
     query: Tensor | None = None
 
-    def texts_for(self, batch: int) -> list[Tensor] | None:
+    def texts_for(self, batch: int, method: str = "method") -> list[Tensor] | None:
         """Return one text tensor per batch item, or ``None`` when no text was given."""
         if self.text is None:
             return None
@@ -50,8 +50,8 @@ class Context:
         texts = list(self.text)
         if len(texts) != batch:
             raise ValueError(
-                f"Context.text is a list of {len(texts)} tensors but the batch has {batch} items; "
-                "pass one (m, d) tensor per item, or a single tensor shared by all items."
+                f"{method}: text is a list of {len(texts)} tensors but the batch has {batch} "
+                "items; pass one (m, d) tensor per item, or a single tensor shared by all items."
             )
         return texts
 
@@ -96,8 +96,9 @@ def resolve_budget(budget: object, n: int, method: str = "method") -> int:
             raise ValueError(f"{method}: budget must be positive, got {count}.")
         return min(count, n)
     fraction = float(budget)
-    if math.isnan(fraction):
-        raise ValueError(f"{method}: budget is NaN; pass a count or a fraction in (0, 1].")
+    if not math.isfinite(fraction):
+        shown = "NaN" if math.isnan(fraction) else repr(fraction)
+        raise ValueError(f"{method}: budget is {shown}; pass a count or a fraction in (0, 1].")
     if fraction <= 0:
         raise ValueError(f"{method}: budget must be positive, got {fraction!r}.")
     if fraction > 1:
@@ -161,6 +162,8 @@ class Method:
     stage: ClassVar[Stage] = "llm"
     requires: ClassVar[frozenset[str]] = frozenset()
     uses: ClassVar[frozenset[str]] = frozenset()
+    #: Whether text must be LLM input embeddings of the tokens' own width (compared in one space).
+    text_in_token_space: ClassVar[bool] = False
 
     def params(self) -> dict[str, object]:
         """The hyperparameters, ``budget`` included, as a JSON-serialisable dict."""
@@ -203,32 +206,40 @@ class Method:
         b, n, d = batch.shape
         if n == 0 or d == 0 or b == 0:
             raise ValueError(f"{self.name}: tokens are empty (shape {tuple(tokens.shape)}).")
+        # Checked after the upcast: float64 values beyond the float32 range become inf there.
+        batch = batch.float()
         check_finite(batch, "tokens", self.name)
         k = self.num_keep(n) if k is None else resolve_budget(k, n, self.name)
-        self._check_context(ctx, b)
+        self._check_context(ctx, b, d)
         if k >= n:
             keep = torch.arange(n, device=tokens.device).expand(b, n).clone()
         else:
-            keep = self._select(batch.float(), k, ctx)
+            keep = self._select(batch, k, ctx)
             keep = keep.sort(dim=-1).values
         return keep[0] if tokens.dim() == 2 else keep
 
-    def _check_context(self, ctx: Context, batch: int) -> None:
+    def _check_context(self, ctx: Context, batch: int, width: int) -> None:
         if "text" in self.requires and ctx.text is None and ctx.query is None:
             raise ValueError(
                 f"{self.name} is text-conditioned and needs the prompt: pass text=(m, d_t) "
                 "embeddings of the prompt tokens after the image (an empty (0, d_t) tensor means "
                 "'no text'), or a ready query=(d_q,)."
             )
-        texts = ctx.texts_for(batch)
+        # Context a method does not use is ignored, so one call can serve every method.
+        texts = ctx.texts_for(batch, self.name) if "text" in self.uses else None
         for text in texts or []:
             if not isinstance(text, Tensor) or text.dim() != 2 or not text.is_floating_point():
                 raise ValueError(
                     f"{self.name}: each text must be a float tensor of shape (m, d_t), got "
                     f"{getattr(text, 'shape', type(text))}."
                 )
-            check_finite(text, "text embeddings", self.name)
-        if ctx.query is not None:
+            if self.text_in_token_space and text.shape[-1] != width:
+                raise ValueError(
+                    f"{self.name}: text width {text.shape[-1]} differs from the token width "
+                    f"{width}; pass the LLM input embeddings of the prompt (the tokens' own space)."
+                )
+            check_finite(text.float(), "text embeddings", self.name)
+        if ctx.query is not None and "query" in self.uses:
             query = ctx.query
             if not isinstance(query, Tensor) or query.dim() not in (1, 2):
                 raise ValueError(
@@ -239,7 +250,7 @@ class Method:
                 raise ValueError(
                     f"{self.name}: query has {query.shape[0]} rows but the batch has {batch} items."
                 )
-            check_finite(query, "query", self.name)
+            check_finite(query.float(), "query", self.name)
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         """Pick ``k < n`` tokens per item.

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import METHODS
-from .base import Context, Method, check_param, unit_rows
+from .base import Context, Method, check_finite, check_param, unit_rows
 from .divprune import cosine_distance, max_min_greedy
 
 #: At most this many prompt tokens (the last ones) form the query, as published.
@@ -132,11 +132,14 @@ class ReDiPrune(Method):
         """The per-item query matched to the vision width: ``(b, Cv)`` float32."""
         if ctx.query is not None:
             query = ctx.query.float().expand(batch, -1) if ctx.query.dim() == 1 else ctx.query
-            return match_query_width(query.float(), width)
-        texts = ctx.texts_for(batch)
-        assert texts is not None  # guaranteed by Method._check_context
-        pooled = [pool_text_query(text) for text in texts]
-        return match_query_width(torch.stack(pooled), width)
+        else:
+            texts = ctx.texts_for(batch, self.name)
+            assert texts is not None  # guaranteed by Method._check_context
+            query = torch.stack([pool_text_query(text) for text in texts])
+        query = match_query_width(query.float(), width)
+        # Pooling and width matching can overflow float32 on extreme (finite) embeddings.
+        check_finite(query, "pooled text query", self.name)
+        return query
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         b, n, d = tokens.shape

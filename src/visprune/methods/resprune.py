@@ -103,6 +103,7 @@ class ResPrune(Method):
     name: ClassVar[str] = "resprune"
     stage: ClassVar[str] = "llm"
     uses: ClassVar[frozenset[str]] = frozenset({"text"})
+    text_in_token_space: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_param(self.name, "alpha", self.alpha, low=0.0)

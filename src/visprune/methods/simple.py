@@ -60,9 +60,22 @@ class Uniform(Method):
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         b, n, _ = tokens.shape
-        # Spacing (n - 1) / (k - 1) >= 1 for k < n, so rounding never merges two picks.
-        spots = torch.linspace(0, n - 1, k, dtype=torch.float64).round().long()
-        return spots.to(tokens.device).expand(b, k).clone()
+        return evenly_spaced(n, k).to(tokens.device).expand(b, k).clone()
+
+
+def evenly_spaced(n: int, k: int) -> Tensor:
+    """``round(linspace(0, n - 1, k))`` in exact integer arithmetic, halves to even.
+
+    Spacing ``(n - 1) / (k - 1) >= 1`` for ``k <= n``, so rounding never merges two picks.
+    Integers make exact halves (``n = 28, k = 27`` hits 13.5) round the same on every device.
+    """
+    if k == 1:
+        return torch.zeros(1, dtype=torch.long)
+    numerator = torch.arange(k, dtype=torch.long) * (n - 1)
+    floor, remainder = numerator // (k - 1), numerator % (k - 1)
+    twice = 2 * remainder
+    up = (twice > k - 1) | ((twice == k - 1) & (floor % 2 == 1))
+    return floor + up.long()
 
 
 @METHODS.register("keepall")

@@ -71,6 +71,7 @@ class TrimTokenator(Method):
     name: ClassVar[str] = "trimtokenator"
     stage: ClassVar[str] = "llm"
     uses: ClassVar[frozenset[str]] = frozenset({"text"})
+    text_in_token_space: ClassVar[bool] = True
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         b, n, d = tokens.shape

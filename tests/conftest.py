@@ -1,0 +1,135 @@
+"""Shared helpers for the method tests.
+
+Every test that should cover all selection methods parametrizes over :data:`METHOD_NAMES`, taken
+from ``visprune.list_methods()``, so a newly registered method enters the matrix automatically.
+The helpers below know the few per-method differences in how a method is called (``keepall`` takes
+no budget, ``rediprune`` needs text, ``resprune``/``trimtokenator`` take optional text of the
+tokens' width).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import pytest
+import torch
+from torch import Tensor
+
+import visprune
+from visprune.registry import METHODS
+
+#: Every registered method, in registration order.
+METHOD_NAMES: list[str] = visprune.list_methods()
+
+#: Methods that keep every token and take no budget.
+NO_BUDGET: frozenset[str] = frozenset({"keepall"})
+
+#: Methods whose picks depend only on positions, not on token values.
+INDEX_BASED: frozenset[str] = frozenset({"random", "uniform", "keepall"})
+
+#: Devices to run the device-sensitive tests on.
+DEVICES: list[str] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def method_class(name: str) -> type:
+    """The registered class of ``name``."""
+    return METHODS[name]
+
+
+def uses_text(name: str) -> bool:
+    """Whether ``name`` reads ``text`` when given one."""
+    return "text" in method_class(name).uses
+
+
+def needs_text(name: str) -> bool:
+    """Whether ``name`` cannot run without ``text`` (or a query)."""
+    return "text" in method_class(name).requires
+
+
+def text_width(name: str, d: int) -> int:
+    """The prompt-embedding width to feed ``name`` for tokens of width ``d``.
+
+    Methods that pool the prompt into one query (ReDiPrune) accept any width and match it to the
+    vision width, so they get ``3 d``; methods comparing tokens and text in one space get ``d``.
+    """
+    return 3 * d if "query" in method_class(name).uses else d
+
+
+def make_tokens(
+    shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Seeded standard-normal tokens of ``shape``, cast to ``dtype``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator).to(dtype)
+
+
+def make_text(name: str, d: int, rows: int = 5, seed: int = 1) -> Tensor:
+    """Seeded prompt embeddings ``(rows, text_width(name, d))`` for ``name``."""
+    return make_tokens((rows, text_width(name, d)), seed=seed)
+
+
+def text_kwargs(name: str, d: int, batch: int | None = None, *, shared: bool = True, seed: int = 1):
+    """``select`` keyword arguments carrying prompt text, when ``name`` uses text.
+
+    Parameters
+    ----------
+    name : str
+        Method name.
+    d : int
+        Token width.
+    batch : int, optional
+        Batch size of ``(b, n, d)`` tokens; ``None`` for ``(n, d)``.
+    shared : bool
+        For a batch: one tensor shared by all items (``True``) or a list of ``batch`` tensors.
+    seed : int
+        Seed of the first text.
+
+    Returns
+    -------
+    dict
+        ``{}`` for methods without text, else ``{"text": ...}``.
+    """
+    if not uses_text(name):
+        return {}
+    if batch is None or shared:
+        return {"text": make_text(name, d, seed=seed)}
+    return {"text": [make_text(name, d, rows=3 + i, seed=seed + i) for i in range(batch)]}
+
+
+def run(name: str, tokens: Tensor, budget: object = None, **kwargs) -> Tensor:
+    """``visprune.select`` with the budget left out for methods that take none."""
+    if name in NO_BUDGET:
+        return visprune.select(name, tokens, **kwargs)
+    return visprune.select(name, tokens, budget, **kwargs)
+
+
+def expected_k(name: str, budget: object, n: int) -> int:
+    """Tokens kept per item by the spec's budget rules."""
+    if name in NO_BUDGET:
+        return n
+    if isinstance(budget, numbers.Integral):
+        return min(n, int(budget))
+    return min(n, max(1, round(float(budget) * n)))
+
+
+def assert_valid(indices: Tensor, n: int, k: int, batch: int | None, device: torch.device) -> None:
+    """Check the output contract: int64, shape, unique, strictly ascending, in range, device."""
+    assert indices.dtype == torch.int64
+    assert indices.device == device
+    expected_shape = (k,) if batch is None else (batch, k)
+    assert tuple(indices.shape) == expected_shape
+    rows = indices.reshape(-1, k)
+    assert bool((rows >= 0).all()) and bool((rows < n).all())
+    if k > 1:
+        assert bool((rows.diff(dim=-1) > 0).all()), f"not strictly ascending: {rows.tolist()}"
+
+
+def assert_valid_indices(indices: Tensor, n: int, k: int) -> None:
+    """``assert_valid`` for a 1-D result on the CPU."""
+    assert_valid(indices, n, k, None, torch.device("cpu"))
+
+
+@pytest.fixture(params=METHOD_NAMES)
+def method_name(request: pytest.FixtureRequest) -> str:
+    """Each registered method name in turn."""
+    return request.param
