@@ -1,0 +1,38 @@
+"""The ``visprune`` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import visprune
+from visprune.cli import main
+
+
+def test_methods_lists_every_method_with_stage_and_parameters(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = [line.split()[0] for line in lines[1:]]
+    assert listed == visprune.list_methods()
+    rediprune = next(line for line in lines if line.startswith("rediprune"))
+    assert "vision" in rediprune and "required" in rediprune and "alpha=0.5" in rediprune
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "methods" in capsys.readouterr().err
+
+
+def test_version():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "visprune.cli", "methods"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "otprune" in result.stdout
