@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..registry import METHODS
-from .base import Context, Method, batch_rows, check_param
+from .base import Context, Method, check_param
 
 # Rows of K are computed lazily in blocks of this many tokens: the greedy only ever needs the rows
 # of the tokens it picks, and a block GEMM runs near peak speed where one row at a time (GEMV) is
@@ -42,6 +42,7 @@ class _KernelRows:
         self.rows = torch.empty_like(similarity)
         self.cached = torch.zeros(b, n, dtype=torch.bool, device=similarity.device)
         self.block = min(n, _ROW_BLOCK)
+        self.batch = torch.arange(b, device=similarity.device)
 
     def row(self, pick: Tensor, priority: Tensor) -> Tensor:
         """``K[i, pick[i], :]`` for every item ``i``: ``(b,) -> (b, n)``.
@@ -49,7 +50,7 @@ class _KernelRows:
         On a cache miss, computes the rows of the ``block`` uncached tokens with the highest
         ``priority`` (``(b, n)``, the current greedy gains), which are the likeliest next picks.
         """
-        batch = torch.arange(pick.shape[0], device=pick.device)
+        batch = self.batch
         if not bool(self.cached[batch, pick].all()):
             order = priority.masked_fill(self.cached, -torch.inf)
             order[batch, pick] = torch.inf
@@ -60,7 +61,7 @@ class _KernelRows:
             block.scatter_add_(2, wanted.unsqueeze(-1), torch.ones_like(block[..., :1]))
             self.rows.scatter_(1, wanted.unsqueeze(-1).expand(-1, -1, n), block)
             self.cached.scatter_(1, wanted, True)
-        return batch_rows(self.rows, pick)
+        return self.rows[batch, pick]
 
 
 def logdet_greedy(similarity: Tensor, gamma: float, k: int) -> Tensor:
@@ -87,25 +88,27 @@ def logdet_greedy(similarity: Tensor, gamma: float, k: int) -> Tensor:
     device = similarity.device
     batch = torch.arange(b, device=device)
     # diag(K)_i = 1 + γ ‖S_i‖²: no need to form K.
-    gains = (similarity * similarity).sum(-1).mul_(gamma).add_(1.0)
+    gains = torch.linalg.vector_norm(similarity, dim=-1).square_().mul_(gamma).add_(1.0)
     kernel = _KernelRows(similarity, gamma)
     chol = torch.zeros(b, k, n, dtype=similarity.dtype, device=device)
     picks = torch.empty(b, k, dtype=torch.long, device=device)
-    pick = gains.argmax(dim=-1)
+    gain, pick = gains.max(dim=-1)  # ties: the lowest index
     for step in range(k):
         picks[:, step] = pick
         if step == k - 1:
             break
         row = kernel.row(pick, gains).unsqueeze(1)
+        e = chol[:, step]
         if step:
             done = chol[:, :step]
             coeff = done.gather(2, pick.view(b, 1, 1).expand(b, step, 1))
-            row = torch.baddbmm(row, coeff.mT, done, alpha=-1.0)
-        e = row.squeeze(1).mul_(gains.gather(1, pick.unsqueeze(-1)).rsqrt_())
-        chol[:, step] = e
-        gains.sub_(e * e)
+            torch.baddbmm(row, coeff.mT, done, alpha=-1.0, out=chol[:, step : step + 1])
+        else:
+            e.copy_(row.squeeze(1))
+        e.mul_(gain.rsqrt().unsqueeze(-1))
+        gains.addcmul_(e, e, value=-1.0)
         gains[batch, pick] = -torch.inf
-        pick = gains.argmax(dim=-1)
+        gain, pick = gains.max(dim=-1)
     return picks
 
 

@@ -33,14 +33,16 @@ class _FeatureResiduals:
         self.weights = weights
         self.scores = scores.clone()
         self.taken = torch.zeros_like(scores, dtype=torch.bool)
+        self.batch = torch.arange(tokens.shape[0], device=tokens.device)
 
-    def update(self, pick: Tensor, active: Tensor) -> None:
+    def update(self, pick: Tensor, pivot: Tensor, active: Tensor | None) -> None:
         direction = batch_rows(self.residuals, pick)
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        direction = direction * active.unsqueeze(-1)
+        if active is not None:
+            direction = direction * active.unsqueeze(-1)
         coefficients = self.residuals @ direction.unsqueeze(-1)
         self.residuals.sub_(coefficients * direction.unsqueeze(1))
-        self.taken[torch.arange(pick.shape[0], device=pick.device), pick] = True
+        self.taken[self.batch, pick] = True
         energy = (self.residuals * self.residuals).sum(-1)
         self.scores = (self.weights * energy).masked_fill_(self.taken, -torch.inf)
 
@@ -53,24 +55,29 @@ class _GramResiduals:
 
     def __init__(self, tokens: Tensor, weights: Tensor, scores: Tensor, k: int) -> None:
         b, n, _ = tokens.shape
-        self.gram = tokens @ tokens.mT
-        self.root = weights.sqrt()
+        root = weights.sqrt()
+        self.gram = (tokens @ tokens.mT).mul_(root.unsqueeze(-1)).mul_(root.unsqueeze(-2))
         self.scores = scores.clone()
         self.chol = tokens.new_zeros(b, k, n)
+        self.batch = torch.arange(b, device=tokens.device)
         self.step = 0
 
-    def update(self, pick: Tensor, active: Tensor) -> None:
-        b = pick.shape[0]
-        row = batch_rows(self.gram, pick) * self.root * batch_rows(self.root.unsqueeze(-1), pick)
-        if self.step:
-            done = self.chol[:, : self.step]
-            coeff = done.gather(2, pick.view(b, 1, 1).expand(b, self.step, 1))
-            row = row - (coeff.mT @ done).squeeze(1)
-        pivot = batch_rows(self.scores.unsqueeze(-1), pick).clamp_min(1e-30).sqrt()
-        e = torch.where(active.unsqueeze(-1), row / pivot, 0.0)
-        self.chol[:, self.step] = e
-        self.scores.sub_(e * e)
-        self.scores[torch.arange(b, device=pick.device), pick] = -torch.inf
+    def update(self, pick: Tensor, pivot: Tensor, active: Tensor | None) -> None:
+        b, step = pick.shape[0], self.step
+        row = batch_rows(self.gram, pick).unsqueeze(1)
+        e = self.chol[:, step]
+        if step:
+            done = self.chol[:, :step]
+            coeff = done.gather(2, pick.view(b, 1, 1).expand(b, step, 1))
+            torch.baddbmm(row, coeff.mT, done, alpha=-1.0, out=self.chol[:, step : step + 1])
+        else:
+            e.copy_(row.squeeze(1))
+        scale = pivot.clamp_min(1e-30).rsqrt()
+        if active is not None:
+            scale = scale * active
+        e.mul_(scale.unsqueeze(-1))
+        self.scores.addcmul_(e, e, value=-1.0)
+        self.scores[self.batch, pick] = -torch.inf
         self.step += 1
 
 
@@ -116,8 +123,10 @@ class ResPrune(Method):
         if text is None or self.alpha == 0:
             return ones
         direction, present = text
-        cosine = unit_rows(tokens) @ unit_rows(direction.to(tokens.device)).unsqueeze(-1)
-        cosine = cosine.squeeze(-1)
+        # cos(x_i, t̄) = (x_i · t̂) / ‖x_i‖, without materialising the normalised tokens.
+        unit_direction = unit_rows(direction.to(tokens.device)).unsqueeze(-1)
+        norms = tokens.norm(dim=-1).clamp_min(torch.finfo(tokens.dtype).tiny)
+        cosine = (tokens @ unit_direction).squeeze(-1) / norms
         low = cosine.amin(dim=-1, keepdim=True)
         span = cosine.amax(dim=-1, keepdim=True) - low
         scaled = (cosine - low) / torch.where(span > 0, span, 1.0)
@@ -138,13 +147,13 @@ class ResPrune(Method):
         fill_order = prior.clone()  # -inf once taken: the fill order of what is left
         exhausted = torch.zeros(b, dtype=torch.bool, device=tokens.device)
         for step in range(k):
-            best = state.scores.argmax(dim=-1)
-            exhausted |= batch_rows(state.scores.unsqueeze(-1), best).squeeze(-1) <= threshold
-            pick = best
-            if bool(exhausted.any()):
-                pick = torch.where(exhausted, fill_order.argmax(dim=-1), best)
+            best_score, pick = state.scores.max(dim=-1)  # ties: the lowest index
+            exhausted |= best_score <= threshold
+            stopped = int(exhausted.sum())
+            if stopped:
+                pick = torch.where(exhausted, fill_order.argmax(dim=-1), pick)
             picks[:, step] = pick
             fill_order[batch, pick] = -torch.inf
-            if step < k - 1 and not bool(exhausted.all()):
-                state.update(pick, ~exhausted)
+            if step < k - 1 and stopped < b:
+                state.update(pick, best_score, ~exhausted if stopped else None)
         return picks
