@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..registry import METHODS
-from .base import Context, Method, batch_rows, check_param, unit_rows
+from .base import Context, Method, check_param, unit_rows
 from .text import mean_text_direction
 
 #: The greedy stops when the best remaining score falls to this fraction of the largest
@@ -36,7 +36,7 @@ class _FeatureResiduals:
         self.batch = torch.arange(tokens.shape[0], device=tokens.device)
 
     def update(self, pick: Tensor, pivot: Tensor, active: Tensor | None) -> None:
-        direction = batch_rows(self.residuals, pick)
+        direction = self.residuals[self.batch, pick]
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         if active is not None:
             direction = direction * active.unsqueeze(-1)
@@ -64,7 +64,7 @@ class _GramResiduals:
 
     def update(self, pick: Tensor, pivot: Tensor, active: Tensor | None) -> None:
         b, step = pick.shape[0], self.step
-        row = batch_rows(self.gram, pick).unsqueeze(1)
+        row = self.gram[self.batch, pick].unsqueeze(1)
         e = self.chol[:, step]
         if step:
             done = self.chol[:, :step]
@@ -136,7 +136,7 @@ class ResPrune(Method):
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         b, _, d = tokens.shape
         weights = self.weights(tokens, ctx)
-        prior = weights * (tokens * tokens).sum(-1)
+        prior = weights * torch.linalg.vector_norm(tokens, dim=-1).square_()
         threshold = EXHAUSTED * prior.amax(dim=-1)
         # Picks beyond half the width can drive residuals to zero, where only the feature-space
         # form keeps them exact; below that the Gram form is faster (one GEMM, then O(k²n)).
