@@ -5,7 +5,7 @@
 ['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator', 'random', 'uniform', 'keepall']
 """
 
-from .api import get_method, list_methods, select
+from .api import Handle, apply, get_method, list_methods, select
 from .methods import (
     Context,
     DivPrune,
@@ -27,6 +27,7 @@ __all__ = [
     "METHODS",
     "Context",
     "DivPrune",
+    "Handle",
     "KeepAll",
     "Method",
     "OTPrune",
@@ -36,6 +37,7 @@ __all__ = [
     "TrimTokenator",
     "Uniform",
     "__version__",
+    "apply",
     "get_method",
     "list_methods",
     "select",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -105,3 +106,123 @@ def select(
     if text is not None and not isinstance(text, Tensor):
         text = list(text)
     return chosen.select(tokens, None, Context(text=text, query=query))
+
+
+class Handle:
+    """A method applied to one model instance; undo with :meth:`remove` or a ``with`` block.
+
+    Attributes
+    ----------
+    model : the patched model
+    method : Method
+        The method that runs (a dataclass; ``method.params()`` gives its settings).
+    """
+
+    def __init__(self, model: Any, method: Method, adapter: Any) -> None:
+        self.model = model
+        self.method = method
+        self._adapter = adapter
+
+    @property
+    def active(self) -> bool:
+        """Whether the method still runs on the model."""
+        return self._adapter is not None
+
+    @property
+    def positions(self) -> str:
+        """The position mode in use: "compact" (renumbered) or "original"."""
+        return self._adapter.positions if self._adapter is not None else ""
+
+    @property
+    def selections(self) -> list:
+        """One :class:`~visprune.adapters.Selection` per image (per frame for video) of the
+        last call, in batch order: ``sample, image, frame, kept, n, grid, positions``."""
+        return list(self._adapter.selections) if self._adapter is not None else []
+
+    def remove(self) -> None:
+        """Restore the model's original behaviour exactly. Calling it again does nothing."""
+        if self._adapter is None:
+            return
+        self._adapter.remove()
+        self._adapter = None
+        if self.model.__dict__.get(_HANDLE_ATTRIBUTE) is self:
+            del self.model.__dict__[_HANDLE_ATTRIBUTE]
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"Handle({self.method!r}, {state})"
+
+
+_HANDLE_ATTRIBUTE = "_visprune_handle"
+
+
+def apply(
+    model: Any,
+    method: str | Method,
+    budget: int | float | None = None,
+    *,
+    positions: str | None = None,
+    newlines: str = "candidates",
+    **params: object,
+) -> Handle:
+    """Prune the visual tokens of a Hugging Face multimodal model, in place and reversibly.
+
+    After this call, the unchanged ``model.generate(**inputs)`` and ``model(**inputs)`` run on
+    the shortened sequence: the method picks ``budget`` tokens per image (per frame for video)
+    and the others never reach the language model or its KV cache.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+        A ``...ForConditionalGeneration`` whose ``config.model_type`` is ``llava``,
+        ``llava_next``, ``llava_onevision``, ``qwen2_vl`` or ``qwen2_5_vl``.
+    method : str or Method
+        A registered name or a ``Method`` instance.
+    budget : int or float, optional
+        Tokens to keep per image/frame: a count or a fraction of that image's tokens.
+    positions : {"compact", "original"}, optional
+        Renumber the kept tokens ("compact", the LLaVA default, as the published code does) or
+        keep their original positions ("original", the only mode for Qwen-VL's M-RoPE).
+    newlines : {"candidates", "keep"}
+        LLaVA-NeXT / OneVision: whether newline tokens compete for the budget (as published) or
+        are always kept.
+    **params
+        Hyperparameters of the method (``gamma``, ``alpha``, ``tau``, ``seed`` ...).
+
+    Returns
+    -------
+    Handle
+        ``handle.remove()`` restores the model; ``handle.selections`` records what was kept.
+        Applying again to the same model replaces the previous method.
+    """
+    from . import adapters  # noqa: F401  (registers the adapters; imported only when needed)
+    from .registry import ADAPTERS
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"visprune does not support model_type {model_type!r}; supported: "
+            f"{', '.join(ADAPTERS.names())}."
+        )
+    if not hasattr(getattr(model, "model", None), "language_model"):
+        raise ValueError(
+            f"pass the full {type(model).__name__} with its language-model head (e.g. "
+            "LlavaForConditionalGeneration), not a sub-module."
+        )
+    if budget is not None:
+        params["budget"] = budget
+    chosen = get_method(method, **params)
+    chosen.num_keep(1)  # validate the budget now, not at the first call
+    previous = model.__dict__.get(_HANDLE_ATTRIBUTE)
+    if previous is not None:
+        previous.remove()
+    adapter = ADAPTERS[model_type](model, chosen, positions=positions, newlines=newlines)
+    handle = Handle(model, chosen, adapter)
+    model.__dict__[_HANDLE_ATTRIBUTE] = handle
+    return handle
