@@ -122,6 +122,7 @@ class Handle:
         self.model = model
         self.method = method
         self._adapter = adapter
+        self._final_selections: list = []
 
     @property
     def active(self) -> bool:
@@ -136,13 +137,17 @@ class Handle:
     @property
     def selections(self) -> list:
         """One :class:`~visprune.adapters.Selection` per image (per frame for video) of the
-        last call, in batch order: ``sample, image, frame, kept, n, grid, positions``."""
-        return list(self._adapter.selections) if self._adapter is not None else []
+        last call, in batch order: ``sample, image, frame, kept, n, grid, positions``. They stay
+        readable after :meth:`remove`."""
+        if self._adapter is None:
+            return list(self._final_selections)
+        return list(self._adapter.selections)
 
     def remove(self) -> None:
         """Restore the model's original behaviour exactly. Calling it again does nothing."""
         if self._adapter is None:
             return
+        self._final_selections = list(self._adapter.selections)
         self._adapter.remove()
         self._adapter = None
         if self.model.__dict__.get(_HANDLE_ATTRIBUTE) is self:
