@@ -148,6 +148,7 @@ class Adapter:
         self._wrapped: list[str] = []
         self._loss_overridden = False
         self._positions_supplied = False
+        self._encoded = False
         self._captured_vision: list[Tensor] = []
         self._attach()
 
@@ -231,6 +232,7 @@ class Adapter:
                     hook.remove()
             self._captured_vision = captured
             self._layouts[kind] = self.describe(kind, output, args, kwargs)
+            self._encoded = True
             return output
 
         return recorded
@@ -268,7 +270,14 @@ class Adapter:
         if past == 0:
             self._state = None
             input_ids = self._input_ids
+            encoded, self._encoded = self._encoded, False
             if input_ids is None or input_ids.shape != embeds.shape[:2]:
+                if encoded:
+                    raise ValueError(
+                        "visprune locates image tokens through input_ids; this call encoded "
+                        "images but passed inputs_embeds instead. Pass input_ids (the processor "
+                        "output) together with the pixel values."
+                    )
                 return args, kwargs
             visual = {kind: input_ids == token for kind, token in self.token_ids().items()}
             if not any(bool(mask.any()) for mask in visual.values()):
