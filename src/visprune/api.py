@@ -224,10 +224,12 @@ def apply(
         params["budget"] = budget
     chosen = get_method(method, **params)
     chosen.num_keep(1)  # validate the budget now, not at the first call
+    adapter_type = ADAPTERS[model_type]
+    adapter_type.check_options(model_type, positions, newlines)  # fail before touching the model
     previous = model.__dict__.get(_HANDLE_ATTRIBUTE)
     if previous is not None:
         previous.remove()
-    adapter = ADAPTERS[model_type](model, chosen, positions=positions, newlines=newlines)
+    adapter = adapter_type(model, chosen, positions=positions, newlines=newlines)
     handle = Handle(model, chosen, adapter)
     model.__dict__[_HANDLE_ATTRIBUTE] = handle
     return handle

@@ -125,15 +125,7 @@ class Adapter:
         positions: str | None = None,
         newlines: str = "candidates",
     ) -> None:
-        if positions is None:
-            positions = self.position_modes[0]
-        if positions not in self.position_modes:
-            raise ValueError(
-                f"positions={positions!r} is not available for {model.config.model_type}; "
-                f"choose one of {', '.join(self.position_modes)}."
-            )
-        if newlines not in ("candidates", "keep"):
-            raise ValueError(f"newlines must be 'candidates' or 'keep', got {newlines!r}.")
+        positions = self.check_options(model.config.model_type, positions, newlines)
         self.model = model
         self.method = method
         self.positions = positions
@@ -149,8 +141,23 @@ class Adapter:
         self._loss_overridden = False
         self._positions_supplied = False
         self._encoded = False
+        self._prompt_cache: tuple[Tensor, list[Tensor]] | None = None
         self._captured_vision: list[Tensor] = []
         self._attach()
+
+    @classmethod
+    def check_options(cls, model_type: str, positions: str | None, newlines: str) -> str:
+        """Validate the adapter options; return the position mode (the family default if None)."""
+        if positions is None:
+            positions = cls.position_modes[0]
+        if positions not in cls.position_modes:
+            raise ValueError(
+                f"positions={positions!r} is not available for {model_type}; "
+                f"choose one of {', '.join(cls.position_modes)}."
+            )
+        if newlines not in ("candidates", "keep"):
+            raise ValueError(f"newlines must be 'candidates' or 'keep', got {newlines!r}.")
+        return positions
 
     # ----------------------------------------------------------------------------- family API
     def token_ids(self) -> dict[str, int]:
@@ -269,6 +276,7 @@ class Adapter:
         past = _cache_length(kwargs.get("past_key_values"))
         if past == 0:
             self._state = None
+            self.selections = []
             input_ids = self._input_ids
             encoded, self._encoded = self._encoded, False
             if input_ids is None or input_ids.shape != embeds.shape[:2]:
@@ -282,12 +290,14 @@ class Adapter:
             visual = {kind: input_ids == token for kind, token in self.token_ids().items()}
             if not any(bool(mask.any()) for mask in visual.values()):
                 return args, kwargs  # a prompt without images runs unpruned
-            self._prefill(kwargs, embeds, input_ids, visual)
+            self._prefill(kwargs, embeds, input_ids, visual, continues=not encoded)
         elif self._state is not None:
             self._decode(kwargs, embeds, past)
         return args, kwargs
 
-    def _prefill(self, kwargs: dict, embeds: Tensor, input_ids: Tensor, visual: dict) -> None:
+    def _prefill(
+        self, kwargs: dict, embeds: Tensor, input_ids: Tensor, visual: dict, continues: bool
+    ) -> None:
         batch, length, _ = embeds.shape
         mask = kwargs.get("attention_mask")
         if mask is not None and not (isinstance(mask, Tensor) and mask.dim() == 2):
@@ -296,7 +306,10 @@ class Adapter:
                 "caches, cache_implementation='static') are not supported."
             )
         items = self._items(input_ids, visual)
-        self._run_method(items, embeds, input_ids, mask, visual)
+        texts = None
+        if self.method.uses:
+            texts = self._texts_for_prefill(input_ids, embeds, mask, visual, continues)
+        self._run_method(items, embeds, texts)
         keep = torch.ones(batch, length, dtype=torch.bool, device=embeds.device)
         for item in items:
             keep[item.sample, item.positions] = False
@@ -324,6 +337,8 @@ class Adapter:
         for kind, is_visual in visual.items():
             layouts = self._layouts.get(kind, [])
             expected = int(is_visual.sum())
+            if expected == 0:
+                continue  # layouts of this kind belong to an earlier call
             if sum(layout.count for layout in layouts) != expected:
                 raise ValueError(
                     f"the prompt has {expected} {kind} placeholder tokens but the {kind} encoder "
@@ -364,6 +379,10 @@ class Adapter:
                         )
                     start += layout.count
                     image += 1
+        # Batch order: by sample, then by place in the prompt (images and videos interleaved).
+        items.sort(
+            key=lambda item: (item.sample, int(item.positions[0]) if len(item.positions) else -1)
+        )
         return items
 
     def _vision_per_layout(self, kind: str, layouts: list[Layout]) -> list[Tensor | None]:
@@ -377,15 +396,23 @@ class Adapter:
             )
         return features
 
-    def _run_method(
-        self,
-        items: list[_Item],
-        embeds: Tensor,
-        input_ids: Tensor,
-        mask: Tensor | None,
-        visual: dict,
-    ) -> None:
-        texts = self._prompt_texts(embeds, mask, visual) if self.method.uses else None
+    def _texts_for_prefill(
+        self, input_ids: Tensor, embeds: Tensor, mask: Tensor | None, visual: dict, continues: bool
+    ) -> list[Tensor]:
+        """The prompt texts; a re-run prefill (``generate(use_cache=False)`` re-sends the prompt
+        plus the tokens generated so far, without encoding again) keeps the first prompt's text,
+        so generated tokens never change what the method selects."""
+        previous = self._prompt_cache
+        if continues and previous is not None:
+            ids, texts = previous
+            width = ids.shape[1]
+            if input_ids.shape[1] > width and torch.equal(input_ids[:, :width], ids):
+                return texts
+        texts = self._prompt_texts(embeds, mask, visual)
+        self._prompt_cache = (input_ids, texts)
+        return texts
+
+    def _run_method(self, items: list[_Item], embeds: Tensor, texts: list[Tensor] | None) -> None:
         groups: dict[tuple, list[_Item]] = {}
         for item in items:
             tokens = item.vision if item.vision is not None else embeds[item.sample, item.positions]

@@ -1,0 +1,421 @@
+"""Tiny in-process vision-language models and processor-like inputs for the adapter tests.
+
+Every model is built from a config (no download) with random weights seeded by ``seed``, so two
+calls with the same arguments give identical weights. The inputs imitate what the Hugging Face
+processors return: ``input_ids`` with one placeholder token per visual feature, the matching
+pixel tensors, grids and sizes, and ``attention_mask``. Everything runs in milliseconds on a CPU.
+
+Families: ``llava``, ``llava_next``, ``llava_onevision`` (images and video), ``qwen2_5_vl``
+(images and video) and ``qwen2_vl``.
+
+Build one unpadded prompt with :func:`sample` and a left-padded batch of prompts with
+:func:`collate`; :func:`inputs` is the shortcut for a batch of same-shaped prompts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+#: Special token ids, inside the vocabulary of 128: image, video, vision start, vision end.
+IMG, VID, VS, VE = 100, 101, 102, 103
+#: Ids a tiny model must never generate (a generated placeholder breaks the next step).
+SPECIAL = (IMG, VID, VS, VE)
+#: Greedy generation settings for every test.
+GENERATE = {"do_sample": False, "suppress_tokens": list(SPECIAL), "max_new_tokens": 6}
+#: Pad token id of the left-padded batches.
+PAD = 0
+
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl", "qwen2_vl")
+QWEN = frozenset({"qwen2_5_vl", "qwen2_vl"})
+#: Families with a video input in these tests.
+VIDEO = frozenset({"llava_onevision", "qwen2_5_vl"})
+#: Every (family, video) pair.
+CASES = [(family, False) for family in FAMILIES] + [
+    (family, True) for family in FAMILIES if family in VIDEO
+]
+
+_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+    "max_position_embeddings": 512,
+}
+_CLIP = {  # 28 / 14 = 2x2 patches plus CLS
+    "model_type": "clip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 28,
+    "patch_size": 14,
+}
+_SIGLIP = {  # 56 / 14 = 4x4 patches, no CLS
+    "model_type": "siglip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 56,
+    "patch_size": 14,
+}
+#: Qwen text config: head_dim 8, so the M-RoPE sections must sum to 4.
+_QWEN_TEXT = dict(
+    _TEXT,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+    bos_token_id=None,
+    eos_token_id=None,
+)
+_QWEN25_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "out_hidden_size": 32,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 56,
+    "fullatt_block_indexes": [1],
+    "tokens_per_second": 2,
+}
+_QWEN2_VISION = {
+    "depth": 2,
+    "embed_dim": 32,
+    "hidden_size": 32,
+    "num_heads": 2,
+    "mlp_ratio": 2,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
+#: Default (H, W) of one image, per family.
+DEFAULT_SIZE = {
+    "llava": (28, 28),
+    "llava_next": (28, 56),
+    "llava_onevision": (56, 112),
+    "qwen2_5_vl": (4, 6),  # Qwen: (h, w) in 14-px patches
+    "qwen2_vl": (4, 6),
+}
+
+
+def tiny(family: str, attn: str = "sdpa", seed: int = 0):
+    """A randomly initialised ``...ForConditionalGeneration`` of ``family`` in eval mode.
+
+    Parameters
+    ----------
+    family : str
+        One of :data:`FAMILIES`.
+    attn : str
+        Attention implementation ("sdpa" or "eager").
+    seed : int
+        Seed of the weights; equal seeds give equal weights.
+    """
+    torch.manual_seed(seed)
+    if family == "llava":
+        config = LlavaConfig(
+            vision_config=_CLIP,
+            text_config=dict(model_type="llama", **_TEXT),
+            image_token_index=IMG,
+            image_seq_length=4,
+        )
+        cls = LlavaForConditionalGeneration
+    elif family == "llava_next":
+        config = LlavaNextConfig(
+            vision_config=_CLIP,
+            text_config=dict(model_type="llama", **_TEXT),
+            image_token_index=IMG,
+            image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]],
+        )
+        cls = LlavaNextForConditionalGeneration
+    elif family == "llava_onevision":
+        config = LlavaOnevisionConfig(
+            vision_config=_SIGLIP,
+            text_config=dict(model_type="qwen2", **_TEXT),
+            image_token_index=IMG,
+            video_token_index=VID,
+            image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
+        )
+        cls = LlavaOnevisionForConditionalGeneration
+    elif family in QWEN:
+        if family == "qwen2_5_vl":
+            config_cls, vision, cls = (
+                Qwen2_5_VLConfig,
+                _QWEN25_VISION,
+                Qwen2_5_VLForConditionalGeneration,
+            )
+        else:
+            config_cls, vision, cls = Qwen2VLConfig, _QWEN2_VISION, Qwen2VLForConditionalGeneration
+        config = config_cls(
+            text_config=_QWEN_TEXT,
+            vision_config=vision,
+            image_token_id=IMG,
+            video_token_id=VID,
+            vision_start_token_id=VS,
+            vision_end_token_id=VE,
+        )
+    else:
+        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    config._attn_implementation = attn  # propagates to the text and vision sub-configs
+    model = cls(config).eval()
+    # No end-of-sequence token: every generation runs to max_new_tokens, so rows compare 1:1.
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = PAD
+    return model
+
+
+def _tiles(family: str, size: tuple[int, int]) -> int:
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    pinpoints = {
+        "llava_next": [[28, 56], [56, 28], [56, 56]],
+        "llava_onevision": [[56, 56], [56, 112], [112, 56], [112, 112]],
+    }[family]
+    tile = 28 if family == "llava_next" else 56
+    return image_size_to_num_patches(list(size), pinpoints, tile)
+
+
+def token_counts(family: str, model, visuals: list[dict]) -> list[int]:
+    """Placeholder tokens that each image or video of one prompt (from :func:`sample`) expands to.
+
+    Uses the model class's own ``get_image_features`` (not an instance wrapper), so it works and
+    records nothing while a pruning handle is applied. OneVision prompts with several images use
+    only the base tile of each, as the model does.
+    """
+    if family in QWEN:
+        return [int(v["grid"].prod()) // 4 for v in visuals]
+    if visuals and "pixel_values_videos" in visuals[0]:
+        # 2x2 pooled grid per frame, one newline per video
+        return [v["pixel_values_videos"].shape[1] * 4 + 1 for v in visuals]
+    if family == "llava" or not visuals:
+        return [4] * len(visuals)
+    batch = collate([{"family": family, "input_ids": torch.zeros(1), "visuals": visuals}])
+    base = model.model
+    extra = {}
+    if family == "llava_onevision":
+        extra["batch_num_images"] = torch.tensor([len(visuals)])
+    with torch.no_grad():
+        output = type(base).get_image_features(
+            base, batch["pixel_values"], batch["image_sizes"], **extra
+        )
+    return [len(features) for features in output.pooler_output]
+
+
+def _visual(family: str, *, video: bool, size, frames: int, generator) -> dict:
+    """Pixel tensors of one image or video for ``family``."""
+    if family in QWEN:
+        t = frames if video else 1
+        h, w = size if size is not None else ((4, 4) if video else DEFAULT_SIZE[family])
+        pixels = torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=generator)
+        return {"pixels": pixels, "grid": torch.tensor([t, h, w]), "video": video}
+    if video:
+        return {"pixel_values_videos": torch.randn(1, frames, 3, 56, 56, generator=generator)}
+    if family == "llava":
+        return {"pixel_values": torch.randn(1, 3, 28, 28, generator=generator)}
+    size = tuple(size) if size is not None else DEFAULT_SIZE[family]
+    side = 28 if family == "llava_next" else 56
+    pixels = torch.randn(1, _tiles(family, size), 3, side, side, generator=generator)
+    return {"pixel_values": pixels, "image_sizes": torch.tensor([size])}
+
+
+def sample(
+    family: str,
+    model,
+    *,
+    video: bool = False,
+    images: int = 1,
+    prefix: int = 3,
+    suffix: int = 5,
+    size: tuple[int, int] | list | None = None,
+    frames: int = 2,
+    seed: int = 1,
+) -> dict:
+    """One unpadded prompt with ``images`` images (or videos) between text, as a processor would.
+
+    The prompt is ``prefix`` text tokens, then each image (for Qwen wrapped in vision start/end
+    tokens) followed by one separator text token, then ``suffix`` text tokens.
+
+    Parameters
+    ----------
+    family : str
+        One of :data:`FAMILIES`.
+    model : PreTrainedModel
+        A model of that family (used to count the placeholder tokens).
+    video : bool
+        Videos instead of images (onevision and qwen).
+    images : int
+        Number of images or videos in the prompt.
+    prefix, suffix : int
+        Text tokens before the first and after the last image.
+    size : tuple or list of tuples, optional
+        Image size: (H, W) in pixels for llava_next/onevision, (h, w) in 14-px patches for Qwen;
+        one per image when a list.
+    frames : int
+        Video frames (onevision) or temporal patch groups (qwen).
+    seed : int
+        Seed of the pixel values.
+
+    Returns
+    -------
+    dict
+        ``{"input_ids": (L,), "visuals": [...]}`` (plus ``mm_token_type_ids`` for Qwen); turn one
+        or more of these into model inputs with :func:`collate`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sizes = size if isinstance(size, list) else [size] * images
+    token = VID if video else IMG
+    ids = list(range(1, 1 + prefix))
+    types = [0] * prefix
+    visuals = [
+        _visual(family, video=video, size=sizes[number], frames=frames, generator=generator)
+        for number in range(images)
+    ]
+    for number, count in enumerate(token_counts(family, model, visuals)):
+        opening, closing = ([VS], [VE]) if family in QWEN else ([], [])
+        ids += [*opening, *[token] * count, *closing, 20 + number]
+        types += [0] * len(opening) + [2 if video else 1] * count + [0] * (len(closing) + 1)
+    ids += list(range(10, 10 + suffix))
+    types += [0] * suffix
+    out = {"input_ids": torch.tensor(ids), "visuals": visuals, "family": family}
+    if family in QWEN:
+        out["mm_token_type_ids"] = torch.tensor(types)
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """Model inputs for a batch of :func:`sample` prompts, left-padded to the longest.
+
+    Visual tensors are concatenated in batch order (llava_next/onevision tiles padded to the
+    largest tile count; onevision gets ``batch_num_images``).
+    """
+    family = samples[0]["family"]
+    longest = max(len(s["input_ids"]) for s in samples)
+    ids = torch.full((len(samples), longest), PAD, dtype=torch.long)
+    mask = torch.zeros((len(samples), longest), dtype=torch.long)
+    for row, s in enumerate(samples):
+        length = len(s["input_ids"])
+        ids[row, longest - length :] = s["input_ids"]
+        mask[row, longest - length :] = 1
+    batch: dict[str, Tensor] = {"input_ids": ids, "attention_mask": mask}
+    visuals = [v for s in samples for v in s["visuals"]]
+    if family in QWEN:
+        types = torch.zeros_like(ids)
+        for row, s in enumerate(samples):
+            types[row, longest - len(s["input_ids"]) :] = s["mm_token_type_ids"]
+        batch["mm_token_type_ids"] = types
+        for kind, video in (("image", False), ("video", True)):
+            chosen = [v for v in visuals if v["video"] == video]
+            if not chosen:
+                continue
+            key = "pixel_values_videos" if video else "pixel_values"
+            batch[key] = torch.cat([v["pixels"] for v in chosen])
+            batch[f"{kind}_grid_thw"] = torch.stack([v["grid"] for v in chosen])
+            if video and family == "qwen2_5_vl":
+                batch["second_per_grid_ts"] = torch.ones(len(chosen))
+        return batch
+    videos = [v["pixel_values_videos"] for v in visuals if "pixel_values_videos" in v]
+    if videos:
+        batch["pixel_values_videos"] = torch.cat(videos)
+    images = [v for v in visuals if "pixel_values" in v]
+    if images and family == "llava":
+        batch["pixel_values"] = torch.cat([v["pixel_values"] for v in images])
+    elif images:
+        tiles = max(v["pixel_values"].shape[1] for v in images)
+        padded = [
+            torch.nn.functional.pad(v["pixel_values"], (0, 0, 0, 0, 0, 0, 0, tiles - n))
+            for v in images
+            for n in [v["pixel_values"].shape[1]]
+        ]
+        batch["pixel_values"] = torch.cat(padded)
+        batch["image_sizes"] = torch.cat([v["image_sizes"] for v in images])
+        if family == "llava_onevision":
+            batch["batch_num_images"] = torch.tensor(
+                [sum("pixel_values" in v for v in s["visuals"]) for s in samples]
+            )
+    return batch
+
+
+def inputs(family: str, model, video: bool = False, batch: int = 1, **options) -> dict:
+    """Model inputs for ``batch`` same-shaped prompts with different pixel values.
+
+    Extra keyword arguments go to :func:`sample`.
+    """
+    return collate(
+        [sample(family, model, video=video, seed=1 + row, **options) for row in range(batch)]
+    )
+
+
+def ragged_samples(family: str, model, video: bool = False) -> list[dict]:
+    """Two prompts of different lengths and visual content, for left-padded batches.
+
+    The rows differ in prompt length and in the number or size of their images (or videos), so
+    a fractional budget keeps a different number of tokens per row: llava has two images in
+    row 0 and one in row 1; llava_next and OneVision images differ in size (and count); Qwen
+    rows differ in grids and image count; videos differ in prompt length (and Qwen frames).
+    """
+    if family == "llava":
+        return [
+            sample(family, model, images=2, prefix=2, seed=1),
+            sample(family, model, images=1, prefix=6, seed=2),
+        ]
+    if family == "llava_next":
+        return [
+            sample(family, model, size=(56, 56), prefix=2, seed=1),
+            sample(family, model, images=2, size=[(28, 56), (56, 28)], prefix=5, seed=2),
+        ]
+    if family == "llava_onevision" and not video:
+        return [
+            sample(family, model, size=(56, 112), prefix=2, seed=1),
+            sample(family, model, images=2, size=[(56, 56), (56, 112)], prefix=5, seed=2),
+        ]
+    if family == "llava_onevision":
+        return [
+            sample(family, model, video=True, prefix=2, seed=1),
+            sample(family, model, video=True, prefix=6, suffix=3, seed=2),
+        ]
+    if video:
+        return [
+            sample(family, model, video=True, size=(4, 4), prefix=2, seed=1),
+            sample(family, model, video=True, frames=4, size=(2, 4), prefix=5, seed=2),
+        ]
+    return [
+        sample(family, model, size=(4, 6), prefix=2, seed=1),
+        sample(family, model, images=2, size=[(4, 4), (2, 4)], prefix=5, seed=2),
+    ]
+
+
+def visual_mask(input_ids: Tensor) -> Tensor:
+    """Where ``input_ids`` holds an image or video placeholder."""
+    return (input_ids == IMG) | (input_ids == VID)
+
+
+if __name__ == "__main__":  # smoke run: python tests/tiny_vlms.py
+    import time
+
+    for family, video in CASES:
+        start = time.perf_counter()
+        model = tiny(family)
+        data = inputs(family, model, video=video, batch=2)
+        with torch.no_grad():
+            out = model(**data, labels=data["input_ids"])
+            generated = model.generate(**data, **GENERATE)
+        print(
+            f"{family:16s} video={video!s:5s} ids={tuple(data['input_ids'].shape)} "
+            f"loss={out.loss.item():.3f} generated={tuple(generated.shape)} "
+            f"{time.perf_counter() - start:.2f}s"
+        )
