@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..registry import METHODS
-from .base import Context, Method, check_param
+from .base import Context, Method, check_param, cholesky_step
 
 # Rows of K are computed lazily in blocks of this many tokens: the greedy only ever needs the rows
 # of the tokens it picks, and a block GEMM runs near peak speed where one row at a time (GEMV) is
@@ -97,17 +97,7 @@ def logdet_greedy(similarity: Tensor, gamma: float, k: int) -> Tensor:
         picks[:, step] = pick
         if step == k - 1:
             break
-        row = kernel.row(pick, gains).unsqueeze(1)
-        e = chol[:, step]
-        if step:
-            done = chol[:, :step]
-            coeff = done.gather(2, pick.view(b, 1, 1).expand(b, step, 1))
-            torch.baddbmm(row, coeff.mT, done, alpha=-1.0, out=chol[:, step : step + 1])
-        else:
-            e.copy_(row.squeeze(1))
-        e.mul_(gain.rsqrt().unsqueeze(-1))
-        gains.addcmul_(e, e, value=-1.0)
-        gains[batch, pick] = -torch.inf
+        cholesky_step(chol, step, pick, kernel.row(pick, gains), gain.rsqrt(), gains, batch)
         gain, pick = gains.max(dim=-1)
     return picks
 

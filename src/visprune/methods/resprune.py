@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..registry import METHODS
-from .base import Context, Method, check_param, unit_rows
+from .base import Context, Method, check_param, cholesky_step, unit_rows
 from .text import mean_text_direction
 
 #: The greedy stops when the best remaining score falls to this fraction of the largest
@@ -63,21 +63,11 @@ class _GramResiduals:
         self.step = 0
 
     def update(self, pick: Tensor, pivot: Tensor, active: Tensor | None) -> None:
-        b, step = pick.shape[0], self.step
-        row = self.gram[self.batch, pick].unsqueeze(1)
-        e = self.chol[:, step]
-        if step:
-            done = self.chol[:, :step]
-            coeff = done.gather(2, pick.view(b, 1, 1).expand(b, step, 1))
-            torch.baddbmm(row, coeff.mT, done, alpha=-1.0, out=self.chol[:, step : step + 1])
-        else:
-            e.copy_(row.squeeze(1))
         scale = pivot.clamp_min(1e-30).rsqrt()
         if active is not None:
             scale = scale * active
-        e.mul_(scale.unsqueeze(-1))
-        self.scores.addcmul_(e, e, value=-1.0)
-        self.scores[self.batch, pick] = -torch.inf
+        row = self.gram[self.batch, pick]
+        cholesky_step(self.chol, self.step, pick, row, scale, self.scores, self.batch)
         self.step += 1
 
 
