@@ -2,12 +2,19 @@
 
 ``F(n) = T (4 n d² + 2 n² d + 2 n d m)`` for a decoder of ``T`` layers, hidden width ``d`` and FFN
 width ``m`` on ``n`` tokens: the q/k/v/o projections, the attention scores and weighted sum, and a
-two-matrix FFN, counting a multiply-add as two FLOPs, as the papers do.
+two-matrix FFN. Each term is a count of multiply-adds (``4 n d²`` is the four ``d x d``
+projections of ``n`` tokens): half the FLOPs of those terms when a multiply-add counts as two
+FLOPs, as :func:`model_flops` counts them.
+
+:func:`model_flops` is the exact count for a real Hugging Face VLM, read from its config: vision
+tower, projector, grouped-query attention, the gated three-matrix MLP and the ``lm_head``, for
+prefill and for decoding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 #: Prompt text lengths the papers use for COCO, Flickr30k, GQA, MMB, MME, MMMU, NoCaps, OK-VQA,
 #: POPE, SQA and SEED (system prompt not counted).
@@ -85,3 +92,239 @@ def paper_table_row(
         pruned_tflops=sum(pruned) / count / 1e12,
         percent=100 * sum(ratios) / count,
     )
+
+
+#: VLM ``model_type`` values whose language model :func:`model_flops` counts.
+MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+#: Those whose vision tower and projector it also counts.
+VISION_MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl")
+#: Vision towers of the LLaVA families that it counts.
+_VIT_TYPES = ("clip_vision_model", "siglip_vision_model")
+LOGITS = ("last", "all")
+
+
+@dataclass(frozen=True)
+class FlopsBreakdown:
+    """FLOPs of one forward pass (or a sum of them), by part.
+
+    Attributes
+    ----------
+    vision : float
+        Vision tower: patch embedding plus its transformer layers (and SigLIP's pooling head
+        when the config enables it, as the tower computes it).
+    projector : float
+        Multimodal projector (LLaVA) or patch merger (Qwen2-VL).
+    attention : float
+        Language model: q/k/v/o projections plus the attention scores and weighted sum.
+    mlp : float
+        Language model: gate, up and down projections.
+    lm_head : float
+        Output projection to the vocabulary.
+    """
+
+    vision: float = 0.0
+    projector: float = 0.0
+    attention: float = 0.0
+    mlp: float = 0.0
+    lm_head: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """Sum of all parts."""
+        return self.vision + self.projector + self.attention + self.mlp + self.lm_head
+
+
+def _count(name: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def _attr(config: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    if default is not None:
+        return default
+    raise ValueError(f"config {type(config).__name__} has none of {', '.join(names)}.")
+
+
+def _attention(
+    queries: int, keys: int, hidden: int, heads: int, kv_heads: int, head_dim: int
+) -> float:
+    """q/k/v/o projections of ``queries`` tokens plus scores and weighted sum over ``keys``."""
+    projections = 2 * queries * hidden * head_dim * (2 * heads + 2 * kv_heads)
+    return float(projections + 4 * queries * keys * heads * head_dim)
+
+
+def _vit_layers(tokens: int, hidden: int, ffn: int, layers: int) -> float:
+    """Pre-norm ViT layers (full attention over ``tokens``, two-matrix MLP)."""
+    return layers * (_attention(tokens, tokens, hidden, 1, 1, hidden) + 4.0 * tokens * hidden * ffn)
+
+
+def _llava_vision(config: Any, crops: int) -> tuple[float, float]:
+    """Vision tower and projector FLOPs of the LLaVA families for ``crops`` tower inputs."""
+    vision = config.vision_config
+    vtype = getattr(vision, "model_type", None)
+    if vtype not in _VIT_TYPES:
+        raise ValueError(
+            f"vision tower {vtype!r} is not supported; supported: {', '.join(_VIT_TYPES)}."
+        )
+    d, patch = vision.hidden_size, vision.patch_size
+    patches = (vision.image_size // patch) ** 2
+    tokens = patches + (1 if vtype == "clip_vision_model" else 0)  # CLIP prepends a CLS token
+    channels = getattr(vision, "num_channels", 3)
+    embed = 2.0 * patches * channels * patch * patch * d
+    ffn = vision.intermediate_size
+    tower = embed + _vit_layers(tokens, d, ffn, vision.num_hidden_layers)
+    if vtype == "siglip_vision_model" and getattr(vision, "vision_use_head", True):
+        # Attention-pooling head (one probe query over every token, then an MLP on it): the
+        # tower computes it even though the VLM only reads hidden states.
+        tower += 2.0 * tokens * d * 2 * d + _attention(1, tokens, d, 1, 1, d) - 2.0 * d * 2 * d
+        tower += 4.0 * d * ffn
+    layer = getattr(config, "vision_feature_layer", -1)
+    width = d * (len(layer) if isinstance(layer, (list, tuple)) else 1)
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    selected = tokens - 1 if strategy == "default" else tokens  # "default" drops the first token
+    text_hidden = config.text_config.hidden_size
+    projector = 2.0 * selected * (width * text_hidden + text_hidden * text_hidden)
+    return crops * tower, crops * projector
+
+
+def _qwen2_vl_vision(config: Any, visual_tokens: int, images: int) -> tuple[float, float]:
+    """Qwen2-VL ViT and patch merger on ``images`` single-frame images."""
+    vision = config.vision_config
+    merge = vision.spatial_merge_size
+    if visual_tokens % images:
+        raise ValueError(
+            f"visual_tokens ({visual_tokens}) must split evenly over images ({images})."
+        )
+    patches = visual_tokens // images * merge * merge  # t * h * w with t = 1 per image
+    d = vision.embed_dim
+    ffn = int(d * vision.mlp_ratio)
+    channels = getattr(vision, "in_channels", 3)
+    kernel = channels * vision.temporal_patch_size * vision.patch_size**2
+    tower = 2.0 * patches * kernel * d + _vit_layers(patches, d, ffn, vision.depth)
+    wide = d * merge * merge
+    merger = 2.0 * (visual_tokens // images) * (wide * wide + wide * vision.hidden_size)
+    return images * tower, images * merger
+
+
+def model_flops(
+    config: Any,
+    visual_tokens: int,
+    text_tokens: int,
+    *,
+    images: int = 1,
+    decode_steps: int = 0,
+    kept_visual_tokens: int | None = None,
+    tiles_per_image: int = 1,
+    logits: str = "last",
+    vision: bool = True,
+) -> dict[str, FlopsBreakdown]:
+    """Exact matmul FLOPs of a Hugging Face VLM, read from its config (pure math).
+
+    Counts every matrix product, a multiply-add as two FLOPs, and ignores norms, activations,
+    softmax, rotary embeddings, bias adds and residual adds (all linear in the token count and
+    small). Attention scores and the weighted sum are counted over the full ``n x n`` matrix in
+    prefill, as the dense (eager / SDPA math) kernels compute it, causal mask or not.
+
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        A VLM config with ``model_type`` in :data:`MODEL_TYPES`, ``text_config`` (Llama, Mistral
+        or Qwen2 style: grouped-query attention, gated three-matrix MLP) and ``vision_config``.
+    visual_tokens : int
+        Visual tokens the projector emits for the whole prompt (all images), before pruning.
+        For Qwen2-VL, ``t*h*w / spatial_merge_size**2`` summed over images (single-frame images:
+        the ViT cost is derived from it). For the LLaVA families the vision and projector cost
+        comes from the config (``image_size``, ``patch_size``) per crop, not from this count.
+    text_tokens : int
+        Text tokens of the prompt (system prompt and placeholders' neighbours included).
+    images : int
+        Images in the prompt; the vision tower runs once per image (per tile, see below).
+    decode_steps : int
+        Tokens decoded after prefill; step ``t`` (1-based) feeds one token against a cache of
+        ``n + t - 1`` entries, so it attends over ``n + t`` keys.
+    kept_visual_tokens : int, optional
+        Visual tokens left after pruning; the language model sees ``kept + text_tokens`` tokens.
+        Defaults to ``visual_tokens`` (no pruning). The vision tower and projector always run on
+        every patch.
+    tiles_per_image : int
+        LLaVA-NeXT / OneVision: crops the vision tower encodes per image, base image included
+        (what ``image_size_to_num_patches`` returns). Must be 1 for the other families.
+    logits : {"last", "all"}
+        Prefill ``lm_head`` positions: ``"last"`` (what ``generate`` does with
+        ``logits_to_keep=1``) or ``"all"`` (a plain forward). Decode steps always project one.
+    vision : bool
+        Count the vision tower and projector. Pass ``False`` for a type outside
+        :data:`VISION_MODEL_TYPES` (Qwen2.5-VL's windowed ViT) to count the language model only.
+
+    Returns
+    -------
+    dict[str, FlopsBreakdown]
+        ``"prefill"`` (vision, projector and the language model on the prompt) and ``"decode"``
+        (the language model over all ``decode_steps`` steps; vision and projector are zero).
+
+    Raises
+    ------
+    ValueError
+        A negative or non-int count, an unknown ``logits`` value or an unsupported model type.
+    """
+    _count("visual_tokens", visual_tokens)
+    _count("text_tokens", text_tokens)
+    _count("images", images)
+    _count("decode_steps", decode_steps)
+    _count("tiles_per_image", tiles_per_image, minimum=1)
+    kept = visual_tokens if kept_visual_tokens is None else kept_visual_tokens
+    _count("kept_visual_tokens", kept)
+    if kept > visual_tokens:
+        raise ValueError(f"kept_visual_tokens ({kept}) exceeds visual_tokens ({visual_tokens}).")
+    if logits not in LOGITS:
+        raise ValueError(f"logits must be one of {', '.join(LOGITS)}, got {logits!r}.")
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(MODEL_TYPES)}."
+        )
+    if tiles_per_image != 1 and model_type not in ("llava_next", "llava_onevision"):
+        raise ValueError("tiles_per_image applies to llava_next / llava_onevision only.")
+
+    vis = proj = 0.0
+    if vision and visual_tokens:
+        if images == 0:
+            raise ValueError("visual_tokens > 0 needs images >= 1.")
+        if model_type not in VISION_MODEL_TYPES:
+            raise ValueError(
+                f"vision FLOPs of {model_type!r} are not supported; supported: "
+                f"{', '.join(VISION_MODEL_TYPES)}. Pass vision=False to count the language "
+                "model only."
+            )
+        if model_type == "qwen2_vl":
+            vis, proj = _qwen2_vl_vision(config, visual_tokens, images)
+        else:
+            vis, proj = _llava_vision(config, images * tiles_per_image)
+
+    text = config.text_config
+    d, layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or d // heads
+    ffn = text.intermediate_size
+    n = kept + text_tokens
+
+    def lm(queries: int, keys: int) -> tuple[float, float]:
+        attn = layers * _attention(queries, keys, d, heads, kv_heads, head_dim)
+        return attn, layers * 6.0 * queries * d * ffn
+
+    attn, mlp = lm(n, n)
+    positions = n if logits == "all" else min(n, 1)
+    prefill = FlopsBreakdown(vis, proj, attn, mlp, 2.0 * positions * d * vocab)
+    d_attn = d_mlp = 0.0
+    for step in range(1, decode_steps + 1):
+        a, m = lm(1, n + step)
+        d_attn += a
+        d_mlp += m
+    decode = FlopsBreakdown(0.0, 0.0, d_attn, d_mlp, 2.0 * decode_steps * d * vocab)
+    return {"prefill": prefill, "decode": decode}
