@@ -1,4 +1,4 @@
-"""The public entry points: pick a method by name and run it on tokens."""
+"""The public entry points: run a method on tokens (select) or on a model (apply -> Handle)."""
 
 from __future__ import annotations
 
