@@ -1,0 +1,482 @@
+"""Measure what pruning buys on a real model: latency, KV cache, visual tokens and FLOPs.
+
+:func:`measure` runs one model on one batch of processor inputs, unpruned or with a method
+applied for the duration of the measurement, and returns a :class:`BenchResult`.
+
+What each number is and how it is taken (``r`` repeats after ``warmup`` untimed rounds; every
+timing is a median with its min/max over the repeats):
+
+``prefill_s``
+    Time to first token: wall time of ``model.generate(**inputs, max_new_tokens=1)``. It covers
+    the vision encoder, the projector, the method's selection and the language-model prefill.
+``decode_s_per_token``
+    ``(t(generate(new_tokens)) - t(generate(1))) / (new_tokens - 1)``, both timed in the same
+    repeat; ``min_new_tokens`` is forced so that no end-of-sequence token stops a run early.
+``vision_s``
+    Time inside the vision tower (``model.model.vision_tower`` for the LLaVA families,
+    ``model.model.visual`` for Qwen-VL) during the ``generate(1)`` call, taken with a forward
+    pre-hook/hook pair on that module, summed over its calls. Module hooks are used instead of
+    wrapping ``get_image_features`` because the adapters wrap that method on the instance
+    themselves; the hooks work with and without a handle. The projector is not included.
+``select_s``
+    Time inside ``handle.method.select`` during the ``generate(1)`` call (the method instance's
+    ``select`` is wrapped for the measurement, summed over images/frames). ``None`` unpruned.
+``peak_memory_bytes``
+    ``torch.cuda.max_memory_allocated`` over the timed runs on CUDA; ``None`` on CPU (process
+    RSS cannot isolate one call). :attr:`BenchResult.kv_cache_bytes` is exact on every device.
+``kv_cache_bytes``
+    Sum of ``nbytes`` of every key and value tensor in the ``past_key_values`` of one
+    ``model(**inputs, use_cache=True)`` forward (untimed): proportional to the kept sequence
+    length.
+``visual_tokens_before`` / ``visual_tokens_after``
+    Pruned: ``sum(s.n)`` and ``sum(len(s.kept))`` over ``handle.selections``. Unpruned: the
+    image/video placeholder tokens in ``input_ids`` (both fields).
+``flops``
+    :func:`visprune.flops.model_flops` per batch row, summed: ``prefill`` (``logits="last"``) and
+    ``decode`` (``new_tokens - 1`` steps). Images per row are the contiguous runs of placeholder
+    tokens; LLaVA-NeXT/OneVision tiles come from the (padded) ``pixel_values`` shape. Where the
+    vision part is not supported (Qwen2.5-VL's windowed ViT, video) the language model alone is
+    counted and ``flops["vision_counted"]`` is ``False``.
+
+On CUDA, timings use ``torch.cuda.Event`` pairs read after a synchronize; on CPU,
+``time.perf_counter``. Everything runs under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .methods import Method
+
+__all__ = ["BenchResult", "Stat", "kv_cache_bytes", "measure"]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Median and spread of one timing over the repeats, in seconds."""
+
+    median: float
+    min: float
+    max: float
+    samples: tuple[float, ...]
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stat:
+        return cls(statistics.median(samples), min(samples), max(samples), tuple(samples))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median": self.median,
+            "min": self.min,
+            "max": self.max,
+            "samples": list(self.samples),
+        }
+
+
+@dataclass
+class BenchResult:
+    """One :func:`measure` run. See the module docstring for how each field is measured."""
+
+    method: str
+    params: dict[str, Any]
+    device: str
+    new_tokens: int
+    repeats: int
+    warmup: int
+    prefill_s: Stat
+    decode_s_per_token: Stat
+    vision_s: Stat
+    select_s: Stat | None
+    peak_memory_bytes: int | None
+    kv_cache_bytes: int
+    kv_cache_length: int
+    visual_tokens_before: int
+    visual_tokens_after: int
+    flops: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, Stat) else value
+        return out
+
+    def ratio_to(self, other: BenchResult) -> dict[str, float | None]:
+        """Speed-ups and savings of ``self`` relative to ``other`` (typically the unpruned run):
+        ``other / self`` for times and sizes, so values above 1 mean ``self`` is cheaper."""
+
+        def ratio(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None or b == 0 else a / b
+
+        return {
+            "prefill_speedup": ratio(other.prefill_s.median, self.prefill_s.median),
+            "decode_speedup": ratio(
+                other.decode_s_per_token.median, self.decode_s_per_token.median
+            ),
+            "kv_cache_reduction": ratio(other.kv_cache_bytes, self.kv_cache_bytes),
+            "prefill_flops_reduction": ratio(
+                other.flops.get("prefill_total"), self.flops.get("prefill_total")
+            ),
+            "visual_token_reduction": ratio(other.visual_tokens_after, self.visual_tokens_after),
+        }
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from . import __version__
+
+    return {
+        "visprune": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class _Clock:
+    """Interval timer: CUDA events on a CUDA device, ``perf_counter`` otherwise."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(self.device))
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start: Any, end: Any) -> float:
+        """Seconds between two marks; call after the work is done (synchronizes on CUDA)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return start.elapsed_time(end) / 1000.0
+        return end - start
+
+
+class _Intervals:
+    """Collects (start, end) marks of repeated intervals; ``total()`` sums them."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.clock = clock
+        self.marks: list[tuple[Any, Any]] = []
+        self._open: list[Any] = []
+
+    def start(self) -> None:
+        self._open.append(self.clock.mark())
+
+    def stop(self) -> None:
+        if self._open:
+            self.marks.append((self._open.pop(), self.clock.mark()))
+
+    def reset(self) -> None:
+        self.marks.clear()
+        self._open.clear()
+
+    def total(self) -> float:
+        return sum(self.clock.seconds(a, b) for a, b in self.marks)
+
+
+def _vision_module(model: Any) -> torch.nn.Module | None:
+    base = getattr(model, "model", None)
+    for name in ("vision_tower", "visual"):
+        module = getattr(base, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
+def kv_cache_bytes(cache: Any) -> tuple[int, int]:
+    """``(bytes, sequence length)`` of a ``past_key_values``: the sum of ``nbytes`` of every key
+    and value tensor (a ``DynamicCache`` with ``.layers[i].keys/.values``, or legacy tuples)."""
+    tensors: list[Tensor] = []
+    if hasattr(cache, "layers"):
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                value = getattr(layer, name, None)
+                if isinstance(value, Tensor):
+                    tensors.append(value)
+    else:
+        for layer in cache:
+            tensors.extend(t for t in layer[:2] if isinstance(t, Tensor))
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    length = int(tensors[0].shape[-2]) if tensors else 0
+    return total, length
+
+
+def _token_ids(config: Any) -> list[int]:
+    ids = []
+    for name in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value not in ids:
+            ids.append(value)
+    return ids
+
+
+def _placeholders(model: Any, input_ids: Tensor) -> Tensor:
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token in _token_ids(model.config):
+        mask |= input_ids == token
+    return mask
+
+
+def _flops(
+    model: Any, inputs: dict, visual: Tensor, kept_per_row: list[int], new_tokens: int
+) -> dict[str, Any]:
+    from .flops import model_flops
+
+    config = model.config
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    video = any(key.endswith("_videos") for key in inputs)
+    tiles = 1
+    pixels = inputs.get("pixel_values")
+    if config.model_type in ("llava_next", "llava_onevision") and isinstance(pixels, Tensor):
+        tiles = int(pixels.shape[1]) if pixels.dim() == 5 else 1
+    totals = {"prefill_total": 0.0, "decode_total": 0.0, "vision_counted": not video}
+    parts: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}}
+    for row in range(ids.shape[0]):
+        row_visual = visual[row]
+        n_visual = int(row_visual.sum())
+        length = int(mask[row].sum()) if isinstance(mask, Tensor) else ids.shape[1]
+        runs = int((row_visual[1:] & ~row_visual[:-1]).sum()) + int(row_visual[:1].sum())
+        kwargs = dict(
+            images=runs,
+            decode_steps=new_tokens - 1,
+            kept_visual_tokens=kept_per_row[row],
+            tiles_per_image=tiles,
+            logits="last",
+        )
+        try:
+            if video:
+                raise ValueError("video: count the language model only")
+            counts = model_flops(config, n_visual, length - n_visual, vision=True, **kwargs)
+        except ValueError:
+            totals["vision_counted"] = False
+            kwargs["tiles_per_image"] = 1
+            counts = model_flops(config, n_visual, length - n_visual, vision=False, **kwargs)
+        for stage, breakdown in counts.items():
+            totals[f"{stage}_total"] += breakdown.total
+            for name, value in dataclasses.asdict(breakdown).items():
+                parts[stage][name] = parts[stage].get(name, 0.0) + float(value)
+    return {**totals, **parts}
+
+
+def _resolve(method: str | Method | None, budget: Any, params: dict) -> Method | None:
+    if method is None or (isinstance(method, str) and method.lower() == "keepall"):
+        if budget is not None or params:
+            raise ValueError("budget and method parameters need a method other than keepall.")
+        return None
+    from .api import get_method
+
+    if budget is not None:
+        params = {**params, "budget": budget}
+    chosen = get_method(method, **params)
+    chosen.num_keep(1)  # validate the budget before touching the model
+    return chosen
+
+
+def measure(
+    model: Any,
+    inputs: dict,
+    method: str | Method | None = None,
+    budget: int | float | None = None,
+    *,
+    new_tokens: int = 16,
+    warmup: int = 1,
+    repeats: int = 5,
+    progress: bool = True,
+    generate_kwargs: dict | None = None,
+    **params: object,
+) -> BenchResult:
+    """Benchmark ``model`` on ``inputs``, unpruned or with ``method`` applied temporarily.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+        A ``...ForConditionalGeneration`` that :func:`visprune.apply` supports.
+    inputs : dict
+        Processor outputs (``input_ids``, pixel tensors, ``attention_mask`` ...) on the model's
+        device.
+    method : str or Method, optional
+        ``None`` or ``"keepall"`` measures the unpruned model; otherwise the method is applied
+        with :func:`visprune.apply` and removed afterwards, even on error.
+    budget : int or float, optional
+        Tokens to keep per image/frame (count or fraction).
+    new_tokens : int
+        Tokens generated for the decode timing (>= 2).
+    warmup, repeats : int
+        Untimed rounds, then timed rounds (>= 1); timings are medians with min/max.
+    progress : bool
+        Show a tqdm bar over the repeats.
+    generate_kwargs : dict, optional
+        Extra ``generate`` arguments (e.g. ``suppress_tokens``); greedy by default.
+    **params
+        Hyperparameters of the method.
+
+    Returns
+    -------
+    BenchResult
+    """
+    for name, value, minimum in (
+        ("new_tokens", new_tokens, 2),
+        ("warmup", warmup, 0),
+        ("repeats", repeats, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    if "input_ids" not in inputs:
+        raise ValueError("inputs must contain input_ids (a processor's output).")
+    existing = model.__dict__.get("_visprune_handle")
+    if existing is not None and existing.active:
+        raise ValueError(
+            "the model already has a visprune method applied; call handle.remove() first."
+        )
+    chosen = _resolve(method, budget, dict(params))
+    device = next(model.parameters()).device
+    clock = _Clock(device)
+    vision = _Intervals(clock)
+    selecting = _Intervals(clock)
+    gen = {"do_sample": False, **(generate_kwargs or {})}
+    for key in ("max_new_tokens", "min_new_tokens"):
+        gen.pop(key, None)
+
+    hooks = []
+    module = _vision_module(model)
+    if module is not None:
+        hooks.append(module.register_forward_pre_hook(lambda *_: vision.start()))
+        hooks.append(module.register_forward_hook(lambda *_: vision.stop()))
+
+    handle = None
+    try:
+        if chosen is not None:
+            from .api import apply
+
+            handle = apply(model, chosen)
+            original: Callable = handle.method.select
+
+            def timed_select(*args: Any, **kwargs: Any) -> Tensor:
+                selecting.start()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    selecting.stop()
+
+            handle.method.select = timed_select  # type: ignore[method-assign]
+
+        def generate(n: int) -> float:
+            start = clock.mark()
+            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, **gen)
+            end = clock.mark()
+            return clock.seconds(start, end)
+
+        prefill, decode, vision_times, select_times = [], [], [], []
+        peak = None
+        with torch.no_grad():
+            for _ in range(warmup):
+                generate(1)
+                generate(new_tokens)
+            if clock.cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            rounds = range(repeats)
+            if progress:
+                from tqdm.auto import tqdm
+
+                rounds = tqdm(rounds, desc=f"bench {chosen.name if chosen else 'keepall'}")
+            for _ in rounds:
+                vision.reset()
+                selecting.reset()
+                first = generate(1)
+                vision_times.append(vision.total())
+                select_times.append(selecting.total())
+                full = generate(new_tokens)
+                prefill.append(first)
+                decode.append(max(full - first, 0.0) / (new_tokens - 1))
+            if clock.cuda:
+                peak = int(torch.cuda.max_memory_allocated(device))
+            out = model(**inputs, use_cache=True)
+            cache_bytes, cache_length = kv_cache_bytes(out.past_key_values)
+            del out
+
+        visual = _placeholders(model, inputs["input_ids"])
+        rows = inputs["input_ids"].shape[0]
+        if handle is not None:
+            selections = handle.selections
+            before = sum(int(s.n) for s in selections)
+            after = sum(len(s.kept) for s in selections)
+            kept_per_row = [0] * rows
+            for s in selections:
+                kept_per_row[s.sample] += len(s.kept)
+        else:
+            before = after = int(visual.sum())
+            kept_per_row = [int(v) for v in visual.sum(dim=1)]
+        flops = _flops(model, inputs, visual, kept_per_row, new_tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        if handle is not None:
+            handle.method.__dict__.pop("select", None)
+            handle.remove()
+
+    return BenchResult(
+        method=chosen.name if chosen is not None else "keepall",
+        params=chosen.params() if chosen is not None else {},
+        device=str(device),
+        new_tokens=new_tokens,
+        repeats=repeats,
+        warmup=warmup,
+        prefill_s=Stat.of(prefill),
+        decode_s_per_token=Stat.of(decode),
+        vision_s=Stat.of(vision_times),
+        select_s=Stat.of(select_times) if handle is not None else None,
+        peak_memory_bytes=peak,
+        kv_cache_bytes=cache_bytes,
+        kv_cache_length=cache_length,
+        visual_tokens_before=before,
+        visual_tokens_after=after,
+        flops=flops,
+        versions=_versions(),
+    )
+
+
+def format_table(result: BenchResult) -> str:
+    """A readable two-column summary of a :class:`BenchResult`."""
+
+    def ms(stat: Stat | None) -> str:
+        if stat is None:
+            return "-"
+        return f"{stat.median * 1e3:.2f} ms  [{stat.min * 1e3:.2f} .. {stat.max * 1e3:.2f}]"
+
+    params = ", ".join(f"{k}={v!r}" for k, v in result.params.items()) or "-"
+    peak = (
+        "-" if result.peak_memory_bytes is None else f"{result.peak_memory_bytes / 2**20:.1f} MiB"
+    )
+    rows = [
+        ("method", f"{result.method} ({params})"),
+        ("device", result.device),
+        ("visual tokens", f"{result.visual_tokens_before} -> {result.visual_tokens_after}"),
+        ("time to first token", ms(result.prefill_s)),
+        ("decode / token", ms(result.decode_s_per_token)),
+        ("vision tower", ms(result.vision_s)),
+        ("selection", ms(result.select_s)),
+        ("KV cache", f"{result.kv_cache_bytes / 2**20:.3f} MiB ({result.kv_cache_length} pos)"),
+        ("peak memory", peak if result.peak_memory_bytes is not None else "- (CPU)"),
+        ("prefill GFLOPs", f"{result.flops['prefill_total'] / 1e9:.3f}"),
+        ("decode GFLOPs", f"{result.flops['decode_total'] / 1e9:.3f}"),
+        ("repeats", f"{result.repeats} (+{result.warmup} warm-up), {result.new_tokens} tokens"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)

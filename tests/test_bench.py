@@ -1,0 +1,160 @@
+"""``visprune.bench.measure`` and the ``visprune bench`` command on the tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import visprune
+from tiny_vlms import GENERATE, SPECIAL, inputs, tiny
+from visprune import cli
+from visprune.bench import BenchResult, Stat, measure
+from visprune.cli import main
+
+GEN = {key: value for key, value in GENERATE.items() if key != "max_new_tokens"}
+FAST = {"new_tokens": 3, "warmup": 1, "repeats": 2, "progress": False, "generate_kwargs": GEN}
+
+
+@pytest.fixture(scope="module", params=["llava", "qwen2_5_vl"])
+def runs(request):
+    family = request.param
+    model = tiny(family)
+    data = inputs(family, model)
+    with torch.no_grad():
+        before = model(**data).logits
+    full = measure(model, data, **FAST)
+    pruned = measure(model, data, "divprune", 0.5, **FAST)
+    with torch.no_grad():
+        after = model(**data).logits
+    return family, model, data, full, pruned, before, after
+
+
+def test_fields_present_and_positive(runs):
+    _, _, _, full, pruned, _, _ = runs
+    for result in (full, pruned):
+        assert isinstance(result, BenchResult)
+        for stat in (result.prefill_s, result.decode_s_per_token, result.vision_s):
+            assert isinstance(stat, Stat) and len(stat.samples) == 2
+            assert stat.min <= stat.median <= stat.max and stat.min > 0
+        assert result.kv_cache_bytes > 0 and result.kv_cache_length > 0
+        assert result.flops["prefill_total"] > 0 and result.flops["decode_total"] > 0
+        assert result.peak_memory_bytes is None  # CPU
+        assert result.device == "cpu"
+    assert full.method == "keepall" and full.params == {} and full.select_s is None
+    assert pruned.method == "divprune" and pruned.params == {"budget": 0.5}
+    assert pruned.select_s is not None and pruned.select_s.min > 0
+
+
+def test_visual_tokens_and_kv_cache_shrink_exactly(runs):
+    _, _, data, full, pruned, _, _ = runs
+    placeholders = int(((data["input_ids"] >= 100) & (data["input_ids"] <= 101)).sum())
+    assert full.visual_tokens_before == full.visual_tokens_after == placeholders
+    assert pruned.visual_tokens_before == placeholders
+    assert pruned.visual_tokens_after == placeholders // 2 < placeholders
+    length = data["input_ids"].shape[1]
+    assert full.kv_cache_length == length
+    assert pruned.kv_cache_length == length - (placeholders - pruned.visual_tokens_after)
+    assert pruned.kv_cache_bytes * full.kv_cache_length == (
+        full.kv_cache_bytes * pruned.kv_cache_length
+    )
+    assert pruned.flops["prefill_total"] < full.flops["prefill_total"]
+
+
+def test_model_unchanged_after_measure(runs):
+    _, model, _, _, _, before, after = runs
+    assert torch.equal(before, after)
+    assert "_visprune_handle" not in model.__dict__
+    assert not model._forward_pre_hooks and not model.model.language_model._forward_pre_hooks
+
+
+def test_to_dict_is_json_with_params_and_versions(runs):
+    _, _, _, full, pruned, _, _ = runs
+    encoded = json.loads(json.dumps(pruned.to_dict()))
+    assert encoded["params"] == {"budget": 0.5}
+    assert set(encoded["versions"]) == {"visprune", "torch", "transformers", "python"}
+    assert encoded["versions"]["visprune"] == visprune.__version__
+    assert encoded["prefill_s"]["median"] > 0
+    ratios = pruned.ratio_to(full)
+    assert ratios["kv_cache_reduction"] > 1 and ratios["visual_token_reduction"] == 2
+
+
+def test_qwen25_flops_count_language_model_only(runs):
+    family, _, _, full, _, _, _ = runs
+    assert full.flops["vision_counted"] is (family == "llava")
+
+
+def test_measure_restores_model_on_error():
+    model = tiny("llava")
+    data = inputs("llava", model)
+    with pytest.raises(ValueError, match="bogus"):
+        measure(model, data, "divprune", 0.5, **{**FAST, "generate_kwargs": {"bogus": object()}})
+    assert "_visprune_handle" not in model.__dict__
+    assert not model.model.vision_tower._forward_hooks
+    assert not model.model.vision_tower._forward_pre_hooks
+
+
+def test_measure_rejects_bad_arguments():
+    model = tiny("llava")
+    data = inputs("llava", model)
+    with pytest.raises(ValueError, match="new_tokens"):
+        measure(model, data, new_tokens=1)
+    with pytest.raises(ValueError, match="budget"):
+        measure(model, data, None, 0.5)
+    with pytest.raises(KeyError):
+        measure(model, data, "nope")
+    with visprune.apply(model, "divprune", 0.5), pytest.raises(ValueError, match="remove"):
+        measure(model, data, progress=False)
+
+
+def test_cli_bench_missing_model_path(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--model", "/does/not/exist"])
+    assert exit_info.value.code == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench"], "--model"),
+        (["bench", "--model", ".", "--budget", "x"], "budget must be a number"),
+        (["bench", "--model", ".", "--param", "gamma"], "KEY=VALUE"),
+        (["bench", "--model", ".", "--repeats", "0"], "must be >= 1"),
+        (["bench", "--model", ".", "--method", "nope"], "unknown method"),
+        (["bench", "--model", ".", "--method", "divprune", "--param", "zz=1"], "zz"),
+        (["bench", "--model", ".", "--image", "/no/such.png"], "no such file"),
+    ],
+)
+def test_cli_bench_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bench_parses_arguments():
+    argv = "bench --model m --method otprune --budget 64 --param tau=0.1 --param name=x"
+    args = cli.build_parser().parse_args([*argv.split(), "--new-tokens", "4", "--json"])
+    assert args.budget == 64 and isinstance(args.budget, int)
+    assert dict(args.param) == {"tau": 0.1, "name": "x"}
+    assert args.new_tokens == 4 and args.json and args.repeats == 5
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_bench_runs_end_to_end(monkeypatch, capsys, as_json):
+    """The loader is replaced by a tiny model (building a real processor needs downloads)."""
+    model = tiny("llava")
+    model.generation_config.suppress_tokens = list(SPECIAL)
+    data = inputs("llava", model)
+    monkeypatch.setattr(cli, "_load_bench", lambda args: (model, data))
+    argv = ["bench", "--model", ".", "--method", "divprune", "--budget", "0.5"]
+    argv += ["--new-tokens", "2", "--repeats", "1", "--warmup", "0"]
+    assert main(argv + (["--json"] if as_json else [])) == 0
+    out = capsys.readouterr().out
+    if as_json:
+        result = json.loads(out)
+        assert result["method"] == "divprune" and result["visual_tokens_after"] == 2
+    else:
+        assert "time to first token" in out and "4 -> 2" in out
