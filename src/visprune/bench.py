@@ -10,8 +10,10 @@ timing is a median with its min/max over the repeats):
     Time to first token: wall time of ``model.generate(**inputs, max_new_tokens=1)``. It covers
     the vision encoder, the projector, the method's selection and the language-model prefill.
 ``decode_s_per_token``
-    ``(t(generate(new_tokens)) - t(generate(1))) / (new_tokens - 1)``, both timed in the same
-    repeat; ``min_new_tokens`` is forced so that no end-of-sequence token stops a run early.
+    In one ``generate(new_tokens)`` call: the time from the start of the first decode step (the
+    language model's second call, marked by a forward pre-hook) to the end of the call, divided
+    by ``new_tokens - 1``; ``min_new_tokens`` is forced so that no end-of-sequence token stops a
+    run early. One call, not a difference of two noisy calls.
 ``vision_s``
     Time inside the vision tower (``model.model.vision_tower`` for the LLaVA families,
     ``model.model.visual`` for Qwen-VL) during the ``generate(1)`` call, taken with a forward
@@ -377,11 +379,24 @@ def measure(
 
             handle.method.select = timed_select  # type: ignore[method-assign]
 
-        def generate(n: int) -> float:
+        step_starts: list[Any] = []
+        hooks.append(
+            model.model.language_model.register_forward_pre_hook(
+                lambda *_: step_starts.append(clock.mark())
+            )
+        )
+
+        def generate(n: int) -> tuple[float, float]:
+            """Wall time of one generate call, and its decode time per token: from the start of
+            the first decode step (the language model's second call) to the end, over n - 1."""
+            step_starts.clear()
             start = clock.mark()
             model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, **gen)
             end = clock.mark()
-            return clock.seconds(start, end)
+            per_token = 0.0
+            if n > 1 and len(step_starts) >= 2:
+                per_token = clock.seconds(step_starts[1], end) / (n - 1)
+            return clock.seconds(start, end), per_token
 
         prefill, decode, vision_times, select_times = [], [], [], []
         peak = None
@@ -399,12 +414,12 @@ def measure(
             for _ in rounds:
                 vision.reset()
                 selecting.reset()
-                first = generate(1)
+                first, _ = generate(1)
                 vision_times.append(vision.total())
                 select_times.append(selecting.total())
-                full = generate(new_tokens)
+                _, per_token = generate(new_tokens)
                 prefill.append(first)
-                decode.append(max(full - first, 0.0) / (new_tokens - 1))
+                decode.append(per_token)
             if clock.cuda:
                 peak = int(torch.cuda.max_memory_allocated(device))
             out = model(**inputs, use_cache=True)

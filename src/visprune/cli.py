@@ -64,6 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=_positive(0), default=1)
     bench.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    generate = commands.add_parser(
+        "generate",
+        help="answer a prompt about an image, optionally pruned, with a kept-token picture",
+        description="Generate with a local (or cached) Hugging Face VLM, pruned or not.",
+    )
+    generate.add_argument("--model", required=True, help="model directory or hub id")
+    generate.add_argument("--image", required=True, help="image file")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--method", default=None, help="method name (default: unpruned)")
+    generate.add_argument("--budget", type=_budget, default=None, help="count or fraction")
+    generate.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_param,
+        help="method hyperparameter (repeatable)",
+    )
+    generate.add_argument("--max-new-tokens", type=_positive(1), default=32)
+    generate.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
+    generate.add_argument("--viz", default=None, metavar="PNG", help="save the kept-token overlay")
     return parser
 
 
@@ -100,36 +121,126 @@ def _positive(minimum: int):
     return parse
 
 
-def _load_bench(args: argparse.Namespace) -> tuple[Any, dict]:
-    """Load model and processor from ``args.model`` and build the inputs of one image + prompt."""
+def _load(model_id: str, device: str | None) -> tuple[Any, Any]:
+    """Model and processor from a local directory (or a cached hub id)."""
     import torch
-    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(args.model)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="auto").eval()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device)
-    if args.image is None:
-        image = Image.new("RGB", (336, 336), (128, 128, 128))
+    processor = AutoProcessor.from_pretrained(model_id)
+    model = AutoModelForImageTextToText.from_pretrained(model_id, dtype="auto").eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device), processor
+
+
+def _prompt_inputs(model: Any, processor: Any, image: Any, prompt: str) -> dict:
+    """Processor inputs for one image and prompt: the chat template when the processor has one,
+    else the prompt with the image placeholder in front."""
+    if getattr(processor, "chat_template", None):
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        ]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
     else:
-        image = Image.open(args.image).convert("RGB")
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": args.prompt}]}
-    ]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        placeholder = getattr(processor, "image_token", "<image>")
+        text = prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
     inputs = processor(images=[image], text=[text], return_tensors="pt")
-    return model, {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    return {k: v.to(model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
 
 
-def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .bench import _resolve, format_table, measure
+def _open_image(path: str | None, default_size: int = 336) -> Any:
+    from PIL import Image
 
+    if path is None:
+        return Image.new("RGB", (default_size, default_size), (128, 128, 128))
+    return Image.open(path).convert("RGB")
+
+
+def _load_bench(args: argparse.Namespace) -> tuple[Any, dict]:
+    """Load model and processor from ``args.model`` and build the inputs of one image + prompt."""
+    model, processor = _load(args.model, args.device)
+    return model, _prompt_inputs(model, processor, _open_image(args.image), args.prompt)
+
+
+def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     looks_local = args.model.startswith((".", "~", os.sep)) or args.model.count("/") > 1
     if looks_local and not os.path.isdir(os.path.expanduser(args.model)):
         parser.error(f"--model {args.model!r}: no such directory")
     if args.image is not None and not os.path.isfile(args.image):
         parser.error(f"--image {args.image!r}: no such file")
+
+
+def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Answer one prompt about one image, optionally pruned, and optionally save the overlay."""
+    from .api import apply, get_method
+
+    _check_paths(parser, args)
+    params = dict(args.param)
+    if args.method is not None:
+        try:
+            if args.budget is not None:
+                params["budget"] = args.budget
+            get_method(args.method, **params).num_keep(1)
+        except (KeyError, ValueError) as error:
+            parser.error(str(error).strip("'\""))
+    elif args.budget is not None or params or args.viz:
+        parser.error("--budget, --param and --viz need --method")
+    try:
+        model, processor = _load(args.model, args.device)
+    except (OSError, ValueError) as error:
+        print(f"visprune generate: cannot load {args.model!r}: {error}", file=sys.stderr)
+        return 1
+    image = _open_image(args.image)
+    inputs = _prompt_inputs(model, processor, image, args.prompt)
+    handle = apply(model, args.method, **params) if args.method else None
+    try:
+        import torch
+
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        selections = handle.selections if handle else []
+    finally:
+        if handle is not None:
+            handle.remove()
+    answer = processor.batch_decode(
+        output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )[0]
+    print(answer.strip())
+    if selections:
+        kept = sum(len(s.kept) for s in selections)
+        total = sum(s.n for s in selections)
+        print(f"[{args.method}] kept {kept} of {total} visual tokens", file=sys.stderr)
+    if args.viz:
+        from .viz import overlay
+
+        seen = _model_view(processor, image)
+        overlay(seen, selections[0]).save(args.viz)
+        print(f"overlay written to {args.viz}", file=sys.stderr)
+    return 0
+
+
+def _model_view(processor: Any, image: Any) -> Any:
+    """The image as the model sees it: resized and centre-cropped like its image processor."""
+    from PIL import Image
+
+    image_processor = getattr(processor, "image_processor", None)
+    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None)
+    if isinstance(crop, dict) and "height" in crop and "width" in crop:
+        size = (crop["width"], crop["height"])
+        short = getattr(image_processor, "size", {}).get("shortest_edge")
+        if short:
+            scale = short / min(image.size)
+            image = image.resize(
+                (round(image.width * scale), round(image.height * scale)), Image.BICUBIC
+            )
+        left, top = (image.width - size[0]) // 2, (image.height - size[1]) // 2
+        return image.crop((left, top, left + size[0], top + size[1]))
+    return image
+
+
+def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .bench import _resolve, format_table, measure
+
+    _check_paths(parser, args)
     params = dict(args.param)
     try:
         _resolve(args.method, args.budget, params)  # fail on a bad method/parameter before loading
@@ -167,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         return _bench(parser, args)
+    if args.command == "generate":
+        return _generate(parser, args)
     parser.print_help(sys.stderr)
     return 2
 
