@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=_positive(0), default=1)
     bench.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    demo = commands.add_parser(
+        "demo",
+        help="accuracy of every method at 3 budgets on the bundled demo model (offline)",
+        description="Evaluate the bundled demo model unpruned and with every method.",
+    )
+    demo.add_argument("--quick", action="store_true", help="one budget, 60 questions")
+    demo.add_argument("--samples", type=_positive(1), default=None, help="test questions")
+    demo.add_argument("--model", default=None, help="a demo checkpoint (default: bundled)")
+    demo.add_argument("--out", default="visprune-demo", help="folder for results and overlays")
     generate = commands.add_parser(
         "generate",
         help="answer a prompt about an image, optionally pruned, with a kept-token picture",
@@ -280,6 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(parser, args)
     if args.command == "generate":
         return _generate(parser, args)
+    if args.command == "demo":
+        from .demo.run import run
+
+        try:
+            run(args.model, out=args.out, quick=args.quick, samples=args.samples)
+        except FileNotFoundError as error:
+            print(f"visprune demo: {error}", file=sys.stderr)
+            return 1
+        return 0
     parser.print_help(sys.stderr)
     return 2
 

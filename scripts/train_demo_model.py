@@ -1,0 +1,69 @@
+"""Train the bundled demo LLaVA from scratch on the synthetic visual-QA task (CPU).
+
+    python scripts/train_demo_model.py --out src/visprune/demo/checkpoint --minutes 65 --seed 0
+
+Logs validation accuracy per question type with timestamps to stdout and OUT/train_log.txt, keeps
+the best checkpoint (safetensors) in OUT, loadable with ``LlavaForConditionalGeneration`` /
+``AutoProcessor.from_pretrained(OUT)``, and reports test accuracy (unpruned and random 11 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--minutes", type=float, default=65.0, help="wall-clock training budget")
+    p.add_argument("--steps", type=int, default=None, help="schedule length (default: estimated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=250, help="steps between validations")
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--test-size", type=int, default=1000)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from visprune.demo import model as demo_model
+    from visprune.demo import task
+    from visprune.demo import train as demo_train
+
+    os.makedirs(args.out, exist_ok=True)
+    logfile = open(os.path.join(args.out, "train_log.txt"), "a", buffering=1)
+
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        logfile.write(line + "\n")
+
+    log(f"command: {' '.join(sys.argv)}")
+    cfg = demo_train.TrainConfig(
+        minutes=args.minutes,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        seed=args.seed,
+    )
+    demo_train.train(cfg, args.out, log)
+
+    torch.set_num_threads(cfg.threads)
+    model, _ = demo_model.load(args.out)
+    enc = demo_train.Encoder()
+    test = task.make_split(args.seed, "test", args.test_size)
+    acc = demo_train.accuracy(model, test, enc)
+    log(f"test (best checkpoint, {len(test)} samples) unpruned: {demo_train.fmt(acc)}")
+    rnd = demo_train.pruned_accuracy(model, test, enc, "random", 0.111)
+    log(f"test random 11 %: {demo_train.fmt(rnd)}")
+    log(f"random-pruning drop: {100 * (acc['all'] - rnd['all']):.1f} points")
+    logfile.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

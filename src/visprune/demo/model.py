@@ -1,0 +1,168 @@
+"""Config, tokenizer, processor and save/load helpers of the demo LLaVA (offline, no hub)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import task
+
+PAD, UNK, BOS, EOS, IMAGE = "<pad>", "<unk>", "<s>", "</s>", "<image>"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IMAGE]
+#: Features from hidden_states[-2] of a 1-layer tower = its embedding output (one patch per token).
+VISION_FEATURE_LAYER = -2
+
+DEFAULT_SIZES: dict[str, int] = {
+    "vision_hidden": 128,
+    "text_hidden": 128,
+    "text_layers": 3,
+    "text_heads": 4,
+    "text_intermediate": 384,
+}
+
+
+def build_tokenizer():
+    """A word-level ``PreTrainedTokenizerFast`` over :func:`task.vocabulary` (lower-cased)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + task.vocabulary())}
+    core = Tokenizer(WordLevel(vocab, unk_token=UNK))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        extra_special_tokens={"image_token": IMAGE},
+        model_max_length=512,
+    )
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE]})
+    tok.padding_side = "left"
+    return tok
+
+
+def build_image_processor():
+    """The CLIP image processor (PIL backend) at the demo resolution and normalisation."""
+    try:
+        from transformers import CLIPImageProcessorPil as cls
+    except ImportError:  # older transformers
+        from transformers import CLIPImageProcessor as cls
+    return cls(
+        do_resize=True,
+        size={"shortest_edge": task.IMAGE_SIZE},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": task.IMAGE_SIZE, "width": task.IMAGE_SIZE},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(task.MEAN),
+        image_std=list(task.STD),
+        do_convert_rgb=True,
+    )
+
+
+def build_processor(tokenizer=None):
+    """A ``LlavaProcessor`` expanding ``<image>`` into ``GRID * GRID`` image tokens."""
+    from transformers import LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=build_image_processor(),
+        tokenizer=tokenizer or build_tokenizer(),
+        patch_size=task.PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
+        image_token=IMAGE,
+    )
+
+
+def build_config(tokenizer=None, **sizes: int):
+    """The ``LlavaConfig``: 1-layer CLIP tower, features from its embedding output, small Llama."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    tokenizer = tokenizer or build_tokenizer()
+    s = {**DEFAULT_SIZES, **sizes}
+    vision = CLIPVisionConfig(
+        hidden_size=s["vision_hidden"],
+        intermediate_size=2 * s["vision_hidden"],
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=task.IMAGE_SIZE,
+        patch_size=task.PATCH,
+        projection_dim=s["vision_hidden"],
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s["text_hidden"],
+        intermediate_size=s["text_intermediate"],
+        num_hidden_layers=s["text_layers"],
+        num_attention_heads=s["text_heads"],
+        num_key_value_heads=s["text_heads"],
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        vision_feature_layer=VISION_FEATURE_LAYER,
+        vision_feature_select_strategy="default",
+        image_seq_length=task.NUM_CELLS,
+        projector_hidden_act="gelu",
+    )
+    return config
+
+
+def build_model(config=None, seed: int = 0):
+    """A freshly initialised ``LlavaForConditionalGeneration`` (train mode)."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    tokenizer = build_tokenizer()
+    config = config or build_config(tokenizer)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    gen = model.generation_config
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.bos_token_id = tokenizer.bos_token_id
+    gen.do_sample = False
+    gen.max_new_tokens = 2
+    return model
+
+
+def save(model, directory: str | os.PathLike, processor=None, extra: dict[str, Any] | None = None):
+    """Write weights (safetensors), configs, tokenizer and processor so that
+    ``LlavaForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained`` load
+    them. Writes to a temporary folder first, so an interrupted save leaves the old one intact."""
+    import json
+    import shutil
+
+    directory = os.fspath(directory)
+    tmp = directory.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    (processor or build_processor()).save_pretrained(tmp)
+    if extra is not None:
+        with open(os.path.join(tmp, "demo_info.json"), "w") as f:
+            json.dump(extra, f, indent=2)
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(tmp):  # replace file by file; keep unrelated files (train_log.txt)
+        os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(directory: str | os.PathLike):
+    """``(model, processor)`` from a folder written by :func:`save`, in eval mode."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(directory).eval()
+    processor = AutoProcessor.from_pretrained(directory)
+    return model, processor

@@ -1,0 +1,178 @@
+"""``visprune demo``: accuracy of every method at three budgets on the bundled demo model.
+
+Evaluates the bundled model (or any checkpoint written by :func:`visprune.demo.model.save`) on
+the test split of the synthetic task, unpruned and with every method at 11 %, 22 % and 33 % of
+the visual tokens, then prints and writes a table (method x budget -> accuracy, visual tokens
+kept, prefill time relative to unpruned) and saves kept-token overlays of a few examples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import model as demo_model
+from . import task
+
+BUDGETS = (0.111, 0.222, 0.333)
+CHECKPOINT = Path(__file__).parent / "checkpoint"
+
+
+def bundled_checkpoint() -> Path:
+    """The checkpoint shipped inside the package; a clear error when it is missing."""
+    if not (CHECKPOINT / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no bundled demo checkpoint at {CHECKPOINT}; train one with "
+            "`python scripts/train_demo_model.py --out src/visprune/demo/checkpoint`."
+        )
+    return CHECKPOINT
+
+
+def _methods() -> list[str]:
+    import visprune
+
+    return [name for name in visprune.list_methods() if name != "keepall"]
+
+
+def evaluate(
+    model_dir: str | Path | None = None,
+    *,
+    samples: int = 500,
+    seed: int = 0,
+    budgets: Sequence[float] = BUDGETS,
+    methods: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Accuracy per (method, budget) on the first ``samples`` test questions.
+
+    Returns
+    -------
+    list of dict
+        One row per configuration: ``method``, ``budget`` (None unpruned), ``accuracy`` (all
+        question types), ``by_type`` (per question type), ``tokens`` (visual tokens kept per
+        image) and ``time`` (seconds for the batched forward passes).
+    """
+    import visprune
+
+    from .train import Encoder, accuracy
+
+    model, processor = demo_model.load(model_dir or bundled_checkpoint())
+    encoder = Encoder(processor.tokenizer)
+    test = task.make_split(seed, "test", samples)
+    configs: list[tuple[str, float | None]] = [("unpruned", None)]
+    configs += [(m, b) for b in budgets for m in (methods or _methods())]
+    if progress:
+        from tqdm.auto import tqdm
+
+        configs = tqdm(configs, desc="visprune demo", unit="config")
+    rows = []
+    accuracy(model, test[:8], encoder)  # warm-up: the first forward pays one-off costs
+    for method, budget in configs:
+        handle = None if budget is None else visprune.apply(model, method, budget=budget)
+        try:
+            start = time.perf_counter()
+            scores = accuracy(model, test, encoder)
+            elapsed = time.perf_counter() - start
+            tokens = task.NUM_CELLS if handle is None else handle.method.num_keep(task.NUM_CELLS)
+        finally:
+            if handle is not None:
+                handle.remove()
+        rows.append(
+            {
+                "method": method,
+                "budget": budget,
+                "accuracy": scores["all"],
+                "by_type": {k: v for k, v in scores.items() if k != "all"},
+                "tokens": tokens,
+                "time": elapsed,
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict], samples: int) -> str:
+    """The results as a markdown table (accuracy in %, time relative to unpruned)."""
+    base = next(row for row in rows if row["budget"] is None)
+    types = list(base["by_type"])
+    lines = [
+        f"Demo task, {samples} test questions; prefill time relative to unpruned.",
+        "",
+        "| method | budget | visual tokens | accuracy | " + " | ".join(types) + " | prefill time |",
+        "|---|---:|---:|---:|" + "---:|" * len(types) + "---:|",
+    ]
+    for row in rows:
+        budget = "-" if row["budget"] is None else f"{row['budget']:.1%}"
+        by_type = " | ".join(f"{100 * row['by_type'].get(t, 0.0):.1f}" for t in types)
+        lines.append(
+            f"| {row['method']} | {budget} | {row['tokens']} | {100 * row['accuracy']:.1f} | "
+            f"{by_type} | {row['time'] / base['time']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def overlays(
+    model_dir: str | Path | None,
+    path: Path,
+    *,
+    examples: int = 4,
+    budget: float = BUDGETS[0],
+    seed: int = 0,
+    methods: Sequence[str] | None = None,
+) -> Path:
+    """One picture: a row per test example, a column per method (kept patches bright)."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    import visprune
+    from visprune.viz import overlay
+
+    from .train import Encoder, prompt_batch
+
+    model, processor = demo_model.load(model_dir or bundled_checkpoint())
+    encoder = Encoder(processor.tokenizer)
+    chosen = list(methods or _methods())
+    picks = task.make_split(seed, "test", examples)
+    scale, label = 3, 14
+    cell = task.IMAGE_SIZE * scale
+    sheet = Image.new("RGB", (cell * (len(chosen) + 1), (cell + label) * examples), "white")
+    draw = ImageDraw.Draw(sheet)
+    for column, method in enumerate(["image", *chosen]):
+        kept = None
+        if method != "image":
+            with visprune.apply(model, method, budget=budget) as handle, torch.no_grad():
+                model(**prompt_batch(picks, encoder), logits_to_keep=1)
+                kept = handle.selections
+        for row, sample in enumerate(picks):
+            image = Image.fromarray(sample.image).resize((cell, cell), Image.NEAREST)
+            if kept is not None:
+                image = overlay(image, kept[row], grid=(task.GRID, task.GRID))
+            top = row * (cell + label)
+            sheet.paste(image, (column * cell, top + label))
+            text = sample.question if method == "image" else method
+            draw.text((column * cell + 2, top), text[: cell // 6], fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def run(
+    model_dir: str | Path | None = None,
+    *,
+    out: str | Path = "visprune-demo",
+    quick: bool = False,
+    samples: int | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Evaluate, print the table, write ``out/results.md`` and ``out/overlays.png``."""
+    out = Path(out)
+    samples = samples or (60 if quick else 500)
+    budgets = BUDGETS[:1] if quick else BUDGETS
+    rows = evaluate(model_dir, samples=samples, budgets=budgets)
+    text = table(rows, samples)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text("# visprune demo\n\n" + text)
+    picture = overlays(model_dir, out / "overlays.png", examples=2 if quick else 4)
+    log(text)
+    log(f"wrote {out / 'results.md'} and {picture}")
+    return rows

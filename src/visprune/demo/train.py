@@ -1,0 +1,225 @@
+"""Training and evaluation loops of the demo model (CPU, on-the-fly data)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import model as demo_model
+from . import task
+
+
+@dataclass
+class TrainConfig:
+    minutes: float = 65.0
+    steps: int | None = None  # None: estimated from the measured speed and ``minutes``
+    batch: int = 48
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 150
+    weight_decay: float = 0.05
+    curriculum: float = 0.4  # fraction of the steps over which objects grow to full difficulty
+    start_objects: tuple[int, int] = (1, 2)
+    eval_every: int = 250
+    eval_size: int = 500
+    save_every_minutes: float = 5.0
+    seed: int = 0
+    threads: int = 2
+    bf16: bool = False  # bfloat16 autocast for the forward pass (fp32 weights and optimizer)
+
+
+class Encoder:
+    """Token ids of prompts and answers without the processor (same ids as the processor)."""
+
+    def __init__(self, tokenizer=None) -> None:
+        self.tokenizer = tokenizer or demo_model.build_tokenizer()
+        vocab = self.tokenizer.get_vocab()
+        self.vocab = vocab
+        self.image = vocab[demo_model.IMAGE]
+        self.pad = vocab[demo_model.PAD]
+        self.eos = vocab[demo_model.EOS]
+        self._cache: dict[str, list[int]] = {}
+
+    def words(self, text: str) -> list[int]:
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self._cache[text] = [self.vocab[w] for w in text.replace("?", " ?").split()]
+        return ids
+
+    def prompt(self, sample: task.Sample) -> list[int]:
+        return [self.image] * task.NUM_CELLS + self.words(sample.question)
+
+
+def train_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
+    """Right-padded ``prompt answer </s>`` with loss on the answer and ``</s>`` only."""
+    rows = [enc.prompt(s) for s in samples]
+    answers = [[*enc.words(s.answer), enc.eos] for s in samples]
+    length = max(len(r) + len(a) for r, a in zip(rows, answers, strict=True))
+    ids = torch.full((len(rows), length), enc.pad, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, (r, a) in enumerate(zip(rows, answers, strict=True)):
+        n = len(r) + len(a)
+        ids[i, :n] = torch.tensor(r + a)
+        labels[i, len(r) : n] = torch.tensor(a)
+        mask[i, :n] = 1
+    pixels = torch.from_numpy(task.normalize(np.stack([s.image for s in samples])))
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+
+
+def prompt_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
+    """Left-padded prompts (as the processor with ``padding_side="left"`` gives)."""
+    rows = [enc.prompt(s) for s in samples]
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), enc.pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r) :] = torch.tensor(r)
+        mask[i, length - len(r) :] = 1
+    pixels = torch.from_numpy(task.normalize(np.stack([s.image for s in samples])))
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+@torch.no_grad()
+def predict(model, samples: Sequence[task.Sample], enc: Encoder, batch: int = 100) -> list[str]:
+    """Greedy first answer word: argmax of the next-token logits over the whole vocabulary
+    (what ``generate(max_new_tokens=1)`` returns)."""
+    was_training = model.training
+    model.eval()
+    inv = {i: w for w, i in enc.vocab.items()}
+    out: list[str] = []
+    for i in range(0, len(samples), batch):
+        logits = model(**prompt_batch(samples[i : i + batch], enc), logits_to_keep=1).logits
+        out += [inv[int(t)] for t in logits[:, -1].argmax(-1)]
+    model.train(was_training)
+    return out
+
+
+def accuracy(model, samples: Sequence[task.Sample], enc: Encoder) -> dict[str, float]:
+    """Accuracy per question type and ``"all"`` (mean over samples)."""
+    preds = predict(model, samples, enc)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for s, p in zip(samples, preds, strict=True):
+        hits[s.qtype].append(p == s.answer)
+        hits["all"].append(p == s.answer)
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+def pruned_accuracy(model, samples, enc, method: str = "random", budget: float = 0.111, **kw):
+    import visprune
+
+    with visprune.apply(model, method, budget=budget, **kw):
+        return accuracy(model, samples, enc)
+
+
+def _objects_at(step: int, total: int, cfg: TrainConfig) -> tuple[int, int]:
+    frac = min(1.0, step / max(1.0, cfg.curriculum * total))
+    lo = round(cfg.start_objects[0] + frac * (task.MIN_OBJECTS - cfg.start_objects[0]))
+    hi = round(cfg.start_objects[1] + frac * (task.MAX_OBJECTS - cfg.start_objects[1]))
+    return lo, hi
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def fmt(acc: dict[str, float]) -> str:
+    keys = ["all", *task.QUESTION_TYPES]
+    return " ".join(f"{k}={100 * acc[k]:.1f}" for k in keys if k in acc)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str,
+    log: Callable[[str], None] = print,
+    sizes: dict[str, int] | None = None,
+):
+    """Train from scratch; save the best checkpoint (by validation accuracy) under ``out``.
+
+    Stops after ``cfg.steps`` steps or ``cfg.minutes`` minutes, whichever comes first. The
+    checkpoint is refreshed at every evaluation that improves, at least every
+    ``cfg.save_every_minutes`` (last weights under ``out/last`` when not the best) and at the end.
+    """
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    enc = Encoder()
+    processor = demo_model.build_processor(enc.tokenizer)
+    config = demo_model.build_config(enc.tokenizer, **(sizes or {}))
+    model = demo_model.build_model(config, cfg.seed)
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    val = task.make_split(cfg.seed, "validation", cfg.eval_size)
+    log(f"model: {params / 1e6:.2f} M parameters; config {cfg}")
+    start = time.time()
+    deadline = start + 60 * cfg.minutes
+    total = cfg.steps or 10**9
+    best, last_save, seen, step = -1.0, start, 0, 0
+    info: dict = {"seed": cfg.seed, "params": params}
+
+    def checkpoint(acc: dict[str, float] | None, final: bool = False) -> None:
+        nonlocal best, last_save
+        elapsed = (time.time() - start) / 60
+        meta = {**info, "step": step, "samples": seen, "minutes": round(elapsed, 2)}
+        if acc is not None and acc["all"] >= best:
+            best = acc["all"]
+            demo_model.save(model, out, processor, {**meta, "validation": acc})
+            log(f"  saved best checkpoint to {out} (validation {100 * best:.1f} %)")
+        elif final or time.time() - last_save > 60 * cfg.save_every_minutes:
+            demo_model.save(model, os.path.join(out, "last"), processor, meta)
+        last_save = time.time()
+
+    while step < total and time.time() < deadline:
+        if step == 20 and cfg.steps is None:  # estimate the schedule length from measured speed
+            per_step = (time.time() - start) / step
+            total = max(step + 1, int(60 * cfg.minutes / (per_step * 1.08)))
+            info["steps"] = total
+            log(f"estimated {per_step:.2f} s/step -> schedule of {total} steps (--steps {total})")
+        lr = _lr_at(step, total if total < 10**9 else 10**6, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        objects = _objects_at(step, total if total < 10**9 else 10**6, cfg)
+        samples = [
+            task.make_sample(cfg.seed, "train", step * cfg.batch + i, objects=objects)
+            for i in range(cfg.batch)
+        ]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = model(**train_batch(samples, enc)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen += cfg.batch
+        if step % 25 == 0:
+            el = time.time() - start
+            log(
+                f"[{el / 60:6.2f} min] step {step} samples {seen} ({seen / el:.1f}/s) "
+                f"loss {loss.item():.4f} lr {lr:.2e} objects {objects}"
+            )
+        if step % cfg.eval_every == 0:
+            acc = accuracy(model, val, enc)
+            log(f"[{(time.time() - start) / 60:6.2f} min] step {step} validation {fmt(acc)}")
+            checkpoint(acc)
+        elif time.time() - last_save > 60 * cfg.save_every_minutes:
+            checkpoint(None)
+    acc = accuracy(model, val, enc)
+    log(f"[{(time.time() - start) / 60:6.2f} min] final step {step} validation {fmt(acc)}")
+    checkpoint(acc, final=True)
+    return model, acc

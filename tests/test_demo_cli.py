@@ -1,0 +1,102 @@
+"""``visprune demo`` and ``visprune generate`` end to end on a tiny demo checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+import visprune
+from visprune.cli import main
+from visprune.demo import model as demo_model
+from visprune.demo import task
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny untrained demo model saved like the bundled one."""
+    path = tmp_path_factory.mktemp("demo-checkpoint")
+    tokenizer = demo_model.build_tokenizer()
+    config = demo_model.build_config(
+        tokenizer,
+        vision_hidden=16,
+        text_hidden=32,
+        text_layers=1,
+        text_heads=2,
+        text_intermediate=64,
+    )
+    demo_model.save(demo_model.build_model(config, seed=0).eval(), path)
+    return path
+
+
+def test_demo_quick_runs_every_method_and_writes_results(checkpoint, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["demo", "--quick", "--model", str(checkpoint), "--out", str(out)]) == 0
+    table = (out / "results.md").read_text()
+    for method in ["unpruned", *(m for m in visprune.list_methods() if m != "keepall")]:
+        assert f"| {method} |" in table
+    assert "| 7 |" in table  # 11.1 % of the 64 visual tokens
+    with Image.open(out / "overlays.png") as picture:
+        assert picture.width > picture.height > 0
+    assert "visual tokens" in capsys.readouterr().out
+
+
+def test_demo_without_a_checkpoint_says_how_to_make_one(tmp_path, capsys):
+    missing = tmp_path / "none"
+    from visprune.demo import run as demo_run
+
+    original = demo_run.CHECKPOINT
+    demo_run.CHECKPOINT = missing
+    try:
+        assert main(["demo", "--quick", "--out", str(tmp_path / "o")]) == 1
+    finally:
+        demo_run.CHECKPOINT = original
+    assert "train_demo_model.py" in capsys.readouterr().err
+
+
+def test_generate_answers_and_saves_the_overlay(checkpoint, tmp_path, capsys):
+    sample = task.make_sample(0, "test", 1)
+    image_path, viz = tmp_path / "q.png", tmp_path / "kept.png"
+    Image.fromarray(sample.image).save(image_path)
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(checkpoint),
+            "--image",
+            str(image_path),
+            "--prompt",
+            sample.question,
+            "--method",
+            "divprune",
+            "--budget",
+            "16",
+            "--viz",
+            str(viz),
+            "--max-new-tokens",
+            "2",
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip()  # an answer was printed
+    assert "kept 16 of 64 visual tokens" in captured.err
+    with Image.open(viz) as picture:
+        assert picture.size == (task.IMAGE_SIZE, task.IMAGE_SIZE)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--budget", "4"], "need --method"),
+        (["--method", "nope"], "unknown method"),
+        (["--method", "divprune", "--budget", "0"], "must be positive"),
+    ],
+)
+def test_generate_rejects_bad_arguments(checkpoint, tmp_path, capsys, argv, message):
+    image_path = tmp_path / "q.png"
+    Image.new("RGB", (64, 64)).save(image_path)
+    base = ["generate", "--model", str(checkpoint), "--image", str(image_path), "--prompt", "x"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

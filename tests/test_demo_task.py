@@ -1,0 +1,133 @@
+"""The demo task generator, tokenizer/processor and a tiny demo model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from visprune.demo import model as demo_model
+from visprune.demo import task
+from visprune.demo import train as demo_train
+
+
+def test_generator_is_deterministic_per_seed():
+    a = task.make_split(3, "train", 20)
+    b = task.make_split(3, "train", 20)
+    c = task.make_split(4, "train", 20)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.image, y.image)
+        assert (x.question, x.answer, x.objects) == (y.question, y.answer, y.objects)
+    assert any(not np.array_equal(x.image, z.image) for x, z in zip(a, c, strict=True))
+
+
+def test_splits_are_disjoint():
+    digests = {}
+    for split in task.SPLITS:
+        digests[split] = {s.image.tobytes() for s in task.make_split(0, split, 100)}
+    assert not digests["train"] & digests["validation"]
+    assert not digests["train"] & digests["test"]
+    assert not digests["validation"] & digests["test"]
+
+
+def test_question_types_and_answers_are_balanced():
+    samples = task.make_split(0, "train", 3000)
+    types = Counter(s.qtype for s in samples)
+    assert set(types) == set(task.QUESTION_TYPES)
+    assert max(types.values()) - min(types.values()) <= 1
+    for qtype, answers in task.ANSWERS_BY_TYPE.items():
+        counts = Counter(s.answer for s in samples if s.qtype == qtype)
+        assert set(counts) == set(answers)
+        expected = types[qtype] / len(answers)
+        assert all(abs(n - expected) < 0.3 * expected for n in counts.values()), counts
+
+
+def _cell_of_pixels(sample: task.Sample) -> set[int]:
+    """Cells that contain a clearly coloured pixel (saturation far above the grey background)."""
+    img = sample.image.astype(int)
+    sat = img.max(-1) - img.min(-1)
+    ys, xs = np.nonzero(sat > 80)
+    return {int(y // task.PATCH * task.GRID + x // task.PATCH) for y, x in zip(ys, xs, strict=True)}
+
+
+def test_each_object_lies_inside_one_patch_cell():
+    for sample in task.make_split(1, "test", 50):
+        cells = [cell for cell, _, _ in sample.objects]
+        assert len(set(cells)) == len(cells)
+        assert task.MIN_OBJECTS <= len(cells) <= task.MAX_OBJECTS
+        assert _cell_of_pixels(sample) == set(cells)
+        assert set(sample.targets) <= set(cells)
+
+
+def test_answers_follow_from_the_objects():
+    for s in task.make_split(2, "validation", 200):
+        pairs = [(c, sh) for _, c, sh in s.objects]
+        words = s.question.split()
+        if s.qtype == "colour":
+            matches = [c for c, sh in pairs if sh == words[4]]
+            assert matches == [s.answer]
+        elif s.qtype == "shape":
+            matches = [sh for c, sh in pairs if c == words[4]]
+            assert matches == [s.answer]
+        elif s.qtype == "exists":
+            assert ((words[3], words[4]) in pairs) == (s.answer == "yes")
+        elif s.qtype == "count":
+            n = sum(c == words[2] for c, _ in pairs)
+            assert task.COUNT_WORDS[n - 1] == s.answer
+        else:
+            a = next(cell for cell, c, sh in s.objects if (c, sh) == (words[3], words[4]))
+            b = next(cell for cell, c, sh in s.objects if (c, sh) == (words[8], words[9]))
+            assert pairs.count((words[3], words[4])) == pairs.count((words[8], words[9])) == 1
+            assert task._relation(a, b) == s.answer
+
+
+def test_tokenizer_and_processor_round_trip(tmp_path):
+    tok = demo_model.build_tokenizer()
+    processor = demo_model.build_processor(tok)
+    sample = task.make_sample(0, "test", 7)
+    enc = demo_train.Encoder(tok)
+    out = processor(images=sample.pil(), text=sample.prompt, return_tensors="pt")
+    assert out["input_ids"][0].tolist() == enc.prompt(sample)
+    assert tok.decode(enc.words(sample.question)) == sample.question
+    assert tok.convert_ids_to_tokens(enc.words(sample.answer)) == [sample.answer]
+    expected = torch.from_numpy(task.normalize(sample.image[None]))
+    torch.testing.assert_close(out["pixel_values"], expected, atol=1e-6, rtol=0)
+    processor.save_pretrained(tmp_path)
+    from transformers import AutoProcessor
+
+    again = AutoProcessor.from_pretrained(tmp_path)
+    assert again(images=sample.pil(), text=sample.prompt)["input_ids"][0] == enc.prompt(sample)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    tok = demo_model.build_tokenizer()
+    config = demo_model.build_config(
+        tok, vision_hidden=16, text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64
+    )
+    return demo_model.build_model(config, seed=0).eval()
+
+
+def test_tiny_model_forward_save_load_and_prune(tiny_model, tmp_path):
+    import visprune
+
+    samples = task.make_split(0, "test", 5)
+    enc = demo_train.Encoder()
+    batch = demo_train.train_batch(samples, enc)
+    assert torch.isfinite(tiny_model(**batch).loss)
+    before = demo_train.predict(tiny_model, samples, enc)
+    demo_model.save(tiny_model, tmp_path, extra={"note": "test"})
+    loaded, processor = demo_model.load(tmp_path)
+    assert demo_train.predict(loaded, samples, enc) == before
+    # The greedy prediction of the evaluation protocol equals generate's first token.
+    out = processor(images=samples[0].pil(), text=samples[0].prompt, return_tensors="pt")
+    gen = loaded.generate(**out, max_new_tokens=1, do_sample=False)
+    assert processor.tokenizer.convert_ids_to_tokens(gen[0, -1:].tolist()) == [before[0]]
+    for method in ("random", "divprune"):
+        with visprune.apply(loaded, method, budget=0.111) as handle:
+            preds = demo_train.predict(loaded, samples, enc)
+            assert len(preds) == 5
+            kept = handle.selections[-1]
+        assert kept is not None
