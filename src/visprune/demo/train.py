@@ -25,8 +25,12 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     warmup: int = 150
     weight_decay: float = 0.05
-    curriculum: float = 0.4  # fraction of the steps over which objects grow to full difficulty
-    start_objects: tuple[int, int] = (1, 2)
+    curriculum: float = 0.5  # fraction of the steps over which objects grow to full difficulty
+    start_objects: tuple[int, int] = (1, 3)
+    #: When each question type joins the training mix, as a fraction of the steps (in the order
+    #: of ``task.QUESTION_TYPES``): a single type is learned within minutes, a mix from the
+    #: start stalls at chance.
+    type_schedule: tuple[float, ...] = (0.0, 0.08, 0.16, 0.24, 0.32)
     eval_every: int = 250
     eval_size: int = 500
     save_every_minutes: float = 5.0
@@ -126,6 +130,11 @@ def _objects_at(step: int, total: int, cfg: TrainConfig) -> tuple[int, int]:
     return lo, hi
 
 
+def _types_at(step: int, total: int, cfg: TrainConfig) -> list[str]:
+    frac = step / max(1.0, total)
+    return [t for t, at in zip(task.QUESTION_TYPES, cfg.type_schedule, strict=True) if frac >= at]
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -195,8 +204,15 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr
         objects = _objects_at(step, total if total < 10**9 else 10**6, cfg)
+        types = _types_at(step, total if total < 10**9 else 10**6, cfg)
         samples = [
-            task.make_sample(cfg.seed, "train", step * cfg.batch + i, objects=objects)
+            task.make_sample(
+                cfg.seed,
+                "train",
+                step * cfg.batch + i,
+                objects=objects,
+                qtype=types[(step * cfg.batch + i) % len(types)],
+            )
             for i in range(cfg.batch)
         ]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -211,7 +227,7 @@ def train(
             el = time.time() - start
             log(
                 f"[{el / 60:6.2f} min] step {step} samples {seen} ({seen / el:.1f}/s) "
-                f"loss {loss.item():.4f} lr {lr:.2e} objects {objects}"
+                f"loss {loss.item():.4f} lr {lr:.2e} objects {objects} types {len(types)}"
             )
         if step % cfg.eval_every == 0:
             acc = accuracy(model, val, enc)
