@@ -158,3 +158,29 @@ def test_cli_bench_runs_end_to_end(monkeypatch, capsys, as_json):
         assert result["method"] == "divprune" and result["visual_tokens_after"] == 2
     else:
         assert "time to first token" in out and "4 -> 2" in out
+
+
+def test_alignment_matches_the_metrics_on_the_recorded_selection(runs):
+    from visprune.metrics import alignment_report
+
+    _, model, data, full, pruned, _, _ = runs
+    assert full.alignment is None
+    assert set(pruned.alignment) == {"w2", "coverage", "relevance"}
+    seen = {}
+
+    def record_embeds(_module, _args, kwargs):
+        seen.setdefault("embeds", kwargs["inputs_embeds"])
+
+    with visprune.apply(model, "divprune", 0.5) as handle, torch.no_grad():
+        hook = model.model.language_model.register_forward_pre_hook(
+            record_embeds, with_kwargs=True, prepend=True
+        )
+        model(**data)
+        hook.remove()
+        (record,) = handle.selections
+    assert torch.equal(record.candidates[record.kept], record.positions)
+    embeds = seen["embeds"][0]
+    text = embeds[int(record.candidates.max()) + 1 :]  # the prompt after the image
+    expected = alignment_report(embeds[record.candidates], record.kept, text)
+    for key, value in expected.items():
+        assert pruned.alignment[key] == pytest.approx(value, rel=1e-6)

@@ -33,6 +33,10 @@ timing is a median with its min/max over the repeats):
 ``visual_tokens_before`` / ``visual_tokens_after``
     Pruned: ``sum(s.n)`` and ``sum(len(s.kept))`` over ``handle.selections``. Unpruned: the
     image/video placeholder tokens in ``input_ids`` (both fields).
+``alignment``
+    Pruned runs: the mean over images/frames of :func:`visprune.metrics.alignment_report` (W2,
+    coverage, and relevance to the prompt after the image) between each image's candidate
+    tokens and the kept ones, on the LLM input embeddings of an untimed forward.
 ``flops``
     :func:`visprune.flops.model_flops` per batch row, summed: ``prefill`` (``logits="last"``) and
     ``decode`` (``new_tokens - 1`` steps). Images per row are the contiguous runs of placeholder
@@ -105,6 +109,7 @@ class BenchResult:
     visual_tokens_after: int
     flops: dict[str, Any]
     versions: dict[str, str] = field(default_factory=dict)
+    alignment: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
@@ -277,6 +282,28 @@ def _flops(
     return {**totals, **parts}
 
 
+def _alignment(
+    embeds: Tensor, visual: Tensor, mask: Tensor | None, selections: list
+) -> dict[str, float]:
+    """Mean :func:`visprune.metrics.alignment_report` over the images/frames of the last call,
+    on the LLM input embeddings (the tokens the language model would have seen); the text is
+    each sample's prompt after its last visual token."""
+    from .metrics import alignment_report
+
+    totals: dict[str, list[float]] = {}
+    for record in selections:
+        row = record.sample
+        tokens = embeds[row, record.candidates.to(embeds.device)]
+        last = int(visual[row].nonzero().max())
+        tail = torch.arange(last + 1, embeds.shape[1], device=embeds.device)
+        if isinstance(mask, Tensor):
+            tail = tail[mask[row, tail].bool()]
+        text = embeds[row, tail] if len(tail) else None
+        for key, value in alignment_report(tokens, record.kept, text).items():
+            totals.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in totals.items()}
+
+
 def _resolve(method: str | Method | None, budget: Any, params: dict) -> Method | None:
     if method is None or (isinstance(method, str) and method.lower() == "keepall"):
         if budget is not None or params:
@@ -422,7 +449,20 @@ def measure(
                 decode.append(per_token)
             if clock.cuda:
                 peak = int(torch.cuda.max_memory_allocated(device))
-            out = model(**inputs, use_cache=True)
+            seen: dict[str, Tensor] = {}
+
+            def record(_module: Any, _args: tuple, kwargs: dict) -> None:
+                seen.setdefault("embeds", kwargs.get("inputs_embeds"))
+
+            capture = model.model.language_model.register_forward_pre_hook(
+                record,
+                with_kwargs=True,
+                prepend=True,  # before the pruning hook: the full sequence
+            )
+            try:
+                out = model(**inputs, use_cache=True)
+            finally:
+                capture.remove()
             cache_bytes, cache_length = kv_cache_bytes(out.past_key_values)
             del out
 
@@ -439,6 +479,9 @@ def measure(
             before = after = int(visual.sum())
             kept_per_row = [int(v) for v in visual.sum(dim=1)]
         flops = _flops(model, inputs, visual, kept_per_row, new_tokens)
+        alignment = None
+        if handle is not None and seen.get("embeds") is not None:
+            alignment = _alignment(seen["embeds"], visual, inputs.get("attention_mask"), selections)
     finally:
         for hook in hooks:
             hook.remove()
@@ -453,6 +496,7 @@ def measure(
         new_tokens=new_tokens,
         repeats=repeats,
         warmup=warmup,
+        alignment=alignment,
         prefill_s=Stat.of(prefill),
         decode_s_per_token=Stat.of(decode),
         vision_s=Stat.of(vision_times),
@@ -465,6 +509,12 @@ def measure(
         flops=flops,
         versions=_versions(),
     )
+
+
+def _alignment_text(alignment: dict[str, float] | None) -> str:
+    if not alignment:
+        return "- (unpruned)"
+    return ", ".join(f"{key} {value:.4f}" for key, value in alignment.items())
 
 
 def format_table(result: BenchResult) -> str:
@@ -490,6 +540,7 @@ def format_table(result: BenchResult) -> str:
         ("KV cache", f"{result.kv_cache_bytes / 2**20:.3f} MiB ({result.kv_cache_length} pos)"),
         ("peak memory", peak if result.peak_memory_bytes is not None else "- (CPU)"),
         ("prefill GFLOPs", f"{result.flops['prefill_total'] / 1e9:.3f}"),
+        ("alignment", _alignment_text(result.alignment)),
         ("decode GFLOPs", f"{result.flops['decode_total'] / 1e9:.3f}"),
         ("repeats", f"{result.repeats} (+{result.warmup} warm-up), {result.new_tokens} tokens"),
     ]

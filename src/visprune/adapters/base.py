@@ -54,6 +54,9 @@ class Selection:
         int64 positions, in the unpruned ``input_ids``, of the kept tokens.
     kind : str
         "image" or "video".
+    candidates : Tensor
+        int64 positions, in the unpruned ``input_ids``, of all ``n`` candidate tokens
+        (``positions == candidates[kept]``).
     """
 
     sample: int
@@ -64,6 +67,7 @@ class Selection:
     grid: tuple[int, int] | None
     positions: Tensor
     kind: str = "image"
+    candidates: Tensor | None = None
 
 
 @dataclass
@@ -324,6 +328,7 @@ class Adapter:
                 grid=item.grid,
                 positions=item.positions[item.kept].cpu(),
                 kind=item.kind,
+                candidates=item.positions.cpu(),
             )
             for item in items
         ]
