@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from tqdm import tqdm
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from visprune.bench import measure
+from visprune.bench import machine_description, measure
 
 METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator", "random", "uniform"]
 BUDGETS = (192, 128, 64)
@@ -77,18 +76,6 @@ def build_inputs() -> dict:
         "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
         "pixel_values": torch.randn(1, 3, 336, 336, generator=generator),
     }
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}; {torch.get_num_threads()} torch threads; torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {machine()}. Model: random-weight LLaVA layout, Llama LM hidden {args.hidden}, "
+        f"Machine: {machine_description()}. Model: random-weight LLaVA layout, Llama LM "
+        f"hidden {args.hidden}, "
         f"{args.layers} layers, 576 visual tokens (CLIP tower 2 x 256 at 336 px), "
         f"{PROMPT_TOKENS}-token prompt, fp32, batch 1. Medians over {args.rounds} interleaved "
         f"rounds; decode over {NEW_TOKENS} new tokens.",

@@ -12,7 +12,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 import visprune
+from visprune.bench import machine_description
 
 PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
 BASELINES = ["random", "uniform"]
@@ -50,21 +50,6 @@ def clock(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {torch.get_num_threads()} torch threads; Python {platform.python_version()}; "
-        f"torch {torch.__version__}; {platform.system()} {platform.release()}"
-    )
 
 
 def inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +92,7 @@ def render(rows: list[dict], command: str, repeats: int) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {machine()}",
+        f"Machine: {machine_description()}",
         "",
         f"Medians of {repeats} repeats; the Gram time is one `X @ X.T` (a batched `X @ X.mT` for "
         "video) on the same float32 tokens, timed alternately with the method in the same "

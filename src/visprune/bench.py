@@ -139,6 +139,25 @@ class BenchResult:
         }
 
 
+def machine_description() -> str:
+    """CPU model (or platform), torch threads and versions: the header of a results file."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu}{gpu}; {torch.get_num_threads()} torch threads; Python "
+        f"{platform.python_version()}; torch {torch.__version__}; {platform.system()} "
+        f"{platform.release()}"
+    )
+
+
 def _versions() -> dict[str, str]:
     import transformers
 

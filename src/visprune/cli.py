@@ -46,23 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time a model unpruned or with a method: TTFT, decode, KV cache, FLOPs",
         description="Benchmark one image + prompt on a local (or cached) Hugging Face VLM.",
     )
-    bench.add_argument("--model", required=True, help="model directory or hub id")
-    bench.add_argument("--method", default=None, help="method name (default: unpruned)")
-    bench.add_argument("--budget", type=_budget, default=None, help="count or fraction")
-    bench.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        type=_param,
-        help="method hyperparameter (repeatable); VALUE is parsed as JSON, else a string",
-    )
+    _model_arguments(bench)
     bench.add_argument("--image", default=None, help="image file (default: a grey 336x336)")
     bench.add_argument("--prompt", default="Describe this image.")
     bench.add_argument("--new-tokens", type=_positive(2), default=16)
     bench.add_argument("--repeats", type=_positive(1), default=5)
     bench.add_argument("--warmup", type=_positive(0), default=1)
-    bench.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     demo = commands.add_parser(
         "demo",
@@ -78,23 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer a prompt about an image, optionally pruned, with a kept-token picture",
         description="Generate with a local (or cached) Hugging Face VLM, pruned or not.",
     )
-    generate.add_argument("--model", required=True, help="model directory or hub id")
+    _model_arguments(generate)
     generate.add_argument("--image", required=True, help="image file")
     generate.add_argument("--prompt", required=True)
-    generate.add_argument("--method", default=None, help="method name (default: unpruned)")
-    generate.add_argument("--budget", type=_budget, default=None, help="count or fraction")
-    generate.add_argument(
+    generate.add_argument("--max-new-tokens", type=_positive(1), default=32)
+    generate.add_argument("--viz", default=None, metavar="PNG", help="save the kept-token overlay")
+    return parser
+
+
+def _model_arguments(command: argparse.ArgumentParser) -> None:
+    """The model, method and device options shared by ``bench`` and ``generate``."""
+    command.add_argument("--model", required=True, help="model directory or hub id")
+    command.add_argument("--method", default=None, help="method name (default: unpruned)")
+    command.add_argument("--budget", type=_budget, default=None, help="count or fraction")
+    command.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         type=_param,
-        help="method hyperparameter (repeatable)",
+        help="method hyperparameter (repeatable); VALUE is parsed as JSON, else a string",
     )
-    generate.add_argument("--max-new-tokens", type=_positive(1), default=32)
-    generate.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
-    generate.add_argument("--viz", default=None, metavar="PNG", help="save the kept-token overlay")
-    return parser
+    command.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
 
 
 def _budget(text: str) -> int | float:
