@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="adaptive curriculum: move to harder stages once training accuracy reaches 90 %%",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -49,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         eval_every=args.eval_every,
         seed=args.seed,
+        adaptive=args.adaptive,
     )
     demo_train.train(cfg, args.out, log)
 

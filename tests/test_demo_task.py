@@ -131,3 +131,18 @@ def test_tiny_model_forward_save_load_and_prune(tiny_model, tmp_path):
             assert len(preds) == 5
             kept = handle.selections[-1]
         assert kept is not None
+
+
+def test_answer_accuracy_reads_the_position_before_each_answer():
+    labels = torch.tensor([[-100, -100, 5, 2], [-100, 7, 2, -100]])
+    logits = torch.zeros(2, 4, 10)
+    logits[0, 1, 5] = 1.0  # row 0 predicts its answer (5) at position 1
+    logits[1, 0, 3] = 1.0  # row 1 predicts 3, the answer is 7
+    assert demo_train.answer_accuracy(logits, labels) == 0.5
+
+
+def test_adaptive_stages_end_at_full_difficulty():
+    types, objects = demo_train.STAGES[-1]
+    assert set(types) == set(task.QUESTION_TYPES)
+    assert objects == (task.MIN_OBJECTS, task.MAX_OBJECTS)
+    assert demo_train.STAGES[0][0] == ("colour",)

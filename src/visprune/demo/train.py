@@ -31,6 +31,11 @@ class TrainConfig:
     #: of ``task.QUESTION_TYPES``): a single type is learned within minutes, a mix from the
     #: start stalls at chance.
     type_schedule: tuple[float, ...] = (0.0, 0.08, 0.16, 0.24, 0.32)
+    #: Adaptive curriculum: walk through :data:`STAGES`, moving on once the running training
+    #: accuracy of the current stage reaches ``stage_accuracy`` (replaces the step schedules).
+    adaptive: bool = False
+    stage_accuracy: float = 0.9
+    stage_min_steps: int = 150
     eval_every: int = 250
     eval_size: int = 500
     save_every_minutes: float = 5.0
@@ -130,6 +135,30 @@ def _objects_at(step: int, total: int, cfg: TrainConfig) -> tuple[int, int]:
     return lo, hi
 
 
+#: (question types, object-count range) of the adaptive curriculum, easiest first: one type on
+#: few objects is learned within minutes, many objects from scratch are not.
+STAGES: tuple[tuple[tuple[str, ...], tuple[int, int]], ...] = (
+    (("colour",), (1, 2)),
+    (("colour",), (2, 4)),
+    (("colour", "shape"), (2, 4)),
+    (("colour", "shape"), (3, 6)),
+    (("colour", "shape", "exists"), (3, 6)),
+    (("colour", "shape", "exists"), (5, 9)),
+    (("colour", "shape", "exists", "count"), (5, 9)),
+    (tuple(task.QUESTION_TYPES), (5, 9)),
+    (tuple(task.QUESTION_TYPES), (7, 12)),
+    (tuple(task.QUESTION_TYPES), (task.MIN_OBJECTS, task.MAX_OBJECTS)),
+)
+
+
+def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of rows whose first answer token is the argmax at the position predicting it."""
+    first = (labels != -100).int().argmax(-1)  # first labelled position per row
+    rows = torch.arange(labels.shape[0])
+    predicted = logits[rows, first - 1].argmax(-1)
+    return float((predicted == labels[rows, first]).float().mean())
+
+
 def _types_at(step: int, total: int, cfg: TrainConfig) -> list[str]:
     frac = step / max(1.0, total)
     return [t for t, at in zip(task.QUESTION_TYPES, cfg.type_schedule, strict=True) if frac >= at]
@@ -194,6 +223,7 @@ def train(
             demo_model.save(model, os.path.join(out, "last"), processor, meta)
         last_save = time.time()
 
+    stage, stage_steps, running = 0, 0, 0.0
     while step < total and time.time() < deadline:
         if step == 20 and cfg.steps is None:  # estimate the schedule length from measured speed
             per_step = (time.time() - start) / step
@@ -203,8 +233,12 @@ def train(
         lr = _lr_at(step, total if total < 10**9 else 10**6, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        objects = _objects_at(step, total if total < 10**9 else 10**6, cfg)
-        types = _types_at(step, total if total < 10**9 else 10**6, cfg)
+        if cfg.adaptive:
+            types, objects = (list(part) for part in STAGES[stage])
+            objects = tuple(objects)
+        else:
+            objects = _objects_at(step, total if total < 10**9 else 10**6, cfg)
+            types = _types_at(step, total if total < 10**9 else 10**6, cfg)
         samples = [
             task.make_sample(
                 cfg.seed,
@@ -215,8 +249,17 @@ def train(
             )
             for i in range(cfg.batch)
         ]
+        batch = train_batch(samples, enc)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model(**train_batch(samples, enc)).loss
+            output = model(**batch)
+        loss = output.loss
+        if cfg.adaptive:
+            stage_steps += 1
+            running = 0.95 * running + 0.05 * answer_accuracy(output.logits, batch["labels"])
+            ready = stage_steps >= cfg.stage_min_steps and running >= cfg.stage_accuracy
+            if ready and stage + 1 < len(STAGES):
+                stage, stage_steps, running = stage + 1, 0, 0.0
+                log(f"step {step}: stage {stage} {STAGES[stage]} (running accuracy reached)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -228,6 +271,7 @@ def train(
             log(
                 f"[{el / 60:6.2f} min] step {step} samples {seen} ({seen / el:.1f}/s) "
                 f"loss {loss.item():.4f} lr {lr:.2e} objects {objects} types {len(types)}"
+                + (f" stage {stage} train-acc {running:.2f}" if cfg.adaptive else "")
             )
         if step % cfg.eval_every == 0:
             acc = accuracy(model, val, enc)
