@@ -30,6 +30,8 @@ import math
 import torch
 from torch import Tensor
 
+from .methods.base import unit_rows
+
 __all__ = ["alignment_report", "bures_wasserstein", "coverage", "relevance_retained"]
 
 
@@ -79,12 +81,6 @@ def _as_index(where: str, kept_index: object, n: int, device: torch.device) -> T
     if duplicates:
         raise ValueError(f"{where}: kept_index contains {duplicates} duplicate index(es).")
     return index
-
-
-def _unit_rows(x: Tensor) -> Tensor:
-    """Rows scaled to unit L2 norm, ``x_i / ||x_i||``; all-zero rows stay zero. ``(r, d)``."""
-    norms = x.norm(dim=-1, keepdim=True)
-    return torch.where(norms > 0, x / torch.where(norms > 0, norms, 1.0), 0.0)
 
 
 # --- Gaussian 2-Wasserstein ----------------------------------------------------------------------
@@ -221,7 +217,7 @@ def coverage(full: Tensor, kept_index: Tensor) -> float:
     dropped[index] = False
     if not bool(dropped.any()):
         return 0.0
-    unit = _unit_rows(x)
+    unit = unit_rows(x)
     similarity = (unit[dropped] @ unit[index].T).clamp_(-1.0, 1.0)  # (n - k, k)
     nearest = 1.0 - similarity.max(dim=1).values  # (n - k,)
     return float(nearest.mean())
@@ -269,8 +265,8 @@ def relevance_retained(full: Tensor, kept_index: Tensor, text: Tensor) -> float:
             "the text into the visual-token space first."
         )
     index = _as_index(where, kept_index, x.shape[0], x.device)
-    query = _unit_rows(t).mean(dim=0, keepdim=True)  # (1, d)
-    relevance = (_unit_rows(x) @ _unit_rows(query).T).squeeze(1).clamp_(min=0.0)  # (n,)
+    query = unit_rows(t).mean(dim=0, keepdim=True)  # (1, d)
+    relevance = (unit_rows(x) @ unit_rows(query).T).squeeze(1).clamp_(min=0.0)  # (n,)
     total = float(relevance.sum())
     if total <= 0.0:
         return 1.0
