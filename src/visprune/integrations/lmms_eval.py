@@ -1,0 +1,471 @@
+"""lmms-eval models that run a visprune method: lmms-eval's own Hugging Face wrappers, pruned.
+
+Each wrapper subclasses an lmms-eval model class, lets it load the checkpoint exactly as the
+unpruned baseline does, and then calls :func:`visprune.apply` on the loaded model. The method and
+its parameters come from ``--model_args``::
+
+    python -m lmms_eval --model visprune_llava_hf \\
+        --model_args pretrained=llava-hf/llava-1.5-7b-hf,method=otprune,budget=64,gamma=0.01 \\
+        --tasks gqa --batch_size 8 --log_samples --output_path results/
+
+``method`` is required (``method=keepall`` is the unpruned baseline through the same code);
+``budget``, ``positions``, ``newlines`` and every other argument that the lmms-eval class does
+not take go to visprune, whose errors (unknown method or parameter, bad budget) stop the run
+before the model is loaded.
+
+``generate_until`` and ``loglikelihood`` are implemented here once for every family, batched
+(``--batch_size``, left padding), because the lmms-eval LLaVA classes refuse batches and score
+loglikelihoods from logit positions that pruning shifts. Each result carries the sample's token
+counts (:class:`PrunedTokenCounts`: ``visual_tokens`` before pruning, ``visual_tokens_kept``,
+``input_tokens`` the language model prefilled), which lmms-eval writes into every logged sample;
+the model time and mean counts of each request type go to the ``throughput`` section of the
+results file.
+
+Prompts follow lmms-eval's chat conventions: a chat task's messages, or for simple tasks the
+visuals followed by the text (or placed at ``<image>`` marks in it), rendered with the
+processor's chat template. A processor without a chat template gets the message parts
+concatenated in order, an image as the processor's image token.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.models.chat.llava_hf import LlavaHf as _LlavaHfChat
+from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VLChat
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from lmms_eval.models.simple.llava_hf import LlavaHf as _LlavaHfSimple
+from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VLSimple
+from lmms_eval.protocol import ChatMessages
+from loguru import logger
+from PIL import Image
+from tqdm import tqdm
+
+import visprune
+
+#: The placeholder lmms-eval tasks write where an image goes in a simple task's text.
+IMAGE_MARK = "<image>"
+#: ``--model_args`` keys that configure the visprune adapter rather than the method.
+ADAPTER_OPTIONS = ("positions", "newlines")
+
+
+@dataclass
+class PrunedTokenCounts(TokenCounts):
+    """lmms-eval's per-sample token counts plus the visual tokens before and after pruning.
+
+    Attributes
+    ----------
+    visual_tokens : int
+        Visual (image and video) tokens of the sample before pruning.
+    visual_tokens_kept : int
+        Visual tokens the language model saw.
+    """
+
+    visual_tokens: int | None = None
+    visual_tokens_kept: int | None = None
+
+    def to_dict(self) -> dict[str, int | None]:
+        counts = super().to_dict()
+        if self.visual_tokens is not None:
+            counts["visual_tokens"] = self.visual_tokens
+            counts["visual_tokens_kept"] = self.visual_tokens_kept
+        return counts
+
+
+@dataclass
+class _Prompt:
+    """One request made ready for the processor."""
+
+    messages: list[dict]
+    images: list
+    videos: list
+    doc: dict
+    context: str
+
+
+class _Pruned:
+    """The visprune part of every wrapper; mixed in before an lmms-eval model class."""
+
+    #: Attribute of the lmms-eval class that holds the Hugging Face processor.
+    processor_attribute = "processor"
+
+    def __init__(
+        self,
+        method: str | None = None,
+        budget: int | float | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        accepted = _init_parameters(super().__init__)
+        base = {key: value for key, value in kwargs.items() if key in accepted}
+        options = {key: kwargs.pop(key) for key in ADAPTER_OPTIONS if key in kwargs}
+        params = {key: value for key, value in kwargs.items() if key not in accepted}
+        self.visprune_method = _method(type(self).__name__, method, budget, params)
+        if device is None:  # lmms-eval's classes default to CUDA; run where the machine can
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if "device_map" in accepted and not base.get("device_map") and _single_process():
+            # llava_hf's default device_map "" is rejected by transformers 5 in one process
+            base["device_map"] = device
+        super().__init__(device=device, **base)
+        self.visprune_handle = visprune.apply(self.model, self.visprune_method, **options)
+        self.hf_processor.tokenizer.padding_side = "left"  # batched generation appends on the right
+        logger.info(f"visprune: {self.visprune_method!r} on {type(self.model).__name__}")
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def hf_processor(self) -> Any:
+        """The Hugging Face processor the lmms-eval class loaded."""
+        return getattr(self, self.processor_attribute)
+
+    def _prompt(self, request: Instance) -> _Prompt:
+        """Messages, images and videos of one generation request, chat or simple."""
+        args = request.args
+        if callable(args[1]):  # chat task: (ctx, doc_to_messages, gen_kwargs, doc_id, task, split)
+            context, doc_to_messages, _, doc_id, task, split = args[:6]
+            doc = self.task_dict[task][split][doc_id]
+            chat = ChatMessages(messages=doc_to_messages(doc))
+            images, videos, _ = chat.extract_media()
+            return _Prompt(chat.model_dump()["messages"], images, videos, doc, context)
+        context, _, doc_to_visual, doc_id, task, split = args[:6]
+        doc = self.task_dict[task][split][doc_id]
+        return _user_turn(context, doc_to_visual(doc) if doc_to_visual else [], doc)
+
+    def _render(self, messages: list[dict], *, generation: bool) -> str:
+        """The prompt text: the chat template, or the parts in order without one."""
+        processor = self.hf_processor
+        if getattr(processor, "chat_template", None):
+            return processor.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation
+            )
+        marks = {
+            "image": getattr(processor, "image_token", None) or IMAGE_MARK,
+            "video": getattr(processor, "video_token", None) or "<video>",
+        }
+        pieces = []
+        for message in messages:
+            content = message["content"]
+            if isinstance(content, str):  # a plain-text message (system prompts)
+                content = [{"type": "text", "text": content}]
+            for part in content:
+                pieces.append(part["text"] if part["type"] == "text" else marks[part["type"]])
+        return "".join(pieces)
+
+    def _encode(self, texts: list[str], images: list, videos: list) -> Any:
+        """Processor outputs of a batch, on the model's device, floats in the model's dtype."""
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        if images:
+            kwargs["images"] = images
+        if videos:
+            kwargs["videos"] = videos
+        return self.hf_processor(**kwargs).to(self.model.device, self.model.dtype)
+
+    def _counts(self, inputs: Any, rows: int, copies: int = 1) -> list[dict[str, int]]:
+        """Per batch row: visual tokens before/after pruning and prompt tokens prefilled.
+
+        ``copies`` > 1 when generation expanded each row (beam search): the selections then
+        cover every copy and the first one stands for the row.
+        """
+        counts = [{"visual": 0, "kept": 0} for _ in range(rows)]
+        for selection in self.visprune_handle.selections:
+            if selection.sample % copies == 0:
+                row = counts[selection.sample // copies]
+                row["visual"] += selection.n
+                row["kept"] += len(selection.kept)
+        lengths = inputs["attention_mask"].sum(-1).tolist()
+        for row, length in zip(counts, lengths, strict=True):
+            row["input"] = int(length) - row["visual"] + row["kept"]
+        return counts
+
+    def _timed(self, call, *args, **kwargs):
+        """``call(*args, **kwargs)`` and its wall time (after the GPU finished)."""
+        device = self.model.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        output = call(*args, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return output, time.perf_counter() - start
+
+    def _log(self, kind: str, counts: list[dict[str, int]], seconds: float, generated: int) -> None:
+        """Model time and mean token counts of one request type -> results["throughput"]."""
+        n = max(1, len(counts))
+        visual = sum(c["visual"] for c in counts) / n
+        kept = sum(c["kept"] for c in counts) / n
+        log_metrics(
+            total_elapsed_time=seconds,
+            total_gen_tokens=generated,
+            avg_speed=generated / seconds if seconds > 0 else 0.0,
+            additional_metrics={
+                "total_requests": len(counts),
+                "visual_tokens_per_sample": visual,
+                "visual_tokens_kept_per_sample": kept,
+                "rank": self.rank,
+            },
+        )
+        logger.info(
+            f"visprune {kind}: {self.visprune_method.name} kept {kept:.1f} of {visual:.1f} visual "
+            f"tokens per sample on average; model time {seconds:.2f} s for {len(counts)} requests"
+        )
+
+    # ---------------------------------------------------------------------------- requests
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        """Greedy or sampled generation, ``batch_size`` requests per ``generate`` call.
+
+        Requests with equal generation settings share batches; results come back in request
+        order, each with its :class:`PrunedTokenCounts`.
+        """
+        results: list[GenerationResult | None] = [None] * len(requests)
+        all_counts: list[dict[str, int]] = []
+        seconds, generated = 0.0, 0
+        batches = _batches(requests, self.batch_size, key=lambda r: repr(_gen_kwargs(r)))
+        for batch in tqdm(batches, disable=self.rank != 0, desc="visprune generate"):
+            settings, until = _generation_settings(_gen_kwargs(requests[batch[0]]))
+            prompts = [self._prompt(requests[i]) for i in batch]
+            texts = [self._render(p.messages, generation=True) for p in prompts]
+            images = [image for p in prompts for image in p.images]
+            videos = [video for p in prompts for video in p.videos]
+            inputs = self._encode(texts, images, videos)
+            tokenizer = self.hf_processor.tokenizer
+            eos = tokenizer.eos_token_id
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+            with torch.inference_mode():
+                output, elapsed = self._timed(
+                    self.model.generate,
+                    **inputs,
+                    **settings,
+                    use_cache=self.use_cache,
+                    pad_token_id=pad,
+                    eos_token_id=eos,
+                )
+            seconds += elapsed
+            counts = self._counts(inputs, len(batch), copies=settings["num_beams"])
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for row, index in enumerate(batch):
+                length = _generated_length(new_tokens[row].tolist(), {eos, pad})
+                generated += length
+                text = _cut(decoded[row], until)
+                results[index] = GenerationResult(
+                    text=text,
+                    token_counts=PrunedTokenCounts(
+                        input_tokens=counts[row]["input"],
+                        output_tokens=length,
+                        visual_tokens=counts[row]["visual"],
+                        visual_tokens_kept=counts[row]["kept"],
+                    ),
+                )
+                self.cache_hook.add_partial(
+                    "generate_until", (prompts[row].context, _gen_kwargs(requests[index])), text
+                )
+            all_counts += counts
+        self._log("generate_until", all_counts, seconds, generated)
+        return results
+
+    def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
+        """Mean negative log-likelihood of each continuation and whether greedy decoding
+        reproduces it, ``batch_size`` requests per forward pass.
+
+        The value is the loss lmms-eval's LLaVA wrapper reports (mean over the continuation's
+        tokens; lower is more likely); the continuation follows the prompt rendered with its
+        generation prompt, where the model's answer would start. Pruning removes visual tokens
+        only, all before the continuation, so its logits are the last ones of each row.
+        The ``(loss, greedy)`` pair travels in a ``GenerationResult`` so that lmms-eval keeps it
+        as a pair and logs the sample's token counts with it.
+        """
+        results: list[GenerationResult | None] = [None] * len(requests)
+        all_counts: list[dict[str, int]] = []
+        seconds = 0.0
+        for batch in tqdm(
+            _batches(requests, self.batch_size), disable=self.rank != 0, desc="visprune score"
+        ):
+            texts, lengths, images = [], [], []
+            for index in batch:
+                prompt, continuation = self._scored(requests[index])
+                context = self._render(prompt.messages, generation=True)
+                full = context + continuation  # the answer right after the generation prompt
+                lengths.append(_continuation_length(full, context, self.hf_processor.tokenizer))
+                texts.append(full)
+                images += prompt.images
+            inputs = self._encode(texts, images, [])
+            with torch.inference_mode():
+                output, elapsed = self._timed(
+                    self.model, **inputs, logits_to_keep=max(lengths) + 1, use_cache=False
+                )
+            seconds += elapsed
+            logits = output.logits.float()
+            counts = self._counts(inputs, len(batch))
+            ids = inputs["input_ids"]
+            for row, index in enumerate(batch):
+                t = lengths[row]
+                predicted = logits[row, -t - 1 : -1]  # position j predicts token j + 1
+                target = ids[row, -t:].to(predicted.device)
+                loss = torch.nn.functional.cross_entropy(predicted, target)
+                greedy = bool((predicted.argmax(-1) == target).all())
+                results[index] = GenerationResult(
+                    text=(float(loss), greedy),
+                    token_counts=PrunedTokenCounts(
+                        input_tokens=counts[row]["input"],
+                        visual_tokens=counts[row]["visual"],
+                        visual_tokens_kept=counts[row]["kept"],
+                    ),
+                )
+            all_counts += counts
+        self._log("loglikelihood", all_counts, seconds, 0)
+        return results
+
+    def _scored(self, request: Instance) -> tuple[_Prompt, str]:
+        """The prompt and continuation of a loglikelihood request."""
+        context, doc_to_target, doc_to_visual, doc_id, task, split = request.args[:6]
+        doc = self.task_dict[task][split][doc_id]
+        continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
+        visuals = doc_to_visual(doc) if doc_to_visual else []
+        return _user_turn(context, visuals, doc), str(continuation)
+
+
+class VispruneLlavaHf(_Pruned, _LlavaHfChat):
+    """lmms-eval's ``llava_hf`` (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision), pruned; chat tasks."""
+
+    processor_attribute = "_image_processor"
+    is_simple = False
+
+
+class VispruneLlavaHfSimple(_Pruned, _LlavaHfSimple):
+    """lmms-eval's ``llava_hf``, pruned; simple tasks (``--force_simple``, loglikelihood)."""
+
+    processor_attribute = "_image_processor"
+    is_simple = True
+
+
+class VispruneQwen2_5_VL(_Pruned, _Qwen2_5_VLChat):
+    """lmms-eval's ``qwen2_5_vl``, pruned; chat tasks."""
+
+    is_simple = False
+
+
+class VispruneQwen2_5_VLSimple(_Pruned, _Qwen2_5_VLSimple):
+    """lmms-eval's ``qwen2_5_vl``, pruned; simple tasks (``--force_simple``, loglikelihood)."""
+
+    is_simple = True
+
+
+# -------------------------------------------------------------------------------- functions
+def _init_parameters(init) -> set[str]:
+    """Keyword parameters an lmms-eval ``__init__`` takes (its ``**kwargs`` must stay empty)."""
+    return {
+        name
+        for name, parameter in inspect.signature(init).parameters.items()
+        if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+    }
+
+
+def _single_process() -> bool:
+    """Whether lmms-eval runs in one process (not under ``accelerate launch`` / torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1
+
+
+def _method(model: str, method: Any, budget: Any, params: dict) -> visprune.Method:
+    """The visprune method of ``--model_args``, validated before any checkpoint is loaded."""
+    if method is None:
+        raise ValueError(
+            f"{model} needs method=NAME in --model_args (one of "
+            f"{', '.join(visprune.list_methods())}; method=keepall runs unpruned)."
+        )
+    if budget is not None:
+        params = {**params, "budget": budget}
+    chosen = visprune.get_method(str(method), **params)
+    chosen.num_keep(1)  # a bad budget fails here, not after minutes of loading
+    return chosen
+
+
+def _user_turn(context: str, visuals: Sequence | None, doc: dict) -> _Prompt:
+    """A simple task's request as one user message: visuals at the ``<image>`` marks of the
+    text when it has them, else before it (as lmms-eval's chat tasks place them)."""
+    visuals = [v for v in (visuals or []) if v is not None]
+    images = [v for v in visuals if isinstance(v, Image.Image)]
+    videos = [v for v in visuals if not isinstance(v, Image.Image)]
+    parts: list[dict] = []
+    if IMAGE_MARK in context and images:
+        pieces = context.split(IMAGE_MARK)
+        if len(pieces) - 1 != len(images):
+            raise ValueError(
+                f"the prompt has {len(pieces) - 1} {IMAGE_MARK} marks but the document has "
+                f"{len(images)} images; give one mark per image, or none to put images first."
+            )
+        for i, piece in enumerate(pieces):
+            if i:
+                parts.append({"type": "image", "url": images[i - 1]})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        parts = [{"type": "video", "url": v} for v in videos] + parts
+    else:
+        parts = [{"type": "image", "url": v} for v in images]
+        parts += [{"type": "video", "url": v} for v in videos]
+        parts.append({"type": "text", "text": context})
+    return _Prompt([{"role": "user", "content": parts}], images, videos, doc, context)
+
+
+def _continuation_length(full: str, context: str, tokenizer: Any) -> int:
+    """Tokens of ``full`` after its prompt ``context``; both hold the same images, whose
+    placeholders the processor expands equally, so the text tokens tell the difference."""
+    length = len(tokenizer(full).input_ids) - len(tokenizer(context).input_ids)
+    if length < 1:
+        raise ValueError(
+            f"the continuation of {context!r} encodes to no tokens after the prompt; check the "
+            "task's doc_to_target."
+        )
+    return length
+
+
+def _gen_kwargs(request: Instance) -> dict:
+    args = request.args
+    return dict(args[2] if callable(args[1]) else args[1])
+
+
+def _generation_settings(gen_kwargs: dict) -> tuple[dict, list[str]]:
+    """``generate`` arguments and stop strings from a task's generation kwargs."""
+    until = gen_kwargs.get("until") or []
+    if isinstance(until, str):
+        until = [until]
+    temperature = float(gen_kwargs.get("temperature") or 0.0)
+    settings: dict[str, Any] = {
+        "max_new_tokens": int(gen_kwargs.get("max_new_tokens", 1024)),
+        "num_beams": int(gen_kwargs.get("num_beams") or 1),
+        "do_sample": temperature > 0,
+    }
+    if temperature > 0:
+        settings["temperature"] = temperature
+        if gen_kwargs.get("top_p") is not None:
+            settings["top_p"] = float(gen_kwargs["top_p"])
+    return settings, [stop for stop in until if stop]
+
+
+def _batches(requests: Sequence, size: int, key=None) -> list[list[int]]:
+    """Request indices in batches of ``size``, grouped by ``key`` (in order of appearance)."""
+    groups: dict[Any, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(key(request) if key else None, []).append(index)
+    size = max(1, int(size))
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def _generated_length(tokens: list[int], stops: set[int]) -> int:
+    """Generated tokens up to and including the first end-of-sequence (padding excluded)."""
+    for i, token in enumerate(tokens):
+        if token in stops:
+            return i + 1
+    return len(tokens)
+
+
+def _cut(text: str, until: list[str]) -> str:
+    """``text`` up to the first stop string."""
+    for stop in until:
+        text = text.split(stop)[0]
+    return text
