@@ -8,9 +8,14 @@ CODE := src tests benchmarks
 
 .PHONY: install test lint format bench clean
 
+# The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
+# the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
+# exist`) and then break transformers' image processors, so a torchvision that cannot be
+# imported is removed (transformers falls back to its PIL processors).
 $(VENV)/.installed-test: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,eval]'
+	$(PY) -c 'import torchvision' 2>/dev/null || $(PY) -m pip uninstall -y -q torchvision
 	touch $@
 
 install: $(VENV)/.installed-test
