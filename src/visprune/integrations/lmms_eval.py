@@ -29,6 +29,7 @@ concatenated in order, an image as the processor's image token.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import time
@@ -107,10 +108,10 @@ class _Pruned:
         base = {key: value for key, value in kwargs.items() if key in accepted}
         options = {key: kwargs.pop(key) for key in ADAPTER_OPTIONS if key in kwargs}
         params = {key: value for key, value in kwargs.items() if key not in accepted}
-        self.visprune_method = _method(type(self).__name__, method, budget, params)
+        self.visprune_method = _method(type(self), method, budget, params, accepted)
         if device is None:  # lmms-eval's classes default to CUDA; run where the machine can
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if "device_map" in accepted and not base.get("device_map") and _single_process():
+        if base.get("device_map", accepted.get("device_map")) == "" and _single_process():
             # llava_hf's default device_map "" is rejected by transformers 5 in one process
             base["device_map"] = device
         super().__init__(device=device, **base)
@@ -357,10 +358,11 @@ class VispruneQwen2_5_VLSimple(_Pruned, _Qwen2_5_VLSimple):
 
 
 # -------------------------------------------------------------------------------- functions
-def _init_parameters(init) -> set[str]:
-    """Keyword parameters an lmms-eval ``__init__`` takes (its ``**kwargs`` must stay empty)."""
+def _init_parameters(init) -> dict[str, Any]:
+    """Keyword parameters an lmms-eval ``__init__`` takes (its ``**kwargs`` must stay empty),
+    with their defaults."""
     return {
-        name
+        name: parameter.default
         for name, parameter in inspect.signature(init).parameters.items()
         if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
     }
@@ -371,16 +373,33 @@ def _single_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) == 1
 
 
-def _method(model: str, method: Any, budget: Any, params: dict) -> visprune.Method:
-    """The visprune method of ``--model_args``, validated before any checkpoint is loaded."""
+def _method(
+    wrapper: type, method: Any, budget: Any, params: dict, accepted: dict
+) -> visprune.Method:
+    """The visprune method of ``--model_args``, validated before any checkpoint is loaded.
+
+    ``params`` are the arguments the lmms-eval class does not take (``accepted``); each must be
+    a parameter of the method.
+    """
     if method is None:
         raise ValueError(
-            f"{model} needs method=NAME in --model_args (one of "
+            f"{wrapper.__name__} needs method=NAME in --model_args (one of "
             f"{', '.join(visprune.list_methods())}; method=keepall runs unpruned)."
+        )
+    chosen = visprune.get_method(str(method))  # an unknown name fails here, with suggestions
+    fields = {field.name for field in dataclasses.fields(chosen)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        base = next(c for c in wrapper.__mro__ if c.__module__.startswith("lmms_eval."))
+        raise ValueError(
+            f"{chosen.name} has no parameter(s) {', '.join(unknown)}, and lmms-eval's "
+            f"{base.__module__}.{base.__name__} does not take them either. {chosen.name} "
+            f"accepts: {', '.join(sorted(fields))}; visprune also takes positions, newlines; "
+            f"lmms-eval takes: {', '.join(sorted(accepted))}."
         )
     if budget is not None:
         params = {**params, "budget": budget}
-    chosen = visprune.get_method(str(method), **params)
+    chosen = visprune.get_method(chosen, **params)
     chosen.num_keep(1)  # a bad budget fails here, not after minutes of loading
     return chosen
 
