@@ -278,8 +278,9 @@ class _Pruned:
         tokens; lower is more likely); the continuation follows the prompt rendered with its
         generation prompt, where the model's answer would start. Pruning removes visual tokens
         only, all before the continuation, so its logits are the last ones of each row.
-        The ``(loss, greedy)`` pair travels in a ``GenerationResult`` so that lmms-eval keeps it
-        as a pair and logs the sample's token counts with it.
+        The ``(loss, greedy)`` pair travels in a ``GenerationResult``: lmms-eval 0.7 turns a
+        bare tuple result into its string (``unwrap_generation_output``), which its scoring
+        cannot unpack, and the wrapper also carries the sample's token counts into the logs.
         """
         results: list[GenerationResult | None] = [None] * len(requests)
         all_counts: list[dict[str, int]] = []
