@@ -25,11 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument(
-        "--adaptive",
-        action="store_true",
-        help="adaptive curriculum: move to harder stages once training accuracy reaches 90 %%",
-    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
 
     import torch
@@ -54,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         eval_every=args.eval_every,
         seed=args.seed,
-        adaptive=args.adaptive,
+        threads=args.threads,
     )
     demo_train.train(cfg, args.out, log)
 

@@ -141,8 +141,71 @@ def test_answer_accuracy_reads_the_position_before_each_answer():
     assert demo_train.answer_accuracy(logits, labels) == 0.5
 
 
-def test_adaptive_stages_end_at_full_difficulty():
-    types, objects = demo_train.STAGES[-1]
-    assert set(types) == set(task.QUESTION_TYPES)
-    assert objects == (task.MIN_OBJECTS, task.MAX_OBJECTS)
-    assert demo_train.STAGES[0][0] == ("colour",)
+def test_curriculum_adds_one_type_per_stage_and_ends_with_all():
+    assert demo_train.STAGES[0] == ("colour",)
+    for before, after in zip(demo_train.STAGES, demo_train.STAGES[1:], strict=False):
+        assert after[: len(before)] == before and len(after) == len(before) + 1
+    assert set(demo_train.STAGES[-1]) == set(task.QUESTION_TYPES)
+
+
+def test_prompt_asks_the_question_before_and_after_the_image():
+    sample = task.make_sample(0, "test", 3)
+    assert sample.prompt == f"{sample.question} <image> {sample.question}"
+    ids = demo_train.Encoder().prompt(sample)
+    q = len(demo_train.Encoder().words(sample.question))
+    assert ids[:q] == ids[-q:] and len(ids) == 2 * q + task.NUM_CELLS
+
+
+def test_chat_template_renders_the_training_prompt(tmp_path):
+    """Chat-template callers (``visprune generate``, lmms-eval) send what the model learned."""
+    from transformers import AutoProcessor
+
+    demo_model.build_processor().save_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    sample = task.make_sample(0, "test", 11)
+    for content in (
+        [{"type": "image"}, {"type": "text", "text": sample.question}],
+        [{"type": "text", "text": sample.question}, {"type": "image"}],
+    ):
+        messages = [{"role": "user", "content": content}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        assert text == sample.prompt
+
+
+def test_cell_targets_label_every_token():
+    samples = task.make_split(0, "train", 3)
+    targets = demo_train.cell_targets(samples)
+    assert {k: v.shape for k, v in targets.items()} == dict.fromkeys(
+        ("colour", "shape", "row", "column"), torch.Size([3 * task.NUM_CELLS])
+    )
+    for i, sample in enumerate(samples):
+        colour = targets["colour"][i * task.NUM_CELLS : (i + 1) * task.NUM_CELLS]
+        shape = targets["shape"][i * task.NUM_CELLS : (i + 1) * task.NUM_CELLS]
+        drawn = {cell: (c, s) for cell, c, s in sample.objects}
+        for cell in range(task.NUM_CELLS):
+            if cell in drawn:
+                assert task.COLOUR_NAMES[colour[cell]] == drawn[cell][0]
+                assert task.SHAPE_NAMES[shape[cell]] == drawn[cell][1]
+            else:
+                assert colour[cell] == len(task.COLOUR_NAMES)
+                assert shape[cell] == len(task.SHAPE_NAMES)
+    cell = 2 * task.NUM_CELLS + 19  # third image, cell 19 = row 2, column 3
+    assert (targets["row"][cell], targets["column"][cell]) == (19 // task.GRID, 19 % task.GRID)
+
+
+def test_cell_probes_learn_the_labels_of_fixed_features():
+    """The probe loss is a real per-token cross-entropy: fitting it drives it towards zero."""
+    torch.manual_seed(0)
+    samples = task.make_split(0, "train", 4)
+    targets = demo_train.cell_targets(samples)
+    # more dimensions than tokens: any labelling of these features is linearly separable
+    features = torch.randn(4, task.NUM_CELLS, 4 * task.NUM_CELLS + 8)
+    probes = demo_train.CellProbes(features.shape[-1])
+    opt = torch.optim.Adam(probes.parameters(), lr=0.05)
+    first = float(probes(features, targets))
+    for _ in range(300):
+        loss = probes(features, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 1.0 and float(loss) < 0.05

@@ -66,11 +66,31 @@ def build_image_processor():
     )
 
 
+#: Renders a conversation as the demo prompt ``question <image> question``
+#: (:func:`task.prompt_text`), so chat-template callers (``visprune generate``, lmms-eval) send
+#: the model exactly what it was trained on. Text parts are joined; one ``<image>`` per image.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(text='', images='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}"
+    "{%- set ns.text = (ns.text ~ ' ' ~ message['content']) | trim -%}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{%- set ns.text = (ns.text ~ ' ' ~ part['text']) | trim -%}"
+    "{%- elif part['type'] in ('image', 'image_url') -%}"
+    "{%- set ns.images = (ns.images ~ ' " + IMAGE + "') | trim -%}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{ ns.text }} {{ ns.images }} {{ ns.text }}"
+)
+
+
 def build_processor(tokenizer=None):
-    """A ``LlavaProcessor`` expanding ``<image>`` into ``GRID * GRID`` image tokens."""
+    """A ``LlavaProcessor`` expanding ``<image>`` into ``GRID * GRID`` image tokens, with the
+    demo's chat template (:data:`CHAT_TEMPLATE`)."""
     from transformers import LlavaProcessor
 
     return LlavaProcessor(
+        chat_template=CHAT_TEMPLATE,
         image_processor=build_image_processor(),
         tokenizer=tokenizer or build_tokenizer(),
         patch_size=task.PATCH,

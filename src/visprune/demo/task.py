@@ -94,12 +94,24 @@ class Sample:
 
     @property
     def prompt(self) -> str:
-        return f"<image> {self.question}"
+        """The question, the image, the question again (see :func:`prompt_text`)."""
+        return prompt_text(self.question)
 
     def pil(self):
         from PIL import Image
 
         return Image.fromarray(self.image)
+
+
+def prompt_text(question: str, image_token: str = "<image>") -> str:
+    """The demo prompt: ``question <image> question``.
+
+    Asked before the image, the question reaches every image token, so each token can check
+    "am I the object named?" on its own (a from-scratch model learns that far faster than finding
+    the object from the end of the prompt); asked again after the image, it is the prompt text
+    that text-conditioned pruning methods read (the tokens after the last visual token).
+    """
+    return f"{question} {image_token} {question}"
 
 
 def vocabulary() -> list[str]:
