@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--text-layers", type=int, default=None, help="language-model layers")
     args = p.parse_args(argv)
 
     import torch
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
     )
-    demo_train.train(cfg, args.out, log)
+    sizes = {} if args.text_layers is None else {"text_layers": args.text_layers}
+    demo_train.train(cfg, args.out, log, sizes=sizes)
 
     torch.set_num_threads(cfg.threads)
     model, _ = demo_model.load(args.out)

@@ -84,7 +84,7 @@ class CellProbes(torch.nn.Module):
         self.column = torch.nn.Linear(width, task.GRID)
 
     def forward(self, features: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy of the four probes.
+        """Sum of the four probes' mean cross-entropies.
 
         Parameters
         ----------
@@ -95,7 +95,9 @@ class CellProbes(torch.nn.Module):
         """
         x = features.reshape(-1, features.shape[-1])
         ce = torch.nn.functional.cross_entropy
-        return sum(ce(getattr(self, name)(x), targets[name]) for name in targets) / len(targets)
+        # A sum, not a mean: each probe at full weight next to the answer loss (a mean, i.e. a
+        # quarter weight each, left colour questions at 65 % after 2,500 steps against 97 %).
+        return sum(ce(getattr(self, name)(x), targets[name]) for name in targets)
 
 
 def cell_targets(samples: Sequence[task.Sample]) -> dict[str, torch.Tensor]:
@@ -234,13 +236,11 @@ def train(
     model.model.multi_modal_projector.register_forward_hook(
         lambda module, args, output: projected.append(output)
     )
-    named = [*model.named_parameters(), *probes.named_parameters(prefix="probes")]
-    decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
-    rest = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+        [*model.parameters(), *probes.parameters()],
         lr=cfg.lr,
         betas=(0.9, 0.98),
+        weight_decay=cfg.weight_decay,
     )
     val = task.make_split(cfg.seed, "validation", cfg.eval_size)
     log(f"model: {params / 1e6:.2f} M parameters; config {cfg}")
@@ -297,7 +297,7 @@ def train(
             stage, stage_steps, running = stage + 1, 0, 0.0
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         seen += cfg.batch
