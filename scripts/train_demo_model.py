@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--target-probe-weight", type=float, default=1.0, help="named-object probe (0: off)"
+    )
     p.add_argument("--text-layers", type=int, default=None, help="language-model layers")
     args = p.parse_args(argv)
 
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_every=args.eval_every,
         seed=args.seed,
         threads=args.threads,
+        target_probe_weight=args.target_probe_weight,
     )
     sizes = {} if args.text_layers is None else {"text_layers": args.text_layers}
     demo_train.train(cfg, args.out, log, sizes=sizes)

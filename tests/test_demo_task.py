@@ -209,3 +209,26 @@ def test_cell_probes_learn_the_labels_of_fixed_features():
         loss.backward()
         opt.step()
     assert first > 1.0 and float(loss) < 0.05
+
+
+def test_named_targets_mark_the_objects_the_question_names():
+    samples = task.make_split(5, "validation", 60)
+    labels = demo_train.named_targets(samples).reshape(len(samples), task.NUM_CELLS)
+    for s, row in zip(samples, labels, strict=True):
+        words = s.question.split()
+        at = {cell: (c, sh) for cell, c, sh in s.objects}
+        first = [cell for cell in range(task.NUM_CELLS) if row[cell] == 1]
+        second = [cell for cell in range(task.NUM_CELLS) if row[cell] == 2]
+        if s.qtype == "colour":
+            assert [at[c][1] for c in first] == [words[4]] and not second
+        elif s.qtype == "shape":
+            assert [at[c][0] for c in first] == [words[4]] and not second
+        elif s.qtype == "exists":
+            expected = [(words[3], words[4])] if s.answer == "yes" else []
+            assert [at[c] for c in first] == expected and not second
+        elif s.qtype == "count":
+            assert len(first) == task.COUNT_WORDS.index(s.answer) + 1
+            assert {at[c][0] for c in first} == {words[2]} and not second
+        else:
+            assert [at[c] for c in first] == [(words[3], words[4])]
+            assert [at[c] for c in second] == [(words[8], words[9])]

@@ -36,6 +36,10 @@ class TrainConfig:
     save_every_minutes: float = 5.0
     #: Weight of the per-token probe loss (:class:`CellProbes`) added to the answer loss.
     probe_weight: float = 1.0
+    #: Weight of the named-object probe (:func:`named_targets`) on the language model's hidden
+    #: states of the image tokens after layer ``target_probe_layer`` (0 disables it).
+    target_probe_weight: float = 1.0
+    target_probe_layer: int = 2
     seed: int = 0
     threads: int = 2
     bf16: bool = False  # bfloat16 autocast for the forward pass (fp32 weights and optimizer)
@@ -117,6 +121,23 @@ def cell_targets(samples: Sequence[task.Sample]) -> dict[str, torch.Tensor]:
         "row": torch.from_numpy(cells // task.GRID),
         "column": torch.from_numpy(cells % task.GRID),
     }
+
+
+def named_targets(samples: Sequence[task.Sample]) -> torch.Tensor:
+    """Per visual token (row-major cells, flattened over the batch): 1 for an object the question
+    names, 2 for the second object of a relation question, 0 otherwise.
+
+    Dense supervision of the step every question type starts with (find the named objects;
+    the question comes before the image, so each image token can check itself): without it, a
+    from-scratch model learns the one-object types but stays at chance on relations.
+    """
+    labels = np.zeros((len(samples), task.NUM_CELLS), np.int64)
+    for i, sample in enumerate(samples):
+        if sample.qtype == "exists" and sample.answer == "no":
+            continue  # the targets are look-alikes, not the object named
+        for rank, cell in enumerate(sample.targets):
+            labels[i, cell] = 2 if sample.qtype == "relation" and rank == 1 else 1
+    return torch.from_numpy(labels.reshape(-1))
 
 
 def train_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
@@ -232,12 +253,13 @@ def train(
     model.train()
     params = sum(p.numel() for p in model.parameters())
     probes = CellProbes(config.text_config.hidden_size)
+    named_probe = torch.nn.Linear(config.text_config.hidden_size, 3)
     projected: list[torch.Tensor] = []
     model.model.multi_modal_projector.register_forward_hook(
         lambda module, args, output: projected.append(output)
     )
     opt = torch.optim.AdamW(
-        [*model.parameters(), *probes.parameters()],
+        [*model.parameters(), *probes.parameters(), *named_probe.parameters()],
         lr=cfg.lr,
         betas=(0.9, 0.98),
         weight_decay=cfg.weight_decay,
@@ -285,8 +307,15 @@ def train(
         batch = train_batch(samples, enc)
         projected.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            output = model(**batch)
+            output = model(**batch, output_hidden_states=cfg.target_probe_weight > 0)
             probe_loss = probes(projected[0], cell_targets(samples))
+            if cfg.target_probe_weight > 0:
+                hidden = output.hidden_states[cfg.target_probe_layer]
+                image_tokens = hidden[batch["input_ids"] == enc.image]  # row-major per image
+                named_loss = torch.nn.functional.cross_entropy(
+                    named_probe(image_tokens), named_targets(samples)
+                )
+                probe_loss = probe_loss + cfg.target_probe_weight * named_loss
         loss = output.loss + cfg.probe_weight * probe_loss
         stage_steps += 1
         running = 0.95 * running + 0.05 * answer_accuracy(output.logits, batch["labels"])
