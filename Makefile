@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 CODE := src tests benchmarks
 
-.PHONY: install test lint format bench clean
+.PHONY: install demo test lint format bench clean
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
@@ -19,6 +19,15 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed-test
+
+# The demo needs only the package itself (its bundled model ships inside it).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/visprune demo
 
 lint: install
 	$(VENV)/bin/ruff check $(CODE)

@@ -77,10 +77,18 @@ def test_answers_follow_from_the_objects():
             n = sum(c == words[2] for c, _ in pairs)
             assert task.COUNT_WORDS[n - 1] == s.answer
         else:
-            a = next(cell for cell, c, sh in s.objects if (c, sh) == (words[3], words[4]))
-            b = next(cell for cell, c, sh in s.objects if (c, sh) == (words[8], words[9]))
-            assert pairs.count((words[3], words[4])) == pairs.count((words[8], words[9])) == 1
-            assert task._relation(a, b) == s.answer
+            assert pairs.count((words[3], words[4])) == 1
+            cell = next(cell for cell, c, sh in s.objects if (c, sh) == (words[3], words[4]))
+            assert s.targets == [cell]
+            row, col = divmod(cell, task.GRID)
+            half = task.GRID / 2
+            expected = {
+                "left": col < half and abs(col + 0.5 - half) >= abs(row + 0.5 - half) + 1,
+                "right": col >= half and abs(col + 0.5 - half) >= abs(row + 0.5 - half) + 1,
+                "top": row < half and abs(row + 0.5 - half) >= abs(col + 0.5 - half) + 1,
+                "bottom": row >= half and abs(row + 0.5 - half) >= abs(col + 0.5 - half) + 1,
+            }
+            assert [p for p, holds in expected.items() if holds] == [s.answer]
 
 
 def test_tokenizer_and_processor_round_trip(tmp_path):
@@ -230,5 +238,4 @@ def test_named_targets_mark_the_objects_the_question_names():
             assert len(first) == task.COUNT_WORDS.index(s.answer) + 1
             assert {at[c][0] for c in first} == {words[2]} and not second
         else:
-            assert [at[c] for c in first] == [(words[3], words[4])]
-            assert [at[c] for c in second] == [(words[8], words[9])]
+            assert [at[c] for c in first] == [(words[3], words[4])] and not second

