@@ -100,3 +100,19 @@ def test_generate_rejects_bad_arguments(checkpoint, tmp_path, capsys, argv, mess
         main(base + argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_positions_option_reaches_the_adapter(checkpoint, tmp_path, monkeypatch):
+    seen = []
+    original_apply = visprune.apply
+
+    def spy(model, method, **kwargs):
+        seen.append(kwargs.get("positions"))
+        return original_apply(model, method, **kwargs)
+
+    monkeypatch.setattr(visprune, "apply", spy)
+    out = tmp_path / "results"
+    argv = ["demo", "--quick", "--model", str(checkpoint), "--out", str(out)]
+    assert main([*argv, "--positions", "original"]) == 0
+    assert "original positions" in (out / "results.md").read_text()
+    assert seen and set(seen) == {"original"}

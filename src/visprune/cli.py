@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=_positive(1), default=None, help="test questions")
     demo.add_argument("--model", default=None, help="a demo checkpoint (default: bundled)")
     demo.add_argument("--out", default="visprune-demo", help="folder for results and overlays")
+    demo.add_argument(
+        "--positions",
+        choices=("compact", "original"),
+        default="compact",
+        help="position ids of the kept tokens (visprune.apply's option; default: compact)",
+    )
     generate = commands.add_parser(
         "generate",
         help="answer a prompt about an image, optionally pruned, with a kept-token picture",
@@ -287,7 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo.run import run
 
         try:
-            run(args.model, out=args.out, quick=args.quick, samples=args.samples)
+            run(
+                args.model,
+                out=args.out,
+                quick=args.quick,
+                samples=args.samples,
+                positions=args.positions,
+            )
         except FileNotFoundError as error:
             print(f"visprune demo: {error}", file=sys.stderr)
             return 1

@@ -43,8 +43,12 @@ def evaluate(
     budgets: Sequence[float] = BUDGETS,
     methods: Sequence[str] | None = None,
     progress: bool = True,
+    positions: str = "compact",
 ) -> list[dict]:
     """Accuracy per (method, budget) on the first ``samples`` test questions.
+
+    ``positions`` is :func:`visprune.apply`'s option: ``"compact"`` renumbers the kept tokens
+    (as the published LLaVA code does), ``"original"`` keeps their place in the full sequence.
 
     Returns
     -------
@@ -69,7 +73,9 @@ def evaluate(
     rows = []
     accuracy(model, test[:8], encoder)  # warm-up: the first forward pays one-off costs
     for method, budget in configs:
-        handle = None if budget is None else visprune.apply(model, method, budget=budget)
+        handle = None
+        if budget is not None:
+            handle = visprune.apply(model, method, budget=budget, positions=positions)
         try:
             start = time.perf_counter()
             scores = accuracy(model, test, encoder)
@@ -91,12 +97,13 @@ def evaluate(
     return rows
 
 
-def table(rows: list[dict], samples: int) -> str:
+def table(rows: list[dict], samples: int, positions: str = "compact") -> str:
     """The results as a markdown table (accuracy in %, time relative to unpruned)."""
     base = next(row for row in rows if row["budget"] is None)
     types = list(base["by_type"])
     lines = [
-        f"Demo task, {samples} test questions; prefill time relative to unpruned.",
+        f"Demo task, {samples} test questions; {positions} positions for the kept tokens; "
+        "prefill time relative to unpruned.",
         "",
         "| method | budget | visual tokens | accuracy | " + " | ".join(types) + " | prefill time |",
         "|---|---:|---:|---:|" + "---:|" * len(types) + "---:|",
@@ -119,6 +126,7 @@ def overlays(
     budget: float = BUDGETS[0],
     seed: int = 0,
     methods: Sequence[str] | None = None,
+    positions: str = "compact",
 ) -> Path:
     """One picture: a row per test example, a column per method (kept patches bright)."""
     import torch
@@ -140,7 +148,10 @@ def overlays(
     for column, method in enumerate(["image", *chosen]):
         kept = None
         if method != "image":
-            with visprune.apply(model, method, budget=budget) as handle, torch.no_grad():
+            with (
+                visprune.apply(model, method, budget=budget, positions=positions) as handle,
+                torch.no_grad(),
+            ):
                 model(**prompt_batch(picks, encoder), logits_to_keep=1)
                 kept = handle.selections
         for row, sample in enumerate(picks):
@@ -163,16 +174,18 @@ def run(
     quick: bool = False,
     samples: int | None = None,
     log: Callable[[str], None] = print,
+    positions: str = "compact",
 ) -> list[dict]:
     """Evaluate, print the table, write ``out/results.md`` and ``out/overlays.png``."""
     out = Path(out)
     samples = samples or (60 if quick else 500)
     budgets = BUDGETS[:1] if quick else BUDGETS
-    rows = evaluate(model_dir, samples=samples, budgets=budgets)
-    text = table(rows, samples)
+    rows = evaluate(model_dir, samples=samples, budgets=budgets, positions=positions)
+    text = table(rows, samples, positions)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("# visprune demo\n\n" + text)
-    picture = overlays(model_dir, out / "overlays.png", examples=2 if quick else 4)
+    examples = 2 if quick else 4
+    picture = overlays(model_dir, out / "overlays.png", examples=examples, positions=positions)
     log(text)
     log(f"wrote {out / 'results.md'} and {picture}")
     return rows
