@@ -32,6 +32,8 @@ def test_demo_quick_runs_every_method_and_writes_results(checkpoint, tmp_path, c
     out = tmp_path / "results"
     assert main(["demo", "--quick", "--model", str(checkpoint), "--out", str(out)]) == 0
     table = (out / "results.md").read_text()
+    assert f"Command: `visprune demo --quick --model {checkpoint}" in table
+    assert "Machine: " in table
     for method in ["unpruned", *(m for m in visprune.list_methods() if m != "keepall")]:
         assert f"| {method} |" in table
     assert "| 7 |" in table  # 11.1 % of the 64 visual tokens

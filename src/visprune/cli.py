@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -299,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 quick=args.quick,
                 samples=args.samples,
                 positions=args.positions,
+                command=shlex.join(["visprune", *(sys.argv[1:] if argv is None else argv)]),
             )
         except FileNotFoundError as error:
             print(f"visprune demo: {error}", file=sys.stderr)

@@ -175,15 +175,21 @@ def run(
     samples: int | None = None,
     log: Callable[[str], None] = print,
     positions: str = "compact",
+    command: str | None = None,
 ) -> list[dict]:
-    """Evaluate, print the table, write ``out/results.md`` and ``out/overlays.png``."""
+    """Evaluate, print the table, write ``out/results.md`` (headed by ``command``, the command
+    line that ran it, and the machine) and ``out/overlays.png``."""
     out = Path(out)
     samples = samples or (60 if quick else 500)
     budgets = BUDGETS[:1] if quick else BUDGETS
     rows = evaluate(model_dir, samples=samples, budgets=budgets, positions=positions)
     text = table(rows, samples, positions)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text("# visprune demo\n\n" + text)
+    from ..bench import machine_description
+
+    header = "# visprune demo\n\n" + (f"Command: `{command}`\n\n" if command else "")
+    header += f"Machine: {machine_description()}\n\n"
+    (out / "results.md").write_text(header + text)
     examples = 2 if quick else 4
     picture = overlays(model_dir, out / "overlays.png", examples=examples, positions=positions)
     log(text)
