@@ -276,8 +276,11 @@ class _Pruned:
 
         The value is the loss lmms-eval's LLaVA wrapper reports (mean over the continuation's
         tokens; lower is more likely); the continuation follows the prompt rendered with its
-        generation prompt, where the model's answer would start. Pruning removes visual tokens
-        only, all before the continuation, so its logits are the last ones of each row.
+        generation prompt, where the model's answer would start. The prompt is prefilled first
+        (pruned, with its KV cache), then the continuation runs on that cache, as generated
+        tokens would: a text-conditioned method thus picks its tokens from the prompt alone,
+        never from the answer being scored (one forward pass over prompt and continuation
+        would show it the answer).
         The ``(loss, greedy)`` pair travels in a ``GenerationResult``: lmms-eval 0.7 turns a
         bare tuple result into its string (``unwrap_generation_output``), which its scoring
         cannot unpack, and the wrapper also carries the sample's token counts into the logs.
@@ -285,32 +288,49 @@ class _Pruned:
         results: list[GenerationResult | None] = [None] * len(requests)
         all_counts: list[dict[str, int]] = []
         seconds = 0.0
+        tokenizer = self.hf_processor.tokenizer
         for batch in tqdm(
             _batches(requests, self.batch_size), disable=self.rank != 0, desc="visprune score"
         ):
-            texts, lengths, images = [], [], []
+            contexts, continuations, images = [], [], []
             for index in batch:
                 prompt, continuation = self._scored(requests[index])
                 context = self._render(prompt.messages, generation=True)
                 full = context + continuation  # the answer right after the generation prompt
-                lengths.append(_continuation_length(full, context, self.hf_processor.tokenizer))
-                texts.append(full)
+                length = _continuation_length(full, context, tokenizer)
+                contexts.append(context)
+                continuations.append(tokenizer(full).input_ids[-length:])
                 images += prompt.images
-            inputs = self._encode(texts, images, [])
+            inputs = self._encode(contexts, images, [])
+            longest = max(map(len, continuations))
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            # Right-padded continuations: padding after the real tokens cannot reach them.
+            ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, tokens in enumerate(continuations):
+                ids[row, : len(tokens)] = torch.tensor(tokens)
+                mask[row, : len(tokens)] = 1
+            ids, mask = ids.to(self.model.device), mask.to(self.model.device)
             with torch.inference_mode():
-                output, elapsed = self._timed(
-                    self.model, **inputs, logits_to_keep=max(lengths) + 1, use_cache=False
+                prefill, first = self._timed(self.model, **inputs, logits_to_keep=1, use_cache=True)
+                counts = self._counts(inputs, len(batch))
+                rest, second = self._timed(
+                    self.model,
+                    input_ids=ids,
+                    attention_mask=torch.cat([inputs["attention_mask"], mask], dim=1),
+                    past_key_values=prefill.past_key_values,
+                    use_cache=True,
                 )
-            seconds += elapsed
-            logits = output.logits.float()
-            counts = self._counts(inputs, len(batch))
-            ids = inputs["input_ids"]
+            seconds += first + second
+            # Position j of the continuation is predicted by the logits before it.
+            logits = torch.cat([prefill.logits[:, -1:], rest.logits[:, :-1]], dim=1).float()
             for row, index in enumerate(batch):
-                t = lengths[row]
-                predicted = logits[row, -t - 1 : -1]  # position j predicts token j + 1
-                target = ids[row, -t:].to(predicted.device)
+                t = len(continuations[row])
+                predicted = logits[row, :t]
+                target = ids[row, :t].to(predicted.device)
                 loss = torch.nn.functional.cross_entropy(predicted, target)
                 greedy = bool((predicted.argmax(-1) == target).all())
+                counts[row]["input"] += t
                 results[index] = GenerationResult(
                     text=(float(loss), greedy),
                     token_counts=PrunedTokenCounts(
