@@ -1,0 +1,120 @@
+"""The bundled demo checkpoint: loads offline, answers the demo task, and pruning shows in it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+from PIL import Image
+
+import visprune
+from visprune.cli import main
+from visprune.demo import model as demo_model
+from visprune.demo import task
+from visprune.demo import train as demo_train
+from visprune.demo.run import bundled_checkpoint
+from visprune.methods import Context, Method
+
+#: A fixed subset of the test split, the same on every run.
+SUBSET = 200
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    model, processor = demo_model.load(bundled_checkpoint())
+    return model, demo_train.Encoder(processor.tokenizer), task.make_split(0, "test", SUBSET)
+
+
+def test_bundled_checkpoint_is_small_and_loads_with_from_pretrained():
+    path = bundled_checkpoint()
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB"
+    assert (path / "model.safetensors").is_file()
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(path)
+    assert model.config.model_type == "llava"
+    processor = AutoProcessor.from_pretrained(path)
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    info = json.loads((path / "demo_info.json").read_text())
+    assert info["validation"]["all"] >= 0.95
+
+
+def test_bundled_model_scores_at_least_90_percent_unpruned(bundled):
+    model, encoder, questions = bundled
+    scores = demo_train.accuracy(model, questions, encoder)
+    assert scores["all"] >= 0.90, demo_train.fmt(scores)
+
+
+def test_random_pruning_at_11_percent_loses_at_least_15_points(bundled):
+    """The task makes pruning matter: the answer lives in one or two of the 64 tokens."""
+    model, encoder, questions = bundled
+    full = demo_train.accuracy(model, questions, encoder)["all"]
+    with visprune.apply(model, "random", budget=0.111):
+        pruned = demo_train.accuracy(model, questions, encoder)["all"]
+    assert full - pruned >= 0.15, (full, pruned)
+
+
+@dataclass
+class KeepCells(Method):
+    """Keeps the listed cells, in order, up to the budget (an oracle that knows the answer)."""
+
+    cells: tuple[int, ...] = ()
+
+    name: ClassVar[str] = "keep-cells"
+
+    def _select(self, tokens: torch.Tensor, k: int, ctx: Context) -> torch.Tensor:
+        return torch.tensor(sorted(self.cells[:k])).expand(tokens.shape[0], k)
+
+
+def test_the_answer_lives_in_the_target_tokens(bundled):
+    """Locality: keeping only the cells that hold the answer (plus empty cells up to 11 %), the
+    model still answers colour and shape questions: each object lives in its own token."""
+    model, encoder, questions = bundled
+    picks = [q for q in questions if q.qtype in ("colour", "shape")][:40]
+    hits = 0
+    for q in picks:
+        empty = sorted(set(range(task.NUM_CELLS)) - {cell for cell, _, _ in q.objects})
+        with visprune.apply(model, KeepCells(cells=(*q.targets, *empty)), budget=0.111):
+            hits += demo_train.predict(model, [q], encoder)[0] == q.answer
+    assert hits / len(picks) >= 0.9
+
+
+def test_generate_answers_a_question_on_the_bundled_model(bundled, tmp_path, capsys):
+    """The CLI path (processor + chat template + generate) gives the evaluation's answers."""
+    model, encoder, questions = bundled
+    predictions = demo_train.predict(model, questions[:10], encoder)
+    right = [q for q, p in zip(questions[:10], predictions, strict=True) if p == q.answer]
+    assert right
+    sample = right[0]
+    image_path = tmp_path / "question.png"
+    Image.fromarray(sample.image).save(image_path)
+    argv = ["generate", "--model", str(bundled_checkpoint()), "--image", str(image_path)]
+    assert main([*argv, "--prompt", sample.question]) == 0
+    assert capsys.readouterr().out.split()[0] == sample.answer
+
+
+def test_demo_quick_on_the_bundled_model(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    table = (out / "results.md").read_text()
+    unpruned = next(line for line in table.splitlines() if line.startswith("| unpruned |"))
+    accuracy = float(unpruned.split("|")[4])
+    assert accuracy >= 90.0, unpruned
+
+
+def test_position_questions_read_the_kept_tokens_original_positions(bundled):
+    """The model locates objects through the language model's position ids: with compact
+    positions (kept tokens renumbered) position questions fail even when the object is kept;
+    with the original positions they are answered."""
+    model, encoder, questions = bundled
+    picks = [q for q in questions if q.qtype == "position"]
+    scores = {}
+    for positions in ("compact", "original"):
+        with visprune.apply(model, "divprune", budget=0.333, positions=positions):
+            predictions = demo_train.predict(model, picks, encoder)
+        scores[positions] = sum(p == q.answer for p, q in zip(predictions, picks, strict=True))
+    assert scores["original"] >= scores["compact"] + 0.2 * len(picks), scores
