@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 import visprune
+from tiny_vlms import tiny_demo_model
 from visprune.cli import main
 from visprune.demo import model as demo_model
 from visprune.demo import task
@@ -15,16 +16,7 @@ from visprune.demo import task
 def checkpoint(tmp_path_factory):
     """A tiny untrained demo model saved like the bundled one."""
     path = tmp_path_factory.mktemp("demo-checkpoint")
-    tokenizer = demo_model.build_tokenizer()
-    config = demo_model.build_config(
-        tokenizer,
-        vision_hidden=16,
-        text_hidden=32,
-        text_layers=1,
-        text_heads=2,
-        text_intermediate=64,
-    )
-    demo_model.save(demo_model.build_model(config, seed=0).eval(), path)
+    demo_model.save(tiny_demo_model(), path)
     return path
 
 

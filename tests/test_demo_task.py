@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_vlms import tiny_demo_model
 from visprune.demo import model as demo_model
 from visprune.demo import task
 from visprune.demo import train as demo_train
@@ -111,11 +112,7 @@ def test_tokenizer_and_processor_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    tok = demo_model.build_tokenizer()
-    config = demo_model.build_config(
-        tok, vision_hidden=16, text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64
-    )
-    return demo_model.build_model(config, seed=0).eval()
+    return tiny_demo_model()
 
 
 def test_tiny_model_forward_save_load_and_prune(tiny_model, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import visprune
+from tiny_vlms import tiny_demo_model
 from visprune.demo import model as demo_model
 from visprune.demo import run as demo_run
 from visprune.demo import task, train
@@ -42,15 +43,7 @@ def checkpoint(tmp_path_factory) -> Path:
     if (demo_run.CHECKPOINT / "config.json").is_file():
         return demo_run.CHECKPOINT
     path = tmp_path_factory.mktemp("demo-checkpoint")
-    config = demo_model.build_config(
-        demo_model.build_tokenizer(),
-        vision_hidden=16,
-        text_hidden=32,
-        text_layers=1,
-        text_heads=2,
-        text_intermediate=64,
-    )
-    demo_model.save(demo_model.build_model(config, seed=0).eval(), path)
+    demo_model.save(tiny_demo_model(), path)
     return path
 
 

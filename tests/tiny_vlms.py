@@ -419,3 +419,18 @@ if __name__ == "__main__":  # smoke run: python tests/tiny_vlms.py
             f"loss={out.loss.item():.3f} generated={tuple(generated.shape)} "
             f"{time.perf_counter() - start:.2f}s"
         )
+
+
+def tiny_demo_model():
+    """An untrained demo LLaVA (``visprune.demo.model``) small enough for unit tests, eval mode."""
+    from visprune.demo import model as demo_model
+
+    config = demo_model.build_config(
+        demo_model.build_tokenizer(),
+        vision_hidden=16,
+        text_hidden=32,
+        text_layers=1,
+        text_heads=2,
+        text_intermediate=64,
+    )
+    return demo_model.build_model(config, seed=0).eval()

@@ -125,8 +125,7 @@ def cell_targets(samples: Sequence[task.Sample]) -> dict[str, torch.Tensor]:
 
 def named_targets(samples: Sequence[task.Sample]) -> torch.Tensor:
     """Per visual token (row-major cells, flattened over the batch): 1 for an object the question
-    names, 0 otherwise (2 would mark the second object of a question comparing two objects, a
-    ``"relation"`` type; the task's types name at most one object each).
+    names, 0 otherwise.
 
     Dense supervision of the step every question type starts with: find the named objects (the
     question comes before the image, so each image token can check itself). With it the stages
@@ -137,8 +136,7 @@ def named_targets(samples: Sequence[task.Sample]) -> torch.Tensor:
     for i, sample in enumerate(samples):
         if sample.qtype == "exists" and sample.answer == "no":
             continue  # the targets are look-alikes, not the object named
-        for rank, cell in enumerate(sample.targets):
-            labels[i, cell] = 2 if sample.qtype == "relation" and rank == 1 else 1
+        labels[i, sample.targets] = 1
     return torch.from_numpy(labels.reshape(-1))
 
 
@@ -255,9 +253,12 @@ def train(
     model.train()
     params = sum(p.numel() for p in model.parameters())
     probes = CellProbes(config.text_config.hidden_size)
+    # Three classes although the labels are 0/1: the shipped checkpoint was trained with a third
+    # (a second named object, for a two-object question type since dropped), and the probe's
+    # initialisation draws from the seeded generator; kept so the run reproduces exactly.
     named_probe = torch.nn.Linear(config.text_config.hidden_size, 3)
     projected: list[torch.Tensor] = []
-    model.model.multi_modal_projector.register_forward_hook(
+    capture = model.model.multi_modal_projector.register_forward_hook(
         lambda module, args, output: projected.append(output)
     )
     opt = torch.optim.AdamW(
@@ -348,4 +349,5 @@ def train(
     acc = accuracy(model, val, enc)
     log(f"[{(time.time() - start) / 60:6.2f} min] final step {step} validation {fmt(acc)}")
     checkpoint(acc, final=True)
+    capture.remove()
     return model, acc

@@ -297,9 +297,8 @@ class _Pruned:
                 prompt, continuation = self._scored(requests[index])
                 context = self._render(prompt.messages, generation=True)
                 full = context + continuation  # the answer right after the generation prompt
-                length = _continuation_length(full, context, tokenizer)
                 contexts.append(context)
-                continuations.append(tokenizer(full).input_ids[-length:])
+                continuations.append(_continuation_ids(full, context, tokenizer))
                 images += prompt.images
             inputs = self._encode(contexts, images, [])
             longest = max(map(len, continuations))
@@ -452,16 +451,17 @@ def _user_turn(context: str, visuals: Sequence | None, doc: dict) -> _Prompt:
     return _Prompt([{"role": "user", "content": parts}], images, videos, doc, context)
 
 
-def _continuation_length(full: str, context: str, tokenizer: Any) -> int:
-    """Tokens of ``full`` after its prompt ``context``; both hold the same images, whose
+def _continuation_ids(full: str, context: str, tokenizer: Any) -> list[int]:
+    """Token ids of ``full`` after its prompt ``context``; both hold the same images, whose
     placeholders the processor expands equally, so the text tokens tell the difference."""
-    length = len(tokenizer(full).input_ids) - len(tokenizer(context).input_ids)
+    ids = tokenizer(full).input_ids
+    length = len(ids) - len(tokenizer(context).input_ids)
     if length < 1:
         raise ValueError(
             f"the continuation of {context!r} encodes to no tokens after the prompt; check the "
             "task's doc_to_target."
         )
-    return length
+    return ids[-length:]
 
 
 def _gen_kwargs(request: Instance) -> dict:
