@@ -902,7 +902,7 @@ def test_placeholders_without_pixel_values_raise():
     del data["pixel_values"]
     model(**data)  # the unpatched model just embeds the placeholder ids
     visprune.apply(model, "divprune", 0.5)
-    with pytest.raises(ValueError, match="4 image placeholder tokens but the image encoder"):
+    with pytest.raises(ValueError, match="4 image placeholder tokens but the call passes no pixel"):
         model(**data)
 
 

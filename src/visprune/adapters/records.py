@@ -1,0 +1,126 @@
+"""The records an adapter keeps: what was kept (Selection), how encoder output maps onto
+placeholder tokens (Layout), one selection problem (Item), and the per-call state (CallState).
+
+Per-call state lives in a ``threading.local`` of the adapter, so one pruned model serves several
+threads at once: each thread's ``generate`` sees only its own encoder outputs, prompt and cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What was kept of one image (or one video frame) in the last call.
+
+    Attributes
+    ----------
+    sample : int
+        Batch row.
+    image : int
+        Index of the image (or video) within the sample, in prompt order, counted per kind.
+    frame : int or None
+        Frame index for video, else None.
+    kept : Tensor
+        int64 indices into this image's/frame's candidate tokens, ascending.
+    n : int
+        Number of candidate tokens.
+    grid : tuple of int or None
+        (h, w) in tokens when the candidates form one grid, else None.
+    positions : Tensor
+        int64 positions, in the unpruned ``input_ids``, of the kept tokens.
+    kind : str
+        "image" or "video".
+    candidates : Tensor
+        int64 positions, in the unpruned ``input_ids``, of all ``n`` candidate tokens
+        (``positions == candidates[kept]``).
+    """
+
+    sample: int
+    image: int
+    frame: int | None
+    kept: Tensor
+    n: int
+    grid: tuple[int, int] | None
+    positions: Tensor
+    kind: str = "image"
+    candidates: Tensor | None = None
+
+
+@dataclass
+class Layout:
+    """How one encoded image or video maps onto its placeholder tokens.
+
+    ``count`` tokens in prompt order; ``frames`` lists ``(start, stop)`` token ranges that are
+    selected separately (one range for an image); ``fixed`` marks tokens that are never candidates
+    (always kept: LLaVA-NeXT newline tokens when excluded, the video newline of OneVision);
+    ``vision`` holds pre-projector features ``(count - fixed.sum(), c)`` for "vision" methods.
+    """
+
+    count: int
+    frames: list[tuple[int, int]]
+    grid: tuple[int, int] | None = None
+    fixed: Tensor | None = None
+    vision: Tensor | None = None
+    is_video: bool = False
+
+
+@dataclass
+class Item:
+    """One selection problem: an image or a video frame."""
+
+    sample: int
+    image: int
+    frame: int | None
+    kind: str
+    positions: Tensor  # (n,) candidate positions in the sequence
+    grid: tuple[int, int] | None
+    vision: Tensor | None = None
+    kept: Tensor | None = None
+
+
+@dataclass
+class Prefill:
+    """State a pruned prefill leaves for the decode steps and the loss."""
+
+    length: int  # L, the unpruned length
+    index: Tensor  # (B, L') positions into the unpruned sequence, -1 for re-padding
+    mask: Tensor | None  # (B, L') compacted 2-D mask, when one is needed
+    dropped: Tensor  # (B,) tokens removed per row
+    shift: Tensor  # (B, 1) decode position = arange(q) + past + shift, for manual loops
+
+
+@dataclass
+class CallState:
+    """What one thread's calls on the model leave for the next hook of the same call."""
+
+    #: Layouts of the last encoder call per kind.
+    layouts: dict[str, list[Layout]] = field(default_factory=lambda: {"image": [], "video": []})
+    #: The last encoder output per kind (5.24+ hands them back as ``mm_encoder_outputs``).
+    recorded: dict[str, Any] = field(default_factory=dict)
+    #: Pre-projector features captured during the last encoder call.
+    captured_vision: list[Tensor] = field(default_factory=list)
+    #: An encoder ran since the last prefill.
+    encoded: bool = False
+    #: The current base-model forward: its input_ids, whether it carries images (pixels or
+    #: encoder outputs), whether those encoder outputs are ones visprune recorded, and whether the
+    #: language model's prefill reached visprune.
+    input_ids: Tensor | None = None
+    images: bool = False
+    known_outputs: bool = False
+    expects_prefill: bool = False
+    prefill_seen: bool = False
+    positions_supplied: bool = False
+    #: The pruned prefill's state for decode steps and the loss.
+    prefill: Prefill | None = None
+    #: The first prompt of a generate(use_cache=False) run and its texts.
+    prompt_cache: tuple[Tensor, list[Tensor]] | None = None
+    selections: list[Selection] = field(default_factory=list)
+
+    def outputs_known(self, outputs: dict[str, Any]) -> bool:
+        """Whether every given encoder output (by kind) is the one visprune recorded."""
+        return all(self.recorded.get(kind) is output for kind, output in outputs.items())

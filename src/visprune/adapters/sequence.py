@@ -1,0 +1,129 @@
+"""Shorten the language model's inputs at prefill, and keep decode steps and labels consistent.
+
+Pure functions on the keyword arguments the language model receives; the adapter decides when
+they run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .records import Prefill
+
+
+def shorten(
+    kwargs: dict, embeds: Tensor, keep: Tensor, mask: Tensor | None, compact: bool
+) -> Prefill:
+    """Gather the kept rows of ``inputs_embeds``, positions and mask into ``kwargs``.
+
+    Parameters
+    ----------
+    kwargs : dict
+        The language model's keyword arguments, changed in place.
+    embeds : Tensor
+        ``(B, L, d)`` the full input embeddings.
+    keep : Tensor
+        ``(B, L)`` bool, True for kept positions.
+    mask : Tensor or None
+        ``(B, L)`` the 2-D attention mask.
+    compact : bool
+        Renumber kept tokens (True) or keep their original positions.
+
+    Returns
+    -------
+    Prefill
+        What decode steps and the loss need. Rows that keep different counts are re-padded on
+        the left (``index == -1``).
+    """
+    batch, length, width = embeds.shape
+    device = embeds.device
+    counts = keep.sum(-1)
+    longest = int(counts.max())
+    # Left re-padding: rank of each kept token counted from the right end of the row.
+    rank = keep.flip(-1).cumsum(-1).flip(-1)
+    slot = longest - rank
+    index = torch.full((batch, longest), -1, dtype=torch.long, device=device)
+    rows, cols = keep.nonzero(as_tuple=True)
+    index[rows, slot[rows, cols]] = cols
+    padded = index < 0
+    safe = index.clamp_min(0)
+    dropped_before = (~keep).long().cumsum(-1)
+    gathered_embeds = embeds.gather(1, safe.unsqueeze(-1).expand(-1, -1, width))
+    kwargs["inputs_embeds"] = gathered_embeds.masked_fill(padded.unsqueeze(-1), 0)
+
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        positions = torch.arange(length, device=device).expand(batch, length)
+    gathered = positions.gather(-1, safe.expand(*positions.shape[:-2], batch, longest))
+    if compact:
+        gathered = gathered - dropped_before.gather(1, safe)
+    kwargs["position_ids"] = gathered.masked_fill(padded, 1)
+
+    new_mask = None
+    if mask is not None:
+        new_mask = mask.gather(1, safe).masked_fill(padded, 0)
+    elif bool(padded.any()) or not compact:
+        # Gapped positions without a mask would read as packed sequences: pass one.
+        new_mask = (~padded).long()
+    if new_mask is not None:
+        kwargs["attention_mask"] = new_mask
+    dropped = (~keep).sum(-1)
+    shift = (length - longest) - (dropped if compact else 0 * dropped)
+    return Prefill(
+        length=length, index=index, mask=new_mask, dropped=dropped, shift=shift.unsqueeze(-1)
+    )
+
+
+def continue_decode(
+    kwargs: dict, state: Prefill, steps: int, past: int, compact: bool, positions_supplied: bool
+) -> None:
+    """Fit a decode step's mask (and compact positions) to the shortened cache, in place.
+
+    ``steps`` tokens arrive on top of ``past`` cached ones; the mask generate builds covers the
+    unpruned length, so its tail (the generated tokens) is appended to the compacted prefill
+    mask.
+    """
+    batch = state.index.shape[0]
+    longest = state.index.shape[1]
+    mask = kwargs.get("attention_mask")
+    if state.mask is not None:
+        generated = past - longest + steps
+        if mask is None:
+            tail = state.mask.new_ones(batch, generated)
+        elif isinstance(mask, Tensor) and mask.dim() == 2:
+            tail = mask[:, -generated:] if generated else mask[:, :0]
+        else:
+            raise ValueError("visprune needs a 2-D attention mask (or none) in decode steps.")
+        kwargs["attention_mask"] = torch.cat([state.mask, tail.to(state.mask)], dim=-1)
+    elif isinstance(mask, Tensor) and mask.dim() == 2 and mask.shape[-1] != past + steps:
+        kwargs["attention_mask"] = mask[:, -(past + steps) :]
+    positions = kwargs.get("position_ids")
+    if positions is not None and compact and not positions_supplied:
+        # generate continues the unpruned numbering; renumbered tokens continue lower.
+        kwargs["position_ids"] = positions - state.dropped.to(positions.device).unsqueeze(-1)
+
+
+def decode_positions(
+    input_ids: Tensor, state: Prefill, past: int, deltas: Tensor | None, mrope: bool
+) -> Tensor:
+    """Positions of a manual loop's decode step: where the unpruned sequence would continue."""
+    batch, steps = input_ids.shape
+    position = (
+        torch.arange(steps, device=input_ids.device) + past + state.shift.to(input_ids.device)
+    )
+    if mrope:
+        position = position.unsqueeze(0).expand(3, batch, steps)
+        if deltas is not None:
+            position = position + deltas.to(position.device)
+    return position
+
+
+def shorten_labels(labels: Tensor | None, logits: Tensor, state: Prefill | None) -> Tensor | None:
+    """Drop the labels of removed positions so they line up with the shortened logits."""
+    if labels is None or state is None or labels.shape[-1] != state.length:
+        return labels
+    if logits.shape[-2] != state.index.shape[1]:
+        return labels
+    index = state.index.to(labels.device)
+    return labels.gather(1, index.clamp_min(0)).masked_fill(index < 0, -100)

@@ -1,0 +1,154 @@
+"""Locate the selection problems of a prefill: which placeholder tokens belong to which encoded
+image, video and frame, and the prompt text each sample's method reads.
+
+Visual spans come from ``input_ids == token_id`` per sample (never a fixed offset). The encoder
+outputs (``Layout``) are consumed in prompt order, row by row. When generation expanded the rows
+(beam search, ``num_return_sequences``) after the images were encoded once, each expanded row
+takes the layouts of its source row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .records import Item, Layout
+
+
+def expand_layouts(layouts: list[Layout], counts: list[int], kind: str) -> list[Layout]:
+    """Layouts in row order for rows whose placeholder counts are ``counts``.
+
+    ``layouts`` either cover the rows exactly, or cover every ``copies``-th row once, with the
+    rows expanded ``copies`` times each (``repeat_interleave``, as generation expands inputs).
+
+    Raises
+    ------
+    ValueError
+        When neither holds, or an image would straddle two rows.
+    """
+    produced = sum(layout.count for layout in layouts)
+    expected = sum(counts)
+    copies = expected // produced if produced and expected % produced == 0 else 0
+    rows = len(counts)
+    if (
+        copies > 1
+        and rows % copies == 0
+        and all(counts[row] == counts[row - row % copies] for row in range(rows))
+    ):
+        sources = [counts[row] for row in range(0, rows, copies)]
+        groups = _split_by_rows(layouts, sources, kind)
+        return [layout for group in groups for _ in range(copies) for layout in group]
+    if produced != expected:
+        raise ValueError(
+            f"the prompt has {expected} {kind} placeholder tokens but the {kind} encoder produced "
+            f"{produced} features; check that the processor expanded each placeholder for these "
+            "pixel values (and that the prompt is not prefilled in chunks)."
+        )
+    return [layout for group in _split_by_rows(layouts, counts, kind) for layout in group]
+
+
+def _split_by_rows(layouts: list[Layout], counts: list[int], kind: str) -> list[list[Layout]]:
+    groups: list[list[Layout]] = []
+    queue = iter(layouts)
+    for row, count in enumerate(counts):
+        group, filled = [], 0
+        while filled < count:
+            layout = next(queue, None)
+            if layout is None or filled + layout.count > count:
+                raise ValueError(
+                    f"batch row {row} has {count} {kind} placeholder tokens, which do not add up "
+                    f"to whole {kind}s of the encoder output (each {kind} has its own count of "
+                    "tokens, in prompt order across rows); build input_ids and pixel values with "
+                    "the model's processor, one row per prompt."
+                )
+            group.append(layout)
+            filled += layout.count
+        groups.append(group)
+    return groups
+
+
+def locate_items(
+    input_ids: Tensor,
+    visual: dict[str, Tensor],
+    layouts: dict[str, list[Layout]],
+    vision: dict[str, list[Tensor | None]],
+) -> list[Item]:
+    """One :class:`Item` per image (per video frame), ordered by sample then prompt position.
+
+    Parameters
+    ----------
+    input_ids : Tensor
+        ``(B, L)`` the unpruned prompt.
+    visual : dict of str to Tensor
+        ``(B, L)`` bool placeholder mask per kind.
+    layouts : dict of str to list of Layout
+        The encoder's layouts per kind, in prompt order.
+    vision : dict of str to list
+        Pre-projector features per layout (``None`` entries when the method needs none).
+    """
+    items: list[Item] = []
+    for kind, is_visual in visual.items():
+        counts = is_visual.sum(-1).tolist()
+        if sum(counts) == 0:
+            continue  # layouts of this kind belong to an earlier call
+        features = dict(zip(map(id, layouts[kind]), vision[kind], strict=True))
+        ordered = expand_layouts(layouts[kind], counts, kind)
+        queue = iter(ordered)
+        for sample in range(input_ids.shape[0]):
+            positions = is_visual[sample].nonzero().squeeze(-1)
+            start = image = 0
+            while start < len(positions):
+                layout = next(queue)
+                items.extend(_frame_items(layout, positions, start, sample, image, kind, features))
+                start += layout.count
+                image += 1
+    items.sort(
+        key=lambda item: (item.sample, int(item.positions[0]) if len(item.positions) else -1)
+    )
+    return items
+
+
+def _frame_items(layout, positions, start, sample, image, kind, features) -> list[Item]:
+    span = positions[start : start + layout.count]
+    vision = features[id(layout)]
+    candidates = torch.ones(layout.count, dtype=torch.bool, device=span.device)
+    if layout.fixed is not None:
+        candidates &= ~layout.fixed.to(span.device)
+    items, offset = [], 0
+    for frame, (low, high) in enumerate(layout.frames):
+        frame_positions = span[low:high][candidates[low:high]]
+        frame_vision = None
+        if vision is not None:
+            frame_vision = vision[offset : offset + len(frame_positions)]
+        offset += len(frame_positions)
+        items.append(
+            Item(
+                sample=sample,
+                image=image,
+                frame=frame if layout.is_video else None,
+                kind=kind,
+                positions=frame_positions,
+                grid=layout.grid,
+                vision=frame_vision,
+            )
+        )
+    return items
+
+
+def prompt_texts(embeds: Tensor, mask: Tensor | None, visual: dict[str, Tensor]) -> list[Tensor]:
+    """Per sample: embeddings of the prompt tokens after its last visual token, unpadded.
+
+    ``embeds`` is ``(B, L, d)``; padding (``mask == 0``) is left out wherever it sits, so left-
+    and right-padded rows read the same text as alone.
+    """
+    any_visual = torch.zeros_like(next(iter(visual.values())))
+    for is_visual in visual.values():
+        any_visual |= is_visual
+    texts = []
+    for sample in range(embeds.shape[0]):
+        last = int(any_visual[sample].nonzero().max()) if bool(any_visual[sample].any()) else -1
+        tail = torch.arange(last + 1, embeds.shape[1], device=embeds.device)
+        if mask is not None:
+            tail = tail[mask[sample, tail].bool()]
+        texts.append(embeds[sample, tail])
+    return texts

@@ -1,0 +1,151 @@
+"""Everything visprune reads from transformers internals, with each version difference.
+
+The adapters never look at a transformers keyword, attribute or version themselves; they ask
+this module. When a release moves a seam, this is the one file to change, and the tests that
+break a seam on purpose (``tests/test_compat.py``) show that visprune then raises instead of
+running unpruned.
+
+Version differences in the tested range (``TESTED_RANGE``):
+
+- **Cache keyword.** Up to 5.23 the KV cache reaches the language model as ``past_key_values``;
+  5.24 renamed it ``cache`` (``past_key_values`` is still accepted through a deprecation shim
+  until 5.40). :func:`find_cache` accepts both, and refuses a cache object under any other name,
+  because a decode step that cannot be told from a prefill would re-run selection on one token.
+- **Where encoder outputs arrive.** Up to 5.23 ``forward`` calls the base model's
+  ``get_image_features`` / ``get_video_features`` itself. From 5.24, ``generate`` calls them once
+  before prefill and hands the result to every forward as ``mm_encoder_outputs`` (which it
+  expands in place for beam search and ``num_return_sequences``), and ``pixel_values`` is no
+  longer passed. Both routes go through the base model's ``get_{kind}_features``, which is the
+  seam visprune wraps; :func:`images_in_call` tells whether a forward carries images by either
+  route, so a call whose encoder output visprune did not see raises.
+- **Stable seams relied on everywhere:** ``model.model`` (the base model) with
+  ``.language_model``, the language model receiving ``inputs_embeds``, ``get_seq_length()`` on
+  caches, and ``pooler_output`` holding the per-image projected features.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+#: The transformers releases the test suite runs on: (oldest, newest), both ends inclusive.
+TESTED_RANGE = ("5.19.0", "5.24.0")
+
+#: Keywords under which a KV cache reaches the language model, newest first.
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+#: Keywords of a forward that carry pixels (encoded inside the forward, up to 5.23).
+PIXEL_KEYWORDS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
+
+#: Keyword of a forward that carries ready encoder outputs (5.24 and later).
+ENCODER_OUTPUTS_KEYWORD = "mm_encoder_outputs"
+
+
+class PruningNotApplied(RuntimeError):
+    """A seam into transformers moved: visprune cannot prune this call and refuses to run it.
+
+    Raised instead of letting the model run unpruned, which would look like a pruned run.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"visprune could not apply pruning with transformers {transformers_version()}: "
+            f"{what}. Nothing ran unpruned. visprune is tested with transformers "
+            f"{TESTED_RANGE[0]} to {TESTED_RANGE[1]}; install a version in that range "
+            f"(pip install 'transformers>={TESTED_RANGE[0]},<={TESTED_RANGE[1]}') or a visprune "
+            "release that supports this one."
+        )
+
+
+@functools.cache
+def transformers_version() -> str:
+    """The installed transformers version string."""
+    import transformers
+
+    return transformers.__version__
+
+
+def _parse(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def in_tested_range(version: str | None = None) -> bool:
+    """Whether ``version`` (default: the installed one) lies in :data:`TESTED_RANGE`.
+
+    A patch release of the newest tested minor counts as tested.
+    """
+    parsed = _parse(version or transformers_version())
+    low, high = _parse(TESTED_RANGE[0]), _parse(TESTED_RANGE[1])
+    return low <= parsed and parsed[:2] <= high[:2]
+
+
+_warned: set[str] = set()
+
+
+def warn_if_untested() -> None:
+    """Warn once per process when the installed transformers is outside the tested range."""
+    version = transformers_version()
+    if version in _warned or in_tested_range(version):
+        return
+    _warned.add(version)
+    warnings.warn(
+        f"visprune is tested with transformers {TESTED_RANGE[0]} to {TESTED_RANGE[1]}, and "
+        f"{version} is installed. visprune checks every call and raises if pruning cannot be "
+        "applied, but install a tested version for results you can rely on.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def is_cache(value: Any) -> bool:
+    """Whether ``value`` is a KV cache object (anything with ``get_seq_length``)."""
+    return callable(getattr(value, "get_seq_length", None))
+
+
+def find_cache(kwargs: dict) -> Any:
+    """The KV cache a forward received, or ``None``.
+
+    Raises
+    ------
+    PruningNotApplied
+        When a cache object arrives under a keyword visprune does not know: it could not tell a
+        decode step from a prefill.
+    """
+    for keyword in CACHE_KEYWORDS:
+        cache = kwargs.get(keyword)
+        if cache is not None:
+            return cache
+    for keyword, value in kwargs.items():
+        if is_cache(value):
+            raise PruningNotApplied(
+                f"the language model received its KV cache as {keyword!r}, a keyword visprune "
+                f"does not know (it knows {', '.join(CACHE_KEYWORDS)}), so a decode step cannot "
+                "be told from a prefill"
+            )
+    return None
+
+
+def cache_length(cache: Any) -> int:
+    """Tokens already in ``cache`` (0 for ``None`` or an empty cache)."""
+    if cache is None:
+        return 0
+    return int(cache.get_seq_length())
+
+
+def images_in_call(kwargs: dict) -> bool:
+    """Whether a base-model forward carries images or video, as pixels or as encoder outputs."""
+    if any(kwargs.get(keyword) is not None for keyword in PIXEL_KEYWORDS):
+        return True
+    outputs = kwargs.get(ENCODER_OUTPUTS_KEYWORD)
+    return bool(outputs) and any(value is not None for value in dict(outputs).values())
+
+
+def encoder_outputs(kwargs: dict) -> dict[str, Any]:
+    """The ready encoder outputs a forward carries (5.24+), by modality ("image", "video")."""
+    outputs = kwargs.get(ENCODER_OUTPUTS_KEYWORD) or {}
+    return {kind: value for kind, value in dict(outputs).items() if value is not None}
