@@ -222,7 +222,7 @@ def assert_unpatched(model) -> None:
     assert "get_image_features" not in model.model.__dict__
     assert "get_video_features" not in model.model.__dict__
     assert "_loss_function" not in model.__dict__
-    assert "_visprune_handle" not in model.__dict__
+    assert "_visprune_handles" not in model.__dict__
 
 
 # --------------------------------------------------------------------------------- 1. keepall

@@ -65,7 +65,7 @@ def test_visual_tokens_and_kv_cache_shrink_exactly(runs):
 def test_model_unchanged_after_measure(runs):
     _, model, _, _, _, before, after = runs
     assert torch.equal(before, after)
-    assert "_visprune_handle" not in model.__dict__
+    assert "_visprune_handles" not in model.__dict__
     assert not model._forward_pre_hooks and not model.model.language_model._forward_pre_hooks
 
 
@@ -90,7 +90,7 @@ def test_measure_restores_model_on_error():
     data = inputs("llava", model)
     with pytest.raises(ValueError, match="bogus"):
         measure(model, data, "divprune", 0.5, **{**FAST, "generate_kwargs": {"bogus": object()}})
-    assert "_visprune_handle" not in model.__dict__
+    assert "_visprune_handles" not in model.__dict__
     assert not model.model.vision_tower._forward_hooks
     assert not model.model.vision_tower._forward_pre_hooks
 

@@ -111,22 +111,29 @@ def select(
 class Handle:
     """A method applied to one model instance; undo with :meth:`remove` or a ``with`` block.
 
+    Handles on one model form a stack: applying again suspends the handle below (its method
+    stops running) and removing the top handle resumes it, so nested ``with visprune.apply(...)``
+    blocks restore the outer method on exit.
+
     Attributes
     ----------
     model : the patched model
     method : Method
-        The method that runs (a dataclass; ``method.params()`` gives its settings).
+        The method that runs (a dataclass; ``method.params()`` gives its settings). It is
+        validated again at every call, so a field changed after ``apply`` to a bad value raises.
     """
 
-    def __init__(self, model: Any, method: Method, adapter: Any) -> None:
+    def __init__(self, model: Any, method: Method, build: Any) -> None:
         self.model = model
         self.method = method
-        self._adapter = adapter
+        self._build = build
+        self._adapter: Any = None
+        self._removed = False
         self._final_selections: list = []
 
     @property
     def active(self) -> bool:
-        """Whether the method still runs on the model."""
+        """Whether the method runs on the model now (False when removed or suspended)."""
         return self._adapter is not None
 
     @property
@@ -136,22 +143,38 @@ class Handle:
 
     @property
     def selections(self) -> list:
-        """One :class:`~visprune.adapters.Selection` per image (per frame for video) of the
-        last call, in batch order: ``sample, image, frame, kept, n, grid, positions``. They stay
+        """One :class:`~visprune.adapters.Selection` per image (per video frame) of the
+        last call, in batch order: ``sample, image, frame, kept, n, grid, positions``. With
+        several threads calling the model, each thread reads its own last call. They stay
         readable after :meth:`remove`."""
         if self._adapter is None:
             return list(self._final_selections)
         return list(self._adapter.selections)
 
+    def _resume(self) -> None:
+        self._adapter = self._build(self.method)
+
+    def _suspend(self) -> None:
+        if self._adapter is not None:
+            self._final_selections = list(self._adapter.selections)
+            self._adapter.remove()
+            self._adapter = None
+
     def remove(self) -> None:
-        """Restore the model's original behaviour exactly. Calling it again does nothing."""
-        if self._adapter is None:
+        """Stop this method. The model behaves exactly as before it was applied (or as under
+        the handle this one was applied on top of). Calling it again does nothing."""
+        if self._removed:
             return
-        self._final_selections = list(self._adapter.selections)
-        self._adapter.remove()
-        self._adapter = None
-        if self.model.__dict__.get(_HANDLE_ATTRIBUTE) is self:
-            del self.model.__dict__[_HANDLE_ATTRIBUTE]
+        self._removed = True
+        stack = _stack(self.model)
+        was_top = bool(stack) and stack[-1] is self
+        self._suspend()
+        if self in stack:
+            stack.remove(self)
+        if was_top and stack:
+            stack[-1]._resume()
+        if not stack:
+            self.model.__dict__.pop(_HANDLE_ATTRIBUTE, None)
 
     def __enter__(self) -> Handle:
         return self
@@ -160,11 +183,43 @@ class Handle:
         self.remove()
 
     def __repr__(self) -> str:
-        state = "active" if self.active else "removed"
+        state = "active" if self.active else ("removed" if self._removed else "suspended")
         return f"Handle({self.method!r}, {state})"
 
 
-_HANDLE_ATTRIBUTE = "_visprune_handle"
+_HANDLE_ATTRIBUTE = "_visprune_handles"
+
+
+def _stack(model: Any) -> list[Handle]:
+    return model.__dict__.setdefault(_HANDLE_ATTRIBUTE, [])
+
+
+def active_handle(model: Any) -> Handle | None:
+    """The handle whose method runs on ``model`` now, or ``None``."""
+    stack = unwrap_model(model).__dict__.get(_HANDLE_ATTRIBUTE) or []
+    return stack[-1] if stack and stack[-1].active else None
+
+
+def unwrap_model(model: Any) -> Any:
+    """The transformers model inside a PEFT model or a ``torch.compile`` module.
+
+    Hooks belong on the one model instance that runs, so that ``apply(compiled)`` and then
+    ``apply(model)`` see the same model (and the second replaces the first) instead of stacking
+    two adapters on it.
+    """
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        inner = model.__dict__.get("_orig_mod") if hasattr(model, "__dict__") else None
+        if inner is None and hasattr(model, "_modules"):
+            inner = model._modules.get("_orig_mod")
+        if inner is not None:  # torch.compile's OptimizedModule
+            model = inner
+            continue
+        if hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+            continue
+    return model
 
 
 def apply(
@@ -180,13 +235,16 @@ def apply(
 
     After this call, the unchanged ``model.generate(**inputs)`` and ``model(**inputs)`` run on
     the shortened sequence: the method picks ``budget`` tokens per image (per frame for video)
-    and the others never reach the language model or its KV cache.
+    and the others never reach the language model or its KV cache. Every call either prunes or
+    raises (:class:`visprune.compat.PruningNotApplied` when a transformers seam moved); it never
+    runs the full sequence silently.
 
     Parameters
     ----------
     model : PreTrainedModel
         A ``...ForConditionalGeneration`` whose ``config.model_type`` is ``llava``,
-        ``llava_next``, ``llava_onevision``, ``qwen2_vl`` or ``qwen2_5_vl``.
+        ``llava_next``, ``llava_onevision``, ``qwen2_vl`` or ``qwen2_5_vl``; a PEFT model or a
+        ``torch.compile`` module around one is unwrapped.
     method : str or Method
         A registered name or a ``Method`` instance.
     budget : int or float, optional
@@ -204,11 +262,18 @@ def apply(
     -------
     Handle
         ``handle.remove()`` restores the model; ``handle.selections`` records what was kept.
-        Applying again to the same model replaces the previous method.
+        Applying again to the same model suspends the previous handle until this one is removed.
+
+    Warns
+    -----
+    UserWarning
+        Once per process, when the installed transformers is outside the tested range.
     """
     from . import adapters  # noqa: F401  (registers the adapters; imported only when needed)
+    from .compat import warn_if_untested
     from .registry import ADAPTERS
 
+    model = unwrap_model(model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in ADAPTERS:
         raise ValueError(
@@ -220,16 +285,21 @@ def apply(
             f"pass the full {type(model).__name__} with its language-model head (e.g. "
             "LlavaForConditionalGeneration), not a sub-module."
         )
+    warn_if_untested()
     if budget is not None:
         params["budget"] = budget
     chosen = get_method(method, **params)
     chosen.num_keep(1)  # validate the budget now, not at the first call
     adapter_type = ADAPTERS[model_type]
     adapter_type.check_options(model_type, positions, newlines)  # fail before touching the model
-    previous = model.__dict__.get(_HANDLE_ATTRIBUTE)
-    if previous is not None:
-        previous.remove()
-    adapter = adapter_type(model, chosen, positions=positions, newlines=newlines)
-    handle = Handle(model, chosen, adapter)
-    model.__dict__[_HANDLE_ATTRIBUTE] = handle
+
+    def build(current: Method):
+        return adapter_type(model, current, positions=positions, newlines=newlines)
+
+    stack = _stack(model)
+    if stack:
+        stack[-1]._suspend()
+    handle = Handle(model, chosen, build)
+    handle._resume()
+    stack.append(handle)
     return handle

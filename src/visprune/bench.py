@@ -61,6 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .api import active_handle
 from .methods import Method
 
 __all__ = ["BenchResult", "Stat", "kv_cache_bytes", "measure"]
@@ -388,8 +389,7 @@ def measure(
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
     if "input_ids" not in inputs:
         raise ValueError("inputs must contain input_ids (a processor's output).")
-    existing = model.__dict__.get("_visprune_handle")
-    if existing is not None and existing.active:
+    if active_handle(model) is not None:
         raise ValueError(
             "the model already has a visprune method applied; call handle.remove() first."
         )

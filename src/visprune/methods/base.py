@@ -169,10 +169,25 @@ class Method:
         """The hyperparameters, ``budget`` included, as a JSON-serialisable dict."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def validate(self) -> None:
+        """Check every hyperparameter again (a field may have been changed after creation).
+
+        Raises
+        ------
+        ValueError
+            For a bad value, naming the parameter.
+        """
+        post_init = getattr(self, "__post_init__", None)
+        if post_init is not None:
+            post_init()
+        if self.budget is not None:
+            resolve_budget(self.budget, 1, self.name)
+
     def num_keep(self, n: int, budget: Budget | None = None) -> int:
         """Resolve ``budget`` (default: ``self.budget``) into a count for ``n`` candidates."""
         return resolve_budget(self.budget if budget is None else budget, n, self.name)
 
+    @torch.no_grad()
     def select(self, tokens: Tensor, k: int | None = None, ctx: Context | None = None) -> Tensor:
         """Select which visual tokens to keep.
 
@@ -191,7 +206,15 @@ class Method:
         Tensor
             int64 indices ``(k,)`` or ``(b, k)``, unique and ascending per item, on the input's
             device.
+
+        Notes
+        -----
+        Selection is a no-grad operation, and it does not depend on the overall scale of the
+        tokens: each item (and each text tensor) is first scaled by a power of two, which is
+        exact, so |x| ~ 1e30 or 1e-30 picks what |x| ~ 1 picks (every method's objective is
+        scale-free; without the scaling, squares overflow or underflow float32).
         """
+        self.validate()
         ctx = ctx or Context()
         if not isinstance(tokens, Tensor):
             raise ValueError(f"{self.name}: tokens must be a torch.Tensor, got {type(tokens)}.")
@@ -202,15 +225,20 @@ class Method:
             )
         if not tokens.is_floating_point():
             raise ValueError(f"{self.name}: tokens must be floating point, got {tokens.dtype}.")
+        if tokens.device.type == "meta":
+            raise ValueError(
+                f"{self.name}: tokens are on the meta device and hold no values; load the "
+                "model's weights (not an empty or device_map='meta' model) before selecting."
+            )
         batch = tokens.unsqueeze(0) if tokens.dim() == 2 else tokens
         b, n, d = batch.shape
         if n == 0 or d == 0 or b == 0:
             raise ValueError(f"{self.name}: tokens are empty (shape {tuple(tokens.shape)}).")
-        # Checked after the upcast: float64 values beyond the float32 range become inf there.
-        batch = batch.float()
+        batch = power_of_two_scaled(batch, dims=(-2, -1))
         check_finite(batch, "tokens", self.name)
         k = self.num_keep(n) if k is None else resolve_budget(k, n, self.name)
         self._check_context(ctx, b, d)
+        ctx = _scaled_context(ctx)
         if k >= n:
             keep = torch.arange(n, device=tokens.device).expand(b, n).clone()
         else:
@@ -270,6 +298,33 @@ class Method:
             ``(b, k)`` int64 distinct indices in any order (the caller sorts them).
         """
         raise NotImplementedError
+
+
+def power_of_two_scaled(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``x`` in float32, scaled over ``dims`` by a power of two so that its largest magnitude
+    lies in [0.5, 1). Exact (only exponents change); all-zero slices stay zero.
+
+    float64 input is scaled before the cast, so values beyond the float32 range still work;
+    NaN and inf survive the scaling for the finite check to report.
+    """
+    work = x.double() if x.dtype == torch.float64 else x.float()
+    if work.numel() == 0:
+        return work.float()
+    peak = work.abs().amax(dim=dims, keepdim=True)
+    _, exponent = torch.frexp(torch.where(torch.isfinite(peak), peak, torch.ones_like(peak)))
+    return torch.ldexp(work, -exponent.to(work.dtype)).float()
+
+
+def _scaled_context(ctx: Context) -> Context:
+    text = ctx.text
+    if isinstance(text, Tensor):
+        text = power_of_two_scaled(text, dims=(-2, -1))
+    elif text is not None:
+        text = [power_of_two_scaled(t, dims=(-2, -1)) for t in text]
+    query = ctx.query
+    if query is not None:
+        query = power_of_two_scaled(query, dims=(-1,))
+    return Context(text=text, query=query)
 
 
 def cholesky_step(

@@ -34,6 +34,10 @@ class Random(Method):
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"random: seed must be an int, got {self.seed!r}.")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(
+                f"random: seed must be in [0, 2**64) (a torch.Generator seed), got {self.seed}."
+            )
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         b, n, _ = tokens.shape

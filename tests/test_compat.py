@@ -1,0 +1,183 @@
+"""The seams into transformers: break each one on purpose and visprune raises, never runs unpruned.
+
+Each test moves one seam the way a transformers release could (a renamed cache keyword, an
+encoder output that bypasses the recorded function, a language model called without its hooks,
+a prompt prefilled in chunks) and asserts the error, not a quiet full-length run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import tomllib
+import torch
+
+import visprune
+from tiny_vlms import GENERATE, inputs, tiny
+from visprune import compat
+from visprune.compat import PruningNotApplied
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+def test_declared_dependency_range_is_the_tested_range():
+    """pyproject's bound: lower = the oldest tested release, upper = the next untested minor."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    spec = next(d for d in project["project"]["dependencies"] if d.startswith("transformers"))
+    low, high = compat.TESTED_RANGE
+    major, minor = (int(part) for part in high.split(".")[:2])
+    assert re.sub(r"\s", "", spec) == f"transformers>={low.removesuffix('.0')},<{major}.{minor + 1}"
+
+
+@pytest.mark.parametrize(
+    ("version", "tested"),
+    [
+        (compat.TESTED_RANGE[0], True),
+        (compat.TESTED_RANGE[1], True),
+        ("5.24.3", True),
+        ("5.18.2", False),
+        ("5.25.0", False),
+        ("6.0.0.dev0", False),
+    ],
+)
+def test_tested_range(version, tested):
+    assert compat.in_tested_range(version) is tested
+
+
+def test_apply_warns_once_outside_the_tested_range(monkeypatch):
+    monkeypatch.setattr(compat, "transformers_version", lambda: "5.99.0")
+    monkeypatch.setattr(compat, "_warned", set())
+    model = tiny("llava")
+    with pytest.warns(UserWarning, match=r"tested with transformers .* 5\.99\.0 is installed"):
+        visprune.apply(model, "divprune", 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        visprune.apply(model, "divprune", 0.5)
+
+
+def test_installed_version_is_tested_without_warning():
+    assert compat.in_tested_range()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        visprune.apply(tiny("llava"), "divprune", 0.5)
+
+
+def test_error_names_the_version_and_what_to_do():
+    message = str(PruningNotApplied("something moved"))
+    assert compat.transformers_version() in message
+    assert "something moved" in message and "install a version in that range" in message
+
+
+# ------------------------------------------------------------------------ broken on purpose
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_cache_under_an_unknown_keyword_raises(family):
+    model = tiny(family)
+    data = inputs(family, model)
+
+    def rename(module, args, kwargs):
+        for keyword in compat.CACHE_KEYWORDS:
+            if kwargs.get(keyword) is not None:
+                kwargs["kv_store"] = kwargs.pop(keyword)
+        return args, kwargs
+
+    # Registered before visprune's hook, so visprune sees what a release that renamed it sends.
+    model.model.language_model.register_forward_pre_hook(rename, with_kwargs=True)
+    visprune.apply(model, "divprune", 0.5)
+    with pytest.raises(PruningNotApplied, match="'kv_store'"):
+        model.generate(**data, **GENERATE)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_5_vl"])
+@pytest.mark.parametrize("call", ["forward", "generate"])
+def test_encoder_output_that_bypasses_visprune_raises(family, call):
+    """A release that encodes through another function than the one visprune wraps."""
+    model = tiny(family)
+    data = inputs(family, model)
+    handle = visprune.apply(model, "divprune", 0.5)
+    base = model.model
+    base.get_image_features = types.MethodType(type(base).get_image_features, base)
+    with pytest.raises(PruningNotApplied, match="did not pass through"):
+        if call == "forward":
+            model(**data)
+        else:
+            model.generate(**data, **GENERATE)
+    assert handle.selections == []
+
+
+def test_ready_encoder_outputs_from_before_apply_raise():
+    model = tiny("llava")
+    data = inputs("llava", model)
+    if "mm_encoder_outputs" not in inspect.signature(type(model).forward).parameters:
+        pytest.skip("this transformers release has no mm_encoder_outputs")
+    outputs = {"image": model.model.get_image_features(data.pop("pixel_values"))}
+    visprune.apply(model, "divprune", 0.5)
+    with pytest.raises(PruningNotApplied, match="mm_encoder_outputs must be computed"):
+        model(**data, mm_encoder_outputs=outputs)
+
+
+class _HooklessCall(torch.nn.Module):
+    """Calls a module's forward directly, so its hooks never run (a moved seam)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, *args, **kwargs):
+        return self.inner.forward(*args, **kwargs)
+
+
+def test_prefill_that_skips_the_language_model_hook_raises():
+    model = tiny("llava")
+    data = inputs("llava", model)
+    visprune.apply(model, "divprune", 0.5)
+    model.model.language_model = _HooklessCall(model.model.language_model)
+    with pytest.raises(PruningNotApplied, match="without its language model receiving"):
+        model(**data)
+
+
+def test_language_model_without_inputs_embeds_raises():
+    model = tiny("llava")
+    data = inputs("llava", model)
+    visprune.apply(model, "divprune", 0.5)
+
+    def to_ids(module, args, kwargs):
+        kwargs.pop("inputs_embeds")
+        kwargs["input_ids"] = data["input_ids"]
+        return args, kwargs
+
+    hooks = model.model.language_model._forward_pre_hooks
+    handle = model.model.language_model.register_forward_pre_hook(to_ids, with_kwargs=True)
+    hooks.move_to_end(handle.id, last=False)  # runs before visprune's hook
+    with pytest.raises(PruningNotApplied, match="input_ids instead of inputs_embeds"):
+        model(**data)
+
+
+def test_placeholders_in_a_step_with_a_cache_raise():
+    """A prompt prefilled in chunks: the second chunk carries image tokens on a cache."""
+    model = tiny("llava")
+    data = inputs("llava", model)
+    visprune.apply(model, "divprune", 0.5)
+    ids = data["input_ids"]
+    first = int((ids[0] == model.config.image_token_id).nonzero()[0])
+    out = model(input_ids=ids[:, :first], attention_mask=data["attention_mask"][:, :first])
+    with pytest.raises(ValueError, match="prompt arrives in chunks"):
+        model(
+            input_ids=ids[:, first:],
+            pixel_values=data["pixel_values"],
+            attention_mask=data["attention_mask"],
+            past_key_values=out.past_key_values,
+        )
