@@ -29,6 +29,8 @@ import functools
 import warnings
 from typing import Any
 
+import torch
+
 #: The transformers releases the test suite runs on: (oldest, newest), both ends inclusive.
 TESTED_RANGE = ("5.19.0", "5.24.0")
 
@@ -135,6 +137,35 @@ def cache_length(cache: Any) -> int:
     if cache is None:
         return 0
     return int(cache.get_seq_length())
+
+
+def key_padding_mask(mask: Any, length: int) -> Any:
+    """A 2-D ``(B, length)`` mask (1 = attend) from what the language model received.
+
+    ``generate(cache_implementation="static")`` pre-builds a 4-D mask ``(B, 1, q, kv)`` (bool, or
+    float with 0 where attended; for Qwen2-based models a dict of them per attention kind)
+    sized to the static cache; the pruned sequence needs a new one,
+    so visprune reduces it to the keys some query attends to and lets the language model build
+    the 4-D mask again from that. ``None`` and 2-D masks pass through.
+
+    Raises
+    ------
+    ValueError
+        For any other shape.
+    """
+    if mask is None or (hasattr(mask, "dim") and mask.dim() == 2):
+        return mask
+    if isinstance(mask, dict) and mask:
+        # Models with several attention kinds (Qwen2: full and sliding) get one mask per kind;
+        # the full-attention one holds the padding.
+        mask = mask.get("full_attention", next(iter(mask.values())))
+    if not (hasattr(mask, "dim") and mask.dim() == 4):
+        raise ValueError(
+            f"visprune needs a 2-D attention mask, or the 4-D one generate builds; got "
+            f"{type(mask).__name__} of shape {tuple(getattr(mask, 'shape', ()))}."
+        )
+    attended = mask if mask.dtype == torch.bool else mask == 0
+    return attended[:, 0, :, :length].any(dim=-2).long()
 
 
 def images_in_call(kwargs: dict) -> bool:

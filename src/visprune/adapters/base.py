@@ -134,6 +134,9 @@ class Adapter:
             if hasattr(self.base, name):
                 setattr(self.base, name, self._wrap_encoder(kind, getattr(self.base, name)))
                 self._wrapped.append(name)
+        capture = self.vision_capture_module() if self.method.stage == "vision" else None
+        if capture is not None:
+            self._hooks.append(capture.register_forward_pre_hook(self._capture_vision))
         self._hooks.append(self.base.register_forward_pre_hook(self._before_base, with_kwargs=True))
         self._hooks.append(self.base.register_forward_hook(self._after_base))
         self._hooks.append(
@@ -177,26 +180,25 @@ class Adapter:
     def _wrap_encoder(self, kind: str, encode):
         @functools.wraps(encode)
         def recorded(*args, **kwargs):
-            captured: list[Tensor] = []
-            module = self.vision_capture_module() if self.method.stage == "vision" else None
-            hook = None
-            if module is not None:
-                hook = module.register_forward_pre_hook(
-                    lambda _m, inputs: captured.append(inputs[0].detach())
-                )
+            call = self._call()
+            call.captured_vision = []
+            call.capturing = True
             try:
                 output = encode(*args, **kwargs)
             finally:
-                if hook is not None:
-                    hook.remove()
-            call = self._call()
-            call.captured_vision = captured
+                call.capturing = False
             call.layouts[kind] = self.describe(kind, output, args, kwargs)
             call.recorded[kind] = output
             call.encoded = True
             return output
 
         return recorded
+
+    def _capture_vision(self, module, inputs) -> None:
+        # One hook for every thread: each keeps the features of its own encoder call.
+        call = self._call()
+        if call.capturing:
+            call.captured_vision.append(inputs[0].detach())
 
     def _before_base(self, module, args, kwargs):
         call = self._call()
@@ -255,6 +257,11 @@ class Adapter:
         if past:
             self._check_no_placeholders_with_cache(input_ids)
             if call.prefill is not None:
+                mask = kwargs.get("attention_mask")
+                if isinstance(mask, dict) or (isinstance(mask, Tensor) and mask.dim() == 4):
+                    # Built for the unpruned cache layout; the language model rebuilds it from
+                    # the 2-D mask of the shortened cache (generated tokens are never padding).
+                    kwargs["attention_mask"] = None
                 sequence.continue_decode(
                     kwargs,
                     call.prefill,
@@ -319,12 +326,7 @@ class Adapter:
         continues: bool,
     ) -> None:
         batch, length, _ = embeds.shape
-        mask = kwargs.get("attention_mask")
-        if mask is not None and not (isinstance(mask, Tensor) and mask.dim() == 2):
-            raise ValueError(
-                "visprune needs a 2-D attention mask (or none); a pre-built 4-D mask cannot be "
-                "shortened. Pass the processor's 2-D attention_mask."
-            )
+        mask = compat.key_padding_mask(kwargs.get("attention_mask"), length)
         vision = {
             kind: self._vision_per_layout(kind, call.layouts.get(kind, [])) for kind in visual
         }

@@ -104,6 +104,8 @@ class CallState:
     recorded: dict[str, Any] = field(default_factory=dict)
     #: Pre-projector features captured during the last encoder call.
     captured_vision: list[Tensor] = field(default_factory=list)
+    #: Inside an encoder call (the capture hook records only then).
+    capturing: bool = False
     #: An encoder ran since the last prefill.
     encoded: bool = False
     #: The current base-model forward: its input_ids, whether it carries images (pixels or
