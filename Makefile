@@ -6,7 +6,17 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 CODE := src tests benchmarks
 
-.PHONY: install demo test lint format bench clean
+# The tested transformers range lives in one place, visprune/compat.py (TESTED_RANGE); pip
+# resolves the newest release of it in $(VENV), and $(VENV_OLDEST) holds the oldest, on which the
+# model-facing tests run as well.
+OLDEST_TRANSFORMERS := $(shell sed -n '/^TESTED_RANGE/s/[^"]*"\([^"]*\)".*/\1/p' src/visprune/compat.py)
+VENV_OLDEST ?= .venv-oldest
+PY_OLDEST := $(VENV_OLDEST)/bin/python
+MODEL_TESTS := tests/test_adapters.py tests/test_compat.py tests/test_robustness.py \
+	tests/test_lmms_eval.py tests/test_demo_checkpoint.py tests/test_demo_cli.py tests/test_cli.py \
+	tests/test_bench.py tests/test_flops_exact.py
+
+.PHONY: install install-oldest demo test test-newest test-oldest lint format bench clean
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
@@ -19,6 +29,14 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed-test
+
+$(VENV_OLDEST)/.installed-test: pyproject.toml constraints.txt src/visprune/compat.py
+	test -x $(PY_OLDEST) || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(PY_OLDEST) -m pip install -q -c constraints.txt -e '.[test,eval]' 'transformers==$(OLDEST_TRANSFORMERS)'
+	$(PY_OLDEST) -c 'import torchvision' 2>/dev/null || $(PY_OLDEST) -m pip uninstall -y -q torchvision
+	touch $@
+
+install-oldest: $(VENV_OLDEST)/.installed-test
 
 # The demo needs only the package itself (its bundled model ships inside it).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -37,11 +55,17 @@ format: install
 	$(VENV)/bin/ruff check --fix $(CODE)
 	$(VENV)/bin/ruff format $(CODE)
 
-test: lint
+# Every test on the newest tested transformers, then the model-facing ones on the oldest.
+test: lint test-newest test-oldest
+
+test-newest: install
 	$(PY) -m pytest -q
+
+test-oldest: install-oldest
+	$(PY_OLDEST) -m pytest -q $(MODEL_TESTS)
 
 bench: install
 	$(PY) benchmarks/selection.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
