@@ -184,3 +184,17 @@ def test_alignment_matches_the_metrics_on_the_recorded_selection(runs):
     expected = alignment_report(embeds[record.candidates], record.kept, text)
     for key, value in expected.items():
         assert pruned.alignment[key] == pytest.approx(value, rel=1e-6)
+
+
+def test_onevision_video_counts_compare_pruned_and_unpruned():
+    """The always-kept video newline counts on both sides, as it sits in the KV cache on both."""
+    model = tiny("llava_onevision")
+    data = inputs("llava_onevision", model, video=True)
+    placeholders = int((data["input_ids"] == model.config.video_token_id).sum())
+    full = measure(model, data, **FAST)
+    pruned = measure(model, data, "divprune", 0.5, **FAST)
+    assert full.visual_tokens_before == full.visual_tokens_after == placeholders
+    assert pruned.visual_tokens_before == placeholders
+    dropped = placeholders - pruned.visual_tokens_after
+    assert dropped == (placeholders - 1) // 2  # half of each frame; the newline stays
+    assert pruned.kv_cache_length == full.kv_cache_length - dropped

@@ -110,3 +110,59 @@ def test_demo_positions_option_reaches_the_adapter(checkpoint, tmp_path, monkeyp
     assert main([*argv, "--positions", "original"]) == 0
     assert "original positions" in (out / "results.md").read_text()
     assert seen and set(seen) == {"original"}
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--image": "text"}, "is not an image pillow can read"),
+        ({"--viz": "missing/kept.png", "--method": "divprune"}, "does not exist"),
+        ({"--viz": "kept.bogus", "--method": "divprune"}, "unknown picture extension"),
+        ({"--device": "cuda"}, "no usable CUDA device"),
+        ({"--device": "nonsense"}, "--device 'nonsense'"),
+        ({"--prompt": "what is in <image> ?"}, "image placeholder '<image>'"),
+    ],
+)
+def test_generate_refuses_before_loading(
+    checkpoint, tmp_path, capsys, monkeypatch, change, message
+):
+    """Each bad argument: one line on stderr and exit code 2, before any model loads."""
+    import torch
+
+    if change.get("--device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64)).save("q.png")
+    (tmp_path / "text").write_text("not a picture")
+    options = {"--model": str(checkpoint), "--image": "q.png", "--prompt": "x", **change}
+    argv = ["generate", *(item for pair in options.items() for item in pair)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_demo_refuses_a_missing_model_and_an_impossible_output_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--model", str(tmp_path / "nonexistent")])
+    assert exit_info.value.code == 2
+    assert "no such directory" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--quick", "--out", str(blocker / "results")])
+    assert exit_info.value.code == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_demo_prints_the_table_before_writing(checkpoint, tmp_path, monkeypatch, capsys):
+    from visprune.demo import run as demo_run
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(demo_run, "overlays", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        main(["demo", "--quick", "--model", str(checkpoint), "--out", str(tmp_path / "o")])
+    assert "| divprune |" in capsys.readouterr().out

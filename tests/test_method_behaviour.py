@@ -233,22 +233,21 @@ def test_trimtokenator_matches_reference(n, d, k, seed):
 # --- uniform and random --------------------------------------------------------------------------
 
 
-def test_uniform_is_rounded_linspace():
-    """Picks are ``round(i (n - 1) / (k - 1))``; at an exact ``.5`` either neighbour is allowed.
-
-    Exact halves are where float linspace and exact arithmetic can disagree, so the test accepts
-    both integers there and checks uniqueness separately.
-    """
+def test_uniform_is_rounded_linspace_with_halves_to_even():
+    """Picks are ``round(i (n - 1) / (k - 1))`` with exact halves rounded to even, as documented
+    (Python's ``round`` of a ``Fraction`` is exact and rounds half to even)."""
     cases = [(n, k) for n in range(2, 61) for k in range(1, n)] + [(576, 56), (576, 64), (2304, 7)]
     for n, k in cases:
         kept = visprune.select("uniform", torch.zeros(n, 1), k)
         assert_valid_indices(kept, n, k)
         for i, pick in enumerate(kept.tolist()):
             exact = Fraction(i * (n - 1), k - 1) if k > 1 else Fraction(0)
-            if exact.denominator == 2:
-                assert pick in (math.floor(exact), math.ceil(exact)), (n, k, i)
-            else:
-                assert pick == round(exact), (n, k, i)
+            assert pick == round(exact), (n, k, i)
+
+
+def test_uniform_exact_halves():
+    assert visprune.select("uniform", torch.zeros(6, 1), 5).tolist() == [0, 1, 2, 4, 5]  # 2.5 -> 2
+    assert visprune.select("uniform", torch.zeros(28, 1), 27)[13].item() == 14  # 13.5 -> 14
 
 
 def test_uniform_keeps_first_and_last():

@@ -486,17 +486,15 @@ def measure(
             del out
 
         visual = _placeholders(model, inputs["input_ids"])
-        rows = inputs["input_ids"].shape[0]
+        # Every placeholder token counts, candidates or not (OneVision's video newline and
+        # newlines under newlines="keep" are always kept), so pruned and unpruned counts compare.
+        kept_per_row = [int(v) for v in visual.sum(dim=1)]
+        before = sum(kept_per_row)
         if handle is not None:
             selections = handle.selections
-            before = sum(int(s.n) for s in selections)
-            after = sum(len(s.kept) for s in selections)
-            kept_per_row = [0] * rows
             for s in selections:
-                kept_per_row[s.sample] += len(s.kept)
-        else:
-            before = after = int(visual.sum())
-            kept_per_row = [int(v) for v in visual.sum(dim=1)]
+                kept_per_row[s.sample] -= int(s.n) - len(s.kept)
+        after = sum(kept_per_row)
         flops = _flops(model, inputs, visual, kept_per_row, new_tokens)
         alignment = None
         if handle is not None and seen.get("embeds") is not None:

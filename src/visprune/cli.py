@@ -171,12 +171,74 @@ def _load_bench(args: argparse.Namespace) -> tuple[Any, dict]:
     return model, _prompt_inputs(model, processor, _open_image(args.image), args.prompt)
 
 
+#: Placeholders a prompt must not contain: the command puts the image in itself.
+IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<video>")
+
+
 def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any model loads, every argument that would fail later."""
     looks_local = args.model.startswith((".", "~", os.sep)) or args.model.count("/") > 1
     if looks_local and not os.path.isdir(os.path.expanduser(args.model)):
         parser.error(f"--model {args.model!r}: no such directory")
-    if args.image is not None and not os.path.isfile(args.image):
-        parser.error(f"--image {args.image!r}: no such file")
+    if args.image is not None:
+        if not os.path.isfile(args.image):
+            parser.error(f"--image {args.image!r}: no such file")
+        try:
+            _open_image(args.image)
+        except OSError as error:  # PIL.UnidentifiedImageError is an OSError
+            parser.error(f"--image {args.image!r} is not an image pillow can read ({error})")
+    placeholder = next((p for p in IMAGE_PLACEHOLDERS if p in args.prompt), None)
+    if placeholder is not None:
+        parser.error(
+            f"--prompt contains the image placeholder {placeholder!r}; leave it out, the "
+            "command places the image before the prompt itself"
+        )
+    _check_device(parser, args.device)
+    viz = getattr(args, "viz", None)
+    if viz:
+        _check_output_file(parser, "--viz", viz)
+
+
+def _check_device(parser: argparse.ArgumentParser, device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as error:
+        parser.error(f"--device {device!r}: {error}")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device!r}: this PyTorch build has no usable CUDA device")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        parser.error(f"--device {device!r}: MPS is not available here")
+
+
+def _check_output_file(parser: argparse.ArgumentParser, option: str, path: str) -> None:
+    from PIL import Image
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"{option} {path!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"{option} {path!r}: the folder {folder!r} is not writable")
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in Image.registered_extensions():
+        parser.error(
+            f"{option} {path!r}: unknown picture extension {extension or '(none)'!r}; use .png"
+        )
+
+
+def _check_output_folder(parser: argparse.ArgumentParser, option: str, path: str) -> None:
+    """The folder exists (or can be made) and is writable, before any work runs."""
+    target = os.path.abspath(path)
+    existing = target
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or (existing == target and not os.path.isdir(target)):
+        parser.error(f"{option} {path!r}: {existing!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"{option} {path!r}: {existing!r} is not writable")
 
 
 def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -199,6 +261,12 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"visprune generate: cannot load {args.model!r}: {error}", file=sys.stderr)
         return 1
+    token = getattr(processor, "image_token", None)
+    if token and token in args.prompt:
+        parser.error(
+            f"--prompt contains this model's image placeholder {token!r}; leave it out, the "
+            "command places the image before the prompt itself"
+        )
     image = _open_image(args.image)
     inputs = _prompt_inputs(model, processor, image, args.prompt)
     handle = apply(model, args.method, **params) if args.method else None
@@ -293,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo.run import run
 
+        if args.model is not None and not os.path.isdir(os.path.expanduser(args.model)):
+            parser.error(f"--model {args.model!r}: no such directory")
+        _check_output_folder(parser, "--out", args.out)
         try:
             run(
                 args.model,

@@ -182,9 +182,10 @@ def run(
     out = Path(out)
     samples = samples or (60 if quick else 500)
     budgets = BUDGETS[:1] if quick else BUDGETS
+    out.mkdir(parents=True, exist_ok=True)  # before the evaluation: a bad place fails at once
     rows = evaluate(model_dir, samples=samples, budgets=budgets, positions=positions)
     text = table(rows, samples, positions)
-    out.mkdir(parents=True, exist_ok=True)
+    log(text)  # printed before anything is written, so a failed write never loses it
     from ..bench import machine_description
 
     header = "# visprune demo\n\n" + (f"Command: `{command}`\n\n" if command else "")
@@ -192,6 +193,5 @@ def run(
     (out / "results.md").write_text(header + text)
     examples = 2 if quick else 4
     picture = overlays(model_dir, out / "overlays.png", examples=examples, positions=positions)
-    log(text)
     log(f"wrote {out / 'results.md'} and {picture}")
     return rows

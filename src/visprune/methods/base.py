@@ -210,9 +210,10 @@ class Method:
         Notes
         -----
         Selection is a no-grad operation, and it does not depend on the overall scale of the
-        tokens: each item (and each text tensor) is first scaled by a power of two, which is
-        exact, so |x| ~ 1e30 or 1e-30 picks what |x| ~ 1 picks (every method's objective is
-        scale-free; without the scaling, squares overflow or underflow float32).
+        tokens: an item (or text tensor) whose largest magnitude is beyond ``2**±40`` is first
+        scaled by a power of two, which is exact, so |x| ~ 1e30 or 1e-30 picks what |x| ~ 1
+        picks (every method's objective is scale-free; unscaled, squares would overflow or
+        underflow float32).
         """
         self.validate()
         ctx = ctx or Context()
@@ -300,19 +301,28 @@ class Method:
         raise NotImplementedError
 
 
-def power_of_two_scaled(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """``x`` in float32, scaled over ``dims`` by a power of two so that its largest magnitude
-    lies in [0.5, 1). Exact (only exponents change); all-zero slices stay zero.
+#: Items whose largest magnitude lies within 2**±SAFE_EXPONENT are selected unscaled: their
+#: squares and Gram entries stay far from float32 overflow and underflow.
+SAFE_EXPONENT = 40
 
-    float64 input is scaled before the cast, so values beyond the float32 range still work;
-    NaN and inf survive the scaling for the finite check to report.
+
+def power_of_two_scaled(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``x`` in float32; slices over ``dims`` whose largest magnitude is beyond
+    ``2**±SAFE_EXPONENT`` are scaled by a power of two to a largest magnitude in [0.5, 1).
+
+    Exact (only exponents change; the scaling runs in float64, so subnormal and huge values
+    survive it), and a no-op for ordinary features. float64 input is scaled before the cast, so
+    values beyond the float32 range still work; NaN and inf pass through for the finite check.
     """
     work = x.double() if x.dtype == torch.float64 else x.float()
     if work.numel() == 0:
         return work.float()
     peak = work.abs().amax(dim=dims, keepdim=True)
     _, exponent = torch.frexp(torch.where(torch.isfinite(peak), peak, torch.ones_like(peak)))
-    return torch.ldexp(work, -exponent.to(work.dtype)).float()
+    exponent = torch.where(exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent))
+    if not bool(exponent.any()):
+        return work.float()
+    return torch.ldexp(work.double(), -exponent.double()).float()
 
 
 def _scaled_context(ctx: Context) -> Context:
