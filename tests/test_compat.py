@@ -181,3 +181,20 @@ def test_placeholders_in_a_step_with_a_cache_raise():
             attention_mask=data["attention_mask"],
             past_key_values=out.past_key_values,
         )
+
+
+def test_cache_argument_follows_the_forward_signature():
+    class New:
+        def forward(self, input_ids=None, cache=None): ...
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None): ...
+
+    assert compat.cache_argument(New(), "c") == {"cache": "c"}
+    assert compat.cache_argument(Old(), "c") == {"past_key_values": "c"}
+    model = tiny("llava")
+    data = inputs("llava", model)
+    cache = compat.output_cache(model(**data, use_cache=True))
+    assert compat.cache_length(cache) == data["input_ids"].shape[1]
+    keyword = next(iter(compat.cache_argument(model, cache)))
+    assert keyword in compat.CACHE_KEYWORDS

@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from .api import active_handle
+from .compat import output_cache
 from .methods import Method
 
 __all__ = ["BenchResult", "Stat", "kv_cache_bytes", "measure"]
@@ -482,7 +483,7 @@ def measure(
                 out = model(**inputs, use_cache=True)
             finally:
                 capture.remove()
-            cache_bytes, cache_length = kv_cache_bytes(out.past_key_values)
+            cache_bytes, cache_length = kv_cache_bytes(output_cache(out))
             del out
 
         visual = _placeholders(model, inputs["input_ids"])

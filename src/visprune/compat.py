@@ -132,6 +132,26 @@ def find_cache(kwargs: dict) -> Any:
     return None
 
 
+def output_cache(output: Any) -> Any:
+    """The KV cache a model output returns (``output.cache`` from 5.24, else
+    ``output.past_key_values``)."""
+    for keyword in CACHE_KEYWORDS:
+        cache = output.get(keyword) if hasattr(output, "get") else getattr(output, keyword, None)
+        if cache is not None:
+            return cache
+    return None
+
+
+def cache_argument(model: Any, cache: Any) -> dict:
+    """``{keyword: cache}`` for calling ``model`` with a cache, under the keyword its forward
+    declares (``cache`` from 5.24; ``past_key_values`` before, and deprecated after)."""
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    keyword = next((k for k in CACHE_KEYWORDS if k in parameters), CACHE_KEYWORDS[-1])
+    return {keyword: cache}
+
+
 def cache_length(cache: Any) -> int:
     """Tokens already in ``cache`` (0 for ``None`` or an empty cache)."""
     if cache is None:

@@ -50,6 +50,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import visprune
+from visprune.compat import cache_argument, output_cache
 
 #: The placeholder lmms-eval tasks write where an image goes in a simple task's text.
 IMAGE_MARK = "<image>"
@@ -317,8 +318,8 @@ class _Pruned:
                     self.model,
                     input_ids=ids,
                     attention_mask=torch.cat([inputs["attention_mask"], mask], dim=1),
-                    past_key_values=prefill.past_key_values,
                     use_cache=True,
+                    **cache_argument(self.model, output_cache(prefill)),
                 )
             seconds += first + second
             # Position j of the continuation is predicted by the logits before it.
