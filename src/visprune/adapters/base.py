@@ -36,9 +36,10 @@ from torch import Tensor
 
 from .. import compat
 from ..compat import PruningNotApplied
-from ..methods import Context, Method
+from ..methods import Method
 from . import sequence
-from .records import CallState, Item, Layout, Selection
+from .records import CallState, Layout, Selection
+from .selection import keep_mask, run_method, selections_of
 from .spans import locate_items, prompt_texts
 
 POSITION_MODES = ("compact", "original")
@@ -335,25 +336,9 @@ class Adapter:
         texts = None
         if self.method.uses:
             texts = self._texts_for_prefill(call, input_ids, embeds, mask, visual, continues)
-        self._run_method(items, embeds, texts)
-        keep = torch.ones(batch, length, dtype=torch.bool, device=embeds.device)
-        for item in items:
-            keep[item.sample, item.positions] = False
-            keep[item.sample, item.positions[item.kept]] = True
-        call.selections = self._last_selections = [
-            Selection(
-                sample=item.sample,
-                image=item.image,
-                frame=item.frame,
-                kept=item.kept.cpu(),
-                n=len(item.positions),
-                grid=item.grid,
-                positions=item.positions[item.kept].cpu(),
-                kind=item.kind,
-                candidates=item.positions.cpu(),
-            )
-            for item in items
-        ]
+        run_method(self.method, items, embeds, texts)
+        keep = keep_mask(items, batch, length, embeds.device)
+        call.selections = self._last_selections = selections_of(items)
         if bool(keep.all()):
             return
         call.prefill = sequence.shorten(kwargs, embeds, keep, mask, self.positions == "compact")
@@ -390,21 +375,6 @@ class Adapter:
         texts = prompt_texts(embeds, mask, visual)
         call.prompt_cache = (input_ids, texts)
         return texts
-
-    def _run_method(self, items: list[Item], embeds: Tensor, texts: list[Tensor] | None) -> None:
-        groups: dict[tuple, list[Item]] = {}
-        for item in items:
-            tokens = item.vision if item.vision is not None else embeds[item.sample, item.positions]
-            item.vision = tokens
-            groups.setdefault((tuple(tokens.shape), str(tokens.device)), []).append(item)
-        for group in groups.values():
-            tokens = torch.stack([item.vision for item in group])
-            k = self.method.num_keep(tokens.shape[1])
-            ctx = Context(text=[texts[item.sample] for item in group] if texts else None)
-            keep = self.method.select(tokens, k, ctx)
-            for item, row in zip(group, keep, strict=True):
-                item.kept = row.to(item.positions.device)
-                item.vision = None
 
 
 def encoder_features(output: Any, kind: str) -> list[Tensor]:
