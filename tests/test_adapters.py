@@ -91,7 +91,8 @@ def always_kept(family: str, model, data: dict, embeds: Tensor, newlines: str, s
     ``newlines="keep"`` or a "vision"-stage method (newlines have no pre-projector feature).
     """
     fixed = newline_mask(model, data, embeds, kinds=("video",))
-    if newlines == "keep" or (stage == "vision" and family in ("llava_next", "llava_onevision")):
+    anyres = ("llava_next", "llava_next_video", "llava_onevision")
+    if newlines == "keep" or (stage == "vision" and family in anyres):
         fixed |= newline_mask(model, data, embeds, kinds=("image",))
     return fixed
 
@@ -380,7 +381,11 @@ def test_method_gets_each_items_tokens_and_prompt(family, video, method):
         tokens = captured["embeds"][record.sample, candidates]
         if method == "rediprune" and family == "llava":
             tokens = projector_inputs[0][number]  # one image per item; CLS already dropped
-        elif method == "rediprune" and family in ("llava_next", "llava_onevision"):
+        elif method == "rediprune" and family in (
+            "llava_next",
+            "llava_next_video",
+            "llava_onevision",
+        ):
             tokens = None  # re-packed tile features: covered by the reference tests
         text = prompt_text(captured["embeds"], data, record.sample)
         assert record.n == len(candidates)
@@ -498,7 +503,7 @@ def test_selection_records(family, video):
                 _, h, w = next(visuals)
                 grid = (h // 2, w // 2)
             assert record.grid == grid
-        elif family == "llava" or (family == "llava_onevision" and video):
+        elif family == "llava" or (family in ("llava_onevision", "llava_next_video") and video):
             assert record.grid == (2, 2)
         else:
             assert record.grid is None
@@ -834,7 +839,14 @@ def test_unsupported_model_type_lists_the_supported_ones():
     llama = LlamaForCausalLM(config).eval()
     with pytest.raises(ValueError, match="'llama'") as error:
         visprune.apply(llama, "divprune", 0.5)
-    for supported in ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl"):
+    for supported in (
+        "llava",
+        "llava_next",
+        "llava_next_video",
+        "llava_onevision",
+        "qwen2_vl",
+        "qwen2_5_vl",
+    ):
         assert supported in str(error.value)
     assert not llama.model._forward_pre_hooks and "_loss_function" not in llama.__dict__
 
@@ -993,3 +1005,22 @@ def test_applying_to_one_instance_leaves_another_unchanged():
     assert handle.active
     assert torch.equal(other.generate(**data, **GENERATE), alone.generate(**data, **GENERATE))
     assert not torch.equal(model(**data).logits, other(**data).logits)
+
+
+def test_rediprune_reads_pooled_pre_projector_frames_of_llava_next_video():
+    """ReDiPrune's own setting: per frame, the pooled vision features before the projector."""
+    model = tiny("llava_next_video")
+    data = collate(ragged_samples("llava_next_video", model, video=True))
+    captured = lm_inputs(model, data)
+    pooled: list[Tensor] = []
+    hook = model.model.multi_modal_projector.register_forward_pre_hook(
+        lambda module, inputs: pooled.append(inputs[0])
+    )
+    handle = visprune.apply(model, "rediprune", 0.5)
+    model(**data)
+    hook.remove()
+    frames = pooled[0].reshape(-1, 4, pooled[0].shape[-1])  # (videos * frames, 2x2, c)
+    assert len(handle.selections) == len(frames)
+    for record, tokens in zip(handle.selections, frames, strict=True):
+        text = prompt_text(captured["embeds"], data, record.sample)
+        assert torch.equal(record.kept, visprune.select("rediprune", tokens, 0.5, text=text))

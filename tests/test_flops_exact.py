@@ -56,7 +56,7 @@ def _model(family: str):
     return _head_dim_model() if family == "llava_head_dim" else tiny(family, attn="eager")
 
 
-LM_FAMILIES = ["llava", "llava_head_dim", "llava_onevision", "qwen2_vl"]
+LM_FAMILIES = ["llava", "llava_head_dim", "llava_next_video", "llava_onevision", "qwen2_vl"]
 
 
 @pytest.mark.parametrize("family", LM_FAMILIES)
@@ -92,7 +92,14 @@ def test_logits_last_counts_one_position():
     assert every.total - last.total == every.lm_head - last.lm_head
 
 
-VISION = [("llava", 1), ("llava", 2), ("llava_next", 1), ("llava_onevision", 1), ("qwen2_vl", 1)]
+VISION = [
+    ("llava", 1),
+    ("llava", 2),
+    ("llava_next", 1),
+    ("llava_next_video", 1),
+    ("llava_onevision", 1),
+    ("qwen2_vl", 1),
+]
 
 
 @pytest.mark.parametrize("family,images", VISION)
@@ -121,7 +128,8 @@ def test_vision_and_projector_match_counter(family, images):
         features.extend(out.pooler_output if hasattr(out, "pooler_output") else out)
 
     counted = _counted(run)
-    tiles = kwargs["pixel_values"].shape[1] if family in ("llava_next", "llava_onevision") else 1
+    anyres = ("llava_next", "llava_next_video", "llava_onevision")
+    tiles = kwargs["pixel_values"].shape[1] if family in anyres else 1
     visual_tokens = sum(f.shape[0] for f in features)
     exact = model_flops(model.config, visual_tokens, 0, images=images, tiles_per_image=tiles)
     assert exact["prefill"].vision + exact["prefill"].projector == pytest.approx(counted, rel=1e-9)

@@ -18,7 +18,7 @@ from test_adapters import (
 )
 from tiny_vlms import GENERATE, IMG, PAD, collate, inputs, ragged_samples, sample, tiny
 
-LLAVA_FAMILIES = ["llava", "llava_next", "llava_onevision"]
+LLAVA_FAMILIES = ["llava", "llava_next", "llava_next_video", "llava_onevision"]
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,7 @@ def test_beam_search_equals_beam_search_on_the_shortened_prompt(family):
 
 
 @pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_next_video", "llava_onevision", "qwen2_5_vl"])
 @pytest.mark.parametrize(
     "options",
     [{"num_beams": 2}, {"do_sample": True, "num_return_sequences": 2}],
@@ -83,6 +83,10 @@ def test_beam_search_equals_beam_search_on_the_shortened_prompt(family):
 def test_expanded_rows_prune_as_their_source_row(family, video, options):
     model = tiny(family)
     data = collate(ragged_samples(family, model, video))
+    try:
+        model.generate(**data, **{**GENERATE, **options})
+    except (ValueError, RuntimeError) as error:  # transformers 5.19: LLaVA-NeXT-Video beams
+        pytest.skip(f"the unpruned model fails here too with this transformers: {error}")
     handle = visprune.apply(model, "divprune", 0.5)
     model(**data)
     source = handle.selections

@@ -5,8 +5,8 @@ calls with the same arguments give identical weights. The inputs imitate what th
 processors return: ``input_ids`` with one placeholder token per visual feature, the matching
 pixel tensors, grids and sizes, and ``attention_mask``. Everything runs in milliseconds on a CPU.
 
-Families: ``llava``, ``llava_next``, ``llava_onevision`` (images and video), ``qwen2_5_vl``
-(images and video) and ``qwen2_vl``.
+Families: ``llava``, ``llava_next``, ``llava_next_video`` and ``llava_onevision`` (images and
+video), ``qwen2_5_vl`` (images and video) and ``qwen2_vl``.
 
 Build one unpadded prompt with :func:`sample` and a left-padded batch of prompts with
 :func:`collate`; :func:`inputs` is the shortcut for a batch of same-shaped prompts.
@@ -21,6 +21,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
@@ -38,10 +40,10 @@ GENERATE = {"do_sample": False, "suppress_tokens": list(SPECIAL), "max_new_token
 #: Pad token id of the left-padded batches.
 PAD = 0
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl", "qwen2_vl")
+FAMILIES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen2_vl")
 QWEN = frozenset({"qwen2_5_vl", "qwen2_vl"})
 #: Families with a video input in these tests.
-VIDEO = frozenset({"llava_onevision", "qwen2_5_vl"})
+VIDEO = frozenset({"llava_next_video", "llava_onevision", "qwen2_5_vl"})
 #: Every (family, video) pair.
 CASES = [(family, False) for family in FAMILIES] + [
     (family, True) for family in FAMILIES if family in VIDEO
@@ -65,6 +67,7 @@ _CLIP = {  # 28 / 14 = 2x2 patches plus CLS
     "image_size": 28,
     "patch_size": 14,
 }
+_CLIP56 = dict(_CLIP, image_size=56)  # 4x4 patches plus CLS; video frames pool to 2x2
 _SIGLIP = {  # 56 / 14 = 4x4 patches, no CLS
     "model_type": "siglip_vision_model",
     "hidden_size": 32,
@@ -104,10 +107,12 @@ _QWEN2_VISION = {
     "spatial_merge_size": 2,
     "temporal_patch_size": 2,
 }
+NEXT_VIDEO_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
 #: Default (H, W) of one image, per family.
 DEFAULT_SIZE = {
     "llava": (28, 28),
     "llava_next": (28, 56),
+    "llava_next_video": (56, 112),
     "llava_onevision": (56, 112),
     "qwen2_5_vl": (4, 6),  # Qwen: (h, w) in 14-px patches
     "qwen2_vl": (4, 6),
@@ -143,6 +148,15 @@ def tiny(family: str, attn: str = "sdpa", seed: int = 0):
             image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]],
         )
         cls = LlavaNextForConditionalGeneration
+    elif family == "llava_next_video":
+        config = LlavaNextVideoConfig(
+            vision_config=_CLIP56,
+            text_config=dict(model_type="llama", **_TEXT),
+            image_token_index=IMG,
+            video_token_index=VID,
+            image_grid_pinpoints=NEXT_VIDEO_PINPOINTS,
+        )
+        cls = LlavaNextVideoForConditionalGeneration
     elif family == "llava_onevision":
         config = LlavaOnevisionConfig(
             vision_config=_SIGLIP,
@@ -184,6 +198,7 @@ def _tiles(family: str, size: tuple[int, int]) -> int:
 
     pinpoints = {
         "llava_next": [[28, 56], [56, 28], [56, 56]],
+        "llava_next_video": NEXT_VIDEO_PINPOINTS,
         "llava_onevision": [[56, 56], [56, 112], [112, 56], [112, 112]],
     }[family]
     tile = 28 if family == "llava_next" else 56
@@ -200,8 +215,9 @@ def token_counts(family: str, model, visuals: list[dict]) -> list[int]:
     if family in QWEN:
         return [int(v["grid"].prod()) // 4 for v in visuals]
     if visuals and "pixel_values_videos" in visuals[0]:
-        # 2x2 pooled grid per frame, one newline per video
-        return [v["pixel_values_videos"].shape[1] * 4 + 1 for v in visuals]
+        # 2x2 pooled grid per frame; OneVision closes each video with one newline
+        closing = 1 if family == "llava_onevision" else 0
+        return [v["pixel_values_videos"].shape[1] * 4 + closing for v in visuals]
     if family == "llava" or not visuals:
         return [4] * len(visuals)
     batch = collate([{"family": family, "input_ids": torch.zeros(1), "visuals": visuals}])
@@ -378,12 +394,17 @@ def ragged_samples(family: str, model, video: bool = False) -> list[dict]:
             sample(family, model, size=(56, 56), prefix=2, seed=1),
             sample(family, model, images=2, size=[(28, 56), (56, 28)], prefix=5, seed=2),
         ]
+    if family == "llava_next_video" and not video:
+        return [
+            sample(family, model, size=(112, 112), prefix=2, seed=1),
+            sample(family, model, images=2, size=[(56, 112), (112, 56)], prefix=5, seed=2),
+        ]
     if family == "llava_onevision" and not video:
         return [
             sample(family, model, size=(56, 112), prefix=2, seed=1),
             sample(family, model, images=2, size=[(56, 56), (56, 112)], prefix=5, seed=2),
         ]
-    if family == "llava_onevision":
+    if family in ("llava_onevision", "llava_next_video"):
         return [
             sample(family, model, video=True, prefix=2, seed=1),
             sample(family, model, video=True, prefix=6, suffix=3, seed=2),

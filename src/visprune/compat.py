@@ -18,6 +18,9 @@ Version differences in the tested range (``TESTED_RANGE``):
   longer passed. Both routes go through the base model's ``get_{kind}_features``, which is the
   seam visprune wraps; :func:`images_in_call` tells whether a forward carries images by either
   route, so a call whose encoder output visprune did not see raises.
+- **LLaVA-NeXT-Video video features.** Up to 5.23 ``get_video_features`` returns one
+  ``(frames, tokens per frame, d)`` tensor per video in ``pooler_output``; 5.24 returns one
+  ``(frames * tokens per frame, d)`` row per video. :func:`tokens_per_item` reads both.
 - **Stable seams relied on everywhere:** ``model.model`` (the base model) with
   ``.language_model``, the language model receiving ``inputs_embeds``, ``get_seq_length()`` on
   caches, and ``pooler_output`` holding the per-image projected features.
@@ -186,6 +189,12 @@ def key_padding_mask(mask: Any, length: int) -> Any:
         )
     attended = mask if mask.dtype == torch.bool else mask == 0
     return attended[:, 0, :, :length].any(dim=-2).long()
+
+
+def tokens_per_item(features: Any) -> list[Any]:
+    """Per image or video, its placeholder-ordered features ``(count, d)``, from a
+    ``pooler_output`` that holds either those or ``(frames, per frame, d)`` blocks."""
+    return [item.flatten(0, 1) if item.dim() == 3 else item for item in features]
 
 
 def images_in_call(kwargs: dict) -> bool:

@@ -94,10 +94,19 @@ def paper_table_row(
     )
 
 
+#: Families whose images are a base tile plus anyres tiles.
+ANYRES_MODEL_TYPES = ("llava_next", "llava_next_video", "llava_onevision")
 #: VLM ``model_type`` values whose language model :func:`model_flops` counts.
-MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+MODEL_TYPES = (
+    "llava",
+    "llava_next",
+    "llava_next_video",
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen2_5_vl",
+)
 #: Those whose vision tower and projector it also counts.
-VISION_MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl")
+VISION_MODEL_TYPES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "qwen2_vl")
 #: Vision towers of the LLaVA families that it counts.
 _VIT_TYPES = ("clip_vision_model", "siglip_vision_model")
 LOGITS = ("last", "all")
@@ -288,8 +297,8 @@ def model_flops(
         raise ValueError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(MODEL_TYPES)}."
         )
-    if tiles_per_image != 1 and model_type not in ("llava_next", "llava_onevision"):
-        raise ValueError("tiles_per_image applies to llava_next / llava_onevision only.")
+    if tiles_per_image != 1 and model_type not in ANYRES_MODEL_TYPES:
+        raise ValueError(f"tiles_per_image applies to {' / '.join(ANYRES_MODEL_TYPES)} only.")
 
     vis = proj = 0.0
     if vision and visual_tokens:
