@@ -211,7 +211,8 @@ class Adapter:
         outputs = compat.encoder_outputs(kwargs)
         call.known_outputs = bool(outputs) and call.outputs_known(outputs)
         call.prefill_seen = False
-        call.expects_prefill = past == 0 and self._has_placeholders(input_ids)
+        call.placeholders = self._has_placeholders(input_ids)  # one device sync per forward
+        call.expects_prefill = past == 0 and call.placeholders
         state = call.prefill
         if state is None or kwargs.get("position_ids") is not None or input_ids is None:
             return args, kwargs
@@ -256,7 +257,8 @@ class Adapter:
         if input_ids is not None and input_ids.shape != embeds.shape[:2]:
             input_ids = None
         if past:
-            self._check_no_placeholders_with_cache(input_ids)
+            if input_ids is not None and call.placeholders:
+                self._refuse_chunked_prefill()
             if call.prefill is not None:
                 mask = kwargs.get("attention_mask")
                 if isinstance(mask, dict) or (isinstance(mask, Tensor) and mask.dim() == 4):
@@ -292,14 +294,13 @@ class Adapter:
         self._prefill(call, kwargs, embeds, input_ids, visual, continues=not encoded)
         return args, kwargs
 
-    def _check_no_placeholders_with_cache(self, input_ids: Tensor | None) -> None:
-        if self._has_placeholders(input_ids):
-            raise ValueError(
-                "a forward with a non-empty KV cache carries image/video placeholder tokens: the "
-                "prompt arrives in chunks (prefill chunking, or a cache reused across calls), "
-                "which visprune cannot prune. Prefill the whole prompt in one call (no "
-                "prefill_chunk_size) with a fresh cache."
-            )
+    def _refuse_chunked_prefill(self) -> None:
+        raise ValueError(
+            "a forward with a non-empty KV cache carries image/video placeholder tokens: the "
+            "prompt arrives in chunks (prefill chunking, or a cache reused across calls), "
+            "which visprune cannot prune. Prefill the whole prompt in one call (no "
+            "prefill_chunk_size) with a fresh cache."
+        )
 
     def _refuse_unrecorded(self, call: CallState, visual: dict) -> None:
         counts = ", ".join(

@@ -108,10 +108,12 @@ class CallState:
     capturing: bool = False
     #: An encoder ran since the last prefill.
     encoded: bool = False
-    #: The current base-model forward: its input_ids, whether it carries images (pixels or
+    #: The current base-model forward: its input_ids (and whether they hold placeholder
+    #: tokens), whether it carries images (pixels or
     #: encoder outputs), whether those encoder outputs are ones visprune recorded, and whether the
     #: language model's prefill reached visprune.
     input_ids: Tensor | None = None
+    placeholders: bool = False
     images: bool = False
     known_outputs: bool = False
     expects_prefill: bool = False
