@@ -60,6 +60,8 @@ def lm_inputs(model, data: dict) -> dict:
             embeds=kwargs["inputs_embeds"],
             positions=kwargs.get("position_ids"),
             mask=kwargs.get("attention_mask"),
+            visual=kwargs.get("visual_pos_masks"),  # Qwen3-VL deepstack
+            deepstack=kwargs.get("deepstack_visual_embeds"),
         )
 
     hook = model.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
@@ -129,11 +131,30 @@ def greedy(logits: Tensor) -> Tensor:
     return logits.argmax(-1)
 
 
+def deepstack_by_hand(twin, length: int | None = None) -> dict:
+    """Qwen3-VL: the deepstack inputs of the twin's last reference, pruned by hand (else {}).
+
+    :func:`reference_for` leaves them on the twin, so every reference prefill adds them; a
+    re-run prefill of ``length`` tokens (no cache) has generated, non-visual tokens at the end.
+    """
+    extra = dict(getattr(twin, "_reference_deepstack", {}))
+    if extra and length is not None:
+        visual = extra["visual_pos_masks"]
+        grown = visual.new_zeros(visual.shape[0], length)
+        grown[:, : visual.shape[1]] = visual
+        extra["visual_pos_masks"] = grown
+    return extra
+
+
 def reference_prefill(twin, embeds: Tensor, positions: Tensor) -> Tensor:
     """Logits of every position of the shortened sequence (no cache)."""
     mask = torch.ones(embeds.shape[:2], dtype=torch.long)
     out = twin.model.language_model(
-        inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False
+        inputs_embeds=embeds,
+        position_ids=positions,
+        attention_mask=mask,
+        use_cache=False,
+        **deepstack_by_hand(twin),
     )
     return twin.lm_head(out.last_hidden_state)
 
@@ -156,12 +177,14 @@ def reference_decode(
     step_embeds, step_positions = embeds, positions
     seen = embeds.shape[1]
     for step in range(steps):
+        prefill = step == 0 or not use_cache  # without a cache every step re-runs the prompt
         out = language_model(
             inputs_embeds=step_embeds,
             position_ids=step_positions,
             attention_mask=torch.ones(batch, seen, dtype=torch.long),
             past_key_values=cache,
             use_cache=use_cache,
+            **(deepstack_by_hand(twin, step_embeds.shape[1]) if prefill else {}),
         )
         logits.append(twin.lm_head(out.last_hidden_state[:, -1]))
         tokens.append(greedy(logits[-1]))
@@ -184,6 +207,15 @@ def reference_for(
     captured = lm_inputs(twin, data)
     fixed = always_kept(family, twin, data, captured["embeds"], newlines, handle.method.stage)
     keep = keep_mask(data["input_ids"], handle.selections, fixed)
+    twin._reference_deepstack = {}
+    if captured.get("visual") is not None:
+        visual = captured["visual"]
+        index = keep.nonzero()[:, 1].view(keep.shape[0], -1)
+        levels = [level[keep[visual]] for level in captured["deepstack"]]
+        twin._reference_deepstack = {
+            "visual_pos_masks": visual.gather(1, index),
+            "deepstack_visual_embeds": levels,
+        }
     return (*shorten(captured, keep, handle.positions), keep)
 
 
@@ -322,10 +354,16 @@ def expected_items(family: str, data: dict, fixed: Tensor) -> list[dict]:
     items = []
     for sample_index, row in enumerate(data["input_ids"]):
         counter = {IMG: 0, VID: 0}
-        for token, run in visual_runs(row):
-            candidates = run[~fixed[sample_index, run]]
+        runs = iter(visual_runs(row))
+        for token, run in runs:
             kind = "video" if token == VID else "image"
             frames = next(videos) if kind == "video" else 1
+            if kind == "video" and family in (
+                "qwen3_vl",
+                "qwen3_vl_moe",
+            ):  # one run per frame, between timestamps
+                run = torch.cat([run, *(next(runs)[1] for _ in range(frames - 1))])
+            candidates = run[~fixed[sample_index, run]]
             per_frame = len(candidates) // frames
             for frame in range(frames):
                 items.append(
@@ -846,6 +884,8 @@ def test_unsupported_model_type_lists_the_supported_ones():
         "llava_onevision",
         "qwen2_vl",
         "qwen2_5_vl",
+        "qwen3_vl",
+        "qwen3_vl_moe",
     ):
         assert supported in str(error.value)
     assert not llama.model._forward_pre_hooks and "_loss_function" not in llama.__dict__
@@ -1024,3 +1064,19 @@ def test_rediprune_reads_pooled_pre_projector_frames_of_llava_next_video():
     for record, tokens in zip(handle.selections, frames, strict=True):
         text = prompt_text(captured["embeds"], data, record.sample)
         assert torch.equal(record.kept, visprune.select("rediprune", tokens, 0.5, text=text))
+
+
+@pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
+def test_qwen3_deepstack_reaches_the_language_model_pruned(video):
+    """Every deepstack level keeps exactly the rows of the kept visual tokens, in order."""
+    model = tiny("qwen3_vl")
+    data = collate(ragged_samples("qwen3_vl", model, video))
+    full = lm_inputs(model, data)
+    handle = visprune.apply(model, "divprune", 0.5)
+    seen = lm_inputs(model, data)  # hook added after visprune's: sees the shortened inputs
+    keep = keep_mask(data["input_ids"], handle.selections, torch.zeros_like(data["input_ids"]) > 0)
+    kept_rows = keep[full["visual"]]
+    assert int(seen["visual"].sum()) == int(kept_rows.sum()) < int(full["visual"].sum())
+    assert len(seen["deepstack"]) == len(full["deepstack"]) == 2
+    for pruned, whole in zip(seen["deepstack"], full["deepstack"], strict=True):
+        assert torch.equal(pruned, whole[kept_rows])

@@ -74,7 +74,9 @@ def test_beam_search_equals_beam_search_on_the_shortened_prompt(family):
 
 
 @pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
-@pytest.mark.parametrize("family", ["llava_next_video", "llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize(
+    "family", ["llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl"]
+)
 @pytest.mark.parametrize(
     "options",
     [{"num_beams": 2}, {"do_sample": True, "num_return_sequences": 2}],

@@ -29,6 +29,10 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
 )
 
 #: Special token ids, inside the vocabulary of 128: image, video, vision start, vision end.
@@ -40,10 +44,22 @@ GENERATE = {"do_sample": False, "suppress_tokens": list(SPECIAL), "max_new_token
 #: Pad token id of the left-padded batches.
 PAD = 0
 
-FAMILIES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen2_vl")
-QWEN = frozenset({"qwen2_5_vl", "qwen2_vl"})
+FAMILIES = (
+    "llava",
+    "llava_next",
+    "llava_next_video",
+    "llava_onevision",
+    "qwen2_5_vl",
+    "qwen2_vl",
+    "qwen3_vl",
+    "qwen3_vl_moe",
+)
+QWEN = frozenset({"qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe"})
+QWEN3 = frozenset({"qwen3_vl", "qwen3_vl_moe"})
 #: Families with a video input in these tests.
-VIDEO = frozenset({"llava_next_video", "llava_onevision", "qwen2_5_vl"})
+VIDEO = frozenset({"llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"})
+#: Qwen3-VL wraps each video frame in its own timestamp and vision start/end tokens.
+TIMESTAMP = 30
 #: Every (family, video) pair.
 CASES = [(family, False) for family in FAMILIES] + [
     (family, True) for family in FAMILIES if family in VIDEO
@@ -97,6 +113,28 @@ _QWEN25_VISION = {
     "fullatt_block_indexes": [1],
     "tokens_per_second": 2,
 }
+_QWEN3_TEXT = dict(
+    _QWEN_TEXT,
+    head_dim=8,
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [1, 1, 2],
+        "mrope_interleaved": True,
+    },
+)
+_QWEN3_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "out_hidden_size": 32,
+    "num_position_embeddings": 16,
+    "deepstack_visual_indexes": [0, 1],  # deepstack features added inside decoder layers 0 and 1
+}
 _QWEN2_VISION = {
     "depth": 2,
     "embed_dim": 32,
@@ -116,6 +154,8 @@ DEFAULT_SIZE = {
     "llava_onevision": (56, 112),
     "qwen2_5_vl": (4, 6),  # Qwen: (h, w) in 14-px patches
     "qwen2_vl": (4, 6),
+    "qwen3_vl": (4, 6),
+    "qwen3_vl_moe": (4, 6),
 }
 
 
@@ -166,6 +206,18 @@ def tiny(family: str, attn: str = "sdpa", seed: int = 0):
             image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
         )
         cls = LlavaOnevisionForConditionalGeneration
+    elif family in QWEN3:
+        moe = family == "qwen3_vl_moe"
+        text = dict(_QWEN3_TEXT, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
+        config = (Qwen3VLMoeConfig if moe else Qwen3VLConfig)(
+            text_config=text if moe else _QWEN3_TEXT,
+            vision_config=_QWEN3_VISION,
+            image_token_id=IMG,
+            video_token_id=VID,
+            vision_start_token_id=VS,
+            vision_end_token_id=VE,
+        )
+        cls = Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration
     elif family in QWEN:
         if family == "qwen2_5_vl":
             config_cls, vision, cls = (
@@ -301,10 +353,19 @@ def sample(
         _visual(family, video=video, size=sizes[number], frames=frames, generator=generator)
         for number in range(images)
     ]
+    kind = 2 if video else 1
     for number, count in enumerate(token_counts(family, model, visuals)):
         opening, closing = ([VS], [VE]) if family in QWEN else ([], [])
+        if family in QWEN3 and video:
+            frames = int(visuals[number]["grid"][0])
+            for frame in range(frames):
+                ids += [TIMESTAMP + frame, VS, *[token] * (count // frames), VE]
+                types += [0, 0] + [kind] * (count // frames) + [0]
+            ids.append(20 + number)
+            types.append(0)
+            continue
         ids += [*opening, *[token] * count, *closing, 20 + number]
-        types += [0] * len(opening) + [2 if video else 1] * count + [0] * (len(closing) + 1)
+        types += [0] * len(opening) + [kind] * count + [0] * (len(closing) + 1)
     ids += list(range(10, 10 + suffix))
     types += [0] * suffix
     out = {"input_ids": torch.tensor(ids), "visuals": visuals, "family": family}

@@ -243,8 +243,9 @@ def apply(
     ----------
     model : PreTrainedModel
         A ``...ForConditionalGeneration`` whose ``config.model_type`` is ``llava``,
-        ``llava_next``, ``llava_next_video``, ``llava_onevision``, ``qwen2_vl`` or
-        ``qwen2_5_vl``; a PEFT model or a ``torch.compile`` module around one is unwrapped.
+        ``llava_next``, ``llava_next_video``, ``llava_onevision``, ``qwen2_vl``, ``qwen2_5_vl``,
+        ``qwen3_vl`` or ``qwen3_vl_moe``; a PEFT model or a ``torch.compile`` module around one
+        is unwrapped.
     method : str or Method
         A registered name or a ``Method`` instance.
     budget : int or float, optional

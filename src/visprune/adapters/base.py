@@ -109,6 +109,13 @@ class Adapter:
         """The module whose input is the pre-projector features (``None``: none per token)."""
         return getattr(self.base, "multi_modal_projector", None)
 
+    def shorten_family_inputs(self, kwargs: dict, keep: Tensor, index: Tensor) -> None:
+        """Shorten the family's own per-token language-model inputs at a pruned prefill.
+
+        ``keep`` is the ``(B, L)`` mask of kept positions, ``index`` the ``(B, L')`` positions
+        into the unpruned sequence (-1 for re-padding). Nothing by default.
+        """
+
     # ------------------------------------------------------------------------ per-call state
     def _call(self) -> CallState:
         state = getattr(self._local, "state", None)
@@ -343,6 +350,7 @@ class Adapter:
         if bool(keep.all()):
             return
         call.prefill = sequence.shorten(kwargs, embeds, keep, mask, self.positions == "compact")
+        self.shorten_family_inputs(kwargs, keep, call.prefill.index)
 
     def _vision_per_layout(self, kind: str, layouts: list[Layout]) -> list[Tensor | None]:
         if self.method.stage != "vision" or self.vision_capture_module() is None:
