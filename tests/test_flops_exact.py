@@ -56,7 +56,14 @@ def _model(family: str):
     return _head_dim_model() if family == "llava_head_dim" else tiny(family, attn="eager")
 
 
-LM_FAMILIES = ["llava", "llava_head_dim", "llava_next_video", "llava_onevision", "qwen2_vl"]
+LM_FAMILIES = [
+    "llava",
+    "llava_head_dim",
+    "llava_next_video",
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen3_vl",
+]
 
 
 @pytest.mark.parametrize("family", LM_FAMILIES)

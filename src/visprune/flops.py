@@ -104,6 +104,7 @@ MODEL_TYPES = (
     "llava_onevision",
     "qwen2_vl",
     "qwen2_5_vl",
+    "qwen3_vl",
 )
 #: Those whose vision tower and projector it also counts.
 VISION_MODEL_TYPES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "qwen2_vl")
