@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from torch import Tensor
+
 from ..registry import ADAPTERS
 from .base import Adapter, Layout, encoder_features
 
@@ -12,6 +14,23 @@ def square_grid(count: int) -> tuple[int, int] | None:
     """``(side, side)`` when ``count`` tokens form a square grid, else ``None``."""
     side = math.isqrt(count)
     return (side, side) if side * side == count else None
+
+
+def video_layout(
+    count: int, frames: int, vision: Tensor | None, fixed: Tensor | None = None
+) -> Layout:
+    """A video of ``frames`` equal square grids of pooled tokens (after which ``fixed`` tokens,
+    such as OneVision's closing newline, may follow); the budget applies per frame."""
+    extra = 0 if fixed is None else int(fixed.sum())
+    per_frame = (count - extra) // frames
+    return Layout(
+        count=count,
+        frames=[(f * per_frame, (f + 1) * per_frame) for f in range(frames)],
+        grid=square_grid(per_frame),
+        fixed=fixed,
+        vision=vision,
+        is_video=True,
+    )
 
 
 @ADAPTERS.register("llava")

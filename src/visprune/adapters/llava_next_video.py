@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .. import compat
 from ..registry import ADAPTERS
-from .base import Layout, encoder_features
-from .llava import square_grid
+from .base import encoder_features
+from .llava import video_layout
 from .llava_next import LlavaNextAdapter
 
 
@@ -29,18 +29,7 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
         if self.method.stage == "vision" and self._captured_vision:
             pooled = self._captured_vision[0]  # (videos * frames, per_frame, c)
             vision = pooled.reshape(len(videos), -1, pooled.shape[-1])
-        layouts = []
-        for number, video in enumerate(videos):
-            count = video.shape[0]
-            per_frame = count // frames
-            spans = [(f * per_frame, (f + 1) * per_frame) for f in range(frames)]
-            layouts.append(
-                Layout(
-                    count=count,
-                    frames=spans,
-                    grid=square_grid(per_frame),
-                    vision=vision[number] if vision is not None else None,
-                    is_video=True,
-                )
-            )
-        return layouts
+        return [
+            video_layout(video.shape[0], frames, vision[number] if vision is not None else None)
+            for number, video in enumerate(videos)
+        ]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..registry import ADAPTERS
-from .base import Layout, encoder_features
-from .llava import square_grid
+from .base import encoder_features
+from .llava import video_layout
 from .llava_next import LlavaNextAdapter
 
 
@@ -45,19 +45,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             vision = pooled.reshape(len(videos), -1, pooled.shape[-1])
         layouts = []
         for number, video in enumerate(videos):
-            count = video.shape[0]
-            per_frame = (count - 1) // frames
-            fixed = video.new_zeros(count, dtype=bool)
+            fixed = video.new_zeros(video.shape[0], dtype=bool)
             fixed[-1] = True  # the newline closing the video
-            spans = [(f * per_frame, (f + 1) * per_frame) for f in range(frames)]
-            layouts.append(
-                Layout(
-                    count=count,
-                    frames=spans,
-                    grid=square_grid(per_frame),
-                    fixed=fixed,
-                    vision=vision[number] if vision is not None else None,
-                    is_video=True,
-                )
-            )
+            per_video = vision[number] if vision is not None else None
+            layouts.append(video_layout(video.shape[0], frames, per_video, fixed))
         return layouts
