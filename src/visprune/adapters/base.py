@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -196,7 +197,7 @@ class Adapter:
             finally:
                 call.capturing = False
             call.layouts[kind] = self.describe(kind, output, args, kwargs)
-            call.recorded[kind] = output
+            call.recorded[kind] = weakref.ref(output)
             call.encoded = True
             return output
 

@@ -100,7 +100,8 @@ class CallState:
 
     #: Layouts of the last encoder call per kind.
     layouts: dict[str, list[Layout]] = field(default_factory=lambda: {"image": [], "video": []})
-    #: The last encoder output per kind (5.24+ hands them back as ``mm_encoder_outputs``).
+    #: Weak references to the last encoder output per kind (5.24+ hands them back as
+    #: ``mm_encoder_outputs``); weak, so the features are not kept alive after the call.
     recorded: dict[str, Any] = field(default_factory=dict)
     #: Pre-projector features captured during the last encoder call.
     captured_vision: list[Tensor] = field(default_factory=list)
@@ -127,4 +128,8 @@ class CallState:
 
     def outputs_known(self, outputs: dict[str, Any]) -> bool:
         """Whether every given encoder output (by kind) is the one visprune recorded."""
-        return all(self.recorded.get(kind) is output for kind, output in outputs.items())
+        def known(kind: str, output: Any) -> bool:
+            ref = self.recorded.get(kind)
+            return ref is not None and ref() is output
+
+        return all(known(kind, output) for kind, output in outputs.items())
