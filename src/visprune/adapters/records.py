@@ -128,6 +128,7 @@ class CallState:
 
     def outputs_known(self, outputs: dict[str, Any]) -> bool:
         """Whether every given encoder output (by kind) is the one visprune recorded."""
+
         def known(kind: str, output: Any) -> bool:
             ref = self.recorded.get(kind)
             return ref is not None and ref() is output
