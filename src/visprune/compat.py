@@ -33,6 +33,7 @@ import warnings
 from typing import Any
 
 import torch
+from packaging.version import Version
 
 #: The transformers releases the test suite runs on: (oldest, newest), both ends inclusive.
 TESTED_RANGE = ("5.19.0", "5.24.0")
@@ -71,22 +72,14 @@ def transformers_version() -> str:
     return transformers.__version__
 
 
-def _parse(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def in_tested_range(version: str | None = None) -> bool:
     """Whether ``version`` (default: the installed one) lies in :data:`TESTED_RANGE`.
 
     A patch release of the newest tested minor counts as tested.
     """
-    parsed = _parse(version or transformers_version())
-    low, high = _parse(TESTED_RANGE[0]), _parse(TESTED_RANGE[1])
-    return low <= parsed and parsed[:2] <= high[:2]
+    parsed = Version(version or transformers_version())
+    low, high = Version(TESTED_RANGE[0]), Version(TESTED_RANGE[1])
+    return low <= parsed and parsed.release[:2] <= high.release[:2]
 
 
 _warned: set[str] = set()
