@@ -9,6 +9,7 @@ tokens' width).
 
 from __future__ import annotations
 
+import importlib.util
 import numbers
 
 import pytest
@@ -17,6 +18,9 @@ from torch import Tensor
 
 import visprune
 from visprune.registry import METHODS
+
+# The vLLM serving tests run in their own virtualenv (``make test-vllm``), where vLLM is installed.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_serving"]
 
 #: Every registered method, in registration order.
 METHOD_NAMES: list[str] = visprune.list_methods()

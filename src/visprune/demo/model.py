@@ -169,6 +169,7 @@ def save(model, directory: str | os.PathLike, processor=None, extra: dict[str, A
     tmp = directory.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    to_hub_layout(os.path.join(tmp, "model.safetensors"))
     (processor or build_processor()).save_pretrained(tmp)
     if extra is not None:
         with open(os.path.join(tmp, "demo_info.json"), "w") as f:
@@ -177,6 +178,27 @@ def save(model, directory: str | os.PathLike, processor=None, extra: dict[str, A
     for name in os.listdir(tmp):  # replace file by file; keep unrelated files (train_log.txt)
         os.replace(os.path.join(tmp, name), os.path.join(directory, name))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: transformers 5 writes the CLIP tower's weights without the ``vision_model`` level that Hub
+#: checkpoints (and vLLM's loader) have; transformers loads both layouts.
+TOWER_PREFIX, HUB_TOWER_PREFIX = "vision_tower.", "vision_tower.vision_model."
+
+
+def to_hub_layout(weights: str | os.PathLike) -> None:
+    """Rename the vision tower's weights in a safetensors file to the Hub layout, in place
+    (``vision_tower.embeddings...`` -> ``vision_tower.vision_model.embeddings...``), so that
+    vLLM, which reads Hub-layout names only, serves the checkpoint as well."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    renamed = {
+        HUB_TOWER_PREFIX + name[len(TOWER_PREFIX) :]
+        if name.startswith(TOWER_PREFIX) and not name.startswith(HUB_TOWER_PREFIX)
+        else name: tensor
+        for name, tensor in state.items()
+    }
+    save_file(renamed, weights, metadata={"format": "pt"})
 
 
 def load(directory: str | os.PathLike):

@@ -1,0 +1,41 @@
+"""Serve pruned models with vLLM.
+
+Installed with ``pip install visprune[vllm]``; vLLM loads :func:`register` through the
+``vllm.general_plugins`` entry point in every one of its processes. Pruning is turned on per
+model by an override, and a model served without it runs vLLM's own code unchanged::
+
+    vllm serve llava-hf/llava-1.5-7b-hf \\
+        --hf-overrides '{"visprune": {"method": "divprune", "budget": 64}}'
+
+    LLM(model, hf_overrides={"visprune": {"method": "divprune", "budget": 64}})
+
+Each image then gets ``budget`` placeholder tokens in the prompt (vLLM sizes them before
+encoding), and the model's multimodal embedding returns the rows the method keeps, so the
+language model, its KV cache and the reported prompt length only ever hold the kept tokens.
+Text-conditioned methods read the prompt's tokens after the last image, which travel with each
+image (and are part of its cache identity, so cached encodings are never reused across prompts).
+
+Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5 and its
+relatives). An override on any other architecture, an unknown method or a bad budget raises at
+engine start.
+"""
+
+from __future__ import annotations
+
+#: vLLM architecture name -> the visprune class served under it.
+SERVED_ARCHITECTURES = {
+    "LlavaForConditionalGeneration": (
+        "visprune.integrations.vllm.llava:PrunedLlavaForConditionalGeneration"
+    ),
+}
+
+
+def register() -> None:
+    """vLLM plugin entry point: serve visprune's model classes, and refuse unserved overrides."""
+    from vllm import ModelRegistry
+
+    from .guard import guard_registry
+
+    for architecture, target in SERVED_ARCHITECTURES.items():
+        ModelRegistry.register_model(architecture, target)
+    guard_registry(ModelRegistry)

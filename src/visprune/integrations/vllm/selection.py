@@ -1,0 +1,64 @@
+"""Run a method on the images of one encoder batch, as ``visprune.apply`` does in transformers.
+
+Imports no vLLM code: the model classes hand in plain tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ...methods import Context
+from .settings import ServingSettings
+
+
+def select_rows(
+    settings: ServingSettings,
+    candidates: Sequence[Tensor],
+    embeddings: Sequence[Tensor],
+    texts: Sequence[Tensor] | None,
+) -> list[Tensor]:
+    """The kept rows of each image's embeddings.
+
+    Parameters
+    ----------
+    settings : ServingSettings
+    candidates : sequence of Tensor
+        Per image, ``(n_i, d_c)`` the tokens the method scores: the projector input for
+        "vision"-stage methods, else the projected tokens.
+    embeddings : sequence of Tensor
+        Per image, ``(n_i, d)`` the language-model embeddings of its tokens (projector output).
+    texts : sequence of Tensor, optional
+        Per image, ``(m_i, d)`` embeddings of its prompt's tokens after the last image (for
+        text-conditioned methods).
+
+    Returns
+    -------
+    list of Tensor
+        Per image, ``(k_i, d)`` with ``k_i = settings.num_keep(n_i)``, rows in their original
+        order. Images with equal shapes are selected in one batched call, as in transformers.
+    """
+    if len(candidates) != len(embeddings) or (texts is not None and len(texts) != len(candidates)):
+        raise ValueError(
+            f"visprune: {len(candidates)} candidate sets, {len(embeddings)} embeddings and "
+            f"{'no' if texts is None else len(texts)} texts for one encoder batch."
+        )
+    kept: list[Tensor | None] = [None] * len(candidates)
+    groups: dict[tuple, list[int]] = {}
+    for number, tokens in enumerate(candidates):
+        if tokens.shape[0] != embeddings[number].shape[0]:
+            raise ValueError(
+                f"visprune: image {number} has {tokens.shape[0]} candidates but "
+                f"{embeddings[number].shape[0]} embeddings."
+            )
+        groups.setdefault((tuple(tokens.shape), str(tokens.device)), []).append(number)
+    for members in groups.values():
+        tokens = torch.stack([candidates[number] for number in members])
+        k = settings.num_keep(tokens.shape[1])
+        text = [texts[number] for number in members] if texts is not None else None
+        keep = settings.method.select(tokens, k, Context(text=text))
+        for number, rows in zip(members, keep, strict=True):
+            kept[number] = embeddings[number][rows.to(embeddings[number].device)]
+    return kept  # type: ignore[return-value]
