@@ -20,6 +20,7 @@ from tiny_vlms import (
     CASES,
     GENERATE,
     IMG,
+    INTERNVL_TILE_TOKENS,
     QWEN,
     SPECIAL,
     VID,
@@ -414,11 +415,16 @@ def test_method_gets_each_items_tokens_and_prompt(family, video, method):
     assert [(r.sample, r.image, r.frame, r.kind) for r in handle.selections] == [
         (i["sample"], i["image"], i["frame"], i["kind"]) for i in items
     ]
+    tile = 0  # InternVL: the projector input has one row per tile, in prompt order
     for number, (record, item) in enumerate(zip(handle.selections, items, strict=True)):
         candidates = item["candidates"]
         tokens = captured["embeds"][record.sample, candidates]
         if method == "rediprune" and family == "llava":
             tokens = projector_inputs[0][number]  # one image per item; CLS already dropped
+        elif method == "rediprune" and family == "internvl":
+            tiles = len(candidates) // INTERNVL_TILE_TOKENS
+            tokens = projector_inputs[0][tile : tile + tiles].flatten(0, 1)  # all its tiles
+            tile += tiles
         elif method == "rediprune" and family in (
             "llava_next",
             "llava_next_video",
@@ -543,6 +549,8 @@ def test_selection_records(family, video):
             assert record.grid == grid
         elif family == "llava" or (family in ("llava_onevision", "llava_next_video") and video):
             assert record.grid == (2, 2)
+        elif family == "internvl":  # a grid only for a one-tile image
+            assert record.grid == ((4, 4) if record.n == INTERNVL_TILE_TOKENS else None)
         else:
             assert record.grid is None
 
@@ -803,7 +811,7 @@ def record_lm_positions(model) -> tuple[list, object]:
     return calls, hook
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "internvl"])
 def test_compact_and_original_positions(family):
     model, twin = tiny(family), tiny(family)
     data = inputs(family, model, batch=2)
@@ -886,6 +894,7 @@ def test_unsupported_model_type_lists_the_supported_ones():
         "qwen2_5_vl",
         "qwen3_vl",
         "qwen3_vl_moe",
+        "internvl",
     ):
         assert supported in str(error.value)
     assert not llama.model._forward_pre_hooks and "_loss_function" not in llama.__dict__

@@ -198,3 +198,17 @@ def test_onevision_video_counts_compare_pruned_and_unpruned():
     dropped = placeholders - pruned.visual_tokens_after
     assert dropped == (placeholders - 1) // 2  # half of each frame; the newline stays
     assert pruned.kv_cache_length == full.kv_cache_length - dropped
+
+
+def test_internvl_vision_flops_count_every_tile():
+    """InternVL encodes each tile alone: the vision FLOPs are those of all the prompt's tiles."""
+    from visprune.flops import model_flops
+
+    model = tiny("internvl")
+    data = inputs("internvl", model)  # one image of 3 tiles
+    result = measure(model, data, "divprune", 0.5, **FAST)
+    visual = int((data["input_ids"] == model.config.image_token_id).sum())
+    want = model_flops(model.config, visual, 0, tiles_per_image=3)["prefill"]
+    assert result.flops["vision_counted"] is True
+    assert result.flops["prefill"]["vision"] == pytest.approx(want.vision, rel=1e-12)
+    assert result.flops["prefill"]["projector"] == pytest.approx(want.projector, rel=1e-12)

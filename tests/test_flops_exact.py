@@ -63,6 +63,7 @@ LM_FAMILIES = [
     "llava_onevision",
     "qwen2_vl",
     "qwen3_vl",
+    "internvl",
 ]
 
 
@@ -106,6 +107,8 @@ VISION = [
     ("llava_next_video", 1),
     ("llava_onevision", 1),
     ("qwen2_vl", 1),
+    ("internvl", 1),
+    ("internvl", 2),
 ]
 
 
@@ -119,6 +122,8 @@ def test_vision_and_projector_match_counter(family, images):
             "pixel_values": torch.cat([v["pixels"] for v in visuals]),
             "image_grid_thw": torch.stack([v["grid"] for v in visuals]),
         }
+    elif family == "internvl":  # every tile of every image, flattened
+        kwargs = {"pixel_values": torch.cat([v["pixel_values"] for v in visuals])}
     else:
         kwargs = {
             "pixel_values": torch.cat([v["pixel_values"] for v in visuals]),
@@ -137,6 +142,8 @@ def test_vision_and_projector_match_counter(family, images):
     counted = _counted(run)
     anyres = ("llava_next", "llava_next_video", "llava_onevision")
     tiles = kwargs["pixel_values"].shape[1] if family in anyres else 1
+    if family == "internvl":
+        tiles = kwargs["pixel_values"].shape[0] // images
     visual_tokens = sum(f.shape[0] for f in features)
     exact = model_flops(model.config, visual_tokens, 0, images=images, tiles_per_image=tiles)
     assert exact["prefill"].vision + exact["prefill"].projector == pytest.approx(counted, rel=1e-9)

@@ -53,7 +53,7 @@ def test_concurrent_calls_equal_sequential_calls(method):
 
 
 # ------------------------------------------------------------- beam search, several samples
-@pytest.mark.parametrize("family", LLAVA_FAMILIES)
+@pytest.mark.parametrize("family", [*LLAVA_FAMILIES, "internvl"])
 def test_beam_search_equals_beam_search_on_the_shortened_prompt(family):
     """Each beam prunes as its source row: equal to beam search over the hand-shortened embeds."""
     model, twin = tiny(family), tiny(family)

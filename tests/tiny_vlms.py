@@ -6,7 +6,8 @@ processors return: ``input_ids`` with one placeholder token per visual feature, 
 pixel tensors, grids and sizes, and ``attention_mask``. Everything runs in milliseconds on a CPU.
 
 Families: ``llava``, ``llava_next``, ``llava_next_video`` and ``llava_onevision`` (images and
-video), ``qwen2_5_vl`` (images and video) and ``qwen2_vl``.
+video), ``qwen2_5_vl`` (images and video) and ``qwen2_vl``, ``qwen3_vl`` and ``qwen3_vl_moe``
+(images and video), and ``internvl`` (images of several tiles each).
 
 Build one unpadded prompt with :func:`sample` and a left-padded batch of prompts with
 :func:`collate`; :func:`inputs` is the shortcut for a batch of same-shaped prompts.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
@@ -53,11 +56,14 @@ FAMILIES = (
     "qwen2_vl",
     "qwen3_vl",
     "qwen3_vl_moe",
+    "internvl",
 )
 QWEN = frozenset({"qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe"})
 QWEN3 = frozenset({"qwen3_vl", "qwen3_vl_moe"})
 #: Families with a video input in these tests.
 VIDEO = frozenset({"llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"})
+#: InternVL: pixel-shuffled tokens per 32-px tile (8x8 patches of 4 px, shuffled 2x2 -> 4x4).
+INTERNVL_TILE_TOKENS = 16
 #: Qwen3-VL wraps each video frame in its own timestamp and vision start/end tokens.
 TIMESTAMP = 30
 #: Every (family, video) pair.
@@ -145,6 +151,14 @@ _QWEN2_VISION = {
     "spatial_merge_size": 2,
     "temporal_patch_size": 2,
 }
+_INTERNVL_VISION = {  # 32 / 4 = 8x8 patches plus CLS; pixel shuffle -> 4x4 tokens per tile
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 4,
+}
 NEXT_VIDEO_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
 #: Default (H, W) of one image, per family.
 DEFAULT_SIZE = {
@@ -156,6 +170,7 @@ DEFAULT_SIZE = {
     "qwen2_vl": (4, 6),
     "qwen3_vl": (4, 6),
     "qwen3_vl_moe": (4, 6),
+    "internvl": 3,  # InternVL: tiles of the image, thumbnail included (2 tiles + thumbnail)
 }
 
 
@@ -235,6 +250,16 @@ def tiny(family: str, attn: str = "sdpa", seed: int = 0):
             vision_start_token_id=VS,
             vision_end_token_id=VE,
         )
+    elif family == "internvl":
+        config = InternVLConfig(
+            vision_config=_INTERNVL_VISION,
+            text_config=dict(model_type="qwen2", **_TEXT),
+            image_token_id=IMG,
+            image_seq_length=INTERNVL_TILE_TOKENS,
+            # Untied: a tiny random model with tied embeddings greedily repeats one token.
+            tie_word_embeddings=False,
+        )
+        cls = InternVLForConditionalGeneration
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
     config._attn_implementation = attn  # propagates to the text and vision sub-configs
@@ -266,6 +291,8 @@ def token_counts(family: str, model, visuals: list[dict]) -> list[int]:
     """
     if family in QWEN:
         return [int(v["grid"].prod()) // 4 for v in visuals]
+    if family == "internvl":
+        return [v["pixel_values"].shape[0] * INTERNVL_TILE_TOKENS for v in visuals]
     if visuals and "pixel_values_videos" in visuals[0]:
         # 2x2 pooled grid per frame; OneVision closes each video with one newline
         closing = 1 if family == "llava_onevision" else 0
@@ -291,6 +318,9 @@ def _visual(family: str, *, video: bool, size, frames: int, generator) -> dict:
         h, w = size if size is not None else ((4, 4) if video else DEFAULT_SIZE[family])
         pixels = torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=generator)
         return {"pixels": pixels, "grid": torch.tensor([t, h, w]), "video": video}
+    if family == "internvl":  # the model has no video input: frames are one-tile images
+        tiles = size if size is not None else DEFAULT_SIZE[family]
+        return {"pixel_values": torch.randn(tiles, 3, 32, 32, generator=generator)}
     if video:
         return {"pixel_values_videos": torch.randn(1, frames, 3, 56, 56, generator=generator)}
     if family == "llava":
@@ -315,8 +345,9 @@ def sample(
 ) -> dict:
     """One unpadded prompt with ``images`` images (or videos) between text, as a processor would.
 
-    The prompt is ``prefix`` text tokens, then each image (for Qwen wrapped in vision start/end
-    tokens) followed by one separator text token, then ``suffix`` text tokens.
+    The prompt is ``prefix`` text tokens, then each image (for Qwen and InternVL wrapped in vision
+    start/end tokens, InternVL's ``<img>`` / ``</img>``) followed by one separator text token,
+    then ``suffix`` text tokens.
 
     Parameters
     ----------
@@ -331,8 +362,8 @@ def sample(
     prefix, suffix : int
         Text tokens before the first and after the last image.
     size : tuple or list of tuples, optional
-        Image size: (H, W) in pixels for llava_next/onevision, (h, w) in 14-px patches for Qwen;
-        one per image when a list.
+        Image size: (H, W) in pixels for llava_next/onevision, (h, w) in 14-px patches for Qwen,
+        the tile count (thumbnail included) for InternVL; one per image when a list.
     frames : int
         Video frames (onevision) or temporal patch groups (qwen).
     seed : int
@@ -355,7 +386,7 @@ def sample(
     ]
     kind = 2 if video else 1
     for number, count in enumerate(token_counts(family, model, visuals)):
-        opening, closing = ([VS], [VE]) if family in QWEN else ([], [])
+        opening, closing = ([VS], [VE]) if family in QWEN or family == "internvl" else ([], [])
         if family in QWEN3 and video:
             frames = int(visuals[number]["grid"][0])
             for frame in range(frames):
@@ -409,7 +440,7 @@ def collate(samples: list[dict]) -> dict:
     if videos:
         batch["pixel_values_videos"] = torch.cat(videos)
     images = [v for v in visuals if "pixel_values" in v]
-    if images and family == "llava":
+    if images and family in ("llava", "internvl"):  # InternVL: every tile of every image
         batch["pixel_values"] = torch.cat([v["pixel_values"] for v in images])
     elif images:
         tiles = max(v["pixel_values"].shape[1] for v in images)
@@ -443,8 +474,14 @@ def ragged_samples(family: str, model, video: bool = False) -> list[dict]:
     The rows differ in prompt length and in the number or size of their images (or videos), so
     a fractional budget keeps a different number of tokens per row: llava has two images in
     row 0 and one in row 1; llava_next and OneVision images differ in size (and count); Qwen
-    rows differ in grids and image count; videos differ in prompt length (and Qwen frames).
+    rows differ in grids and image count; videos differ in prompt length (and Qwen frames);
+    InternVL rows hold images of 3 tiles, and of 1 and 5 tiles.
     """
+    if family == "internvl":
+        return [
+            sample(family, model, size=3, prefix=2, seed=1),
+            sample(family, model, images=2, size=[1, 5], prefix=5, seed=2),
+        ]
     if family == "llava":
         return [
             sample(family, model, images=2, prefix=2, seed=1),

@@ -281,6 +281,8 @@ def _flops(
         n_visual = int(row_visual.sum())
         length = int(mask[row].sum()) if isinstance(mask, Tensor) else ids.shape[1]
         runs = int((row_visual[1:] & ~row_visual[:-1]).sum()) + int(row_visual[:1].sum())
+        if config.model_type == "internvl":  # the tower encodes tiles of image_seq_length each
+            runs = n_visual // config.image_seq_length
         kwargs = dict(
             images=runs,
             decode_steps=new_tokens - 1,

@@ -96,6 +96,8 @@ def paper_table_row(
 
 #: Families whose images are a base tile plus anyres tiles.
 ANYRES_MODEL_TYPES = ("llava_next", "llava_next_video", "llava_onevision")
+#: Families whose vision tower encodes several crops (tiles) per image.
+TILED_MODEL_TYPES = (*ANYRES_MODEL_TYPES, "internvl")
 #: VLM ``model_type`` values whose language model :func:`model_flops` counts.
 MODEL_TYPES = (
     "llava",
@@ -105,9 +107,17 @@ MODEL_TYPES = (
     "qwen2_vl",
     "qwen2_5_vl",
     "qwen3_vl",
+    "internvl",
 )
 #: Those whose vision tower and projector it also counts.
-VISION_MODEL_TYPES = ("llava", "llava_next", "llava_next_video", "llava_onevision", "qwen2_vl")
+VISION_MODEL_TYPES = (
+    "llava",
+    "llava_next",
+    "llava_next_video",
+    "llava_onevision",
+    "qwen2_vl",
+    "internvl",
+)
 #: Vision towers of the LLaVA families that it counts.
 _VIT_TYPES = ("clip_vision_model", "siglip_vision_model")
 LOGITS = ("last", "all")
@@ -202,6 +212,31 @@ def _llava_vision(config: Any, crops: int) -> tuple[float, float]:
     return crops * tower, crops * projector
 
 
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _internvl_vision(config: Any, crops: int) -> tuple[float, float]:
+    """InternViT and the pixel-shuffle projector of InternVL for ``crops`` tiles.
+
+    Per tile: the patch embedding, the ViT layers on the patches plus CLS (q/k/v/o all
+    ``d x d``, a two-matrix MLP), then the 2-layer MLP projector on the ``patches * r²`` tokens
+    of width ``d / r²`` that the pixel shuffle (``downsample_ratio`` r) makes of the patches.
+    """
+    vision = config.vision_config
+    d, ffn = vision.hidden_size, vision.intermediate_size
+    (height, width), (ph, pw) = _pair(vision.image_size), _pair(vision.patch_size)
+    patches = (height // ph) * (width // pw)
+    channels = getattr(vision, "num_channels", 3)
+    embed = 2.0 * patches * channels * ph * pw * d
+    tower = embed + _vit_layers(patches + 1, d, ffn, vision.num_hidden_layers)
+    factor = round(1 / config.downsample_ratio) ** 2  # tokens merged by the pixel shuffle
+    tokens, wide = patches // factor, d * factor
+    text_hidden = config.text_config.hidden_size
+    projector = 2.0 * tokens * (wide * text_hidden + text_hidden * text_hidden)
+    return crops * tower, crops * projector
+
+
 def _qwen2_vl_vision(config: Any, visual_tokens: int, images: int) -> tuple[float, float]:
     """Qwen2-VL ViT and patch merger on ``images`` single-frame images."""
     vision = config.vision_config
@@ -249,7 +284,8 @@ def model_flops(
         Visual tokens the projector emits for the whole prompt (all images), before pruning.
         For Qwen2-VL, ``t*h*w / spatial_merge_size**2`` summed over images (single-frame images:
         the ViT cost is derived from it). For the LLaVA families the vision and projector cost
-        comes from the config (``image_size``, ``patch_size``) per crop, not from this count.
+        comes from the config (``image_size``, ``patch_size``) per crop, not from this count;
+        the same for InternVL per tile.
     text_tokens : int
         Text tokens of the prompt (system prompt and placeholders' neighbours included).
     images : int
@@ -263,7 +299,8 @@ def model_flops(
         every patch.
     tiles_per_image : int
         LLaVA-NeXT / OneVision: crops the vision tower encodes per image, base image included
-        (what ``image_size_to_num_patches`` returns). Must be 1 for the other families.
+        (what ``image_size_to_num_patches`` returns). InternVL: tiles per image, thumbnail
+        included (the processor's ``num_patches``). Must be 1 for the other families.
     logits : {"last", "all"}
         Prefill ``lm_head`` positions: ``"last"`` (what ``generate`` does with
         ``logits_to_keep=1``) or ``"all"`` (a plain forward). Decode steps always project one.
@@ -298,8 +335,8 @@ def model_flops(
         raise ValueError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(MODEL_TYPES)}."
         )
-    if tiles_per_image != 1 and model_type not in ANYRES_MODEL_TYPES:
-        raise ValueError(f"tiles_per_image applies to {' / '.join(ANYRES_MODEL_TYPES)} only.")
+    if tiles_per_image != 1 and model_type not in TILED_MODEL_TYPES:
+        raise ValueError(f"tiles_per_image applies to {' / '.join(TILED_MODEL_TYPES)} only.")
 
     vis = proj = 0.0
     if vision and visual_tokens:
@@ -313,6 +350,8 @@ def model_flops(
             )
         if model_type == "qwen2_vl":
             vis, proj = _qwen2_vl_vision(config, visual_tokens, images)
+        elif model_type == "internvl":
+            vis, proj = _internvl_vision(config, images * tiles_per_image)
         else:
             vis, proj = _llava_vision(config, images * tiles_per_image)
 

@@ -59,6 +59,10 @@ class Layout:
     selected separately (one range for an image); ``fixed`` marks tokens that are never candidates
     (always kept: LLaVA-NeXT newline tokens when excluded, the video newline of OneVision);
     ``vision`` holds pre-projector features ``(count - fixed.sum(), c)`` for "vision" methods.
+
+    ``tile`` marks one tile of an image whose encoder output does not say which tiles belong
+    together (InternVL): the consecutive tile layouts that fill one contiguous run of placeholder
+    tokens form one image, selected as a whole (:func:`spans.join_tiles`).
     """
 
     count: int
@@ -67,6 +71,7 @@ class Layout:
     fixed: Tensor | None = None
     vision: Tensor | None = None
     is_video: bool = False
+    tile: bool = False
 
 
 @dataclass

@@ -4,7 +4,9 @@ image, video and frame, and the prompt text each sample's method reads.
 Visual spans come from ``input_ids == token_id`` per sample (never a fixed offset). The encoder
 outputs (``Layout``) are consumed in prompt order, row by row. When generation expanded the rows
 (beam search, ``num_return_sequences``) after the images were encoded once, each expanded row
-takes the layouts of its source row.
+takes the layouts of its source row. Encoders that return tiles without saying which image
+they belong to (InternVL) mark them ``Layout.tile``; each contiguous run of placeholders then
+joins its tiles into one image (:func:`join_tiles`).
 """
 
 from __future__ import annotations
@@ -99,7 +101,15 @@ def locate_items(
             start = image = 0
             while start < len(positions):
                 layout = next(queue)
-                items.extend(_frame_items(layout, positions, start, sample, image, kind, features))
+                features_of_layout = features[id(layout)]
+                if layout.tile:
+                    length = _run_length(positions, start)
+                    layout, features_of_layout = join_tiles(
+                        layout, queue, features, length, sample, kind
+                    )
+                items.extend(
+                    _frame_items(layout, features_of_layout, positions, start, sample, image, kind)
+                )
                 start += layout.count
                 image += 1
     items.sort(
@@ -108,9 +118,85 @@ def locate_items(
     return items
 
 
-def _frame_items(layout, positions, start, sample, image, kind, features) -> list[Item]:
+def _run_length(positions: Tensor, start: int) -> int:
+    """Placeholder tokens in the contiguous run that begins at ``positions[start]``."""
+    run = positions[start:]
+    breaks = (run.diff() != 1).nonzero()
+    return int(breaks[0]) + 1 if len(breaks) else len(run)
+
+
+def join_tiles(
+    first: Layout,
+    rest,
+    features: dict[int, Tensor | None],
+    length: int,
+    sample: int,
+    kind: str,
+) -> tuple[Layout, Tensor | None]:
+    """One image from ``first`` and the next tile layouts of ``rest`` that fill its run.
+
+    An image's tiles are contiguous placeholder tokens, and images are separated by other tokens
+    (InternVL's ``<img>`` / ``</img>``), so the run of ``length`` placeholders that begins at the
+    first tile is one image. Its candidates are all its tiles' tokens, one selection problem.
+
+    Parameters
+    ----------
+    first : Layout
+        The image's first tile (``tile=True``).
+    rest : iterator of Layout
+        The layouts after it, in prompt order; the image's other tiles are consumed from it.
+    features : dict
+        Pre-projector features ``(count, c)`` (or ``None``) by ``id`` of each tile layout.
+    length : int
+        Placeholder tokens in the run.
+    sample : int
+        Batch row (for the error message).
+    kind : str
+        "image" or "video".
+
+    Returns
+    -------
+    tuple of Layout and Tensor or None
+        The image's layout and its pre-projector features ``(length, c)`` (tiles concatenated).
+
+    Raises
+    ------
+    ValueError
+        When the run does not hold whole tiles.
+    """
+    tiles, filled = [first], first.count
+    while filled < length:
+        tile = next(rest, None)
+        if tile is None or not tile.tile:
+            break
+        tiles.append(tile)
+        filled += tile.count
+    if filled != length:
+        raise ValueError(
+            f"batch row {sample} has a run of {length} {kind} placeholder tokens (one {kind} "
+            f"between its start and end tokens) that does not hold whole tiles of the encoder "
+            f"output ({first.count} tokens each, in prompt order across rows); build input_ids "
+            "and pixel values with the model's processor, one row per prompt."
+        )
+    fixed = None
+    if any(tile.fixed is not None for tile in tiles):
+        fixed = torch.cat([_fixed_of(tile) for tile in tiles])
+    parts = [features[id(tile)] for tile in tiles]
+    vision = torch.cat(parts) if all(part is not None for part in parts) else None
+    grid = first.grid if len(tiles) == 1 else None  # several tiles form no single grid
+    image = Layout(count=filled, frames=[(0, filled)], grid=grid, fixed=fixed, vision=vision)
+    return image, vision
+
+
+def _fixed_of(tile: Layout) -> Tensor:
+    """A tile's always-kept mask on the CPU (all False when it has none)."""
+    if tile.fixed is None:
+        return torch.zeros(tile.count, dtype=torch.bool)
+    return tile.fixed.cpu()
+
+
+def _frame_items(layout, vision, positions, start, sample, image, kind) -> list[Item]:
     span = positions[start : start + layout.count]
-    vision = features[id(layout)]
     candidates = torch.ones(layout.count, dtype=torch.bool, device=span.device)
     if layout.fixed is not None:
         candidates &= ~layout.fixed.to(span.device)
