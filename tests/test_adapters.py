@@ -3,11 +3,15 @@
 The reference never goes through visprune: it takes the unpatched model's language-model inputs
 (the full ``inputs_embeds`` and positions), drops the visual positions that the handle's
 ``selections`` say were removed, and runs the plain language model on the shortened sequence,
-decoding greedily step by step. A second model instance with the same weights (``twin``) runs
-it, so no hook of the handle can touch the reference.
+decoding greedily step by step. For Gemma 3 it runs the plain base model on the shortened
+embeddings and token types, so transformers itself builds the masks in which the kept image
+tokens of one image attend to each other both ways. A second model instance with the same
+weights (``twin``) runs it, so no hook of the handle can touch the reference.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import visprune
 from tiny_vlms import (
     CASES,
+    GEMMA3_WINDOW,
     GENERATE,
     IMG,
     INTERNVL_TILE_TOKENS,
@@ -31,6 +36,7 @@ from tiny_vlms import (
     tiny,
     visual_mask,
 )
+from visprune import compat
 from visprune.adapters import Selection
 
 STEPS = GENERATE["max_new_tokens"]
@@ -147,15 +153,30 @@ def deepstack_by_hand(twin, length: int | None = None) -> dict:
     return extra
 
 
+def run_reference(twin, embeds: Tensor, prefill: bool, **kwargs):
+    """The twin's plain language model on hand-shortened inputs.
+
+    Gemma 3 runs through its base model, which builds the masks from the shortened token types
+    at a prefill (``reference_for`` leaves them on the twin; a re-run prefill of generated
+    tokens has text types at the end) and plain causal masks in decode steps, as ``generate``
+    passes no token types there.
+    """
+    length = embeds.shape[1]
+    types = getattr(twin, "_reference_types", None)
+    if types is None:
+        extra = deepstack_by_hand(twin, length) if prefill else {}
+        return twin.model.language_model(inputs_embeds=embeds, **kwargs, **extra)
+    if prefill:
+        kwargs["token_type_ids"] = F.pad(types, (0, length - types.shape[1]))
+    cache = kwargs.pop("past_key_values", None)
+    return twin.model(inputs_embeds=embeds, **kwargs, **compat.cache_argument(twin.model, cache))
+
+
 def reference_prefill(twin, embeds: Tensor, positions: Tensor) -> Tensor:
     """Logits of every position of the shortened sequence (no cache)."""
     mask = torch.ones(embeds.shape[:2], dtype=torch.long)
-    out = twin.model.language_model(
-        inputs_embeds=embeds,
-        position_ids=positions,
-        attention_mask=mask,
-        use_cache=False,
-        **deepstack_by_hand(twin),
+    out = run_reference(
+        twin, embeds, True, position_ids=positions, attention_mask=mask, use_cache=False
     )
     return twin.lm_head(out.last_hidden_state)
 
@@ -171,7 +192,7 @@ def reference_decode(
 
     Returns the tokens ``(B, steps)`` and the raw next-token logits of every step.
     """
-    language_model, embed = twin.model.language_model, twin.get_input_embeddings()
+    embed = twin.get_input_embeddings()
     batch = embeds.shape[0]
     tokens, logits = [], []
     cache = None
@@ -179,13 +200,14 @@ def reference_decode(
     seen = embeds.shape[1]
     for step in range(steps):
         prefill = step == 0 or not use_cache  # without a cache every step re-runs the prompt
-        out = language_model(
-            inputs_embeds=step_embeds,
+        out = run_reference(
+            twin,
+            step_embeds,
+            prefill,
             position_ids=step_positions,
             attention_mask=torch.ones(batch, seen, dtype=torch.long),
             past_key_values=cache,
             use_cache=use_cache,
-            **(deepstack_by_hand(twin, step_embeds.shape[1]) if prefill else {}),
         )
         logits.append(twin.lm_head(out.last_hidden_state[:, -1]))
         tokens.append(greedy(logits[-1]))
@@ -209,6 +231,9 @@ def reference_for(
     fixed = always_kept(family, twin, data, captured["embeds"], newlines, handle.method.stage)
     keep = keep_mask(data["input_ids"], handle.selections, fixed)
     twin._reference_deepstack = {}
+    twin._reference_types = None
+    if "token_type_ids" in data:  # Gemma 3
+        twin._reference_types = data["token_type_ids"][keep].view(keep.shape[0], -1)
     if captured.get("visual") is not None:
         visual = captured["visual"]
         index = keep.nonzero()[:, 1].view(keep.shape[0], -1)
@@ -395,7 +420,8 @@ def test_method_gets_each_items_tokens_and_prompt(family, video, method):
     """``kept`` is what ``visprune.select`` picks from that image's (frame's) own tokens.
 
     The tokens are the LLM input embeddings at the item's positions (for "vision"-stage methods on
-    LLaVA: the projector input), the text is the row's unpadded prompt after its last visual
+    LLaVA: the projector input; on Gemma 3: the projector input average-pooled to the soft-token
+    grid), the text is the row's unpadded prompt after its last visual
     token, and the budget resolves per item. Run on a left-padded batch with uneven rows.
     """
     model = tiny(family)
@@ -425,6 +451,11 @@ def test_method_gets_each_items_tokens_and_prompt(family, video, method):
             tiles = len(candidates) // INTERNVL_TILE_TOKENS
             tokens = projector_inputs[0][tile : tile + tiles].flatten(0, 1)  # all its tiles
             tile += tiles
+        elif method == "rediprune" and family == "gemma3":
+            patches = projector_inputs[0][number]  # (8 * 8, c) in raster order
+            side = math.isqrt(patches.shape[0])
+            grid = patches.T.reshape(1, -1, side, side)
+            tokens = F.avg_pool2d(grid, 2).flatten(2)[0].T  # the 4 x 4 grid of soft tokens
         elif method == "rediprune" and family in (
             "llava_next",
             "llava_next_video",
@@ -492,7 +523,7 @@ def test_batch_with_a_row_without_images(family):
     assert torch.equal(tokens[1], generate(model, collate(samples[1:]))[0][0])
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava_onevision", "qwen2_5_vl", "gemma3"])
 def test_eager_attention_batch_and_reference(family):
     """The same with the eager attention backend: batch == rows alone == reference."""
     model, twin = tiny(family, attn="eager"), tiny(family, attn="eager")
@@ -551,6 +582,8 @@ def test_selection_records(family, video):
             assert record.grid == (2, 2)
         elif family == "internvl":  # a grid only for a one-tile image
             assert record.grid == ((4, 4) if record.n == INTERNVL_TILE_TOKENS else None)
+        elif family == "gemma3":
+            assert record.grid == (4, 4)
         else:
             assert record.grid is None
 
@@ -886,6 +919,7 @@ def test_unsupported_model_type_lists_the_supported_ones():
     with pytest.raises(ValueError, match="'llama'") as error:
         visprune.apply(llama, "divprune", 0.5)
     for supported in (
+        "gemma3",
         "llava",
         "llava_next",
         "llava_next_video",
@@ -977,7 +1011,7 @@ def test_images_with_inputs_embeds_instead_of_input_ids_raise():
         model(**data)
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava_onevision", "qwen2_5_vl", "gemma3"])
 def test_prompts_without_images_run_unpruned(family):
     model = tiny(family)
     text = collate([sample(family, model, images=0, prefix=4, suffix=5, seed=3)])
@@ -1089,3 +1123,119 @@ def test_qwen3_deepstack_reaches_the_language_model_pruned(video):
     assert len(seen["deepstack"]) == len(full["deepstack"]) == 2
     for pruned, whole in zip(seen["deepstack"], full["deepstack"], strict=True):
         assert torch.equal(pruned, whole[kept_rows])
+
+
+# -------------------------------------------------- 12. Gemma 3: bidirectional image blocks
+def masks_received(model, data: dict) -> dict:
+    """The attention masks the language model receives at ``model(**data)`` (after visprune's
+    hook), as bool ``(B, 1, q, kv)`` per layer type (eager's float masks: 0 where attended)."""
+    seen: list = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+    try:
+        model(**data)
+    finally:
+        hook.remove()
+    return {kind: mask if mask.dtype == torch.bool else mask == 0 for kind, mask in seen[0].items()}
+
+
+def expected_gemma3_masks(data: dict, selections: list[Selection]) -> tuple[dict, Tensor]:
+    """The masks of the pruned sequence, derived from the selections alone, and which of its
+    slots hold a token (not re-padding nor padding), both ``(B, L')``-based.
+
+    Kept image tokens of one image attend to each other both ways, everything else causally;
+    sliding-window layers also only to the last ``GEMMA3_WINDOW`` slots; nothing to padding.
+    """
+    ids = data["input_ids"]
+    batch = ids.shape[0]
+    block = torch.full_like(ids, -1)
+    for number, record in enumerate(selections):
+        block[record.sample, record.positions] = number
+    keep = ~visual_mask(ids) | (block >= 0)
+    width = int(keep.sum(-1).max())
+    slots = torch.full((batch, width), -1)
+    for row in range(batch):
+        kept = keep[row].nonzero().squeeze(-1)
+        slots[row, width - len(kept) :] = kept
+    real = (slots >= 0) & data["attention_mask"].gather(1, slots.clamp_min(0)).bool()
+    blocks = block.gather(1, slots.clamp_min(0)).masked_fill(slots < 0, -1)
+    q = torch.arange(width)[:, None]
+    k = torch.arange(width)[None, :]
+    same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
+    full = ((k <= q) | same) & real[:, None, :]
+    sliding = full & (k > q - GEMMA3_WINDOW)
+    return {"full_attention": full, "sliding_attention": sliding}, real
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gemma3_pruned_masks_keep_each_images_block_bidirectional(attn):
+    """Left-padded rows keeping different counts: every real query row of the masks the language
+    model gets is the expected pattern over the shortened (re-padded) sequence."""
+    model = tiny("gemma3", attn=attn)
+    data = collate(ragged_samples("gemma3", model))
+    handle = visprune.apply(model, "divprune", 0.5)
+    got = masks_received(model, data)
+    want, real = expected_gemma3_masks(data, handle.selections)
+    assert set(got) == set(want)
+    for kind, mask in want.items():
+        assert got[kind].shape == (2, 1, *mask.shape[1:]), kind
+        for row in range(2):
+            rows = real[row]
+            assert torch.equal(got[kind][row, 0][rows], mask[row][rows]), (kind, row)
+    # the image blocks are really there: a kept image token sees a later one of its image
+    first = handle.selections[0]
+    assert len(first.kept) > 1 and bool(want["full_attention"][first.sample].triu(1).any())
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gemma3_logits_follow_the_bidirectional_blocks(attn):
+    """Pruned logits equal the reference built by transformers from the shortened token types,
+    and differ from a run on the same shortened sequence with causal masks only."""
+    model, twin = tiny("gemma3", attn=attn), tiny("gemma3", attn=attn)
+    data = inputs("gemma3", model, batch=2, images=2)
+    handle = visprune.apply(model, "divprune", 0.5)
+    logits = model(**data).logits
+    embeds, positions, _ = reference_for("gemma3", twin, data, handle)
+    want = reference_prefill(twin, embeds, positions)
+    torch.testing.assert_close(logits, want, atol=2e-5, rtol=1e-4)
+    types, twin._reference_types = twin._reference_types, None
+    causal = reference_prefill(twin, embeds, positions)  # the same sequence, causal masks only
+    first_image = int(handle.selections[0].positions[0])
+    assert (logits - causal)[:, first_image:].abs().amax() > 1e-3
+    twin._reference_types = types
+    tokens, step_logits = generate(model, data)
+    want_tokens, want_logits = reference_decode(twin, embeds, positions)
+    assert torch.equal(tokens, want_tokens)
+    assert_logits_close(step_logits, want_logits)
+
+
+def test_gemma3_without_token_types_is_causal_as_the_unpatched_model():
+    """No ``token_type_ids``: the unpatched model builds causal masks, and so does the pruned."""
+    model, twin = tiny("gemma3"), tiny("gemma3")
+    data = inputs("gemma3", model, batch=2)
+    del data["token_type_ids"]
+    logits = model(**data).logits
+    with visprune.apply(model, "keepall"):
+        assert torch.equal(model(**data).logits, logits)
+    handle = visprune.apply(model, "divprune", 0.5)
+    tokens, step_logits = generate(model, data)
+    embeds, positions, _ = reference_for("gemma3", twin, data, handle)
+    assert twin._reference_types is None  # the reference runs causal masks too
+    want_tokens, want_logits = reference_decode(twin, embeds, positions)
+    assert torch.equal(tokens, want_tokens)
+    assert_logits_close(step_logits, want_logits)
+
+
+def test_gemma3_original_positions_match_the_reference():
+    model, twin = tiny("gemma3"), tiny("gemma3")
+    data = inputs("gemma3", model, batch=2)
+    handle = visprune.apply(model, "divprune", 0.5, positions="original")
+    assert handle.positions == "original"
+    tokens, step_logits = generate(model, data)
+    embeds, positions, keep = reference_for("gemma3", twin, data, handle)
+    length = data["input_ids"].shape[1]
+    assert torch.equal(positions, torch.arange(length).expand(2, -1)[keep].view(2, -1))
+    want_tokens, want_logits = reference_decode(twin, embeds, positions)
+    assert torch.equal(tokens, want_tokens)
+    assert_logits_close(step_logits, want_logits)

@@ -80,7 +80,7 @@ def test_error_names_the_version_and_what_to_do():
 
 
 # ------------------------------------------------------------------------ broken on purpose
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "gemma3"])
 def test_cache_under_an_unknown_keyword_raises(family):
     model = tiny(family)
     data = inputs(family, model)
@@ -98,7 +98,7 @@ def test_cache_under_an_unknown_keyword_raises(family):
         model.generate(**data, **GENERATE)
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_5_vl", "gemma3"])
 @pytest.mark.parametrize("call", ["forward", "generate"])
 def test_encoder_output_that_bypasses_visprune_raises(family, call):
     """A release that encodes through another function than the one visprune wraps."""
@@ -198,3 +198,41 @@ def test_cache_argument_follows_the_forward_signature():
     assert compat.cache_length(cache) == data["input_ids"].shape[1]
     keyword = next(iter(compat.cache_argument(model, cache)))
     assert keyword in compat.CACHE_KEYWORDS
+
+
+def test_gemma3_without_its_mask_function_raises(monkeypatch):
+    """A release whose Gemma 3 no longer builds its masks through create_masks_for_generate."""
+    model = tiny("gemma3")
+    data = inputs("gemma3", model)
+    visprune.apply(model, "divprune", 0.5)
+    monkeypatch.delattr(type(model), "create_masks_for_generate")
+    with pytest.raises(PruningNotApplied, match="create_masks_for_generate"):
+        model(**data)
+
+
+def test_gemma3_masks_of_an_unknown_form_raise(monkeypatch):
+    """A mask function that returns something visprune cannot check is refused."""
+    model = tiny("gemma3")
+    data = inputs("gemma3", model)
+    visprune.apply(model, "divprune", 0.5)
+
+    def unknown(config, inputs_embeds, attention_mask, cache, position_ids, **kwargs):
+        return object()
+
+    monkeypatch.setattr(type(model), "create_masks_for_generate", staticmethod(unknown))
+    with pytest.raises(PruningNotApplied, match="not a dict of 4-D masks"):
+        model(**data)
+
+
+def test_key_padding_mask_of_mask_dicts():
+    """Any mask of a dict holds the padding; SDPA leaves out masks it needs not (no padding)."""
+    padding = torch.tensor([[0, 1, 1, 1]])
+    causal = torch.ones(4, 4, dtype=torch.bool).tril() & padding.bool()
+    sliding = causal & ~torch.ones(4, 4, dtype=torch.bool).tril(-2)
+    built = {"full_attention": None, "sliding_attention": sliding[None, None]}
+    assert torch.equal(compat.key_padding_mask(built, 4), padding)
+    eager = torch.zeros(1, 1, 4, 4).masked_fill(~causal, torch.finfo(torch.float32).min)
+    assert torch.equal(compat.key_padding_mask({"full_attention": eager}, 4), padding)
+    assert compat.key_padding_mask({"full_attention": None, "sliding_attention": None}, 4) is None
+    with pytest.raises(ValueError, match="2-D attention mask"):
+        compat.key_padding_mask({"full_attention": object()}, 4)

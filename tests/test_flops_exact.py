@@ -64,6 +64,7 @@ LM_FAMILIES = [
     "qwen2_vl",
     "qwen3_vl",
     "internvl",
+    "gemma3",
 ]
 
 
@@ -109,6 +110,8 @@ VISION = [
     ("qwen2_vl", 1),
     ("internvl", 1),
     ("internvl", 2),
+    ("gemma3", 1),
+    ("gemma3", 2),
 ]
 
 
@@ -129,7 +132,7 @@ def test_vision_and_projector_match_counter(family, images):
             "pixel_values": torch.cat([v["pixel_values"] for v in visuals]),
             **(
                 {"image_sizes": torch.cat([v["image_sizes"] for v in visuals])}
-                if family != "llava"
+                if family not in ("llava", "gemma3")
                 else {}
             ),
         }
@@ -149,9 +152,11 @@ def test_vision_and_projector_match_counter(family, images):
     assert exact["prefill"].vision + exact["prefill"].projector == pytest.approx(counted, rel=1e-9)
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_head_dim"])
+@pytest.mark.parametrize("family", ["llava", "llava_head_dim", "gemma3"])
 @pytest.mark.parametrize("steps", [1, 3])
 def test_decode_steps_match_counter(family, steps):
+    """Gemma 3's prompt (10 tokens) outgrows its sliding window (8): its sliding layers read
+    only the window the cache keeps."""
     model = _model(family)
     lm, hidden = model.model.language_model, model.config.text_config.hidden_size
     visual, text = 6, 4

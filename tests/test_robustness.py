@@ -73,9 +73,14 @@ def test_beam_search_equals_beam_search_on_the_shortened_prompt(family):
         assert torch.equal(record.kept, twin_record.kept)
 
 
-@pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
 @pytest.mark.parametrize(
-    "family", ["llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl"]
+    ("family", "video"),
+    [
+        pytest.param(family, video, id=f"{family}-{'video' if video else 'image'}")
+        for family in ("llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
+        for video in (False, True)
+    ]
+    + [pytest.param("gemma3", False, id="gemma3-image")],
 )
 @pytest.mark.parametrize(
     "options",
@@ -228,7 +233,7 @@ def test_placeholders_moved_between_rows_raise():
 
 
 # -------------------------------------------------------------------------- static caches
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "gemma3"])
 def test_static_cache_equals_the_dynamic_cache(family):
     model = tiny(family)
     data = collate(ragged_samples(family, model))

@@ -7,7 +7,9 @@ pixel tensors, grids and sizes, and ``attention_mask``. Everything runs in milli
 
 Families: ``llava``, ``llava_next``, ``llava_next_video`` and ``llava_onevision`` (images and
 video), ``qwen2_5_vl`` (images and video) and ``qwen2_vl``, ``qwen3_vl`` and ``qwen3_vl_moe``
-(images and video), and ``internvl`` (images of several tiles each).
+(images and video), ``gemma3`` (images between begin/end-of-image tokens, ``token_type_ids`` for
+its bidirectional image blocks, sliding-window layers mixed with full-attention ones) and
+``internvl`` (images of several tiles each).
 
 Build one unpadded prompt with :func:`sample` and a left-padded batch of prompts with
 :func:`collate`; :func:`inputs` is the shortcut for a batch of same-shaped prompts.
@@ -18,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlavaConfig,
@@ -57,6 +61,7 @@ FAMILIES = (
     "qwen3_vl",
     "qwen3_vl_moe",
     "internvl",
+    "gemma3",
 )
 QWEN = frozenset({"qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe"})
 QWEN3 = frozenset({"qwen3_vl", "qwen3_vl_moe"})
@@ -171,7 +176,23 @@ DEFAULT_SIZE = {
     "qwen3_vl": (4, 6),
     "qwen3_vl_moe": (4, 6),
     "internvl": 3,  # InternVL: tiles of the image, thumbnail included (2 tiles + thumbnail)
+    "gemma3": (56, 56),
 }
+#: Gemma 3: 8x8 SigLIP patches average-pooled to a 4x4 grid of soft tokens per image.
+GEMMA3_TOKENS = 16
+#: Gemma 3's sliding window, shorter than every prompt here, so it masks something.
+GEMMA3_WINDOW = 8
+_GEMMA3_TEXT = dict(
+    _TEXT,
+    num_hidden_layers=3,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    sliding_window=GEMMA3_WINDOW,
+    head_dim=8,
+    query_pre_attn_scalar=8,
+    bos_token_id=None,
+    eos_token_id=None,
+)
+_GEMMA3_VISION = dict(_SIGLIP, patch_size=7, vision_use_head=False)  # 56 / 7 = 8x8 patches
 
 
 def tiny(family: str, attn: str = "sdpa", seed: int = 0):
@@ -260,6 +281,16 @@ def tiny(family: str, attn: str = "sdpa", seed: int = 0):
             tie_word_embeddings=False,
         )
         cls = InternVLForConditionalGeneration
+    elif family == "gemma3":
+        config = Gemma3Config(
+            text_config=_GEMMA3_TEXT,
+            vision_config=_GEMMA3_VISION,
+            mm_tokens_per_image=GEMMA3_TOKENS,
+            image_token_index=IMG,
+            boi_token_index=VS,
+            eoi_token_index=VE,
+        )
+        cls = Gemma3ForConditionalGeneration
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
     config._attn_implementation = attn  # propagates to the text and vision sub-configs
@@ -293,6 +324,8 @@ def token_counts(family: str, model, visuals: list[dict]) -> list[int]:
         return [int(v["grid"].prod()) // 4 for v in visuals]
     if family == "internvl":
         return [v["pixel_values"].shape[0] * INTERNVL_TILE_TOKENS for v in visuals]
+    if family == "gemma3":
+        return [GEMMA3_TOKENS] * len(visuals)
     if visuals and "pixel_values_videos" in visuals[0]:
         # 2x2 pooled grid per frame; OneVision closes each video with one newline
         closing = 1 if family == "llava_onevision" else 0
@@ -325,6 +358,8 @@ def _visual(family: str, *, video: bool, size, frames: int, generator) -> dict:
         return {"pixel_values_videos": torch.randn(1, frames, 3, 56, 56, generator=generator)}
     if family == "llava":
         return {"pixel_values": torch.randn(1, 3, 28, 28, generator=generator)}
+    if family == "gemma3":
+        return {"pixel_values": torch.randn(1, 3, 56, 56, generator=generator)}
     size = tuple(size) if size is not None else DEFAULT_SIZE[family]
     side = 28 if family == "llava_next" else 56
     pixels = torch.randn(1, _tiles(family, size), 3, side, side, generator=generator)
@@ -345,9 +380,9 @@ def sample(
 ) -> dict:
     """One unpadded prompt with ``images`` images (or videos) between text, as a processor would.
 
-    The prompt is ``prefix`` text tokens, then each image (for Qwen and InternVL wrapped in vision
-    start/end tokens, InternVL's ``<img>`` / ``</img>``) followed by one separator text token,
-    then ``suffix`` text tokens.
+    The prompt is ``prefix`` text tokens, then each image (for Qwen, Gemma 3 and InternVL wrapped
+    in vision start/end tokens, InternVL's ``<img>`` / ``</img>``) followed by one separator text
+    token, then ``suffix`` text tokens.
 
     Parameters
     ----------
@@ -372,8 +407,8 @@ def sample(
     Returns
     -------
     dict
-        ``{"input_ids": (L,), "visuals": [...]}`` (plus ``mm_token_type_ids`` for Qwen); turn one
-        or more of these into model inputs with :func:`collate`.
+        ``{"input_ids": (L,), "visuals": [...]}`` (plus ``mm_token_type_ids`` for Qwen, the
+        token types for Gemma 3); turn one or more of these into model inputs with :func:`collate`.
     """
     generator = torch.Generator().manual_seed(seed)
     sizes = size if isinstance(size, list) else [size] * images
@@ -386,7 +421,8 @@ def sample(
     ]
     kind = 2 if video else 1
     for number, count in enumerate(token_counts(family, model, visuals)):
-        opening, closing = ([VS], [VE]) if family in QWEN or family == "internvl" else ([], [])
+        wrapped = family in QWEN or family in ("gemma3", "internvl")
+        opening, closing = ([VS], [VE]) if wrapped else ([], [])
         if family in QWEN3 and video:
             frames = int(visuals[number]["grid"][0])
             for frame in range(frames):
@@ -400,7 +436,7 @@ def sample(
     ids += list(range(10, 10 + suffix))
     types += [0] * suffix
     out = {"input_ids": torch.tensor(ids), "visuals": visuals, "family": family}
-    if family in QWEN:
+    if family in QWEN or family == "gemma3":
         out["mm_token_type_ids"] = torch.tensor(types)
     return out
 
@@ -409,7 +445,8 @@ def collate(samples: list[dict]) -> dict:
     """Model inputs for a batch of :func:`sample` prompts, left-padded to the longest.
 
     Visual tensors are concatenated in batch order (llava_next/onevision tiles padded to the
-    largest tile count; onevision gets ``batch_num_images``).
+    largest tile count; onevision gets ``batch_num_images``). Gemma 3 gets ``token_type_ids``
+    (1 on image tokens), as its processor returns them.
     """
     family = samples[0]["family"]
     longest = max(len(s["input_ids"]) for s in samples)
@@ -421,11 +458,16 @@ def collate(samples: list[dict]) -> dict:
         mask[row, longest - length :] = 1
     batch: dict[str, Tensor] = {"input_ids": ids, "attention_mask": mask}
     visuals = [v for s in samples for v in s["visuals"]]
-    if family in QWEN:
+    if family in QWEN or family == "gemma3":
         types = torch.zeros_like(ids)
         for row, s in enumerate(samples):
             types[row, longest - len(s["input_ids"]) :] = s["mm_token_type_ids"]
-        batch["mm_token_type_ids"] = types
+        batch["token_type_ids" if family == "gemma3" else "mm_token_type_ids"] = types
+    if family == "gemma3":
+        if visuals:
+            batch["pixel_values"] = torch.cat([v["pixel_values"] for v in visuals])
+        return batch
+    if family in QWEN:
         for kind, video in (("image", False), ("video", True)):
             chosen = [v for v in visuals if v["video"] == video]
             if not chosen:
@@ -472,17 +514,17 @@ def ragged_samples(family: str, model, video: bool = False) -> list[dict]:
     """Two prompts of different lengths and visual content, for left-padded batches.
 
     The rows differ in prompt length and in the number or size of their images (or videos), so
-    a fractional budget keeps a different number of tokens per row: llava has two images in
-    row 0 and one in row 1; llava_next and OneVision images differ in size (and count); Qwen
-    rows differ in grids and image count; videos differ in prompt length (and Qwen frames);
-    InternVL rows hold images of 3 tiles, and of 1 and 5 tiles.
+    a fractional budget keeps a different number of tokens per row: llava and Gemma 3 have two
+    images in row 0 and one in row 1; llava_next and OneVision images differ in size (and
+    count); Qwen rows differ in grids and image count; videos differ in prompt length (and Qwen
+    frames); InternVL rows hold images of 3 tiles, and of 1 and 5 tiles.
     """
     if family == "internvl":
         return [
             sample(family, model, size=3, prefix=2, seed=1),
             sample(family, model, images=2, size=[1, 5], prefix=5, seed=2),
         ]
-    if family == "llava":
+    if family in ("llava", "gemma3"):
         return [
             sample(family, model, images=2, prefix=2, seed=1),
             sample(family, model, images=1, prefix=6, seed=2),

@@ -244,16 +244,17 @@ def apply(
     model : PreTrainedModel
         A ``...ForConditionalGeneration`` whose ``config.model_type`` is ``llava``,
         ``llava_next``, ``llava_next_video``, ``llava_onevision``, ``qwen2_vl``, ``qwen2_5_vl``,
-        ``qwen3_vl``, ``qwen3_vl_moe`` or ``internvl``; a PEFT model or a ``torch.compile``
-        module around one is unwrapped.
+        ``qwen3_vl``, ``qwen3_vl_moe``, ``gemma3`` or ``internvl``; a PEFT model or a
+        ``torch.compile`` module around one is unwrapped.
     method : str or Method
         A registered name or a ``Method`` instance.
     budget : int or float, optional
         Tokens to keep per image/frame: a count or a fraction of that image's tokens (for
         tiled images, InternVL's, of all its tiles together).
     positions : {"compact", "original"}, optional
-        Renumber the kept tokens ("compact", the LLaVA default, as the published code does) or
-        keep their original positions ("original", the only mode for Qwen-VL's M-RoPE).
+        Renumber the kept tokens ("compact", the LLaVA and Gemma 3 default, as the published
+        code does) or keep their original positions ("original", the only mode for Qwen-VL's
+        M-RoPE).
     newlines : {"candidates", "keep"}
         LLaVA-NeXT / OneVision: whether newline tokens compete for the budget (as published) or
         are always kept.

@@ -21,6 +21,14 @@ Version differences in the tested range (``TESTED_RANGE``):
 - **LLaVA-NeXT-Video video features.** Up to 5.23 ``get_video_features`` returns one
   ``(frames, tokens per frame, d)`` tensor per video in ``pooler_output``; 5.24 returns one
   ``(frames * tokens per frame, d)`` row per video. :func:`tokens_per_item` reads both.
+- **Masks built from token types (Gemma 3).** The base model builds the language model's masks
+  (a dict per layer type: full and sliding-window attention, image tokens of one image attending
+  to each other both ways) from ``token_type_ids`` before calling it; at a pruned prefill
+  visprune rebuilds them for the shortened sequence with the model class's own
+  ``create_masks_for_generate`` (:func:`build_attention_masks`), whose cache parameter is
+  ``cache`` from 5.24 and ``past_key_values`` before. SDPA leaves out (``None``) the mask of a
+  layer type that needs none; eager always builds float masks. :func:`key_padding_mask` reads
+  the padding from any of them.
 - **Stable seams relied on everywhere:** ``model.model`` (the base model) with
   ``.language_model``, the language model receiving ``inputs_embeds``, ``get_seq_length()`` on
   caches, and ``pooler_output`` holding the per-image projected features.
@@ -29,6 +37,7 @@ Version differences in the tested range (``TESTED_RANGE``):
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from typing import Any
 
@@ -46,6 +55,9 @@ PIXEL_KEYWORDS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
 
 #: Keyword of a forward that carries ready encoder outputs (5.24 and later).
 ENCODER_OUTPUTS_KEYWORD = "mm_encoder_outputs"
+
+#: Keyword of the per-token types from which a base model (Gemma 3) builds the attention masks.
+TOKEN_TYPES_KEYWORD = "token_type_ids"
 
 
 class PruningNotApplied(RuntimeError):
@@ -141,8 +153,6 @@ def output_cache(output: Any) -> Any:
 def cache_argument(model: Any, cache: Any) -> dict:
     """``{keyword: cache}`` for calling ``model`` with a cache, under the keyword its forward
     declares (``cache`` from 5.24; ``past_key_values`` before, and deprecated after)."""
-    import inspect
-
     parameters = inspect.signature(model.forward).parameters
     keyword = next((k for k in CACHE_KEYWORDS if k in parameters), CACHE_KEYWORDS[-1])
     return {keyword: cache}
@@ -160,9 +170,11 @@ def key_padding_mask(mask: Any, length: int) -> Any:
 
     ``generate(cache_implementation="static")`` pre-builds a 4-D mask ``(B, 1, q, kv)`` (bool, or
     float with 0 where attended; for Qwen2-based models a dict of them per attention kind)
-    sized to the static cache; the pruned sequence needs a new one,
-    so visprune reduces it to the keys some query attends to and lets the language model build
-    the 4-D mask again from that. ``None`` and 2-D masks pass through.
+    sized to the static cache, and Gemma 3's base model always hands its language model such a
+    dict; the pruned sequence needs a new one, so visprune reduces it to the keys some query
+    attends to (each token attends at least to itself, padding is attended by none) and builds
+    the 4-D mask again from that. ``None`` and 2-D masks pass through; a dict whose every entry
+    is ``None`` (SDPA needs no mask: nothing is padded) gives ``None``.
 
     Raises
     ------
@@ -172,9 +184,12 @@ def key_padding_mask(mask: Any, length: int) -> Any:
     if mask is None or (hasattr(mask, "dim") and mask.dim() == 2):
         return mask
     if isinstance(mask, dict) and mask:
-        # Models with several attention kinds (Qwen2: full and sliding) get one mask per kind;
-        # the full-attention one holds the padding.
-        mask = mask.get("full_attention", next(iter(mask.values())))
+        # Models with several attention kinds (Qwen2, Gemma 3: full and sliding) get one mask
+        # per kind; each holds the padding, and SDPA leaves out those it does not need.
+        built = [mask.get("full_attention"), *mask.values()]
+        mask = next((entry for entry in built if entry is not None), None)
+        if mask is None:
+            return None
     if not (hasattr(mask, "dim") and mask.dim() == 4):
         raise ValueError(
             f"visprune needs a 2-D attention mask, or the 4-D one generate builds; got "
@@ -182,6 +197,70 @@ def key_padding_mask(mask: Any, length: int) -> Any:
         )
     attended = mask if mask.dtype == torch.bool else mask == 0
     return attended[:, 0, :, :length].any(dim=-2).long()
+
+
+def token_types(kwargs: dict) -> Any:
+    """The ``token_type_ids`` a base-model forward received (``None`` when absent)."""
+    return kwargs.get(TOKEN_TYPES_KEYWORD)
+
+
+def build_attention_masks(
+    model: Any,
+    *,
+    inputs_embeds: Any,
+    attention_mask: Any,
+    cache: Any,
+    position_ids: Any,
+    token_type_ids: Any,
+) -> dict:
+    """The attention masks ``model``'s base model builds for its language model, for these
+    inputs: ``{layer type: (B, 1, q, kv) mask or None}``.
+
+    Calls the model class's own ``create_masks_for_generate`` (Gemma 3: causal text, image
+    tokens of one image attending to each other both ways, full and sliding-window layers),
+    which is what the base model's forward does, so the masks are the ones the unpatched model
+    builds for a prompt of these tokens.
+
+    Raises
+    ------
+    PruningNotApplied
+        When the model has no such function, or it declares no known cache parameter, or it
+        returns anything but a dict of tensors (or ``None``) with one row per query.
+    """
+    build = getattr(type(model), "create_masks_for_generate", None)
+    if build is None:
+        raise PruningNotApplied(
+            f"{type(model).__name__} has no create_masks_for_generate, with which visprune "
+            "rebuilds its attention masks for the shortened sequence"
+        )
+    parameters = inspect.signature(build).parameters
+    keyword = next((k for k in CACHE_KEYWORDS if k in parameters), None)
+    if keyword is None:
+        raise PruningNotApplied(
+            f"{type(model).__name__}.create_masks_for_generate takes its KV cache under none of "
+            f"{', '.join(CACHE_KEYWORDS)}"
+        )
+    masks = build(
+        config=model.config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        token_type_ids=token_type_ids,
+        **{keyword: cache},
+    )
+    queries = inputs_embeds.shape[1]
+
+    def fits(mask: Any) -> bool:
+        return mask is None or (
+            isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-2] == queries
+        )
+
+    if not isinstance(masks, dict) or not all(fits(mask) for mask in masks.values()):
+        raise PruningNotApplied(
+            f"{type(model).__name__}.create_masks_for_generate returned "
+            f"{type(masks).__name__}, not a dict of 4-D masks with {queries} query rows"
+        )
+    return masks
 
 
 def tokens_per_item(features: Any) -> list[Any]:
@@ -196,6 +275,17 @@ def images_in_call(kwargs: dict) -> bool:
         return True
     outputs = kwargs.get(ENCODER_OUTPUTS_KEYWORD)
     return bool(outputs) and any(value is not None for value in dict(outputs).values())
+
+
+def encoder_features(output: Any, kind: str) -> list[Any]:
+    """The per-image (or per-video) projected features of a ``get_{kind}_features`` call."""
+    features = getattr(output, "pooler_output", None)
+    if features is None:
+        raise ValueError(
+            f"get_{kind}_features returned {type(output).__name__} without pooler_output; "
+            "visprune needs the model's default return_dict=True outputs."
+        )
+    return list(features)
 
 
 def encoder_outputs(kwargs: dict) -> dict[str, Any]:

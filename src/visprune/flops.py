@@ -108,6 +108,7 @@ MODEL_TYPES = (
     "qwen2_5_vl",
     "qwen3_vl",
     "internvl",
+    "gemma3",
 )
 #: Those whose vision tower and projector it also counts.
 VISION_MODEL_TYPES = (
@@ -117,6 +118,7 @@ VISION_MODEL_TYPES = (
     "llava_onevision",
     "qwen2_vl",
     "internvl",
+    "gemma3",
 )
 #: Vision towers of the LLaVA families that it counts.
 _VIT_TYPES = ("clip_vision_model", "siglip_vision_model")
@@ -133,7 +135,7 @@ class FlopsBreakdown:
         Vision tower: patch embedding plus its transformer layers (and SigLIP's pooling head
         when the config enables it, as the tower computes it).
     projector : float
-        Multimodal projector (LLaVA) or patch merger (Qwen2-VL).
+        Multimodal projector (LLaVA, Gemma 3) or patch merger (Qwen2-VL).
     attention : float
         Language model: q/k/v/o projections plus the attention scores and weighted sum.
     mlp : float
@@ -183,9 +185,8 @@ def _vit_layers(tokens: int, hidden: int, ffn: int, layers: int) -> float:
     return layers * (_attention(tokens, tokens, hidden, 1, 1, hidden) + 4.0 * tokens * hidden * ffn)
 
 
-def _llava_vision(config: Any, crops: int) -> tuple[float, float]:
-    """Vision tower and projector FLOPs of the LLaVA families for ``crops`` tower inputs."""
-    vision = config.vision_config
+def _vit_tower(vision: Any) -> tuple[float, int]:
+    """FLOPs of one CLIP / SigLIP tower input, and the tokens the tower outputs."""
     vtype = getattr(vision, "model_type", None)
     if vtype not in _VIT_TYPES:
         raise ValueError(
@@ -203,6 +204,14 @@ def _llava_vision(config: Any, crops: int) -> tuple[float, float]:
         # tower computes it even though the VLM only reads hidden states.
         tower += 2.0 * tokens * d * 2 * d + _attention(1, tokens, d, 1, 1, d) - 2.0 * d * 2 * d
         tower += 4.0 * d * ffn
+    return tower, tokens
+
+
+def _llava_vision(config: Any, crops: int) -> tuple[float, float]:
+    """Vision tower and projector FLOPs of the LLaVA families for ``crops`` tower inputs."""
+    vision = config.vision_config
+    tower, tokens = _vit_tower(vision)
+    d = vision.hidden_size
     layer = getattr(config, "vision_feature_layer", -1)
     width = d * (len(layer) if isinstance(layer, (list, tuple)) else 1)
     strategy = getattr(config, "vision_feature_select_strategy", "default")
@@ -235,6 +244,16 @@ def _internvl_vision(config: Any, crops: int) -> tuple[float, float]:
     text_hidden = config.text_config.hidden_size
     projector = 2.0 * tokens * (wide * text_hidden + text_hidden * text_hidden)
     return crops * tower, crops * projector
+
+
+def _gemma3_vision(config: Any, images: int) -> tuple[float, float]:
+    """Gemma 3's SigLIP tower and projector on ``images`` images (pan-and-scan crops count as
+    images): the projector average-pools (no matmul) to ``mm_tokens_per_image`` tokens, then
+    projects each from the vision width to the text width."""
+    tower, _ = _vit_tower(config.vision_config)
+    width, text_hidden = config.vision_config.hidden_size, config.text_config.hidden_size
+    projector = 2.0 * config.mm_tokens_per_image * width * text_hidden
+    return images * tower, images * projector
 
 
 def _qwen2_vl_vision(config: Any, visual_tokens: int, images: int) -> tuple[float, float]:
@@ -278,21 +297,24 @@ def model_flops(
     Parameters
     ----------
     config : transformers.PretrainedConfig
-        A VLM config with ``model_type`` in :data:`MODEL_TYPES`, ``text_config`` (Llama, Mistral
-        or Qwen2 style: grouped-query attention, gated three-matrix MLP) and ``vision_config``.
+        A VLM config with ``model_type`` in :data:`MODEL_TYPES`, ``text_config`` (Llama, Mistral,
+        Qwen2 or Gemma 3 style: grouped-query attention, gated three-matrix MLP) and
+        ``vision_config``.
     visual_tokens : int
         Visual tokens the projector emits for the whole prompt (all images), before pruning.
         For Qwen2-VL, ``t*h*w / spatial_merge_size**2`` summed over images (single-frame images:
-        the ViT cost is derived from it). For the LLaVA families the vision and projector cost
-        comes from the config (``image_size``, ``patch_size``) per crop, not from this count;
-        the same for InternVL per tile.
+        the ViT cost is derived from it). For the LLaVA families, Gemma 3
+        (``mm_tokens_per_image`` per image) and InternVL (per tile) the vision and projector cost
+        comes from the config (``image_size``, ``patch_size``) per crop, not from this count.
     text_tokens : int
         Text tokens of the prompt (system prompt and placeholders' neighbours included).
     images : int
         Images in the prompt; the vision tower runs once per image (per tile, see below).
     decode_steps : int
         Tokens decoded after prefill; step ``t`` (1-based) feeds one token against a cache of
-        ``n + t - 1`` entries, so it attends over ``n + t`` keys.
+        ``n + t - 1`` entries, so it attends over ``n + t`` keys (sliding-window layers, such
+        as five in six of Gemma 3's, over at most ``sliding_window``: what the dynamic cache
+        keeps).
     kept_visual_tokens : int, optional
         Visual tokens left after pruning; the language model sees ``kept + text_tokens`` tokens.
         Defaults to ``visual_tokens`` (no pruning). The vision tower and projector always run on
@@ -352,6 +374,8 @@ def model_flops(
             vis, proj = _qwen2_vl_vision(config, visual_tokens, images)
         elif model_type == "internvl":
             vis, proj = _internvl_vision(config, images * tiles_per_image)
+        elif model_type == "gemma3":
+            vis, proj = _gemma3_vision(config, images)
         else:
             vis, proj = _llava_vision(config, images * tiles_per_image)
 
@@ -362,9 +386,15 @@ def model_flops(
     head_dim = getattr(text, "head_dim", None) or d // heads
     ffn = text.intermediate_size
     n = kept + text_tokens
+    layer_types = list(getattr(text, "layer_types", None) or ["full_attention"] * layers)
+    sliding = layer_types.count("sliding_attention")
+    window = getattr(text, "sliding_window", None) if sliding else None
 
     def lm(queries: int, keys: int) -> tuple[float, float]:
-        attn = layers * _attention(queries, keys, d, heads, kv_heads, head_dim)
+        # A decode step's sliding-window layers read only the window the cache keeps.
+        narrow = keys if queries > 1 or window is None else min(keys, window)
+        attn = (layers - sliding) * _attention(queries, keys, d, heads, kv_heads, head_dim)
+        attn += sliding * _attention(queries, narrow, d, heads, kv_heads, head_dim)
         return attn, layers * 6.0 * queries * d * ffn
 
     attn, mlp = lm(n, n)

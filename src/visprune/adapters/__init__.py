@@ -1,6 +1,7 @@
 """Model adapters, one per ``config.model_type``. Importing registers them."""
 
 from . import (  # noqa: F401
+    gemma3,
     internvl,
     llava,
     llava_next,

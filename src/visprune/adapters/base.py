@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import compat
-from ..compat import PruningNotApplied
+from ..compat import PruningNotApplied, encoder_features
 from ..methods import Method
 from . import sequence
 from .records import CallState, Layout, Selection
@@ -114,7 +114,8 @@ class Adapter:
         """Shorten the family's own per-token language-model inputs at a pruned prefill.
 
         ``keep`` is the ``(B, L)`` mask of kept positions, ``index`` the ``(B, L')`` positions
-        into the unpruned sequence (-1 for re-padding). Nothing by default.
+        into the unpruned sequence (-1 for re-padding); ``kwargs`` already holds the shortened
+        embeddings, positions and 2-D mask. Nothing by default.
         """
 
     # ------------------------------------------------------------------------ per-call state
@@ -214,6 +215,7 @@ class Adapter:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         past = compat.cache_length(compat.find_cache(kwargs))
         call.input_ids = input_ids
+        call.token_types = compat.token_types(kwargs)
         call.positions_supplied = False
         call.images = compat.images_in_call(kwargs)
         outputs = compat.encoder_outputs(kwargs)
@@ -385,14 +387,3 @@ class Adapter:
         texts = prompt_texts(embeds, mask, visual)
         call.prompt_cache = (input_ids, texts)
         return texts
-
-
-def encoder_features(output: Any, kind: str) -> list[Tensor]:
-    """The per-image (or per-video) projected features of a ``get_{kind}_features`` call."""
-    features = getattr(output, "pooler_output", None)
-    if features is None:
-        raise ValueError(
-            f"get_{kind}_features returned {type(output).__name__} without pooler_output; "
-            "visprune needs the model's default return_dict=True outputs."
-        )
-    return list(features)

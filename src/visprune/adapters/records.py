@@ -119,6 +119,8 @@ class CallState:
     #: encoder outputs), whether those encoder outputs are ones visprune recorded, and whether the
     #: language model's prefill reached visprune.
     input_ids: Tensor | None = None
+    #: Its ``token_type_ids`` (Gemma 3 builds its attention masks from them).
+    token_types: Tensor | None = None
     placeholders: bool = False
     images: bool = False
     known_outputs: bool = False

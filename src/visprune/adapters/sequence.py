@@ -26,7 +26,7 @@ def shorten(
     keep : Tensor
         ``(B, L)`` bool, True for kept positions.
     mask : Tensor or None
-        ``(B, L)`` the 2-D attention mask.
+        ``(B, L)`` the 2-D attention mask (the padding of what the language model received).
     compact : bool
         Renumber kept tokens (True) or keep their original positions.
 
@@ -34,7 +34,9 @@ def shorten(
     -------
     Prefill
         What decode steps and the loss need. Rows that keep different counts are re-padded on
-        the left (``index == -1``).
+        the left (``index == -1``). ``kwargs["attention_mask"]`` is then 2-D (or left out when
+        none is needed): a 4-D mask or a dict of them, built for the unpruned length, never
+        stays.
     """
     batch, length, width = embeds.shape
     device = embeds.device
@@ -60,11 +62,14 @@ def shorten(
         gathered = gathered - dropped_before.gather(1, safe)
     kwargs["position_ids"] = gathered.masked_fill(padded, 1)
 
+    built = kwargs.get("attention_mask")
+    stale = built is not None and not (isinstance(built, Tensor) and built.dim() == 2)
     new_mask = None
     if mask is not None:
         new_mask = mask.gather(1, safe).masked_fill(padded, 0)
-    elif bool(padded.any()) or not compact:
-        # Gapped positions without a mask would read as packed sequences: pass one.
+    elif bool(padded.any()) or not compact or stale:
+        # Gapped positions without a mask would read as packed sequences, and a mask built
+        # for the unpruned length must go: pass one.
         new_mask = (~padded).long()
     if new_mask is not None:
         kwargs["attention_mask"] = new_mask
