@@ -43,6 +43,41 @@ def test_bundled_checkpoint_is_small_and_loads_with_from_pretrained():
     assert info["validation"]["all"] >= 0.95
 
 
+def test_bundled_weights_are_in_the_hub_layout_and_load_unchanged():
+    """vLLM reads Hub names only (``vision_tower.vision_model...``); transformers maps them."""
+    from safetensors.torch import load_file
+
+    stored = load_file(bundled_checkpoint() / "model.safetensors")
+    tower = [name for name in stored if name.startswith("vision_tower.")]
+    assert tower and all(name.startswith(demo_model.HUB_TOWER_PREFIX) for name in tower)
+    model, _ = demo_model.load(bundled_checkpoint())
+    loaded = model.model.vision_tower.state_dict()
+    for name in tower:
+        assert torch.equal(loaded[name[len(demo_model.HUB_TOWER_PREFIX) :]], stored[name]), name
+    assert len(loaded) == len(tower)
+
+
+def test_save_writes_the_hub_layout(tmp_path):
+    from safetensors.torch import load_file
+
+    from tiny_vlms import tiny_demo_model
+
+    model = tiny_demo_model()
+    demo_model.save(model, tmp_path / "saved")
+    names = list(load_file(tmp_path / "saved" / "model.safetensors"))
+    assert any(name.startswith(demo_model.HUB_TOWER_PREFIX) for name in names)
+    assert not any(
+        name.startswith(demo_model.TOWER_PREFIX)
+        and not name.startswith(demo_model.HUB_TOWER_PREFIX)
+        for name in names
+    )
+    again, _ = demo_model.load(tmp_path / "saved")
+    for (name, mine), (_, theirs) in zip(
+        model.state_dict().items(), again.state_dict().items(), strict=True
+    ):
+        assert torch.equal(mine, theirs), name
+
+
 def test_bundled_model_scores_at_least_90_percent_unpruned(bundled):
     model, encoder, questions = bundled
     scores = demo_train.accuracy(model, questions, encoder)
