@@ -1,0 +1,332 @@
+"""Serving load with vLLM: visprune's plugin against unpruned vLLM, side by side in one run.
+
+Two OpenAI-compatible vLLM servers on localhost serve the same random-weight LLaVA-shaped model
+(the one of ``benchmarks/end_to_end.py``: Llama LM hidden 1024 x 12 layers, 576 visual tokens
+per 336-px image, a 40-token prompt), one unpruned and one with
+``--hf-overrides '{"visprune": {"method": ..., "budget": 64}}'``. Measurement windows alternate
+between them (round by round, so machine noise hits both alike); in each window a fixed number
+of concurrent clients sends streamed chat requests, each with one image and ``--max-tokens``
+generated tokens, for a fixed time. Reported per configuration (medians over rounds):
+requests/s, time to first token p50/p99, output tokens/s, and the throughput gain against the
+FLOPs model's prefill prediction (``visprune.flops.model_flops``, unpruned / pruned prefill of
+the whole model).
+
+Runs in the vLLM virtualenv (``make install-vllm``)::
+
+    .venv-vllm/bin/python benchmarks/serving.py [--rounds 3] [--window 20] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from end_to_end import IMAGE_TOKEN, PROMPT_TOKENS, build_model  # noqa: E402
+from visprune.bench import machine_description  # noqa: E402
+from visprune.flops import model_flops  # noqa: E402
+
+VOCAB = 32000
+#: One image, then the prompt text: every request's text is the same length.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- else -%}<image> {% endif -%}{%- endfor -%}{%- endfor -%}"
+)
+
+
+def write_checkpoint(directory: Path, hidden: int, layers: int) -> None:
+    """The random-weight model in the Hub layout, a word-level tokenizer over its whole
+    vocabulary (``w<id>``, the image token at ``IMAGE_TOKEN``) and a LLaVA processor."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+    from visprune.demo.model import to_hub_layout
+
+    model = build_model(hidden, layers)
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(directory)
+    to_hub_layout(directory / "model.safetensors")
+    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
+    vocab.update({f"w{i}": i for i in range(4, VOCAB) if i != IMAGE_TOKEN})
+    vocab["<image>"] = IMAGE_TOKEN
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=["<image>"],
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+    )
+    LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+        chat_template=CHAT_TEMPLATE,
+    ).save_pretrained(directory)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """One ``vllm serve`` process on localhost."""
+
+    def __init__(self, model: Path, override: dict | None, max_tokens: int, log: Path) -> None:
+        self.port = free_port()
+        self.command = [
+            str(Path(sys.executable).parent / "vllm"), "serve", str(model),
+            "--port", str(self.port), "--dtype", "float32", "--enforce-eager",
+            "--max-model-len", str(576 + PROMPT_TOKENS + max_tokens + 64),
+            "--kv-cache-memory-bytes", str(1 << 30), "--gpu-memory-utilization", "0.1",
+            "--served-model-name", "bench", "--disable-log-stats",
+        ]  # fmt: skip
+        if override is not None:
+            self.command += ["--hf-overrides", json.dumps({"visprune": override})]
+        self.log = open(log, "w")  # closed in stop()
+        self.process = subprocess.Popen(
+            self.command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"vllm serve exited ({self.process.returncode}); see {self.log.name}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"vllm serve did not come up in {timeout} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def image_url(seed: int) -> str:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (336, 336, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def prompt_words(seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    ids = [int(i) for i in rng.integers(4, 31000, PROMPT_TOKENS - 1)]
+    return " ".join(f"w{i}" for i in ids)
+
+
+def request(client: httpx.Client, url: str, seed: int, images: list[str], max_tokens: int):
+    """One streamed chat request: ``(time to first token, latency, output tokens)``."""
+    body = {
+        "model": "bench",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": images[seed % len(images)]}},
+                    {"type": "text", "text": prompt_words(seed)},
+                ],
+            }
+        ],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and first is None:
+                first = time.perf_counter() - start
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+                prompt = chunk["usage"]["prompt_tokens"]
+    return first, time.perf_counter() - start, tokens, prompt
+
+
+def window(url: str, clients: int, seconds: float, images: list[str], max_tokens: int) -> dict:
+    """``clients`` closed-loop clients for ``seconds``; requests finished inside the window."""
+    deadline = time.perf_counter() + seconds
+    results: list[tuple] = []
+    lock = threading.Lock()
+    counter = iter(range(10**9))
+
+    def client_loop() -> None:
+        with httpx.Client() as client:
+            while time.perf_counter() < deadline:
+                result = request(client, url, next(counter), images, max_tokens)
+                if time.perf_counter() <= deadline:
+                    with lock:
+                        results.append(result)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client_loop) for _ in range(clients)]:
+            future.result()
+    elapsed = min(time.perf_counter(), deadline) - start
+    ttft = sorted(r[0] for r in results)
+    return {
+        "requests_per_s": len(results) / elapsed,
+        "ttft_p50": float(np.percentile(ttft, 50)) if ttft else float("nan"),
+        "ttft_p99": float(np.percentile(ttft, 99)) if ttft else float("nan"),
+        "output_tokens_per_s": sum(r[2] for r in results) / elapsed,
+        "prompt_tokens": results[0][3] if results else None,
+        "requests": len(results),
+    }
+
+
+def predicted_gain(model_dir: Path, budget: int) -> float:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    full = model_flops(config, 576, PROMPT_TOKENS)["prefill"].total
+    pruned = model_flops(config, 576, PROMPT_TOKENS, kept_visual_tokens=budget)["prefill"].total
+    return full / pruned
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", nargs="+", default=["divprune", "rediprune"])
+    parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--window", type=float, default=20.0, help="seconds per window")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "serving.md")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="visprune-serving-"))
+    model_dir = work / "model"
+    write_checkpoint(model_dir, args.hidden, args.layers)
+    configs: dict[str, dict | None] = {"unpruned": None}
+    configs.update({m: {"method": m, "budget": args.budget} for m in args.methods})
+    servers = {
+        name: Server(model_dir, override, args.max_tokens, work / f"{name}.log")
+        for name, override in configs.items()
+    }
+    images = [image_url(seed) for seed in range(8)]
+    samples: dict[str, list[dict]] = {name: [] for name in configs}
+    try:
+        for server in servers.values():
+            server.wait()
+        for server in servers.values():  # warm-up: first requests pay one-off costs
+            window(server.url, 1, 1.0, images, args.max_tokens)
+        for round_number in range(args.rounds):
+            for name, server in servers.items():
+                result = window(server.url, args.clients, args.window, images, args.max_tokens)
+                samples[name].append(result)
+                print(f"round {round_number + 1} {name}: {result}", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(s[key] for s in samples[name])
+
+    prediction = predicted_gain(model_dir, args.budget)
+    base = median("unpruned", "requests_per_s")
+    rows = []
+    for name in configs:
+        gain = median(name, "requests_per_s") / base
+        rows.append(
+            f"| {name} | {samples[name][0]['prompt_tokens']} | "
+            f"{median(name, 'requests_per_s'):.3f} | "
+            f"{median(name, 'ttft_p50'):.2f} | {median(name, 'ttft_p99'):.2f} | "
+            f"{median(name, 'output_tokens_per_s'):.2f} | {gain:.2f}x | "
+            + ("—" if name == "unpruned" else f"{gain / prediction:.2f}")
+            + " |"
+        )
+    command = "python benchmarks/serving.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    import vllm
+
+    text = "\n".join(
+        [
+            "# Serving with vLLM: visprune plugin vs unpruned",
+            "",
+            f"Command: `{command.strip()}`",
+            "",
+            f"Machine: {machine_description()}; vLLM {vllm.__version__}.",
+            "",
+            f"Model: random-weight LLaVA layout (Llama LM hidden {args.hidden} x {args.layers} "
+            f"layers, CLIP 2 x 256 at 336 px: 576 visual tokens), one image + {PROMPT_TOKENS - 1} "
+            f"text words per request, {args.max_tokens} output tokens (ignore_eos), float32. "
+            f"{args.clients} concurrent closed-loop clients per {args.window:g} s window; windows "
+            f"alternate between the servers, {args.rounds} rounds; medians over rounds. Budget "
+            f"{args.budget} of 576 tokens per image.",
+            "",
+            "| config | prompt tokens | requests/s | TTFT p50 (s) | TTFT p99 (s) | output tokens/s "
+            "| throughput gain | gain / FLOPs prediction |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"FLOPs prediction (unpruned / pruned prefill of the whole model, "
+            f"`visprune.flops.model_flops`): {prediction:.2f}x. Target: gain / prediction >= 0.8.",
+            "",
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
