@@ -16,8 +16,9 @@ Text-conditioned methods read the prompt's tokens after the last image, which tr
 image (and are part of its cache identity, so cached encodings are never reused across prompts).
 
 Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5 and its
-relatives). An override on any other architecture, an unknown method or a bad budget raises at
-engine start.
+relatives) and ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
+"vision"-stage ones). An override on any other architecture, an unknown method or a bad budget
+raises at engine start.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ SERVED_ARCHITECTURES = {
     "LlavaForConditionalGeneration": (
         "visprune.integrations.vllm.llava:PrunedLlavaForConditionalGeneration"
     ),
+    "LlavaNextForConditionalGeneration": (
+        "visprune.integrations.vllm.llava_next:PrunedLlavaNextForConditionalGeneration"
+    ),
+}
+
+
+#: Method stages an architecture cannot serve, and why (refused at engine start).
+UNSERVED_STAGES = {
+    "LlavaNextForConditionalGeneration": {
+        "vision": "vLLM's LLaVA-NeXT keeps no per-token features before the projector that "
+        "line up with its packed tokens (its newline tokens have none)",
+    },
 }
 
 

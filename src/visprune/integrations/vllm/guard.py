@@ -28,10 +28,18 @@ def check_served(registry: Any, architecture: str, model_config: Any) -> None:
 
     The override is parsed here too, so a bad method or budget fails before any weight loads.
     """
-    from . import SERVED_ARCHITECTURES
+    from . import SERVED_ARCHITECTURES, UNSERVED_STAGES
 
-    if settings_of(model_config.hf_config) is None:
+    settings = settings_of(model_config.hf_config)
+    if settings is None:
         return
+    why = UNSERVED_STAGES.get(architecture, {}).get(settings.method.stage)
+    if why is not None:
+        raise ValueError(
+            f"visprune: {settings.method.name} is a {settings.method.stage!r}-stage method, which "
+            f"{architecture} cannot serve: {why}. Serve a method that works on the projected "
+            "tokens, or prune this model with visprune.apply in transformers."
+        )
     if not is_served(registry, architecture):
         impl = getattr(model_config, "model_impl", "auto")
         raise ValueError(
