@@ -112,7 +112,7 @@ class Server:
             "--port", str(self.port), "--dtype", "float32", "--enforce-eager",
             "--max-model-len", str(576 + PROMPT_TOKENS + max_tokens + 64),
             "--kv-cache-memory-bytes", str(1 << 30), "--gpu-memory-utilization", "0.1",
-            "--served-model-name", "bench", "--disable-log-stats",
+            "--served-model-name", "bench",
         ]  # fmt: skip
         if override is not None:
             self.command += ["--hf-overrides", json.dumps({"visprune": override})]
@@ -139,6 +139,24 @@ class Server:
                 pass
             time.sleep(1)
         raise TimeoutError(f"vllm serve did not come up in {timeout} s; see {self.log.name}")
+
+    def engine_times(self) -> dict[str, float]:
+        """Mean seconds per request the engine spent queued and in prefill (its Prometheus
+        histograms, over every request it served), and the requests counted."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            for name in ("request_queue_time_seconds", "request_prefill_time_seconds"):
+                for part in ("sum", "count"):
+                    if line.startswith(f"vllm:{name}_{part}{{"):
+                        key = f"{name}_{part}"
+                        values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        count = values.get("request_prefill_time_seconds_count", 0.0)
+        return {
+            "queue": values.get("request_queue_time_seconds_sum", 0.0) / max(count, 1),
+            "prefill": values.get("request_prefill_time_seconds_sum", 0.0) / max(count, 1),
+            "count": count,
+        }
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -306,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     images = [image_url(seed) for seed in range(8)]
     samples = {steps: {name: [] for name in configs} for steps in args.max_tokens}
+    engine: dict[str, dict[str, float]] = {}
     try:
         for server in servers.values():
             server.wait()
@@ -317,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                     result = window(server.url, args.clients, args.window, images, steps)
                     samples[steps][name].append(result)
                     print(f"{steps} tokens, round {round_number + 1}, {name}: {result}", flush=True)
+        engine = {name: server.engine_times() for name, server in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
@@ -346,6 +366,19 @@ def main(argv: list[str] | None = None) -> None:
     for steps in args.max_tokens:
         prediction = predicted_gains(model_dir, args.budget, text_tokens, steps)
         lines += table(samples[steps], prediction, steps)
+    lines += [
+        "Where a request's time goes in the engine (vLLM's own histograms, mean over every "
+        "request each server handled, both workloads): queued / prefill (vision tower, "
+        "selection and language-model prefill).",
+        "",
+        "| config | queued (s) | prefill (s) | requests |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {times['queue']:.3f} | {times['prefill']:.3f} | {times['count']:.0f} |"
+            for name, times in engine.items()
+        ),
+        "",
+    ]
     text = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
