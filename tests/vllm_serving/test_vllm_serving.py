@@ -8,9 +8,9 @@ vLLM with ``hf_overrides={"visprune": ...}`` equal ``visprune.apply(..., positio
 from __future__ import annotations
 
 import pytest
+
 import serving
 from serving import BUDGET, questions, reference, serve
-
 from visprune.demo import task
 
 QUESTIONS = 200
