@@ -9,7 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextVideoForConditionalGeneration,
+)
 
 from tiny_vlms import FAMILIES, QWEN, collate, sample, tiny, token_counts
 from visprune.flops import FlopsBreakdown, model_flops, prefill_flops
@@ -182,6 +186,22 @@ def test_vision_and_projector_match_counter(family, options):
     exact = model_flops(model.config, visual_tokens, 0, **described)["prefill"]
     assert exact.vision > 0 and exact.projector > 0
     assert exact.vision + exact.projector == pytest.approx(counted, rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["max", "conv"])
+def test_llava_next_video_pooling_modes(mode):
+    """Max pooling is no matmul; "conv" pooling is a convolution, counted with the projector."""
+    config = tiny("llava_next_video").config
+    config.spatial_pool_mode = mode
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = LlavaNextVideoForConditionalGeneration(config).eval()
+    run, visual_tokens, described = _vision_call(model.config.model_type, model, {"video": True})
+    counted = _counted(run)
+    exact = model_flops(model.config, visual_tokens, 0, **described)["prefill"]
+    assert exact.vision + exact.projector == pytest.approx(counted, rel=1e-9)
+    average = model_flops(tiny("llava_next_video").config, visual_tokens, 0, **described)
+    assert (exact.projector > average["prefill"].projector) is (mode == "conv")
 
 
 @pytest.mark.parametrize("grid", [(1, 4, 6), (1, 8, 4), (2, 6, 10), (3, 2, 2), (1, 12, 14)])
