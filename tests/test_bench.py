@@ -80,9 +80,18 @@ def test_to_dict_is_json_with_params_and_versions(runs):
     assert ratios["kv_cache_reduction"] > 1 and ratios["visual_token_reduction"] == 2
 
 
-def test_qwen25_flops_count_language_model_only(runs):
-    family, _, _, full, _, _, _ = runs
-    assert full.flops["vision_counted"] is (family == "llava")
+def test_flops_count_the_vision_tower(runs):
+    """Qwen2.5-VL's windowed tower counts too: from the batch's own image grid."""
+    from visprune.flops import model_flops
+
+    _, model, data, full, pruned, _, _ = runs
+    visual = full.visual_tokens_before
+    extra = {"grids": data["image_grid_thw"].tolist()} if "image_grid_thw" in data else {}
+    want = model_flops(model.config, visual, 0, **extra)["prefill"]
+    assert want.vision > 0
+    for result in (full, pruned):
+        assert result.flops["prefill"]["vision"] == pytest.approx(want.vision, rel=1e-12)
+        assert result.flops["prefill"]["projector"] == pytest.approx(want.projector, rel=1e-12)
 
 
 def test_measure_restores_model_on_error():
@@ -209,6 +218,5 @@ def test_internvl_vision_flops_count_every_tile():
     result = measure(model, data, "divprune", 0.5, **FAST)
     visual = int((data["input_ids"] == model.config.image_token_id).sum())
     want = model_flops(model.config, visual, 0, tiles_per_image=3)["prefill"]
-    assert result.flops["vision_counted"] is True
     assert result.flops["prefill"]["vision"] == pytest.approx(want.vision, rel=1e-12)
     assert result.flops["prefill"]["projector"] == pytest.approx(want.projector, rel=1e-12)

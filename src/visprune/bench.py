@@ -39,10 +39,9 @@ timing is a median with its min/max over the repeats):
     tokens and the kept ones, on the LLM input embeddings of an untimed forward.
 ``flops``
     :func:`visprune.flops.model_flops` per batch row, summed: ``prefill`` (``logits="last"``) and
-    ``decode`` (``new_tokens - 1`` steps). Images per row are the contiguous runs of placeholder
-    tokens; LLaVA-NeXT/OneVision tiles come from the (padded) ``pixel_values`` shape. Where the
-    vision part is not supported (Qwen2.5-VL's windowed ViT, video) the language model alone is
-    counted and ``flops["vision_counted"]`` is ``False``.
+    ``decode`` (``new_tokens - 1`` steps), vision tower and projector included for images and
+    videos of every family. Each row's images, videos, tiles and Qwen grids come from
+    :func:`visprune.flops_inputs.describe_rows`.
 
 On CUDA, timings use ``torch.cuda.Event`` pairs read after a synchronize; on CPU,
 ``time.perf_counter``. Everything runs under ``torch.no_grad()``.
@@ -265,39 +264,25 @@ def _flops(
     model: Any, inputs: dict, visual: Tensor, kept_per_row: list[int], new_tokens: int
 ) -> dict[str, Any]:
     from .flops import model_flops
+    from .flops_inputs import describe_rows
 
     config = model.config
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask")
-    video = any(key.endswith("_videos") for key in inputs)
-    tiles = 1
-    pixels = inputs.get("pixel_values")
-    if config.model_type in ("llava_next", "llava_onevision") and isinstance(pixels, Tensor):
-        tiles = int(pixels.shape[1]) if pixels.dim() == 5 else 1
-    totals = {"prefill_total": 0.0, "decode_total": 0.0, "vision_counted": not video}
+    totals = {"prefill_total": 0.0, "decode_total": 0.0}
     parts: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}}
-    for row in range(ids.shape[0]):
-        row_visual = visual[row]
-        n_visual = int(row_visual.sum())
+    for row, described in enumerate(describe_rows(config, inputs)):
+        n_visual = int(visual[row].sum())
         length = int(mask[row].sum()) if isinstance(mask, Tensor) else ids.shape[1]
-        runs = int((row_visual[1:] & ~row_visual[:-1]).sum()) + int(row_visual[:1].sum())
-        if config.model_type == "internvl":  # the tower encodes tiles of image_seq_length each
-            runs = n_visual // config.image_seq_length
-        kwargs = dict(
-            images=runs,
+        counts = model_flops(
+            config,
+            n_visual,
+            length - n_visual,
             decode_steps=new_tokens - 1,
             kept_visual_tokens=kept_per_row[row],
-            tiles_per_image=tiles,
             logits="last",
+            **described,
         )
-        try:
-            if video:
-                raise ValueError("video: count the language model only")
-            counts = model_flops(config, n_visual, length - n_visual, vision=True, **kwargs)
-        except ValueError:
-            totals["vision_counted"] = False
-            kwargs["tiles_per_image"] = 1
-            counts = model_flops(config, n_visual, length - n_visual, vision=False, **kwargs)
         for stage, breakdown in counts.items():
             totals[f"{stage}_total"] += breakdown.total
             for name, value in dataclasses.asdict(breakdown).items():

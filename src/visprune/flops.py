@@ -7,14 +7,19 @@ projections of ``n`` tokens): half the FLOPs of those terms when a multiply-add 
 FLOPs, as :func:`model_flops` counts them.
 
 :func:`model_flops` is the exact count for a real Hugging Face VLM, read from its config: vision
-tower, projector, grouped-query attention, the gated three-matrix MLP and the ``lm_head``, for
-prefill and for decoding.
+tower, projector, grouped-query attention, the gated three-matrix MLP (or routed experts) and the
+``lm_head``, for prefill and for decoding, images and videos, for every family of
+:data:`MODEL_TYPES` (the Qwen-VL towers are in :mod:`visprune.flops_qwen`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .flops_qwen import QWEN_TYPES, check_grids, qwen_grids_from_tokens, qwen_vision_flops
 
 #: Prompt text lengths the papers use for COCO, Flickr30k, GQA, MMB, MME, MMMU, NoCaps, OK-VQA,
 #: POPE, SQA and SEED (system prompt not counted).
@@ -98,7 +103,8 @@ def paper_table_row(
 ANYRES_MODEL_TYPES = ("llava_next", "llava_next_video", "llava_onevision")
 #: Families whose vision tower encodes several crops (tiles) per image.
 TILED_MODEL_TYPES = (*ANYRES_MODEL_TYPES, "internvl")
-#: VLM ``model_type`` values whose language model :func:`model_flops` counts.
+#: VLM ``model_type`` values that :func:`model_flops` counts (language model, vision tower and
+#: projector).
 MODEL_TYPES = (
     "llava",
     "llava_next",
@@ -107,19 +113,15 @@ MODEL_TYPES = (
     "qwen2_vl",
     "qwen2_5_vl",
     "qwen3_vl",
+    "qwen3_vl_moe",
     "internvl",
     "gemma3",
 )
-#: Those whose vision tower and projector it also counts.
-VISION_MODEL_TYPES = (
-    "llava",
-    "llava_next",
-    "llava_next_video",
-    "llava_onevision",
-    "qwen2_vl",
-    "internvl",
-    "gemma3",
-)
+#: Those whose vision tower and projector it also counts (all of them).
+VISION_MODEL_TYPES = MODEL_TYPES
+#: Families with a video input of ``frames`` frames per video (``videos=``); the Qwen families'
+#: videos are described by their ``grids`` instead.
+FRAME_VIDEO_MODEL_TYPES = ("llava_next_video", "llava_onevision")
 #: Vision towers of the LLaVA families that it counts.
 _VIT_TYPES = ("clip_vision_model", "siglip_vision_model")
 LOGITS = ("last", "all")
@@ -135,11 +137,13 @@ class FlopsBreakdown:
         Vision tower: patch embedding plus its transformer layers (and SigLIP's pooling head
         when the config enables it, as the tower computes it).
     projector : float
-        Multimodal projector (LLaVA, Gemma 3) or patch merger (Qwen2-VL).
+        Multimodal projector (LLaVA families, InternVL, Gemma 3; LLaVA-NeXT-Video's ``"conv"``
+        frame pooling included) or patch merger (Qwen; Qwen3-VL's deepstack mergers included).
     attention : float
         Language model: q/k/v/o projections plus the attention scores and weighted sum.
     mlp : float
-        Language model: gate, up and down projections.
+        Language model: gate, up and down projections (Qwen3-VL-MoE's sparse layers: the
+        router and the routed experts).
     lm_head : float
         Output projection to the vocabulary.
     """
@@ -256,23 +260,131 @@ def _gemma3_vision(config: Any, images: int) -> tuple[float, float]:
     return images * tower, images * projector
 
 
-def _qwen2_vl_vision(config: Any, visual_tokens: int, images: int) -> tuple[float, float]:
-    """Qwen2-VL ViT and patch merger on ``images`` single-frame images."""
+def _llava_video(config: Any, frames: int) -> tuple[float, float]:
+    """Vision tower and projector FLOPs of LLaVA-NeXT-Video / OneVision on ``frames`` frames.
+
+    Every frame is one tower input (no anyres tiles). LLaVA-NeXT-Video pools each frame's patch
+    grid by ``spatial_pool_stride`` (average or max pooling: no matmul; ``"conv"`` pooling is a
+    convolution, counted in the projector) and projects the pooled tokens; OneVision projects
+    every patch, then halves the grid by bilinear interpolation (no matmul).
+    """
     vision = config.vision_config
-    merge = vision.spatial_merge_size
-    if visual_tokens % images:
+    tower, tokens = _vit_tower(vision)
+    d = vision.hidden_size
+    layer = getattr(config, "vision_feature_layer", -1)
+    width = d * (len(layer) if isinstance(layer, (list, tuple)) else 1)
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    selected = tokens - 1 if strategy == "default" else tokens
+    text_hidden = config.text_config.hidden_size
+    if config.model_type == "llava_onevision":
+        return frames * tower, frames * 2.0 * selected * (width * text_hidden + text_hidden**2)
+    side = math.isqrt(selected)
+    if side * side != selected:
         raise ValueError(
-            f"visual_tokens ({visual_tokens}) must split evenly over images ({images})."
+            f"LLaVA-NeXT-Video pools a square grid of patches per frame, but the tower selects "
+            f"{selected} tokens (vision_feature_select_strategy={strategy!r}): the model cannot "
+            "run this config."
         )
-    patches = visual_tokens // images * merge * merge  # t * h * w with t = 1 per image
-    d = vision.embed_dim
-    ffn = int(d * vision.mlp_ratio)
-    channels = getattr(vision, "in_channels", 3)
-    kernel = channels * vision.temporal_patch_size * vision.patch_size**2
-    tower = 2.0 * patches * kernel * d + _vit_layers(patches, d, ffn, vision.depth)
-    wide = d * merge * merge
-    merger = 2.0 * (visual_tokens // images) * (wide * wide + wide * vision.hidden_size)
-    return images * tower, images * merger
+    stride = config.spatial_pool_stride
+    pooled = (side // stride) ** 2  # AvgPool2d / MaxPool2d / Conv2d with kernel = stride
+    pool = 0.0
+    if config.spatial_pool_mode == "conv":
+        channels = getattr(config, "spatial_pool_out_channels", None) or d
+        pool = 2.0 * pooled * d * stride * stride * channels
+    projector = pool + 2.0 * pooled * (width * text_hidden + text_hidden**2)
+    return frames * tower, frames * projector
+
+
+def _tiles(tiles_per_image: int | Sequence[int], images: int) -> int:
+    """Tower inputs of ``images`` images: ``tiles_per_image`` each, or one count per image."""
+    if isinstance(tiles_per_image, int) and not isinstance(tiles_per_image, bool):
+        _count("tiles_per_image", tiles_per_image, minimum=1)
+        return images * tiles_per_image
+    counts = list(tiles_per_image)
+    if len(counts) != images:
+        raise ValueError(
+            f"tiles_per_image has {len(counts)} counts for {images} images; give one per image."
+        )
+    return sum(_count("tiles_per_image[...]", count, minimum=1) for count in counts)
+
+
+def _vision(
+    config: Any,
+    visual_tokens: int,
+    images: int,
+    videos: int,
+    frames: int,
+    tiles_per_image: int | Sequence[int],
+    grids: Sequence[Sequence[int]] | None,
+) -> tuple[float, float]:
+    """Vision tower and projector FLOPs of every image and video of one prompt."""
+    model_type = config.model_type
+    if model_type in QWEN_TYPES:
+        if grids is None:
+            if model_type == "qwen2_5_vl":
+                raise ValueError(
+                    "Qwen2.5-VL's windowed vision tower depends on each image's shape: pass "
+                    "grids=[(t, h, w), ...] (the image_grid_thw / video_grid_thw rows)."
+                )
+            if videos:
+                raise ValueError(
+                    "Qwen videos: pass grids=[(t, h, w), ...] (the video_grid_thw rows)."
+                )
+            grids = qwen_grids_from_tokens(config, visual_tokens, images)
+        elif len(grids) != images + videos:
+            raise ValueError(
+                f"grids has {len(grids)} rows for {images} images and {videos} videos; give "
+                "one (t, h, w) per image and per video."
+            )
+        else:
+            merge = config.vision_config.spatial_merge_size
+            tokens = sum(t * h * w for t, h, w in check_grids(grids, merge)) // merge**2
+            if tokens != visual_tokens:
+                raise ValueError(
+                    f"grids make {tokens} visual tokens (t*h*w / spatial_merge_size², summed), "
+                    f"not visual_tokens={visual_tokens}."
+                )
+        return qwen_vision_flops(config, grids)
+    if grids is not None:
+        raise ValueError(f"grids apply to {' / '.join(QWEN_TYPES)} only.")
+    if videos and model_type not in FRAME_VIDEO_MODEL_TYPES:
+        raise ValueError(
+            f"{model_type!r} has no video input; videos= applies to "
+            f"{' / '.join(FRAME_VIDEO_MODEL_TYPES)} (Qwen: pass the video grids)."
+        )
+    vis, proj = _llava_video(config, videos * frames) if videos else (0.0, 0.0)
+    crops = _tiles(tiles_per_image, images)
+    if model_type == "internvl":
+        v, p = _internvl_vision(config, crops)
+    elif model_type == "gemma3":
+        v, p = _gemma3_vision(config, images)
+    else:
+        v, p = _llava_vision(config, crops)
+    return vis + v, proj + p
+
+
+def _mlp_per_token(text: Any, model_type: str) -> list[float]:
+    """MLP FLOPs of one token in each decoder layer.
+
+    Dense layers: gate, up and down projections (``6 d m``). Qwen3-VL-MoE's sparse layers: the
+    router (``2 d E``) plus ``num_experts_per_tok`` routed experts of width
+    ``moe_intermediate_size`` each. Every transformers experts kernel (the eager per-expert
+    loop, ``batched_mm``, ``grouped_mm``) computes only the routed token-expert pairs, so that is
+    what is counted, never all ``E`` experts densely; the model has no shared expert.
+    """
+    d, layers = text.hidden_size, text.num_hidden_layers
+    dense = 6.0 * d * text.intermediate_size
+    if model_type != "qwen3_vl_moe" or not getattr(text, "num_experts", 0):
+        return [dense] * layers
+    sparse = 2.0 * d * text.num_experts + text.num_experts_per_tok * 6.0 * d * (
+        text.moe_intermediate_size
+    )
+    step = getattr(text, "decoder_sparse_step", 1) or 1
+    dense_only = set(getattr(text, "mlp_only_layers", None) or ())
+    return [
+        sparse if layer not in dense_only and (layer + 1) % step == 0 else dense
+        for layer in range(layers)
+    ]
 
 
 def model_flops(
@@ -281,35 +393,66 @@ def model_flops(
     text_tokens: int,
     *,
     images: int = 1,
+    videos: int = 0,
+    frames: int = 1,
+    grids: Sequence[Sequence[int]] | None = None,
     decode_steps: int = 0,
     kept_visual_tokens: int | None = None,
-    tiles_per_image: int = 1,
+    tiles_per_image: int | Sequence[int] = 1,
     logits: str = "last",
     vision: bool = True,
 ) -> dict[str, FlopsBreakdown]:
     """Exact matmul FLOPs of a Hugging Face VLM, read from its config (pure math).
 
     Counts every matrix product, a multiply-add as two FLOPs, and ignores norms, activations,
-    softmax, rotary embeddings, bias adds and residual adds (all linear in the token count and
-    small). Attention scores and the weighted sum are counted over the full ``n x n`` matrix in
-    prefill, as the dense (eager / SDPA math) kernels compute it, causal mask or not.
+    softmax, rotary embeddings, pooling and interpolation, bias adds and residual adds (all
+    linear in the token count and small). Attention scores and the weighted sum are counted over
+    the full ``n x n`` matrix in prefill, as the dense (eager / SDPA math) kernels compute it,
+    causal mask or not; vision towers attend only where the model lets them (per tile, per
+    frame, per Qwen2.5-VL window). The count equals ``torch.utils.flop_counter.FlopCounterMode``
+    on the eager models of every family in :data:`MODEL_TYPES`, images and videos.
+
+    What each family's vision part is:
+
+    * LLaVA / LLaVA-NeXT / OneVision images, InternVL: the CLIP / SigLIP / InternViT tower on
+      every crop (tile), then the projector on every crop's tokens (InternVL: after the pixel
+      shuffle).
+    * LLaVA-NeXT-Video / OneVision videos: the tower on every frame, then the projector on the
+      pooled tokens (NeXT-Video; ``"conv"`` pooling counted with the projector) or on every
+      patch before the bilinear pooling (OneVision).
+    * Gemma 3: SigLIP per image (pan-and-scan crops count as images), the projector on the
+      ``mm_tokens_per_image`` pooled tokens.
+    * Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the 3-D patch embedding and ViT blocks on every patch of
+      every image and video, attention within each frame (Qwen2.5-VL: within each window except
+      in ``fullatt_block_indexes``), the gated MLP of Qwen2.5-VL, and the patch merger (Qwen3-VL:
+      plus one deepstack merger per ``deepstack_visual_indexes`` entry).
 
     Parameters
     ----------
     config : transformers.PretrainedConfig
         A VLM config with ``model_type`` in :data:`MODEL_TYPES`, ``text_config`` (Llama, Mistral,
-        Qwen2 or Gemma 3 style: grouped-query attention, gated three-matrix MLP) and
-        ``vision_config``.
+        Qwen2/3, Qwen3-MoE or Gemma 3 style: grouped-query attention, gated three-matrix MLP or
+        routed experts) and ``vision_config``.
     visual_tokens : int
-        Visual tokens the projector emits for the whole prompt (all images), before pruning.
-        For Qwen2-VL, ``t*h*w / spatial_merge_size**2`` summed over images (single-frame images:
-        the ViT cost is derived from it). For the LLaVA families, Gemma 3
-        (``mm_tokens_per_image`` per image) and InternVL (per tile) the vision and projector cost
-        comes from the config (``image_size``, ``patch_size``) per crop, not from this count.
+        Visual tokens of the whole prompt (all images and videos) before pruning: what the
+        placeholders expand to. For the Qwen families ``t*h*w / spatial_merge_size**2`` summed
+        over ``grids`` (checked against them). For the LLaVA families, Gemma 3 and InternVL the
+        vision and projector cost comes from the config per crop / frame, not from this count.
     text_tokens : int
         Text tokens of the prompt (system prompt and placeholders' neighbours included).
     images : int
         Images in the prompt; the vision tower runs once per image (per tile, see below).
+    videos : int
+        Videos in the prompt. LLaVA-NeXT-Video / OneVision: each of ``frames`` frames. Qwen: each
+        described by its row of ``grids``. Other families have no video input (an error).
+    frames : int
+        Frames per video (LLaVA-NeXT-Video / OneVision: ``pixel_values_videos.shape[1]``).
+    grids : sequence of (t, h, w), optional
+        Qwen families: one row per image and per video, in patches (``image_grid_thw`` rows,
+        then ``video_grid_thw`` rows; the order does not matter), so ``images + videos`` rows.
+        Required for Qwen2.5-VL, whose windows depend on each shape, and for Qwen videos;
+        without it Qwen2-VL / Qwen3-VL images are taken as single frames of
+        ``visual_tokens / images`` tokens each (their cost depends on nothing else).
     decode_steps : int
         Tokens decoded after prefill; step ``t`` (1-based) feeds one token against a cache of
         ``n + t - 1`` entries, so it attends over ``n + t`` keys (sliding-window layers, such
@@ -319,33 +462,40 @@ def model_flops(
         Visual tokens left after pruning; the language model sees ``kept + text_tokens`` tokens.
         Defaults to ``visual_tokens`` (no pruning). The vision tower and projector always run on
         every patch.
-    tiles_per_image : int
-        LLaVA-NeXT / OneVision: crops the vision tower encodes per image, base image included
-        (what ``image_size_to_num_patches`` returns). InternVL: tiles per image, thumbnail
-        included (the processor's ``num_patches``). Must be 1 for the other families.
+    tiles_per_image : int or sequence of int
+        LLaVA-NeXT / NeXT-Video / OneVision images: crops the vision tower encodes per image,
+        base image included (what ``image_size_to_num_patches`` returns; OneVision prompts with
+        several images encode only the base crop of each: 1). InternVL: tiles per image,
+        thumbnail included (the processor's ``num_patches``). One count for every image, or one
+        per image. Must be 1 for the other families.
     logits : {"last", "all"}
         Prefill ``lm_head`` positions: ``"last"`` (what ``generate`` does with
         ``logits_to_keep=1``) or ``"all"`` (a plain forward). Decode steps always project one.
     vision : bool
-        Count the vision tower and projector. Pass ``False`` for a type outside
-        :data:`VISION_MODEL_TYPES` (Qwen2.5-VL's windowed ViT) to count the language model only.
+        Count the vision tower and projector; ``False`` counts the language model only (vision
+        and projector are then zero).
 
     Returns
     -------
     dict[str, FlopsBreakdown]
         ``"prefill"`` (vision, projector and the language model on the prompt) and ``"decode"``
         (the language model over all ``decode_steps`` steps; vision and projector are zero).
+        Qwen3-VL-MoE's router and routed experts are in ``mlp``: ``num_experts_per_tok`` experts
+        per token, as every transformers experts kernel computes them (not all experts densely).
 
     Raises
     ------
     ValueError
-        A negative or non-int count, an unknown ``logits`` value or an unsupported model type.
+        A negative or non-int count, an unknown ``logits`` value, an unsupported model type,
+        videos for a family without a video input, Qwen grids missing where the cost depends on
+        them, or grids / tile counts that disagree with the other counts.
     """
     _count("visual_tokens", visual_tokens)
     _count("text_tokens", text_tokens)
     _count("images", images)
+    _count("videos", videos)
+    _count("frames", frames, minimum=1)
     _count("decode_steps", decode_steps)
-    _count("tiles_per_image", tiles_per_image, minimum=1)
     kept = visual_tokens if kept_visual_tokens is None else kept_visual_tokens
     _count("kept_visual_tokens", kept)
     if kept > visual_tokens:
@@ -359,32 +509,22 @@ def model_flops(
         )
     if tiles_per_image != 1 and model_type not in TILED_MODEL_TYPES:
         raise ValueError(f"tiles_per_image applies to {' / '.join(TILED_MODEL_TYPES)} only.")
+    _tiles(tiles_per_image, images)
+    if frames != 1 and model_type not in FRAME_VIDEO_MODEL_TYPES:
+        raise ValueError(f"frames applies to {' / '.join(FRAME_VIDEO_MODEL_TYPES)} only.")
 
     vis = proj = 0.0
     if vision and visual_tokens:
-        if images == 0:
-            raise ValueError("visual_tokens > 0 needs images >= 1.")
-        if model_type not in VISION_MODEL_TYPES:
-            raise ValueError(
-                f"vision FLOPs of {model_type!r} are not supported; supported: "
-                f"{', '.join(VISION_MODEL_TYPES)}. Pass vision=False to count the language "
-                "model only."
-            )
-        if model_type == "qwen2_vl":
-            vis, proj = _qwen2_vl_vision(config, visual_tokens, images)
-        elif model_type == "internvl":
-            vis, proj = _internvl_vision(config, images * tiles_per_image)
-        elif model_type == "gemma3":
-            vis, proj = _gemma3_vision(config, images)
-        else:
-            vis, proj = _llava_vision(config, images * tiles_per_image)
+        if images + videos == 0:
+            raise ValueError("visual_tokens > 0 needs images >= 1 or videos >= 1.")
+        vis, proj = _vision(config, visual_tokens, images, videos, frames, tiles_per_image, grids)
 
     text = config.text_config
     d, layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
     heads = text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or d // heads
-    ffn = text.intermediate_size
+    mlp_per_token = sum(_mlp_per_token(text, model_type))
     n = kept + text_tokens
     layer_types = list(getattr(text, "layer_types", None) or ["full_attention"] * layers)
     sliding = layer_types.count("sliding_attention")
@@ -395,7 +535,7 @@ def model_flops(
         narrow = keys if queries > 1 or window is None else min(keys, window)
         attn = (layers - sliding) * _attention(queries, keys, d, heads, kv_heads, head_dim)
         attn += sliding * _attention(queries, narrow, d, heads, kv_heads, head_dim)
-        return attn, layers * 6.0 * queries * d * ffn
+        return attn, queries * mlp_per_token
 
     attn, mlp = lm(n, n)
     positions = n if logits == "all" else min(n, 1)
