@@ -1,0 +1,112 @@
+"""CDPruner: a conditional DPP over the projected tokens, weighted by instruction relevance.
+
+Zhang et al., "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token
+Pruning in MLLMs" (CDPruner, arXiv 2506.10967).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..functional.cdpruner import conditional_dpp
+from ..registry import METHODS
+from .base import Context, Method, check_finite, per_item, unit_rows
+
+
+@METHODS.register("cdpruner")
+@dataclass
+class CDPruner(Method):
+    """Greedy MAP of the conditional DPP kernel ``L = diag(r) S diag(r)`` on projected tokens.
+
+    ``S_ij = cos(x_i, x_j)`` on the tokens; ``r_i = -mean_m cos(e_i, t_m)`` (the published
+    sign), min-max rescaled per image: ``r = (r - min + 1e-6) / (max - min)``.
+
+    Parameters
+    ----------
+    budget : int or float
+        Tokens to keep per image or video frame (count, or fraction in (0, 1]).
+
+    Notes
+    -----
+    Stage "llm": runs on the projected tokens (the LLM input embeddings). Relevance compares
+    ``e`` and ``t`` from one space. The published code uses CLIP image embeddings of the patches
+    and CLIP text embeddings of the instruction; pass them as ``image_embeds`` ``(n, C)`` and
+    ``text_embeds`` ``(M, C)`` to :func:`visprune.select`. Inside a model (``visprune.apply``)
+    there is no CLIP text tower, so ``e`` are the projected tokens themselves and ``t`` the LLM
+    input embeddings of the prompt after the image (``text``), as for visprune's other
+    text-conditioned methods. Deliberate differences: the min-max runs per image (published: over
+    the whole batch tensor, which is the same for its batch of one), so a batch gives the
+    per-image results; a prompt without text after the image, or an image whose relevance is
+    constant, gets ``r = 1`` (pure similarity DPP) where the published code divides by zero; a
+    picked token is never picked again once the kernel's rank is exhausted
+    (:func:`visprune.functional.cdpruner`). Paper: https://arxiv.org/abs/2506.10967
+    """
+
+    name: ClassVar[str] = "cdpruner"
+    stage: ClassVar[str] = "llm"
+    requires: ClassVar[frozenset[str]] = frozenset({"text"})
+    uses: ClassVar[frozenset[str]] = frozenset({"text"})
+    text_in_token_space: ClassVar[bool] = True
+
+    def _check_context(self, ctx: Context, batch: int, width: int) -> None:
+        clip = ctx.image_embeds is not None, ctx.text_embeds is not None
+        if any(clip) and not all(clip):
+            raise ValueError(
+                f"{self.name}: pass image_embeds and text_embeds together (CLIP embeddings of "
+                "the patches and of the instruction), or neither (then text= is the prompt)."
+            )
+        if all(clip):
+            return  # the CLIP pair replaces text; checked where it is read
+        super()._check_context(ctx, batch, width)
+
+    def relevance(self, tokens: Tensor, ctx: Context) -> Tensor:
+        """``(b, n)`` float32 relevance weights ``r`` per image, in ``(0, 1]``."""
+        b, n, _ = tokens.shape
+        if ctx.image_embeds is not None:
+            embeds = per_item(ctx.image_embeds, b, (3,), "image_embeds", self.name)
+            if embeds.shape[1] != n:
+                raise ValueError(
+                    f"{self.name}: image_embeds has {embeds.shape[1]} tokens per image, the "
+                    f"tokens have {n}."
+                )
+            texts = self._clip_texts(ctx, b, embeds.shape[-1])
+        else:
+            embeds = tokens
+            texts = [text.float() for text in ctx.texts_for(b, self.name)]
+        unit = unit_rows(embeds)
+        rows = []
+        for item, text in enumerate(texts):
+            if text.shape[0] == 0:
+                rows.append(unit.new_ones(n))
+                continue
+            scores = -(unit[item] @ unit_rows(text.to(unit.device)).T).mean(dim=-1)
+            low, high = scores.min(), scores.max()
+            span = high - low
+            rows.append((scores - low + 1e-6) / span if bool(span > 0) else torch.ones_like(scores))
+        return torch.stack(rows)
+
+    def _clip_texts(self, ctx: Context, batch: int, width: int) -> list[Tensor]:
+        given = ctx.text_embeds
+        texts = [given] * batch if isinstance(given, Tensor) else list(given)
+        if len(texts) != batch:
+            raise ValueError(
+                f"{self.name}: text_embeds is a list of {len(texts)} tensors for {batch} images."
+            )
+        for text in texts:
+            if not isinstance(text, Tensor) or text.dim() != 2 or text.shape[-1] != width:
+                raise ValueError(
+                    f"{self.name}: text_embeds must be (M, {width}) float tensors (CLIP text "
+                    f"embeddings of the width of image_embeds), got "
+                    f"{getattr(text, 'shape', type(text))}."
+                )
+            check_finite(text.float(), "text_embeds", self.name)
+        return [text.float() for text in texts]
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        unit = unit_rows(tokens)
+        similarity = unit @ unit.mT
+        return conditional_dpp(similarity, self.relevance(tokens, ctx), k)
