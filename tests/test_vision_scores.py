@@ -82,10 +82,12 @@ def eager_scores(eager, data: dict) -> list[dict[str, Tensor]]:
     layers = vision_layers(eager)
     chosen = config.vision_feature_layer
     index = chosen - 1 if chosen > 0 else len(layers) + chosen
+    embeddings = index < 0  # features from the embeddings: the first layer's attention
+    index = max(index, 0)
     layer = layers[index]
     heads = layer.self_attn.num_heads
     attention = out.attentions[index][:, :, 0]  # (C, H, T): the CLS query row
-    hidden = out.hidden_states[index + 1]
+    hidden = out.hidden_states[index + (0 if embeddings else 1)]
     assert torch.equal(hidden, out.hidden_states[chosen])
     keys = layer.self_attn.k_proj(layer.layer_norm1(out.hidden_states[index]))
     keys = keys.view(*keys.shape[:2], heads, -1).mean(dim=2)  # (C, T, hd)
@@ -331,3 +333,30 @@ def test_video_frames_refuse_before_the_language_model(method):
     with visprune.apply(model, method, 0.5):
         with pytest.raises(ValueError, match=rf"{method} needs cls_attention.*video"):
             model.generate(**data, **GENERATE)
+
+
+@pytest.mark.parametrize("chosen", [-3])  # 0 too, but transformers reads 0 as "no hidden states"
+@pytest.mark.parametrize("method", ["vispruner", "visionzip"])
+def test_features_from_the_embeddings_are_scored_by_the_first_layer(method, chosen):
+    """The demo model's tower reads its features from the embeddings, where no attention ran:
+    the first layer's CLS row (which reads them) scores them; kept tokens match that reference."""
+    model, eager = tiny("llava"), tiny("llava", attn="eager")
+    for each in (model, eager):
+        each.config.vision_feature_layer = chosen
+    data = inputs("llava", model, batch=2)
+    handle = visprune.apply(model, method, 3, **(VISIONZIP if method == "visionzip" else {}))
+    model(**data)
+    for record, image in zip(handle.selections, eager_scores(eager, data), strict=True):
+        if method == "vispruner":
+            want = F.vispruner(image["hidden"][None, 1:], image["attention"][None, :, 1:], 3)[0]
+        else:
+            patches, new = visprune.VisionZip(**VISIONZIP).split(3, with_cls=True)
+            indices, _ = F.visionzip(
+                image["attention"][None],
+                image["hidden"][None],
+                image["keys"][None],
+                patches + 1,
+                new - 1,
+            )
+            want = indices[0, 1:] - 1
+        assert torch.equal(record.kept, want)

@@ -43,7 +43,7 @@ from .needs import check_item_scores, check_method
 from .records import CallState, Layout, Selection
 from .selection import keep_mask, place_merged, run_method, selections_of
 from .spans import locate_items, prompt_texts
-from .vision_scores import ScoreCapture
+from .vision_scores import ScoreCapture, ScoreLayer
 
 POSITION_MODES = ("compact", "original")
 
@@ -111,9 +111,9 @@ class Adapter:
         raise NotImplementedError
 
     @classmethod
-    def score_layer(cls, model: Any) -> torch.nn.Module | None:
-        """The vision encoder layer with a CLS token whose output the projector reads, for
-        methods that need CLS attention (``vision_scores``); ``None``: the tower has none."""
+    def score_layer(cls, model: Any) -> ScoreLayer | None:
+        """The vision encoder layer (of a tower with a CLS token) that scores the projector
+        input, for methods that need CLS attention (``vision_scores``); ``None``: none."""
         return None
 
     def project_vision(self, tokens: Tensor) -> Tensor:

@@ -7,14 +7,20 @@ no eager attention, no attention weights requested. The layer's output hidden st
 them (VisionZip keeps the CLS token and merges hidden states).
 
 Which layer: the one whose output is ``hidden_states[vision_feature_layer]`` (``layers[L]`` for
-``L < 0``, ``layers[L - 1]`` for ``L > 0``), with the ``"default"`` select strategy (CLS dropped
-before the projector, so the patches are the candidates). Only towers with a CLS token have a CLS
-row: CLIP (LLaVA-1.5, LLaVA-NeXT, LLaVA-NeXT-Video). SigLIP (OneVision, Gemma 3), Qwen's ViT and
-InternViT's pixel-shuffled tokens have none, and ``apply`` refuses methods that need it there.
+``L < 0``, ``layers[L - 1]`` for ``L > 0``), as published, with the ``"default"`` select strategy
+(CLS dropped before the projector, so the patches are the candidates). Where the selected
+features are the embeddings output (``hidden_states[0]``, e.g. the bundled demo model's one-layer
+tower), no attention produced them: the scores then come from the first layer's attention, which
+reads them, and the hidden states are that layer's input (the published code cannot run there).
+
+Only towers with a CLS token have a CLS row: CLIP (LLaVA-1.5, LLaVA-NeXT, LLaVA-NeXT-Video).
+SigLIP (OneVision, Gemma 3), Qwen's ViT and InternViT's pixel-shuffled tokens have none, and
+``apply`` refuses methods that need it there.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,8 +29,18 @@ from torch import Tensor, nn
 from .. import compat
 
 
-def clip_score_layer(tower: Any, feature_layer: Any, strategy: Any) -> nn.Module | None:
-    """The encoder layer of a CLS-token tower whose output the projector reads, or ``None``.
+@dataclass(frozen=True)
+class ScoreLayer:
+    """Where the scores come from: an encoder layer, and whether the selected hidden states are
+    its input (the embeddings output) or its output."""
+
+    layer: nn.Module
+    hidden_from_input: bool = False
+
+
+def clip_score_layer(tower: Any, feature_layer: Any, strategy: Any) -> ScoreLayer | None:
+    """The encoder layer of a CLS-token tower whose attention scores the projector input (the
+    layer whose output it reads; the first layer when it reads the embeddings), or ``None``.
 
     Parameters
     ----------
@@ -47,15 +63,19 @@ def clip_score_layer(tower: Any, feature_layer: Any, strategy: Any) -> nn.Module
     layers = getattr(getattr(model, "encoder", None), "layers", None)
     if layers is None:
         return None
-    index = feature_layer if feature_layer < 0 else feature_layer - 1
-    if not -len(layers) <= index < len(layers):
-        return None  # the embeddings (layer 0) have no attention
+    index = reads_embeddings = None
+    if feature_layer in (0, -len(layers) - 1):
+        index, reads_embeddings = 0, True
+    else:
+        index = feature_layer if feature_layer < 0 else feature_layer - 1
+        if not -len(layers) <= index < len(layers):
+            return None
     layer = layers[index]
     attention = getattr(layer, "self_attn", None)
     needed = ("q_proj", "k_proj", "num_heads", "head_dim", "scale")
     if attention is None or not all(hasattr(attention, name) for name in needed):
         return None
-    return layer
+    return ScoreLayer(layer, hidden_from_input=bool(reads_embeddings))
 
 
 class ScoreCapture:
@@ -63,15 +83,19 @@ class ScoreCapture:
 
     ``record`` receives a dict of ``cls_attention`` ``(B, H, T)`` float32 (the CLS query's
     attention row, CLS column included), ``keys`` ``(B, T, hd)`` float32 (key projections
-    averaged over heads) and ``hidden`` ``(B, T, D)`` (the layer's output), ``B`` crops or
+    averaged over heads) and ``hidden`` ``(B, T, D)`` (the selected hidden states), ``B`` crops or
     images of ``T`` tokens with the CLS token at 0.
     """
 
-    def __init__(self, layer: nn.Module, active, record) -> None:
+    def __init__(self, source: ScoreLayer, active, record) -> None:
         self.active = active
         self.record = record
+        self.hidden_from_input = source.hidden_from_input
         self._pending: dict[str, Tensor] | None = None
+        self._input: Tensor | None = None
+        layer = source.layer
         self.hooks = [
+            layer.register_forward_pre_hook(self._before_layer, with_kwargs=True),
             layer.self_attn.register_forward_pre_hook(self._before_attention, with_kwargs=True),
             layer.register_forward_hook(self._after_layer),
         ]
@@ -80,6 +104,11 @@ class ScoreCapture:
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()
+
+    def _before_layer(self, module, args, kwargs) -> None:
+        if self.hidden_from_input and self.active():
+            states = kwargs.get("hidden_states", args[0] if args else None)
+            self._input = states.detach()
 
     def _before_attention(self, module, args, kwargs) -> None:
         if not self.active():
@@ -98,9 +127,13 @@ class ScoreCapture:
 
     def _after_layer(self, module, args, output) -> None:
         pending, self._pending = self._pending, None
+        given, self._input = self._input, None
         if pending is None or not self.active():
             return
-        pending["hidden"] = compat.layer_hidden_states(output).detach()
+        if self.hidden_from_input:
+            pending["hidden"] = given
+        else:
+            pending["hidden"] = compat.layer_hidden_states(output).detach()
         self.record(pending)
 
 
