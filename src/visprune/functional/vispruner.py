@@ -63,14 +63,22 @@ def vispruner(
     norms = image_features.norm(dim=-1, keepdim=True)
     features = image_features / norms.clamp_min(torch.finfo(norms.dtype).tiny)
     # One Gram of all tokens; each round gathers its a x b block instead of multiplying again.
-    gram = features @ features.mT if diverse > 0 and residual.shape[1] > diverse else None
+    b = image_features.shape[0]
+    gram = None
+    if diverse > 0 and residual.shape[1] > diverse:
+        gram = (features @ features.mT).reshape(b * n, n)
+    batch = torch.arange(b, device=image_features.device)[:, None]
     while diverse > 0:
         drop = min(8, residual.shape[1] - diverse)
         if drop <= 0:
             break
         a, rest = residual[:, 0::2], residual[:, 1::2]
-        rows = gram.gather(1, a.unsqueeze(-1).expand(-1, -1, n))
-        scores = rows.gather(2, rest.unsqueeze(1).expand(-1, a.shape[1], -1)).amax(dim=-1)
+        # The a rows of the Gram, every column outside b pushed to -inf: the same maxima as
+        # the a x b block, and far cheaper than gathering it (an index_select and one add).
+        outside = torch.full((b, 1, n), -torch.inf, dtype=gram.dtype, device=gram.device)
+        outside[batch, 0, rest] = 0.0
+        rows = gram.index_select(0, (a + batch * n).reshape(-1)).view(b, a.shape[1], n)
+        scores = rows.add_(outside).amax(dim=-1)  # (B, |a|)
         # As published, R // 2 - drop of the a's stay (one fewer than |a| - drop for odd R),
         # but never so few that fewer than k tokens remain.
         stay = max(residual.shape[1] // 2 - drop, diverse - rest.shape[1], 0)
