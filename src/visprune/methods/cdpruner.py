@@ -73,21 +73,31 @@ class CDPruner(Method):
                     f"{self.name}: image_embeds has {embeds.shape[1]} tokens per image, the "
                     f"tokens have {n}."
                 )
+            embeds = embeds.to(tokens.device)
             texts = self._clip_texts(ctx, b, embeds.shape[-1])
         else:
             embeds = tokens
             texts = [text.float() for text in ctx.texts_for(b, self.name)]
-        unit = unit_rows(embeds)
-        rows = []
-        for item, text in enumerate(texts):
-            if text.shape[0] == 0:
-                rows.append(unit.new_ones(n))
-                continue
-            scores = -(unit[item] @ unit_rows(text.to(unit.device)).T).mean(dim=-1)
-            low, high = scores.min(), scores.max()
-            span = high - low
-            rows.append((scores - low + 1e-6) / span if bool(span > 0) else torch.ones_like(scores))
-        return torch.stack(rows)
+        # mean_m cos(e, t_m) = (e · t̄) / ‖e‖ with t̄ the mean of the unit text rows: one
+        # matrix-vector product instead of an (n x m) similarity matrix.
+        present = torch.tensor([text.shape[0] > 0 for text in texts], device=tokens.device)
+        directions = torch.stack(
+            [
+                unit_rows(text.to(tokens.device)).mean(0)
+                if text.shape[0]
+                else embeds.new_zeros(embeds.shape[-1])
+                for text in texts
+            ]
+        )
+        norms = embeds.norm(dim=-1).clamp_min(torch.finfo(embeds.dtype).tiny)
+        # Row by row (not a matrix-vector product, whose tail rows round differently), so
+        # equal tokens get equal relevance.
+        scores = -(embeds * directions.unsqueeze(1)).sum(dim=-1) / norms  # (b, n)
+        low = scores.amin(dim=-1, keepdim=True)
+        span = scores.amax(dim=-1, keepdim=True) - low
+        scaled = (scores - low + 1e-6) / span.masked_fill(span <= 0, 1.0)
+        flat = (span <= 0) | ~present.unsqueeze(-1)
+        return torch.where(flat, torch.ones_like(scaled), scaled)
 
     def _clip_texts(self, ctx: Context, batch: int, width: int) -> list[Tensor]:
         given = ctx.text_embeds
@@ -107,6 +117,9 @@ class CDPruner(Method):
         return [text.float() for text in texts]
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        unit = unit_rows(tokens)
-        similarity = unit @ unit.mT
-        return conditional_dpp(similarity, self.relevance(tokens, ctx), k)
+        # r_i cos(x_i, x_j) r_j = w_i (x_i · x_j) w_j with w = r / ‖x‖: one Gram of the raw
+        # tokens, scaled by n² products, instead of normalising n x d tokens first.
+        gram = tokens @ tokens.mT
+        norms = gram.diagonal(dim1=-2, dim2=-1).sqrt()
+        inverse = torch.where(norms > 0, 1 / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+        return conditional_dpp(gram, self.relevance(tokens, ctx) * inverse, k)
