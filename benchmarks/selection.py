@@ -6,7 +6,8 @@ the per-frame Python loop that the published code uses and checks it selects the
 
 Usage::
 
-    python benchmarks/selection.py [--repeats 7] [--out benchmarks/results/selection.md]
+    python benchmarks/selection.py [--repeats 7] [--threads 1] \\
+        [--out benchmarks/results/selection.md]
 """
 
 from __future__ import annotations
@@ -159,7 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--methods", nargs="*", default=PAPER_METHODS + BASELINES + PRE_LLM)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/selection.md"))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rows = []
     for case in CASES:
         for method in args.methods:
