@@ -376,7 +376,7 @@ class Adapter:
         layouts = {kind: call.layouts.get(kind, []) for kind in visual}
         items = locate_items(input_ids, visual, layouts, vision)
         texts = None
-        if self.method.uses:
+        if self.method.uses & {"text", "query"}:
             texts = self._texts_for_prefill(call, input_ids, embeds, mask, visual, continues)
         check_item_scores(self.method, self.model.config.model_type, items)
         run_method(self.method, items, embeds, texts)

@@ -20,6 +20,7 @@ SigLIP (OneVision, Gemma 3), Qwen's ViT and InternViT's pixel-shuffled tokens ha
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,8 +92,8 @@ class ScoreCapture:
         self.active = active
         self.record = record
         self.hidden_from_input = source.hidden_from_input
-        self._pending: dict[str, Tensor] | None = None
-        self._input: Tensor | None = None
+        # Per thread: one pruned model may encode images in several threads at once.
+        self._local = threading.local()
         layer = source.layer
         self.hooks = [
             layer.register_forward_pre_hook(self._before_layer, with_kwargs=True),
@@ -108,7 +109,7 @@ class ScoreCapture:
     def _before_layer(self, module, args, kwargs) -> None:
         if self.hidden_from_input and self.active():
             states = kwargs.get("hidden_states", args[0] if args else None)
-            self._input = states.detach()
+            self._local.input = states.detach()
 
     def _before_attention(self, module, args, kwargs) -> None:
         if not self.active():
@@ -120,14 +121,15 @@ class ScoreCapture:
             queries = module.q_proj(states[:, :1]).view(batch, 1, heads, width).float()
             keys = module.k_proj(states).view(batch, length, heads, width).float()
             logits = torch.einsum("bqhd,bthd->bht", queries, keys) * float(module.scale)
-            self._pending = {
+            self._local.pending = {
                 "cls_attention": logits.softmax(dim=-1),
                 "keys": keys.mean(dim=2),
             }
 
     def _after_layer(self, module, args, output) -> None:
-        pending, self._pending = self._pending, None
-        given, self._input = self._input, None
+        pending = getattr(self._local, "pending", None)
+        given = getattr(self._local, "input", None)
+        self._local.pending = self._local.input = None
         if pending is None or not self.active():
             return
         if self.hidden_from_input:
