@@ -30,6 +30,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 from visprune.bench import machine_description, measure
 
 METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator", "random", "uniform"]
+METHODS += ["cdpruner", "vispruner", "visionzip"]  # the published pre-LLM baselines
 BUDGETS = (192, 128, 64)
 IMAGE_TOKEN = 31999
 PROMPT_TOKENS = 40

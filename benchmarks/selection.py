@@ -6,7 +6,8 @@ the per-frame Python loop that the published code uses and checks it selects the
 
 Usage::
 
-    python benchmarks/selection.py [--repeats 7] [--out benchmarks/results/selection.md]
+    python benchmarks/selection.py [--repeats 7] [--threads 1] \\
+        [--out benchmarks/results/selection.md]
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from visprune.bench import machine_description
 
 PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
 BASELINES = ["random", "uniform"]
+PRE_LLM = ["cdpruner", "vispruner", "visionzip"]
 TEXT_TOKENS = 40
+#: CLS attention heads and key width of the vision-tower context (CLIP ViT-L/14: 16 x 64).
+HEADS, KEY_WIDTH = 16, 64
 
 
 @dataclass
@@ -60,9 +64,41 @@ def inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, text
 
 
+def vision_context(case: Case, seed: int = 2) -> visprune.Context:
+    """Seeded CLS attention ``(.., H, n)``, keys ``(.., n, hd)`` and CLS states ``(.., d)``."""
+    generator = torch.Generator().manual_seed(seed)
+    lead = (case.frames,) if case.frames > 1 else ()
+    logits = torch.randn(*lead, HEADS, case.n, generator=generator)
+    return visprune.Context(
+        cls_attention=logits.softmax(dim=-1),
+        vision_keys=torch.randn(*lead, case.n, KEY_WIDTH, generator=generator),
+        cls_state=torch.randn(*lead, case.d, generator=generator),
+    )
+
+
+def runner(method: str, tokens: torch.Tensor, text: torch.Tensor, k: int, context):
+    """One call of ``method``: ``visprune.select`` with what it needs, or ``reduce`` for a
+    merging method (its kept indices are returned, to compare batched and per-frame runs)."""
+    chosen = visprune.get_method(method, budget=k)
+    if chosen.merges:
+        return lambda: chosen.reduce(tokens, None, context).kept
+    extra = {"cls_attention": context.cls_attention} if "cls_attention" in chosen.uses else {}
+    return lambda: visprune.select(chosen, tokens, k, text=text, **extra)
+
+
+def frame_context(context, frame: int):
+    """The vision-tower context of one video frame."""
+    return visprune.Context(
+        cls_attention=context.cls_attention[frame],
+        vision_keys=context.vision_keys[frame],
+        cls_state=context.cls_state[frame],
+    )
+
+
 def measure(case: Case, method: str, repeats: int) -> dict:
     tokens, text = inputs(case)
-    run = lambda: visprune.select(method, tokens, case.k, text=text)  # noqa: E731
+    context = vision_context(case)
+    run = runner(method, tokens, text, case.k, context)
     gram = lambda: tokens @ tokens.mT  # noqa: E731
     run(), gram()  # warm-up
     method_times, gram_times = [], []
@@ -78,8 +114,11 @@ def measure(case: Case, method: str, repeats: int) -> dict:
     }
     row["ratio"] = row["ms"] / row["gram_ms"]
     if case.frames > 1:
-        frames = list(tokens)
-        loop = lambda: [visprune.select(method, f, case.k, text=text) for f in frames]  # noqa: E731
+        singles = [
+            runner(method, frame, text, case.k, frame_context(context, number))
+            for number, frame in enumerate(tokens)
+        ]
+        loop = lambda: [single() for single in singles]  # noqa: E731
         loop_times = [clock(loop) for _ in range(max(3, repeats // 2))]
         row["loop_ms"] = 1e3 * statistics.median(loop_times)
         row["identical"] = torch.equal(torch.stack(loop()), run())
@@ -98,7 +137,9 @@ def render(rows: list[dict], command: str, repeats: int) -> str:
         "video) on the same float32 tokens, timed alternately with the method in the same "
         "process. Ratio = method median / Gram median. Spread = max - min of the method's "
         "repeats. Video: `loop` runs the same method frame by frame in Python (the published "
-        "codes' way); `same` says whether both select identical tokens.",
+        "codes' way); `same` says whether both select identical tokens. VisPruner and VisionZip "
+        f"get a seeded {HEADS}-head CLS attention (and VisionZip {KEY_WIDTH}-wide keys and a CLS "
+        "state), VisionZip runs `reduce` (kept plus merged = budget).",
         "",
         "| case | method | time (ms) | spread (ms) | Gram (ms) | ratio to Gram | "
         "per-frame loop (ms) | same |",
@@ -117,9 +158,14 @@ def render(rows: list[dict], command: str, repeats: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--methods", nargs="*", default=PAPER_METHODS + BASELINES)
+    parser.add_argument("--methods", nargs="*", default=PAPER_METHODS + BASELINES + PRE_LLM)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/selection.md"))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rows = []
     for case in CASES:
         for method in args.methods:

@@ -22,8 +22,15 @@ from visprune.registry import METHODS
 # The vLLM serving tests run in their own virtualenv (``make test-vllm``), where vLLM is installed.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_serving"]
 
-#: Every registered method, in registration order.
-METHOD_NAMES: list[str] = visprune.list_methods()
+#: Every registered method that selects (``visprune.select``), in registration order.
+METHOD_NAMES: list[str] = [name for name in visprune.list_methods() if not METHODS[name].merges]
+
+#: Registered methods that merge tokens (``Method.reduce``) instead of selecting.
+MERGING_NAMES: list[str] = [name for name in visprune.list_methods() if METHODS[name].merges]
+
+#: Methods whose tie-breaking follows their own index structure, not "lowest index first"
+#: (VisPruner splits the residual alternately, so of identical tokens it keeps every other one).
+STRUCTURED_TIES: frozenset[str] = frozenset({"vispruner"})
 
 #: Methods that keep every token and take no budget.
 NO_BUDGET: frozenset[str] = frozenset({"keepall"})
@@ -100,8 +107,31 @@ def text_kwargs(name: str, d: int, batch: int | None = None, *, shared: bool = T
     return {"text": [make_text(name, d, rows=3 + i, seed=seed + i) for i in range(batch)]}
 
 
+def needs_cls_attention(name: str) -> bool:
+    """Whether ``name`` cannot run without the vision tower's CLS attention."""
+    return "cls_attention" in method_class(name).requires
+
+
+def cls_attention_of(tokens: Tensor, heads: int = 3, seed: int = 17) -> Tensor:
+    """A CLS attention row per head made from the tokens themselves: ``(..., heads, n)``.
+
+    ``softmax(4 cos(x_i, u_h))`` over the tokens for fixed seeded directions ``u_h``, so it
+    moves with the tokens when they are permuted, ties when they are identical, and does not
+    change when they are scaled: the method-matrix invariants hold for it as for the tokens.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.randn(heads, tokens.shape[-1], generator=generator).to(tokens.device)
+    unit = tokens.float() / tokens.float().norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    scores = unit @ (directions / directions.norm(dim=-1, keepdim=True)).T  # (..., n, heads)
+    return (4 * scores).softmax(dim=-2).transpose(-1, -2)
+
+
 def run(name: str, tokens: Tensor, budget: object = None, **kwargs) -> Tensor:
-    """``visprune.select`` with the budget left out for methods that take none."""
+    """``visprune.select`` with the budget left out for methods that take none, and a CLS
+    attention made from the tokens (:func:`cls_attention_of`) for methods that need one."""
+    well_formed = isinstance(tokens, Tensor) and tokens.dim() in (2, 3) and 0 not in tokens.shape
+    if needs_cls_attention(name) and "cls_attention" not in kwargs and well_formed:
+        kwargs["cls_attention"] = cls_attention_of(tokens)
     if name in NO_BUDGET:
         return visprune.select(name, tokens, **kwargs)
     return visprune.select(name, tokens, budget, **kwargs)

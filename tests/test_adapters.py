@@ -313,6 +313,7 @@ METHODS = [
     pytest.param("trimtokenator", {}, id="trimtokenator"),
     pytest.param("resprune", {}, id="resprune"),
     pytest.param("rediprune", {}, id="rediprune"),
+    pytest.param("cdpruner", {}, id="cdpruner"),
 ]
 
 
@@ -414,7 +415,7 @@ def prompt_text(embeds: Tensor, data: dict, sample_index: int) -> Tensor:
     return embeds[sample_index, tail]
 
 
-@pytest.mark.parametrize("method", ["divprune", "trimtokenator", "rediprune"])
+@pytest.mark.parametrize("method", ["divprune", "trimtokenator", "rediprune", "cdpruner"])
 @pytest.mark.parametrize(("family", "video"), CASE_PARAMS)
 def test_method_gets_each_items_tokens_and_prompt(family, video, method):
     """``kept`` is what ``visprune.select`` picks from that image's (frame's) own tokens.
@@ -477,6 +478,7 @@ BATCH_METHODS = [
     pytest.param("random", {"seed": 1}, id="random"),
     pytest.param("trimtokenator", {}, id="trimtokenator"),
     pytest.param("rediprune", {}, id="rediprune"),
+    pytest.param("cdpruner", {}, id="cdpruner"),
 ]
 
 

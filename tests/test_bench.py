@@ -220,3 +220,14 @@ def test_internvl_vision_flops_count_every_tile():
     want = model_flops(model.config, visual, 0, tiles_per_image=3)["prefill"]
     assert result.flops["prefill"]["vision"] == pytest.approx(want.vision, rel=1e-12)
     assert result.flops["prefill"]["projector"] == pytest.approx(want.projector, rel=1e-12)
+
+
+def test_merging_method_counts_its_new_tokens_and_times_reduce():
+    """VisionZip keeps ``budget`` tokens per image, kept plus merged; its time is reduce's."""
+    model = tiny("llava_next")
+    data = inputs("llava_next", model, batch=2)
+    result = measure(model, data, "visionzip", 6, contextual_ratio=0.34, **FAST)
+    images = len(data["image_sizes"])
+    newlines = result.visual_tokens_before - images * 12  # newlines stay (vision stage)
+    assert result.visual_tokens_after == images * 6 + newlines
+    assert result.select_s is not None and result.select_s.median > 0

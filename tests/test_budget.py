@@ -11,9 +11,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import visprune
-from conftest import METHOD_NAMES, NO_BUDGET, assert_valid, expected_k, needs_text, uses_text
+from conftest import (
+    METHOD_NAMES,
+    NO_BUDGET,
+    assert_valid,
+    expected_k,
+    needs_text,
+    run,
+    uses_text,
+)
 from visprune.methods import resolve_budget
+from visprune.registry import METHODS
 
 FAST = settings(max_examples=25, deadline=None)
 counts = st.integers(min_value=1, max_value=10_000)
@@ -168,7 +176,8 @@ def problems(draw, name: str):
         requires = needs_text(name)
         if requires or draw(st.booleans()):
             rows = draw(st.integers(min_value=0, max_value=4))
-            width = draw(st.integers(min_value=1, max_value=8)) if requires else d
+            free = requires and not METHODS[name].text_in_token_space
+            width = draw(st.integers(min_value=1, max_value=8)) if free else d
             text = draw(st.lists(values, min_size=rows * width, max_size=rows * width))
             extra["text"] = torch.tensor(text, dtype=torch.float32).reshape(rows, width)
     return tokens, budget, extra
@@ -184,7 +193,7 @@ def test_contract_on_arbitrary_tokens(name):
         tokens, budget, extra = problem
         batch = None if tokens.dim() == 2 else tokens.shape[0]
         n = tokens.shape[-2]
-        call = visprune.select if budget is not None else _select_without_budget
+        call = run  # the budget left out for keepall, a CLS attention for vispruner
         kept = call(name, tokens, budget, **extra)
         assert_valid(kept, n, expected_k(name, budget, n), batch, tokens.device)
         assert torch.equal(kept, call(name, tokens, budget, **extra))
@@ -193,8 +202,3 @@ def test_contract_on_arbitrary_tokens(name):
             assert torch.equal(kept, torch.stack(singles))
 
     check()
-
-
-def _select_without_budget(name, tokens, budget, **extra):
-    assert budget is None
-    return visprune.select(name, tokens, **extra)

@@ -172,6 +172,26 @@ def test_method_parameters_and_adapter_options_reach_visprune(wrapper):
     assert wrapper.model.device.type == "cpu"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ("method=cdpruner,budget=16", {"budget": 16}),
+        ("method=vispruner,budget=16,important_ratio=0.25", {"important_ratio": 0.25}),
+        ("method=visionzip,budget=0.25,contextual_ratio=0.25", {"contextual_ratio": 0.25}),
+    ],
+)
+def test_pre_llm_baselines_and_their_parameters_reach_visprune(checkpoint, arguments, expected):
+    """The demo model's CLIP tower supplies the CLS attention VisPruner and VisionZip need."""
+    model = get_model("visprune_llava_hf").create_from_arg_string(
+        f"pretrained={checkpoint},{arguments}"
+    )
+    handle = model.visprune_handle
+    assert handle.active and handle.method.name == arguments.split(",")[0].split("=")[1]
+    for key, value in expected.items():
+        assert handle.method.params()[key] == value
+    handle.remove()
+
+
 @pytest.mark.parametrize("index", [0, 4])
 def test_demo_task_asks_the_demo_prompt(wrapper, index):
     """What the wrapper sends for a demo document is the processor's encoding of

@@ -13,9 +13,12 @@ import visprune
 from conftest import (
     DEVICES,
     INDEX_BASED,
+    MERGING_NAMES,
     METHOD_NAMES,
     NO_BUDGET,
+    STRUCTURED_TIES,
     assert_valid,
+    cls_attention_of,
     expected_k,
     make_tokens,
     run,
@@ -159,6 +162,8 @@ def test_identical_tokens_tie_to_lowest_indices(name):
     kept = run(name, tokens, 5, **extra)
     if name in INDEX_BASED:
         assert kept.numel() == 5
+    elif name in STRUCTURED_TIES:  # the attention part ties to the lowest indices
+        assert kept.numel() == 5 and torch.equal(kept[:2], torch.arange(2))
     else:
         assert torch.equal(kept, torch.arange(5))
 
@@ -174,3 +179,91 @@ def test_text_dtype_does_not_matter(name):
             visprune.select(name, tokens, 6, text=low),
             visprune.select(name, tokens, 6, text=low.float()),
         )
+
+
+# --------------------------------------------------------------- merging methods (reduce)
+def merge_context(tokens: torch.Tensor, seed: int = 23) -> visprune.Context:
+    """CLS attention, keys and a CLS state for ``tokens`` ``(n, d)`` or ``(b, n, d)``."""
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.randn(*tokens.shape[:-1], 5, generator=generator)
+    cls = torch.randn(*tokens.shape[:-2], tokens.shape[-1], generator=generator)
+    return visprune.Context(cls_attention=cls_attention_of(tokens), vision_keys=keys, cls_state=cls)
+
+
+@pytest.mark.parametrize("with_cls", [True, False], ids=["cls", "no-cls"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("name", MERGING_NAMES)
+def test_reduce_contract(name, budget, shape, dtype, with_cls):
+    """Kept indices follow the selection contract; kept + merged is the budget; merged tokens
+    come in the tokens' dtype and width; low precision keeps the float32 picks."""
+    batch, n, d = _split(shape)
+    tokens = make_tokens(shape, seed=n * 7 + d, dtype=dtype)
+    ctx = merge_context(tokens.float())
+    if not with_cls:
+        ctx = visprune.Context(cls_attention=ctx.cls_attention, vision_keys=ctx.vision_keys)
+    method = visprune.get_method(name, budget=budget)
+    k = expected_k(name, budget, n)
+    kept, merged = method.reduce(tokens, None, ctx)
+    m = kept.shape[-1]
+    if m:
+        assert_valid(kept, n, m, batch, tokens.device)
+    else:  # a budget of 1 with a CLS state: the CLS token alone
+        assert kept.dtype == torch.int64 and with_cls and k == 1
+    assert m + merged.shape[-2] == k
+    assert merged.dtype == dtype and merged.shape[-1] == d
+    assert merged.shape[:-2] == tokens.shape[:-2]
+    again = method.reduce(tokens, None, ctx)
+    assert torch.equal(kept, again.kept) and torch.equal(merged, again.merged)
+    if dtype != torch.float32:
+        assert torch.equal(kept, method.reduce(tokens.float(), None, ctx).kept)
+
+
+@pytest.mark.parametrize("name", MERGING_NAMES)
+def test_reduce_batched_equals_per_item(name):
+    tokens = make_tokens((4, 37, 16), seed=7)
+    ctx = merge_context(tokens)
+    method = visprune.get_method(name, budget=9)
+    batched = method.reduce(tokens, None, ctx)
+    for item in range(4):
+        one = visprune.Context(
+            cls_attention=ctx.cls_attention[item],
+            vision_keys=ctx.vision_keys[item],
+            cls_state=ctx.cls_state[item],
+        )
+        alone = method.reduce(tokens[item], None, one)
+        assert torch.equal(batched.kept[item], alone.kept)
+        torch.testing.assert_close(batched.merged[item], alone.merged, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MERGING_NAMES)
+def test_merging_methods_refuse_select(name):
+    """``select`` would drop the merged tokens silently: it raises and points to ``reduce``."""
+    with pytest.raises(ValueError, match=rf"{name} merges tokens.*reduce"):
+        visprune.select(name, make_tokens((10, 4)), 3)
+
+
+@pytest.mark.parametrize("name", MERGING_NAMES)
+def test_reduce_bad_input_raises(name):
+    tokens = make_tokens((12, 6))
+    ctx = merge_context(tokens)
+    method = visprune.get_method(name, budget=4)
+    with pytest.raises(ValueError, match="needs cls_attention"):
+        method.reduce(tokens, None, visprune.Context(vision_keys=ctx.vision_keys))
+    with pytest.raises(ValueError, match="needs vision_keys"):
+        method.reduce(tokens, None, visprune.Context(cls_attention=ctx.cls_attention))
+    with pytest.raises(ValueError, match="cls_attention covers 11 tokens"):
+        bad = visprune.Context(cls_attention=ctx.cls_attention[:, :11], vision_keys=ctx.vision_keys)
+        method.reduce(tokens, None, bad)
+    with pytest.raises(ValueError, match="vision_keys has 3 tokens per image"):
+        bad = visprune.Context(cls_attention=ctx.cls_attention, vision_keys=ctx.vision_keys[:3])
+        method.reduce(tokens, None, bad)
+    nan = tokens.clone()
+    nan[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        method.reduce(nan, None, ctx)
+    with pytest.raises(ValueError, match="budget must be positive"):
+        method.reduce(tokens, 0, ctx)
+    with pytest.raises(ValueError, match=r"tokens must be a tensor \(n, d\)"):
+        method.reduce(tokens[0], None, ctx)

@@ -11,11 +11,19 @@ import pytest
 import torch
 
 import visprune
-from conftest import METHOD_NAMES, NO_BUDGET, make_tokens, text_kwargs
+from conftest import (
+    METHOD_NAMES,
+    NO_BUDGET,
+    cls_attention_of,
+    make_tokens,
+    needs_cls_attention,
+    text_kwargs,
+)
 from visprune.registry import METHODS, Registry, UnknownNameError
 
 PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
 BASELINES = ["random", "uniform", "keepall"]
+PRE_LLM = ["cdpruner", "vispruner", "visionzip"]
 CLASSES = {
     "divprune": visprune.DivPrune,
     "otprune": visprune.OTPrune,
@@ -25,6 +33,9 @@ CLASSES = {
     "random": visprune.Random,
     "uniform": visprune.Uniform,
     "keepall": visprune.KeepAll,
+    "cdpruner": visprune.CDPruner,
+    "vispruner": visprune.VisPruner,
+    "visionzip": visprune.VisionZip,
 }
 #: Non-default hyperparameters per method, for construction and round-trip tests.
 PARAMS = {
@@ -36,12 +47,15 @@ PARAMS = {
     "random": {"budget": 8, "seed": 123},
     "uniform": {"budget": 0.111},
     "keepall": {},
+    "cdpruner": {"budget": 64},
+    "vispruner": {"budget": 0.25, "important_ratio": 0.75},
+    "visionzip": {"budget": 64, "contextual_ratio": 0.25},
 }
 
 
 def test_list_methods_order():
-    """Paper methods first, then the baselines, in that order."""
-    assert visprune.list_methods() == PAPER_METHODS + BASELINES
+    """Paper methods first, then the baselines, then the published pre-LLM baselines."""
+    assert visprune.list_methods() == PAPER_METHODS + BASELINES + PRE_LLM
 
 
 def test_list_methods_returns_a_copy():
@@ -51,7 +65,7 @@ def test_list_methods_returns_a_copy():
     assert "bogus" not in visprune.list_methods()
 
 
-@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES)
+@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES + PRE_LLM)
 def test_get_method_builds_the_class_with_params(name):
     """``get_method(name, **params)`` returns an instance of the right class, params applied."""
     method = visprune.get_method(name, **PARAMS[name])
@@ -61,7 +75,7 @@ def test_get_method_builds_the_class_with_params(name):
         assert getattr(method, key) == value
 
 
-@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES)
+@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES + PRE_LLM)
 def test_get_method_is_case_insensitive(name):
     """``"OTPrune"`` finds ``"otprune"``."""
     assert type(visprune.get_method(CLASSES[name].__name__)) is CLASSES[name]
@@ -92,7 +106,7 @@ def test_instance_budget_is_used_by_select():
     assert method.budget == 6, "select must not mutate the instance"
 
 
-@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES)
+@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES + PRE_LLM)
 def test_params_round_trip_through_json(name):
     """``params()`` is JSON-serialisable and rebuilds an equal method."""
     method = visprune.get_method(name, **PARAMS[name])
@@ -103,7 +117,7 @@ def test_params_round_trip_through_json(name):
     assert restored.params() == params
 
 
-@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES)
+@pytest.mark.parametrize("name", [*PAPER_METHODS, *BASELINES, "cdpruner"])
 def test_params_round_trip_gives_same_selection(name):
     """A method rebuilt from its JSON params selects the same tokens."""
     method = visprune.get_method(name, **PARAMS[name])
@@ -115,18 +129,32 @@ def test_params_round_trip_gives_same_selection(name):
     )
 
 
-@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES)
+VISION_STAGE = {"rediprune", "vispruner", "visionzip"}
+REQUIRES = {
+    "rediprune": {"text"},
+    "cdpruner": {"text"},
+    "vispruner": {"cls_attention"},
+    "visionzip": {"cls_attention", "vision_keys"},
+}
+
+
+@pytest.mark.parametrize("name", PAPER_METHODS + BASELINES + PRE_LLM)
 def test_stage_and_context_declarations(name):
-    """ReDiPrune alone runs before the projector and requires text; the rest run on LLM input."""
+    """ReDiPrune, VisPruner and VisionZip run before the projector, the rest on LLM input;
+    what each requires and uses; VisionZip alone merges."""
     cls = CLASSES[name]
-    assert cls.stage == ("vision" if name == "rediprune" else "llm")
-    assert cls.requires == (frozenset({"text"}) if name == "rediprune" else frozenset())
+    assert cls.stage == ("vision" if name in VISION_STAGE else "llm")
+    assert cls.requires == frozenset(REQUIRES.get(name, set()))
     expected_uses = {
         "rediprune": {"text", "query"},
         "resprune": {"text"},
         "trimtokenator": {"text"},
+        "cdpruner": {"text"},
+        "vispruner": {"cls_attention"},
+        "visionzip": {"cls_attention", "vision_keys", "cls_state"},
     }.get(name, set())
     assert cls.uses == frozenset(expected_uses)
+    assert cls.merges == (name == "visionzip")
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -168,10 +196,12 @@ def test_method_select_with_context_equals_api(name):
     """``Method.select(tokens, k, Context(...))`` is what ``visprune.select`` runs."""
     tokens = make_tokens((3, 30, 8))
     extra = text_kwargs(name, 8, 3, shared=False)
+    if needs_cls_attention(name):
+        extra["cls_attention"] = cls_attention_of(tokens)
     through_api = visprune.select(name, tokens, 5, **extra)
     direct = visprune.get_method(name).select(tokens, 5, visprune.Context(**extra))
     assert torch.equal(through_api, direct)
-    as_tuple = {key: tuple(value) for key, value in extra.items()}
+    as_tuple = {key: tuple(value) if key == "text" else value for key, value in extra.items()}
     assert torch.equal(visprune.select(name, tokens, 5, **as_tuple), through_api)
 
 

@@ -39,6 +39,8 @@ def test_an_integer_budget_above_the_candidates_keeps_them_all():
         ({"budget": 7}, "names no method"),
         ("divprune", "not valid JSON"),
         (["divprune", 7], "must be a dict"),
+        ({"method": "vispruner", "budget": 7}, "needs cls_attention .*does not capture"),
+        ({"method": "visionzip", "budget": 7}, "needs cls_attention, vision_keys"),
     ],
 )
 def test_bad_overrides_raise_with_what_to_pass(raw, message):

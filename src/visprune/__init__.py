@@ -2,11 +2,13 @@
 
 >>> import visprune
 >>> visprune.list_methods()
-['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator', 'random', 'uniform', 'keepall']
+['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator', 'random', 'uniform', 'keepall',
+ 'cdpruner', 'vispruner', 'visionzip']
 """
 
 from .api import Handle, apply, get_method, list_methods, select
 from .methods import (
+    CDPruner,
     Context,
     DivPrune,
     KeepAll,
@@ -17,6 +19,8 @@ from .methods import (
     ResPrune,
     TrimTokenator,
     Uniform,
+    VisionZip,
+    VisPruner,
 )
 from .registry import ADAPTERS, METHODS
 
@@ -25,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ADAPTERS",
     "METHODS",
+    "CDPruner",
     "Context",
     "DivPrune",
     "Handle",
@@ -36,6 +41,8 @@ __all__ = [
     "ResPrune",
     "TrimTokenator",
     "Uniform",
+    "VisPruner",
+    "VisionZip",
     "__version__",
     "apply",
     "get_method",

@@ -62,6 +62,9 @@ def select(
     *,
     text: Tensor | Sequence[Tensor] | None = None,
     query: Tensor | None = None,
+    cls_attention: Tensor | None = None,
+    image_embeds: Tensor | None = None,
+    text_embeds: Tensor | Sequence[Tensor] | None = None,
     **params: object,
 ) -> Tensor:
     """Select the visual tokens to keep, without any model.
@@ -80,6 +83,12 @@ def select(
         shared by every item or a list of ``b`` tensors. Ignored by methods that use no text.
     query : Tensor, optional
         ReDiPrune's ready pooled query ``(d_q,)`` or ``(b, d_q)``, instead of ``text``.
+    cls_attention : Tensor, optional
+        VisPruner: the vision tower's CLS attention to each token, ``(H, n)`` or ``(n,)`` (a
+        leading ``b`` for a batch).
+    image_embeds, text_embeds : Tensor, optional
+        CDPruner: ready CLIP embeddings of the patches ``(n, C)`` (``(b, n, C)``) and of the
+        instruction ``(M, C)`` (or a list of ``b``), instead of ``text``.
     **params
         Hyperparameters of the method (``gamma``, ``alpha``, ``tau``, ``seed`` ...).
 
@@ -105,7 +114,16 @@ def select(
         )
     if text is not None and not isinstance(text, Tensor):
         text = list(text)
-    return chosen.select(tokens, None, Context(text=text, query=query))
+    if text_embeds is not None and not isinstance(text_embeds, Tensor):
+        text_embeds = list(text_embeds)
+    context = Context(
+        text=text,
+        query=query,
+        cls_attention=cls_attention,
+        image_embeds=image_embeds,
+        text_embeds=text_embeds,
+    )
+    return chosen.select(tokens, None, context)
 
 
 class Handle:
@@ -273,6 +291,7 @@ def apply(
         Once per process, when the installed transformers is outside the tested range.
     """
     from . import adapters  # noqa: F401  (registers the adapters; imported only when needed)
+    from .adapters.needs import check_method
     from .compat import warn_if_untested
     from .registry import ADAPTERS
 
@@ -295,6 +314,7 @@ def apply(
     chosen.num_keep(1)  # validate the budget now, not at the first call
     adapter_type = ADAPTERS[model_type]
     adapter_type.check_options(model_type, positions, newlines)  # fail before touching the model
+    check_method(adapter_type, model, chosen)  # e.g. CLS attention on a tower without CLS
 
     def build(current: Method):
         return adapter_type(model, current, positions=positions, newlines=newlines)

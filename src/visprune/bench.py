@@ -21,8 +21,9 @@ timing is a median with its min/max over the repeats):
     wrapping ``get_image_features`` because the adapters wrap that method on the instance
     themselves; the hooks work with and without a handle. The projector is not included.
 ``select_s``
-    Time inside ``handle.method.select`` during the ``generate(1)`` call (the method instance's
-    ``select`` is wrapped for the measurement, summed over images/frames). ``None`` unpruned.
+    Time inside ``handle.method.select`` (``reduce`` for a merging method) during the
+    ``generate(1)`` call (the method instance's ``select`` is wrapped for the measurement,
+    summed over images/frames). ``None`` unpruned.
 ``peak_memory_bytes``
     ``torch.cuda.max_memory_allocated`` over the timed runs on CUDA; ``None`` on CPU (process
     RSS cannot isolate one call). :attr:`BenchResult.kv_cache_bytes` is exact on every device.
@@ -31,7 +32,8 @@ timing is a median with its min/max over the repeats):
     ``model(**inputs, use_cache=True)`` forward (untimed): proportional to the kept sequence
     length.
 ``visual_tokens_before`` / ``visual_tokens_after``
-    Pruned: ``sum(s.n)`` and ``sum(len(s.kept))`` over ``handle.selections``. Unpruned: the
+    Pruned: ``sum(s.n)`` and ``sum(len(s.kept))`` (plus merged tokens) over
+    ``handle.selections``. Unpruned: the
     image/video placeholder tokens in ``input_ids`` (both fields).
 ``alignment``
     Pruned runs: the mean over images/frames of :func:`visprune.metrics.alignment_report` (W2,
@@ -402,16 +404,18 @@ def measure(
             from .api import apply
 
             handle = apply(model, chosen)
-            original: Callable = handle.method.select
+            # A merging method (VisionZip) runs through reduce instead of select.
+            entry = "reduce" if handle.method.merges else "select"
+            original: Callable = getattr(handle.method, entry)
 
-            def timed_select(*args: Any, **kwargs: Any) -> Tensor:
+            def timed_select(*args: Any, **kwargs: Any) -> Any:
                 selecting.start()
                 try:
                     return original(*args, **kwargs)
                 finally:
                     selecting.stop()
 
-            handle.method.select = timed_select  # type: ignore[method-assign]
+            setattr(handle.method, entry, timed_select)
 
         step_starts: list[Any] = []
         hooks.append(
@@ -481,7 +485,8 @@ def measure(
         if handle is not None:
             selections = handle.selections
             for s in selections:
-                kept_per_row[s.sample] -= int(s.n) - len(s.kept)
+                merged = 0 if s.merged_positions is None else len(s.merged_positions)
+                kept_per_row[s.sample] -= int(s.n) - len(s.kept) - merged
         after = sum(kept_per_row)
         flops = _flops(model, inputs, visual, kept_per_row, new_tokens)
         alignment = None
@@ -492,6 +497,7 @@ def measure(
             hook.remove()
         if handle is not None:
             handle.method.__dict__.pop("select", None)
+            handle.method.__dict__.pop("reduce", None)
             handle.remove()
 
     return BenchResult(

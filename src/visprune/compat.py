@@ -277,6 +277,12 @@ def images_in_call(kwargs: dict) -> bool:
     return bool(outputs) and any(value is not None for value in dict(outputs).values())
 
 
+def layer_hidden_states(output: Any) -> Any:
+    """The hidden states a vision encoder layer returns: the tensor itself (5.2x CLIP layers),
+    or the first entry of the tuple older releases return."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 def encoder_features(output: Any, kind: str) -> list[Any]:
     """The per-image (or per-video) projected features of a ``get_{kind}_features`` call."""
     features = getattr(output, "pooler_output", None)

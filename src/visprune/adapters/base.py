@@ -39,9 +39,11 @@ from .. import compat
 from ..compat import PruningNotApplied, encoder_features
 from ..methods import Method
 from . import sequence
+from .needs import check_item_scores, check_method
 from .records import CallState, Layout, Selection
-from .selection import keep_mask, run_method, selections_of
+from .selection import keep_mask, place_merged, run_method, selections_of
 from .spans import locate_items, prompt_texts
+from .vision_scores import ScoreCapture, ScoreLayer
 
 POSITION_MODES = ("compact", "original")
 
@@ -65,6 +67,7 @@ class Adapter:
         newlines: str = "candidates",
     ) -> None:
         positions = self.check_options(model.config.model_type, positions, newlines)
+        check_method(type(self), model, method)
         self.model = model
         self.method = method
         self.positions = positions
@@ -74,6 +77,7 @@ class Adapter:
         self._local = threading.local()
         self._last_selections: list[Selection] = []
         self._hooks: list[Any] = []
+        self._captures: list[ScoreCapture] = []
         self._wrapped: list[str] = []
         self._loss_overridden = False
         self._attach()
@@ -105,6 +109,19 @@ class Adapter:
     def describe(self, kind: str, output: Any, args: tuple, kwargs: dict) -> list[Layout]:
         """Layouts of the images/videos that one ``get_{kind}_features`` call encoded."""
         raise NotImplementedError
+
+    @classmethod
+    def score_layer(cls, model: Any) -> ScoreLayer | None:
+        """The vision encoder layer (of a tower with a CLS token) that scores the projector
+        input, for methods that need CLS attention (``vision_scores``); ``None``: none."""
+        return None
+
+    def project_vision(self, tokens: Tensor) -> Tensor:
+        """New pre-projector tokens ``(c, d_vision)`` (a merging method's) projected as the
+        model projects its image features: ``(c, d)``."""
+        projector = self.base.multi_modal_projector
+        weight = next(projector.parameters())
+        return projector(tokens.to(weight.dtype).to(weight.device))
 
     def vision_capture_module(self) -> torch.nn.Module | None:
         """The module whose input is the pre-projector features (``None``: none per token)."""
@@ -147,6 +164,16 @@ class Adapter:
         capture = self.vision_capture_module() if self.method.stage == "vision" else None
         if capture is not None:
             self._hooks.append(capture.register_forward_pre_hook(self._capture_vision))
+        if self.method.uses & {"cls_attention", "vision_keys", "cls_state"}:
+            layer = self.score_layer(self.model)
+            if layer is not None:
+                self._captures.append(
+                    ScoreCapture(
+                        layer,
+                        active=lambda: self._call().capturing,
+                        record=lambda scores: self._call().captured_scores.append(scores),
+                    )
+                )
         self._hooks.append(self.base.register_forward_pre_hook(self._before_base, with_kwargs=True))
         self._hooks.append(self.base.register_forward_hook(self._after_base))
         self._hooks.append(
@@ -175,6 +202,9 @@ class Adapter:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        for capture in self._captures:
+            capture.remove()
+        self._captures.clear()
         for name in self._wrapped:
             self.base.__dict__.pop(name, None)
         self._wrapped.clear()
@@ -192,6 +222,7 @@ class Adapter:
         def recorded(*args, **kwargs):
             call = self._call()
             call.captured_vision = []
+            call.captured_scores = []
             call.capturing = True
             try:
                 output = encode(*args, **kwargs)
@@ -345,9 +376,11 @@ class Adapter:
         layouts = {kind: call.layouts.get(kind, []) for kind in visual}
         items = locate_items(input_ids, visual, layouts, vision)
         texts = None
-        if self.method.uses:
+        if self.method.uses & {"text", "query"}:
             texts = self._texts_for_prefill(call, input_ids, embeds, mask, visual, continues)
+        check_item_scores(self.method, self.model.config.model_type, items)
         run_method(self.method, items, embeds, texts)
+        embeds = place_merged(items, embeds, self.project_vision)
         keep = keep_mask(items, batch, length, embeds.device)
         call.selections = self._last_selections = selections_of(items)
         if bool(keep.all()):

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..registry import ADAPTERS
 from .base import Adapter, Layout, encoder_features
+from .vision_scores import clip_score_layer, per_image_scores
 
 
 def square_grid(count: int) -> tuple[int, int] | None:
@@ -37,12 +38,25 @@ def video_layout(
 class LlavaAdapter(Adapter):
     """LlavaForConditionalGeneration: image tokens are the projected CLIP patches, in raster order.
 
-    "vision"-stage methods see the projector input (the selected vision layer, CLS removed).
+    "vision"-stage methods see the projector input (the selected vision layer, CLS removed);
+    methods that need the CLS attention get it from that CLIP layer (``vision_scores``).
     """
+
+    @classmethod
+    def score_layer(cls, model):
+        config = model.config
+        return clip_score_layer(
+            model.model.vision_tower,
+            config.vision_feature_layer,
+            config.vision_feature_select_strategy,
+        )
 
     def describe(self, kind, output, args, kwargs):
         features = encoder_features(output, kind)
         before = self._captured_vision[0] if self._captured_vision else None
+        scores = self._call().captured_scores
+        if scores and scores[0]["hidden"].shape[0] != len(features):
+            scores = []  # not one CLS row per image: the method refuses at the prefill
         layouts = []
         for number, image in enumerate(features):
             count = image.shape[0]
@@ -57,7 +71,10 @@ class LlavaAdapter(Adapter):
                 )
             ):
                 vision = before[number]
-            layouts.append(
-                Layout(count=count, frames=[(0, count)], grid=square_grid(count), vision=vision)
+            layout = Layout(
+                count=count, frames=[(0, count)], grid=square_grid(count), vision=vision
             )
+            if scores and scores[0]["hidden"].shape[1] == count + 1:
+                layout.scores = per_image_scores(scores[0], number)
+            layouts.append(layout)
         return layouts

@@ -38,6 +38,12 @@ class Selection:
     candidates : Tensor
         int64 positions, in the unpruned ``input_ids``, of all ``n`` candidate tokens
         (``positions == candidates[kept]``).
+    merged_positions : Tensor or None
+        Merging methods (VisionZip): int64 positions, in the unpruned ``input_ids``, of the
+        dropped candidates whose slots carry the new tokens, in the method's order (the last
+        ``c`` dropped candidates of the image); else None. ``len(kept) + c`` is the budget.
+    merged : Tensor or None
+        The new tokens ``(c, d)`` as the language model received them (projected), on the CPU.
     """
 
     sample: int
@@ -49,6 +55,8 @@ class Selection:
     positions: Tensor
     kind: str = "image"
     candidates: Tensor | None = None
+    merged_positions: Tensor | None = None
+    merged: Tensor | None = None
 
 
 @dataclass
@@ -72,6 +80,9 @@ class Layout:
     vision: Tensor | None = None
     is_video: bool = False
     tile: bool = False
+    #: Vision-tower scores per candidate token (``cls_attention`` ``(n, H)``, ``vision_keys``
+    #: ``(n, hd)``) and ``cls_state`` ``(D,)``, for methods that need them (one frame only).
+    scores: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -86,6 +97,11 @@ class Item:
     grid: tuple[int, int] | None
     vision: Tensor | None = None
     kept: Tensor | None = None
+    scores: dict[str, Tensor] | None = None
+    #: New tokens of a merging method: ``(c, d)`` in the method's space, then projected.
+    merged: Tensor | None = None
+    #: Positions of the slots that carry them.
+    merged_positions: Tensor | None = None
 
 
 @dataclass
@@ -110,6 +126,8 @@ class CallState:
     recorded: dict[str, Any] = field(default_factory=dict)
     #: Pre-projector features captured during the last encoder call.
     captured_vision: list[Tensor] = field(default_factory=list)
+    #: Vision-tower scores captured during the last encoder call (``vision_scores``).
+    captured_scores: list[dict[str, Tensor]] = field(default_factory=list)
     #: Inside an encoder call (the capture hook records only then).
     capturing: bool = False
     #: An encoder ran since the last prefill.

@@ -216,6 +216,7 @@ def _frame_items(layout, vision, positions, start, sample, image, kind) -> list[
                 positions=frame_positions,
                 grid=layout.grid,
                 vision=frame_vision,
+                scores=layout.scores if len(layout.frames) == 1 else None,
             )
         )
     return items

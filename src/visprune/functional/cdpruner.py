@@ -43,7 +43,6 @@ def cdpruner(image_features: Tensor, image_embeds: Tensor, text_embeds: Tensor, 
     square root of a non-positive number (which in the published code yields NaN and can select a
     token twice); the Cholesky rows use the kernel's dtype (published: always float32).
     """
-    b, n, _ = image_features.shape
     dtype = torch.float64 if image_features.dtype == torch.float64 else torch.float32
     features = image_features.to(dtype)
     features = features / features.norm(dim=-1, keepdim=True)
@@ -55,6 +54,27 @@ def cdpruner(image_features: Tensor, image_embeds: Tensor, text_embeds: Tensor, 
     text = text / text.norm(dim=-1, keepdim=True)
     relevance = -(embeds @ text.mT).mean(dim=-1)  # (B, N)
     relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
+    return conditional_dpp(similarity, relevance, k).sort(dim=-1).values
+
+
+def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
+    """Greedy MAP of ``L = diag(r) S diag(r)`` (the fast greedy of Chen et al., 2018).
+
+    Parameters
+    ----------
+    similarity : Tensor
+        ``(B, N, N)`` the cosine similarity of the tokens.
+    relevance : Tensor
+        ``(B, N)`` non-negative relevance weights ``r``.
+    k : int
+        Picks, ``1 <= k <= N``.
+
+    Returns
+    -------
+    Tensor
+        ``(B, k)`` int64 picks in greedy order, distinct (ties: the lowest index).
+    """
+    b, n, _ = similarity.shape
     kernel = relevance.unsqueeze(-1) * similarity * relevance.unsqueeze(-2)
     kernel = kernel.to(relevance.dtype)
     residual = kernel.diagonal(dim1=-2, dim2=-1).clone()
@@ -67,4 +87,4 @@ def cdpruner(image_features: Tensor, image_embeds: Tensor, text_embeds: Tensor, 
         d2 = residual[batch, pick]
         scale = torch.where(d2 > 0, d2.clamp_min(torch.finfo(d2.dtype).tiny).rsqrt(), 0.0)
         cholesky_step(chol, step, pick, kernel[batch, pick], scale, residual, batch)
-    return picks.sort(dim=-1).values
+    return picks

@@ -48,7 +48,8 @@ def visionzip(
         )
     device = hidden_states.device
     scores = cls_attention[:, :, 1:].sum(dim=1)  # (B, n)
-    top = scores.topk(dominant - 1, dim=-1).indices + 1
+    # A stable sort, not topk: equal attention keeps the lower index (the spec's tie rule).
+    top = scores.argsort(dim=-1, descending=True, stable=True)[:, : dominant - 1] + 1
     chosen = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=device), top], dim=-1)
     is_dominant = torch.zeros(b, t, dtype=torch.bool, device=device)
     is_dominant.scatter_(1, chosen, True)

@@ -1,6 +1,7 @@
 """Selection methods: pure torch, tensors in, indices out. Importing registers them."""
 
-# Import order is registration order: the paper methods, then the baselines.
+# Import order is registration order: the paper methods, the simple baselines, then the
+# published pre-LLM baselines.
 # isort: off
 from .base import Context, Method, resolve_budget
 from .divprune import DivPrune
@@ -9,9 +10,13 @@ from .rediprune import ReDiPrune, match_query_width, pool_text_query
 from .resprune import ResPrune
 from .trimtokenator import TrimTokenator
 from .simple import KeepAll, Random, Uniform
+from .cdpruner import CDPruner
+from .vispruner import VisPruner
+from .visionzip import Reduction, VisionZip
 # isort: on
 
 __all__ = [
+    "CDPruner",
     "Context",
     "DivPrune",
     "KeepAll",
@@ -19,9 +24,12 @@ __all__ = [
     "OTPrune",
     "Random",
     "ReDiPrune",
+    "Reduction",
     "ResPrune",
     "TrimTokenator",
     "Uniform",
+    "VisPruner",
+    "VisionZip",
     "match_query_width",
     "pool_text_query",
     "resolve_budget",

@@ -10,6 +10,7 @@ The exact contract (budget rules, ties, errors) is ``spec/METHODS.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -36,10 +37,28 @@ class Context:
     query : Tensor, optional
         A ready text query ``(d_q,)`` (shared) or ``(b, d_q)``; used by methods that pool the text
         into one vector (ReDiPrune) instead of ``text``.
+    cls_attention : Tensor, optional
+        The vision tower's CLS attention to each token at the selected vision layer: ``(H, n)``
+        per head (or ``(n,)``) for ``(n, d)`` tokens, ``(b, H, n)`` (or ``(b, n)``) for a batch
+        (VisPruner, VisionZip; need ``"cls_attention"``).
+    vision_keys : Tensor, optional
+        That layer's key projections of the tokens averaged over heads, ``(n, hd)`` or
+        ``(b, n, hd)`` (VisionZip; needs ``"vision_keys"``).
+    cls_state : Tensor, optional
+        That layer's output hidden state of the CLS token, ``(d,)`` or ``(b, d)`` (VisionZip keeps
+        it as a token when given).
+    image_embeds, text_embeds : Tensor, optional
+        Ready CLIP embeddings for CDPruner's relevance: the image patches ``(n, C)`` or
+        ``(b, n, C)`` and the instruction ``(M, C)`` (shared) or a list of ``b`` of them.
     """
 
     text: Tensor | list[Tensor] | None = None
     query: Tensor | None = None
+    cls_attention: Tensor | None = None
+    vision_keys: Tensor | None = None
+    cls_state: Tensor | None = None
+    image_embeds: Tensor | None = None
+    text_embeds: Tensor | list[Tensor] | None = None
 
     def texts_for(self, batch: int, method: str = "method") -> list[Tensor] | None:
         """Return one text tensor per batch item, or ``None`` when no text was given."""
@@ -136,6 +155,19 @@ def check_finite(tensor: Tensor, what: str, method: str) -> None:
         )
 
 
+#: Vision-tower context a method may require, and what it is (for the error messages).
+VISION_NEEDS: dict[str, str] = {
+    "cls_attention": (
+        "the vision tower's CLS attention to each token at the selected vision layer, (H, n) "
+        "or (b, H, n); only towers with a CLS token (CLIP) have it"
+    ),
+    "vision_keys": (
+        "that vision layer's key projections of the tokens averaged over heads, (n, hd) or "
+        "(b, n, hd)"
+    ),
+}
+
+
 @dataclass
 class Method:
     """Base class of every selection method.
@@ -151,7 +183,9 @@ class Method:
     stage : {"vision", "llm", "layer"}
         Where the method runs: before the projector, on the LLM input embeddings, or inside the LLM.
     requires : frozenset of str
-        Context the method cannot run without (e.g. ``{"text"}``).
+        Context the method cannot run without: ``"text"``, or the vision-tower scores
+        ``"cls_attention"`` and ``"vision_keys"`` (:data:`VISION_NEEDS`), which an adapter
+        supplies only where the tower has a CLS token (``apply`` refuses elsewhere).
     uses : frozenset of str
         Context the method uses when given (a superset of ``requires``).
     """
@@ -164,6 +198,9 @@ class Method:
     uses: ClassVar[frozenset[str]] = frozenset()
     #: Whether text must be LLM input embeddings of the tokens' own width (compared in one space).
     text_in_token_space: ClassVar[bool] = False
+    #: Whether the method merges tokens (returns new ones besides the kept indices, see
+    #: ``reduce``) instead of only selecting; ``select`` refuses such methods.
+    merges: ClassVar[bool] = False
 
     def params(self) -> dict[str, object]:
         """The hyperparameters, ``budget`` included, as a JSON-serialisable dict."""
@@ -216,6 +253,12 @@ class Method:
         underflow float32).
         """
         self.validate()
+        if self.merges:
+            raise ValueError(
+                f"{self.name} merges tokens, so it is not a pure selection: call "
+                f"visprune.get_method({self.name!r}, budget=...).reduce(tokens, ctx=Context(...)) "
+                f"for the kept indices and the merged tokens, or visprune.functional.{self.name}."
+            )
         ctx = ctx or Context()
         if not isinstance(tokens, Tensor):
             raise ValueError(f"{self.name}: tokens must be a torch.Tensor, got {type(tokens)}.")
@@ -238,6 +281,8 @@ class Method:
         batch = power_of_two_scaled(batch, dims=(-2, -1))
         check_finite(batch, "tokens", self.name)
         k = self.num_keep(n) if k is None else resolve_budget(k, n, self.name)
+        if tokens.dim() == 2:
+            ctx = _with_batch_dim(ctx)
         self._check_context(ctx, b, d)
         ctx = _scaled_context(ctx)
         if k >= n:
@@ -248,6 +293,9 @@ class Method:
         return keep[0] if tokens.dim() == 2 else keep
 
     def _check_context(self, ctx: Context, batch: int, width: int) -> None:
+        for need in sorted(self.requires & VISION_NEEDS.keys()):
+            if getattr(ctx, need) is None:
+                raise ValueError(f"{self.name} needs {need}=...: {VISION_NEEDS[need]}.")
         if "text" in self.requires and ctx.text is None and ctx.query is None:
             raise ValueError(
                 f"{self.name} is text-conditioned and needs the prompt: pass text=(m, d_t) "
@@ -325,6 +373,41 @@ def power_of_two_scaled(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return torch.ldexp(work.double(), -exponent.double()).float()
 
 
+#: Context fields that hold one entry per image (a leading batch dimension for a batch).
+PER_ITEM_FIELDS = ("cls_attention", "vision_keys", "cls_state", "image_embeds")
+
+
+def _with_batch_dim(ctx: Context) -> Context:
+    """The per-image context of one ``(n, d)`` image with a leading batch dimension of 1."""
+    changes = {}
+    for name in PER_ITEM_FIELDS:
+        value = getattr(ctx, name)
+        if isinstance(value, Tensor):
+            changes[name] = value.unsqueeze(0)
+    return dataclasses.replace(ctx, **changes) if changes else ctx
+
+
+def per_item(value: object, batch: int, shapes: tuple[int, ...], what: str, method: str) -> Tensor:
+    """Check a batched per-image context tensor and return it in float32.
+
+    ``shapes`` lists the accepted ranks (batch dimension included); the leading dimension must
+    be ``batch``. Non-finite values raise like non-finite tokens do.
+    """
+    if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() not in shapes:
+        ranks = " or ".join(str(rank - 1) for rank in shapes)
+        raise ValueError(
+            f"{method}: {what} must be a float tensor with {ranks} dimension(s) per image, got "
+            f"{getattr(value, 'shape', type(value))}."
+        )
+    if value.shape[0] != batch:
+        raise ValueError(
+            f"{method}: {what} has {value.shape[0]} rows but there are {batch} images."
+        )
+    value = value.float()
+    check_finite(value, what, method)
+    return value
+
+
 def _scaled_context(ctx: Context) -> Context:
     text = ctx.text
     if isinstance(text, Tensor):
@@ -334,7 +417,8 @@ def _scaled_context(ctx: Context) -> Context:
     query = ctx.query
     if query is not None:
         query = power_of_two_scaled(query, dims=(-1,))
-    return Context(text=text, query=query)
+    # The vision-tower context is read as scale-free scores (cosines, ranks), so it passes as is.
+    return dataclasses.replace(ctx, text=text, query=query)
 
 
 def cholesky_step(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...methods import Method
+from ...methods.base import VISION_NEEDS
 
 #: The key of ``hf_overrides`` (and attribute of ``hf_config``) that turns pruning on.
 OVERRIDE_KEY = "visprune"
@@ -94,6 +95,13 @@ def parse_settings(raw: Any) -> ServingSettings:
         raise ValueError(
             f"visprune: {method.name} prunes inside the language model, which the vLLM plugin "
             "does not do; serve a method that selects before the language model."
+        )
+    needs = sorted(method.requires & VISION_NEEDS.keys())
+    if needs or method.merges:
+        raise ValueError(
+            f"visprune: {method.name} needs {', '.join(needs) or 'merged tokens'} from the vision "
+            "tower, which the vLLM plugin does not capture; serve a method that selects from "
+            "the image features alone (e.g. divprune, cdpruner)."
         )
     return ServingSettings(method)
 
