@@ -31,6 +31,10 @@ NO_BUDGET: frozenset[str] = frozenset({"keepall"})
 #: Methods whose picks depend only on positions, not on token values.
 INDEX_BASED: frozenset[str] = frozenset({"random", "uniform", "keepall"})
 
+#: Methods that prune inside the language model: ``select`` needs the per-token ``scores`` their
+#: layer measures (and DART the text's); :func:`run` derives stand-ins from the tokens.
+LAYER_STAGE: frozenset[str] = frozenset(m for m in METHOD_NAMES if METHODS[m].stage == "layer")
+
 #: Devices to run the device-sensitive tests on.
 DEVICES: list[str] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -100,11 +104,33 @@ def text_kwargs(name: str, d: int, batch: int | None = None, *, shared: bool = T
     return {"text": [make_text(name, d, rows=3 + i, seed=seed + i) for i in range(batch)]}
 
 
+def layer_scores(tokens: Tensor) -> Tensor:
+    """Stand-in layer scores of ``(..., n, d)`` tokens: ``(..., n)``, a function of each token
+    alone (so they follow the tokens through permutations, scalings and dtype casts)."""
+    tokens = tokens.float()
+    return (tokens / tokens.shape[-1]).sum(-1)  # a mean that cannot overflow
+
+
 def run(name: str, tokens: Tensor, budget: object = None, **kwargs) -> Tensor:
-    """``visprune.select`` with the budget left out for methods that take none."""
+    """``visprune.select`` with the budget left out for methods that take none, and stand-in
+    scores (:func:`layer_scores`) for layer-stage methods when none are given."""
+    if isinstance(tokens, Tensor) and tokens.dim() and "scores" not in kwargs:
+        kwargs = layer_kwargs(name, tokens, **kwargs)
     if name in NO_BUDGET:
         return visprune.select(name, tokens, **kwargs)
     return visprune.select(name, tokens, budget, **kwargs)
+
+
+def layer_kwargs(name: str, tokens: Tensor, **kwargs) -> dict:
+    """``kwargs`` plus the stand-in scores that :func:`run` adds for a layer-stage method."""
+    if name not in LAYER_STAGE:
+        return kwargs
+    extra = dict(kwargs, scores=layer_scores(tokens))
+    text = kwargs.get("text")
+    if text is not None:
+        many = isinstance(text, list)
+        extra["text_scores"] = [layer_scores(t) for t in text] if many else layer_scores(text)
+    return extra
 
 
 def expected_k(name: str, budget: object, n: int) -> int:

@@ -11,8 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import visprune
-from conftest import METHOD_NAMES, NO_BUDGET, assert_valid, expected_k, needs_text, uses_text
+from conftest import (
+    METHOD_NAMES,
+    NO_BUDGET,
+    assert_valid,
+    expected_k,
+    needs_text,
+    run,
+    uses_text,
+)
 from visprune.methods import resolve_budget
 
 FAST = settings(max_examples=25, deadline=None)
@@ -184,7 +191,7 @@ def test_contract_on_arbitrary_tokens(name):
         tokens, budget, extra = problem
         batch = None if tokens.dim() == 2 else tokens.shape[0]
         n = tokens.shape[-2]
-        call = visprune.select if budget is not None else _select_without_budget
+        call = run  # with the stand-in scores of layer-stage methods
         kept = call(name, tokens, budget, **extra)
         assert_valid(kept, n, expected_k(name, budget, n), batch, tokens.device)
         assert torch.equal(kept, call(name, tokens, budget, **extra))
@@ -193,8 +200,3 @@ def test_contract_on_arbitrary_tokens(name):
             assert torch.equal(kept, torch.stack(singles))
 
     check()
-
-
-def _select_without_budget(name, tokens, budget, **extra):
-    assert budget is None
-    return visprune.select(name, tokens, **extra)

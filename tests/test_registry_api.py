@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import visprune
-from conftest import METHOD_NAMES, NO_BUDGET, make_tokens, text_kwargs
+from conftest import METHOD_NAMES, NO_BUDGET, layer_kwargs, make_tokens, text_kwargs
 from visprune.registry import METHODS, Registry, UnknownNameError
 
 PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
 BASELINES = ["random", "uniform", "keepall"]
+LAYER_METHODS = ["fastv", "pdrop", "dart"]
 CLASSES = {
     "divprune": visprune.DivPrune,
     "otprune": visprune.OTPrune,
@@ -25,6 +26,9 @@ CLASSES = {
     "random": visprune.Random,
     "uniform": visprune.Uniform,
     "keepall": visprune.KeepAll,
+    "fastv": visprune.FastV,
+    "pdrop": visprune.PyramidDrop,
+    "dart": visprune.DART,
 }
 #: Non-default hyperparameters per method, for construction and round-trip tests.
 PARAMS = {
@@ -36,12 +40,15 @@ PARAMS = {
     "random": {"budget": 8, "seed": 123},
     "uniform": {"budget": 0.111},
     "keepall": {},
+    "fastv": {"budget": 0.5, "layer": 3},
+    "pdrop": {"budget": 288, "layers": (4, 8), "ratio": 0.25},
+    "dart": {"budget": 128, "layer": 3, "image_pivots": 2, "text_pivots": 6},
 }
 
 
 def test_list_methods_order():
     """Paper methods first, then the baselines, in that order."""
-    assert visprune.list_methods() == PAPER_METHODS + BASELINES
+    assert visprune.list_methods() == PAPER_METHODS + BASELINES + LAYER_METHODS
 
 
 def test_list_methods_returns_a_copy():
@@ -167,7 +174,7 @@ def test_public_api_exports():
 def test_method_select_with_context_equals_api(name):
     """``Method.select(tokens, k, Context(...))`` is what ``visprune.select`` runs."""
     tokens = make_tokens((3, 30, 8))
-    extra = text_kwargs(name, 8, 3, shared=False)
+    extra = layer_kwargs(name, tokens, **text_kwargs(name, 8, 3, shared=False))
     through_api = visprune.select(name, tokens, 5, **extra)
     direct = visprune.get_method(name).select(tokens, 5, visprune.Context(**extra))
     assert torch.equal(through_api, direct)

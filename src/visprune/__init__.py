@@ -1,17 +1,20 @@
 """visprune: training-free visual-token pruning for multimodal LLMs.
 
 >>> import visprune
->>> visprune.list_methods()
-['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator', 'random', 'uniform', 'keepall']
+>>> visprune.list_methods()[:5]
+['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator']
 """
 
 from .api import Handle, apply, get_method, list_methods, select
 from .methods import (
+    DART,
     Context,
     DivPrune,
+    FastV,
     KeepAll,
     Method,
     OTPrune,
+    PyramidDrop,
     Random,
     ReDiPrune,
     ResPrune,
@@ -24,13 +27,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ADAPTERS",
+    "DART",
     "METHODS",
     "Context",
     "DivPrune",
+    "FastV",
     "Handle",
     "KeepAll",
     "Method",
     "OTPrune",
+    "PyramidDrop",
     "Random",
     "ReDiPrune",
     "ResPrune",

@@ -62,6 +62,8 @@ def select(
     *,
     text: Tensor | Sequence[Tensor] | None = None,
     query: Tensor | None = None,
+    scores: Tensor | Sequence[Tensor] | None = None,
+    text_scores: Tensor | Sequence[Tensor] | None = None,
     **params: object,
 ) -> Tensor:
     """Select the visual tokens to keep, without any model.
@@ -80,6 +82,11 @@ def select(
         shared by every item or a list of ``b`` tensors. Ignored by methods that use no text.
     query : Tensor, optional
         ReDiPrune's ready pooled query ``(d_q,)`` or ``(b, d_q)``, instead of ``text``.
+    scores, text_scores : Tensor or sequence of Tensor, optional
+        For the methods that prune inside the language model (``fastv``, ``pdrop``, ``dart``;
+        required there): per-token scores ``(n,)`` / ``(b, n)`` that their layer measures (the
+        attention each token receives, DART's key norms), and DART's ``(m,)`` scores of the text
+        tokens. Ignored by the other methods.
     **params
         Hyperparameters of the method (``gamma``, ``alpha``, ``tau``, ``seed`` ...).
 
@@ -105,7 +112,12 @@ def select(
         )
     if text is not None and not isinstance(text, Tensor):
         text = list(text)
-    return chosen.select(tokens, None, Context(text=text, query=query))
+    if scores is not None and not isinstance(scores, Tensor):
+        scores = list(scores)
+    if text_scores is not None and not isinstance(text_scores, Tensor):
+        text_scores = list(text_scores)
+    ctx = Context(text=text, query=query, scores=scores, text_scores=text_scores)
+    return chosen.select(tokens, None, ctx)
 
 
 class Handle:
@@ -303,6 +315,11 @@ def apply(
     if stack:
         stack[-1]._suspend()
     handle = Handle(model, chosen, build)
-    handle._resume()
+    try:
+        handle._resume()
+    except Exception:
+        if stack:  # the model stays as it was: the handle below runs again
+            stack[-1]._resume()
+        raise
     stack.append(handle)
     return handle

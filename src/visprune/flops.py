@@ -13,6 +13,7 @@ prefill and for decoding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,6 +287,7 @@ def model_flops(
     tiles_per_image: int = 1,
     logits: str = "last",
     vision: bool = True,
+    layer_kept_visual_tokens: Sequence[int] | None = None,
 ) -> dict[str, FlopsBreakdown]:
     """Exact matmul FLOPs of a Hugging Face VLM, read from its config (pure math).
 
@@ -329,6 +331,12 @@ def model_flops(
     vision : bool
         Count the vision tower and projector. Pass ``False`` for a type outside
         :data:`VISION_MODEL_TYPES` (Qwen2.5-VL's windowed ViT) to count the language model only.
+    layer_kept_visual_tokens : sequence of int, optional
+        Methods that prune inside the language model (FastV, PyramidDrop, DART): the visual
+        tokens each decoder layer sees at prefill, one count per layer (``visual_tokens``
+        before the pruning layer). Decode steps attend over ``kept_visual_tokens`` in every
+        layer (the KV cache holds the kept rows). The scores those methods recompute (one
+        query row and the keys of one layer) are not counted.
 
     Returns
     -------
@@ -397,7 +405,16 @@ def model_flops(
         attn += sliding * _attention(queries, narrow, d, heads, kv_heads, head_dim)
         return attn, layers * 6.0 * queries * d * ffn
 
-    attn, mlp = lm(n, n)
+    if layer_kept_visual_tokens is None:
+        attn, mlp = lm(n, n)
+    else:
+        attn, mlp = _layered_prefill(
+            layer_kept_visual_tokens,
+            visual_tokens,
+            text_tokens,
+            layer_types,
+            lambda q: (_attention(q, q, d, heads, kv_heads, head_dim), 6.0 * q * d * ffn),
+        )
     positions = n if logits == "all" else min(n, 1)
     prefill = FlopsBreakdown(vis, proj, attn, mlp, 2.0 * positions * d * vocab)
     d_attn = d_mlp = 0.0
@@ -407,3 +424,20 @@ def model_flops(
         d_mlp += m
     decode = FlopsBreakdown(0.0, 0.0, d_attn, d_mlp, 2.0 * decode_steps * d * vocab)
     return {"prefill": prefill, "decode": decode}
+
+
+def _layered_prefill(counts, visual_tokens, text_tokens, layer_types, layer):
+    """Prefill attention and MLP FLOPs summed over layers that see different token counts."""
+    if len(counts) != len(layer_types):
+        raise ValueError(
+            f"layer_kept_visual_tokens has {len(counts)} entries for {len(layer_types)} layers."
+        )
+    attn = mlp = 0.0
+    for count in counts:
+        _count("layer_kept_visual_tokens", count)
+        if count > visual_tokens:
+            raise ValueError(f"a layer keeps {count} of {visual_tokens} visual tokens.")
+        a, m = layer(count + text_tokens)
+        attn += a
+        mlp += m
+    return attn, mlp

@@ -9,14 +9,20 @@ from .rediprune import ReDiPrune, match_query_width, pool_text_query
 from .resprune import ResPrune
 from .trimtokenator import TrimTokenator
 from .simple import KeepAll, Random, Uniform
+from .fastv import FastV
+from .pdrop import PyramidDrop
+from .dart import DART
 # isort: on
 
 __all__ = [
+    "DART",
     "Context",
     "DivPrune",
+    "FastV",
     "KeepAll",
     "Method",
     "OTPrune",
+    "PyramidDrop",
     "Random",
     "ReDiPrune",
     "ResPrune",

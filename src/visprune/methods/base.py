@@ -10,6 +10,7 @@ The exact contract (budget rules, ties, errors) is ``spec/METHODS.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -36,10 +37,19 @@ class Context:
     query : Tensor, optional
         A ready text query ``(d_q,)`` (shared) or ``(b, d_q)``; used by methods that pool the text
         into one vector (ReDiPrune) instead of ``text``.
+    scores : Tensor or list of Tensor, optional
+        Per-token scores that a layer-stage method (FastV, PyramidDrop, DART) reads from inside
+        the language model: ``(n,)`` for ``(n, d)`` tokens, ``(b, n)`` or a list of ``b``
+        ``(n,)`` tensors for a batch (the attention each token receives from the last prompt
+        token, or each token's key norm).
+    text_scores : Tensor or list of Tensor, optional
+        The same scores for the ``text`` tokens: ``(m,)`` per item (DART's text pivots).
     """
 
     text: Tensor | list[Tensor] | None = None
     query: Tensor | None = None
+    scores: Tensor | list[Tensor] | None = None
+    text_scores: Tensor | list[Tensor] | None = None
 
     def texts_for(self, batch: int, method: str = "method") -> list[Tensor] | None:
         """Return one text tensor per batch item, or ``None`` when no text was given."""
@@ -334,7 +344,7 @@ def _scaled_context(ctx: Context) -> Context:
     query = ctx.query
     if query is not None:
         query = power_of_two_scaled(query, dims=(-1,))
-    return Context(text=text, query=query)
+    return dataclasses.replace(ctx, text=text, query=query)
 
 
 def cholesky_step(
