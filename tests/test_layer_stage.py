@@ -446,3 +446,12 @@ def test_a_decoder_layer_without_the_expected_attention_is_refused_at_apply():
         model(**data)
         assert all(len(s.kept) == 2 for s in below.selections)
     assert "get_image_features" not in model.model.__dict__
+
+
+def test_changing_the_layer_after_apply_raises():
+    model = deep("llava")
+    data = collate(ragged_samples("llava", model))
+    with visprune.apply(model, "fastv", layer=2, budget=2) as handle:
+        handle.method.layer = 1
+        with pytest.raises(ValueError, match=r"changed after visprune\.apply"):
+            model(**data)

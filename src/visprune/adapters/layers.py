@@ -99,6 +99,11 @@ class LayerPruner:
     # ------------------------------------------------------------------------------ planning
     def plan(self, items: list[Item], mask: Tensor | None, visual: dict, length: int) -> LayerPlan:
         """Start a prefill's pruning; the layer hooks carry it out."""
+        if self.method.check_layers(len(self.layers)) != self.prune_at:
+            raise ValueError(
+                f"{self.method.name}'s pruning layers changed after visprune.apply (hooked: "
+                f"{self.prune_at}); apply the method again to prune at other layers."
+            )
         batch = next(iter(visual.values())).shape[0]
         device = next(iter(visual.values())).device
         attended = torch.ones(batch, length, dtype=torch.bool, device=device)
