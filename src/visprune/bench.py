@@ -22,7 +22,9 @@ timing is a median with its min/max over the repeats):
     themselves; the hooks work with and without a handle. The projector is not included.
 ``select_s``
     Time inside ``handle.method.select`` during the ``generate(1)`` call (the method instance's
-    ``select`` is wrapped for the measurement, summed over images/frames). ``None`` unpruned.
+    ``select`` is wrapped for the measurement, summed over images/frames), plus, for methods
+    that prune inside the language model, the time measuring their scores there (recomputing
+    the attention row or key norms of one layer). ``None`` unpruned.
 ``peak_memory_bytes``
     ``torch.cuda.max_memory_allocated`` over the timed runs on CUDA; ``None`` on CPU (process
     RSS cannot isolate one call). :attr:`BenchResult.kv_cache_bytes` is exact on every device.
@@ -261,8 +263,28 @@ def _placeholders(model: Any, input_ids: Tensor) -> Tensor:
     return mask
 
 
+def _kept_per_layer(model: Any, visual: Tensor, selections: list) -> list[list[int]] | None:
+    """Per row, the visual tokens each decoder layer sees at prefill, for methods that prune
+    inside the language model (``Selection.stages``); ``None`` for the other methods."""
+    if not any(s.layer is not None for s in selections):
+        return None
+    layers = model.config.text_config.num_hidden_layers
+    counts = [[int(v)] * layers for v in visual.sum(dim=1)]
+    for s in selections:
+        for number in range(layers):
+            earlier = [kept for layer, kept in s.stages if layer <= number]
+            if earlier:
+                counts[s.sample][number] -= int(s.n) - len(earlier[-1])
+    return counts
+
+
 def _flops(
-    model: Any, inputs: dict, visual: Tensor, kept_per_row: list[int], new_tokens: int
+    model: Any,
+    inputs: dict,
+    visual: Tensor,
+    kept_per_row: list[int],
+    new_tokens: int,
+    per_layer: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     from .flops import model_flops
 
@@ -290,6 +312,8 @@ def _flops(
             tiles_per_image=tiles,
             logits="last",
         )
+        if per_layer is not None:
+            kwargs["layer_kept_visual_tokens"] = per_layer[row]
         try:
             if video:
                 raise ValueError("video: count the language model only")
@@ -427,6 +451,20 @@ def measure(
                     selecting.stop()
 
             handle.method.select = timed_select  # type: ignore[method-assign]
+            # Methods that prune inside the language model also measure their scores there
+            # (one attention row, or key norms): timed as part of the selection.
+            pruner = getattr(handle._adapter, "layer_pruner", None)
+            if pruner is not None:
+                measure_scores: Callable = pruner.signals
+
+                def timed_signals(*args: Any, **kwargs: Any) -> Any:
+                    selecting.start()
+                    try:
+                        return measure_scores(*args, **kwargs)
+                    finally:
+                        selecting.stop()
+
+                pruner.signals = timed_signals  # type: ignore[method-assign]
 
         step_starts: list[Any] = []
         hooks.append(
@@ -498,7 +536,8 @@ def measure(
             for s in selections:
                 kept_per_row[s.sample] -= int(s.n) - len(s.kept)
         after = sum(kept_per_row)
-        flops = _flops(model, inputs, visual, kept_per_row, new_tokens)
+        per_layer = _kept_per_layer(model, visual, selections) if handle is not None else None
+        flops = _flops(model, inputs, visual, kept_per_row, new_tokens, per_layer)
         alignment = None
         if handle is not None and seen.get("embeds") is not None:
             alignment = _alignment(seen["embeds"], visual, inputs.get("attention_mask"), selections)
