@@ -14,6 +14,7 @@ alike, and medians over rounds are reported:
 Usage::
 
     python benchmarks/end_to_end.py [--rounds 5] [--out benchmarks/results/end_to_end.md]
+        [--methods fastv pdrop dart]
 """
 
 from __future__ import annotations
@@ -29,8 +30,21 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from visprune.bench import machine_description, measure
 
-METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator", "random", "uniform"]
-METHODS += ["cdpruner", "vispruner", "visionzip"]  # the published pre-LLM baselines
+METHODS = [
+    "divprune",
+    "otprune",
+    "rediprune",
+    "resprune",
+    "trimtokenator",
+    "random",
+    "uniform",
+    "cdpruner",
+    "vispruner",
+    "visionzip",
+    "fastv",
+    "pdrop",
+    "dart",
+]
 BUDGETS = (192, 128, 64)
 IMAGE_TOKEN = 31999
 PROMPT_TOKENS = 40
@@ -85,9 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/end_to_end.md"))
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=METHODS, help="default: every method"
+    )
     args = parser.parse_args(argv)
     model, inputs = build_model(args.hidden, args.layers), build_inputs()
-    configs = [("unpruned", None)] + [(m, b) for b in BUDGETS for m in METHODS]
+    configs = [("unpruned", None)] + [(m, b) for b in BUDGETS for m in args.methods]
     extra = {"suppress_tokens": [IMAGE_TOKEN]}
 
     def run(method, budget):
@@ -151,7 +168,12 @@ def main(argv: list[str] | None = None) -> None:
         "Prefill = time to first token (vision tower + projector + selection + LM prefill). "
         "Predicted = unpruned / pruned prefill FLOPs of the whole model (`visprune.flops."
         "model_flops`); achieved = measured speed-up / predicted (target >= 0.8). Selection = "
-        "time inside the method as a share of the unpruned prefill (target <= 3 %).",
+        "time inside the method as a share of the unpruned prefill (target <= 3 %); for the "
+        "methods that prune inside the language model (fastv, dart after layer 2; pdrop at "
+        f"layers {', '.join(str(args.layers * s // 4) for s in (1, 2, 3))} keeping budget, "
+        "budget / 2, budget / 4) it includes recomputing their scores there, and their "
+        "predicted FLOPs count the layers before each pruning on every visual token; visual "
+        "tokens = what the last layers see.",
         "",
         "| method | budget | visual tokens | prefill (ms) | speed-up | predicted | achieved | "
         "selection (% of prefill) | decode (ms/token) | KV cache (MiB) |",

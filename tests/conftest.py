@@ -38,6 +38,10 @@ NO_BUDGET: frozenset[str] = frozenset({"keepall"})
 #: Methods whose picks depend only on positions, not on token values.
 INDEX_BASED: frozenset[str] = frozenset({"random", "uniform", "keepall"})
 
+#: Methods that prune inside the language model: ``select`` needs the per-token ``scores`` their
+#: layer measures (and DART the text's); :func:`run` derives stand-ins from the tokens.
+LAYER_STAGE: frozenset[str] = frozenset(m for m in METHOD_NAMES if METHODS[m].stage == "layer")
+
 #: Devices to run the device-sensitive tests on.
 DEVICES: list[str] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -126,15 +130,37 @@ def cls_attention_of(tokens: Tensor, heads: int = 3, seed: int = 17) -> Tensor:
     return (4 * scores).softmax(dim=-2).transpose(-1, -2)
 
 
+def layer_scores(tokens: Tensor) -> Tensor:
+    """Stand-in layer scores of ``(..., n, d)`` tokens: ``(..., n)``, a function of each token
+    alone (so they follow the tokens through permutations, scalings and dtype casts)."""
+    tokens = tokens.float()
+    return (tokens / tokens.shape[-1]).sum(-1)  # a mean that cannot overflow
+
+
 def run(name: str, tokens: Tensor, budget: object = None, **kwargs) -> Tensor:
-    """``visprune.select`` with the budget left out for methods that take none, and a CLS
-    attention made from the tokens (:func:`cls_attention_of`) for methods that need one."""
+    """``visprune.select`` with the budget left out for methods that take none, a CLS attention
+    made from the tokens (:func:`cls_attention_of`) for methods that need one, and stand-in
+    scores (:func:`layer_scores`) for layer-stage methods when none are given."""
     well_formed = isinstance(tokens, Tensor) and tokens.dim() in (2, 3) and 0 not in tokens.shape
     if needs_cls_attention(name) and "cls_attention" not in kwargs and well_formed:
         kwargs["cls_attention"] = cls_attention_of(tokens)
+    if isinstance(tokens, Tensor) and tokens.dim() and "scores" not in kwargs:
+        kwargs = layer_kwargs(name, tokens, **kwargs)
     if name in NO_BUDGET:
         return visprune.select(name, tokens, **kwargs)
     return visprune.select(name, tokens, budget, **kwargs)
+
+
+def layer_kwargs(name: str, tokens: Tensor, **kwargs) -> dict:
+    """``kwargs`` plus the stand-in scores that :func:`run` adds for a layer-stage method."""
+    if name not in LAYER_STAGE:
+        return kwargs
+    extra = dict(kwargs, scores=layer_scores(tokens))
+    text = kwargs.get("text")
+    if text is not None:
+        many = isinstance(text, list)
+        extra["text_scores"] = [layer_scores(t) for t in text] if many else layer_scores(text)
+    return extra
 
 
 def expected_k(name: str, budget: object, n: int) -> int:

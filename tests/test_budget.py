@@ -193,7 +193,7 @@ def test_contract_on_arbitrary_tokens(name):
         tokens, budget, extra = problem
         batch = None if tokens.dim() == 2 else tokens.shape[0]
         n = tokens.shape[-2]
-        call = run  # the budget left out for keepall, a CLS attention for vispruner
+        call = run  # budget left out for keepall; CLS attention or layer scores where needed
         kept = call(name, tokens, budget, **extra)
         assert_valid(kept, n, expected_k(name, budget, n), batch, tokens.device)
         assert torch.equal(kept, call(name, tokens, budget, **extra))

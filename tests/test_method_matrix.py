@@ -13,6 +13,7 @@ import visprune
 from conftest import (
     DEVICES,
     INDEX_BASED,
+    LAYER_STAGE,
     MERGING_NAMES,
     METHOD_NAMES,
     NO_BUDGET,
@@ -168,6 +169,16 @@ def test_identical_tokens_tie_to_lowest_indices(name):
         assert torch.equal(kept, torch.arange(5))
 
 
+@pytest.mark.parametrize("name", sorted(LAYER_STAGE))
+def test_layer_methods_need_their_scores(name):
+    """Without a model there is nothing to measure the layer's scores on: select says so."""
+    tokens = make_tokens((12, 8), seed=4)
+    with pytest.raises(ValueError, match="inside the language model"):
+        visprune.select(name, tokens, 3)
+    with pytest.raises(ValueError, match=r"shape \(12,\)"):
+        visprune.select(name, tokens, 3, scores=torch.ones(11))
+
+
 @pytest.mark.parametrize("name", [m for m in METHOD_NAMES if uses_text(m)])
 def test_text_dtype_does_not_matter(name):
     """Low-precision text gives the same picks as its float32 upcast."""
@@ -175,10 +186,7 @@ def test_text_dtype_does_not_matter(name):
     text = text_kwargs(name, 16)["text"]
     for dtype in (torch.float16, torch.bfloat16):
         low = text.to(dtype)
-        assert torch.equal(
-            visprune.select(name, tokens, 6, text=low),
-            visprune.select(name, tokens, 6, text=low.float()),
-        )
+        assert torch.equal(run(name, tokens, 6, text=low), run(name, tokens, 6, text=low.float()))
 
 
 # --------------------------------------------------------------- merging methods (reduce)

@@ -15,6 +15,7 @@ from conftest import (
     METHOD_NAMES,
     NO_BUDGET,
     cls_attention_of,
+    layer_kwargs,
     make_tokens,
     needs_cls_attention,
     text_kwargs,
@@ -24,6 +25,7 @@ from visprune.registry import METHODS, Registry, UnknownNameError
 PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
 BASELINES = ["random", "uniform", "keepall"]
 PRE_LLM = ["cdpruner", "vispruner", "visionzip"]
+LAYER_METHODS = ["fastv", "pdrop", "dart"]
 CLASSES = {
     "divprune": visprune.DivPrune,
     "otprune": visprune.OTPrune,
@@ -36,6 +38,9 @@ CLASSES = {
     "cdpruner": visprune.CDPruner,
     "vispruner": visprune.VisPruner,
     "visionzip": visprune.VisionZip,
+    "fastv": visprune.FastV,
+    "pdrop": visprune.PyramidDrop,
+    "dart": visprune.DART,
 }
 #: Non-default hyperparameters per method, for construction and round-trip tests.
 PARAMS = {
@@ -50,12 +55,16 @@ PARAMS = {
     "cdpruner": {"budget": 64},
     "vispruner": {"budget": 0.25, "important_ratio": 0.75},
     "visionzip": {"budget": 64, "contextual_ratio": 0.25},
+    "fastv": {"budget": 0.5, "layer": 3},
+    "pdrop": {"budget": 288, "layers": (4, 8), "ratio": 0.25},
+    "dart": {"budget": 128, "layer": 3, "image_pivots": 2, "text_pivots": 6},
 }
 
 
 def test_list_methods_order():
-    """Paper methods first, then the baselines, then the published pre-LLM baselines."""
-    assert visprune.list_methods() == PAPER_METHODS + BASELINES + PRE_LLM
+    """Paper methods first, then the baselines, then the published pre-LLM baselines and the
+    methods that prune inside the language model."""
+    assert visprune.list_methods() == PAPER_METHODS + BASELINES + PRE_LLM + LAYER_METHODS
 
 
 def test_list_methods_returns_a_copy():
@@ -195,7 +204,7 @@ def test_public_api_exports():
 def test_method_select_with_context_equals_api(name):
     """``Method.select(tokens, k, Context(...))`` is what ``visprune.select`` runs."""
     tokens = make_tokens((3, 30, 8))
-    extra = text_kwargs(name, 8, 3, shared=False)
+    extra = layer_kwargs(name, tokens, **text_kwargs(name, 8, 3, shared=False))
     if needs_cls_attention(name):
         extra["cls_attention"] = cls_attention_of(tokens)
     through_api = visprune.select(name, tokens, 5, **extra)

@@ -590,7 +590,7 @@ def tiny_demo_model():
         demo_model.build_tokenizer(),
         vision_hidden=16,
         text_hidden=32,
-        text_layers=1,
+        text_layers=3,  # as the bundled model: room for the in-LLM methods (layer 2)
         text_heads=2,
         text_intermediate=64,
     )

@@ -1,19 +1,21 @@
 """visprune: training-free visual-token pruning for multimodal LLMs.
 
 >>> import visprune
->>> visprune.list_methods()
-['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator', 'random', 'uniform', 'keepall',
- 'cdpruner', 'vispruner', 'visionzip']
+>>> visprune.list_methods()[:5]
+['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator']
 """
 
 from .api import Handle, apply, get_method, list_methods, select
 from .methods import (
+    DART,
     CDPruner,
     Context,
     DivPrune,
+    FastV,
     KeepAll,
     Method,
     OTPrune,
+    PyramidDrop,
     Random,
     ReDiPrune,
     ResPrune,
@@ -28,14 +30,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ADAPTERS",
+    "DART",
     "METHODS",
     "CDPruner",
     "Context",
     "DivPrune",
+    "FastV",
     "Handle",
     "KeepAll",
     "Method",
     "OTPrune",
+    "PyramidDrop",
     "Random",
     "ReDiPrune",
     "ResPrune",

@@ -65,6 +65,8 @@ def select(
     cls_attention: Tensor | None = None,
     image_embeds: Tensor | None = None,
     text_embeds: Tensor | Sequence[Tensor] | None = None,
+    scores: Tensor | Sequence[Tensor] | None = None,
+    text_scores: Tensor | Sequence[Tensor] | None = None,
     **params: object,
 ) -> Tensor:
     """Select the visual tokens to keep, without any model.
@@ -89,6 +91,11 @@ def select(
     image_embeds, text_embeds : Tensor, optional
         CDPruner: ready CLIP embeddings of the patches ``(n, C)`` (``(b, n, C)``) and of the
         instruction ``(M, C)`` (or a list of ``b``), instead of ``text``.
+    scores, text_scores : Tensor or sequence of Tensor, optional
+        For the methods that prune inside the language model (``fastv``, ``pdrop``, ``dart``;
+        required there): per-token scores ``(n,)`` / ``(b, n)`` that their layer measures (the
+        attention each token receives, DART's key norms), and DART's ``(m,)`` scores of the text
+        tokens. Ignored by the other methods.
     **params
         Hyperparameters of the method (``gamma``, ``alpha``, ``tau``, ``seed`` ...).
 
@@ -116,12 +123,18 @@ def select(
         text = list(text)
     if text_embeds is not None and not isinstance(text_embeds, Tensor):
         text_embeds = list(text_embeds)
+    if scores is not None and not isinstance(scores, Tensor):
+        scores = list(scores)
+    if text_scores is not None and not isinstance(text_scores, Tensor):
+        text_scores = list(text_scores)
     context = Context(
         text=text,
         query=query,
         cls_attention=cls_attention,
         image_embeds=image_embeds,
         text_embeds=text_embeds,
+        scores=scores,
+        text_scores=text_scores,
     )
     return chosen.select(tokens, None, context)
 
@@ -323,6 +336,11 @@ def apply(
     if stack:
         stack[-1]._suspend()
     handle = Handle(model, chosen, build)
-    handle._resume()
+    try:
+        handle._resume()
+    except Exception:
+        if stack:  # the model stays as it was: the handle below runs again
+            stack[-1]._resume()
+        raise
     stack.append(handle)
     return handle

@@ -23,7 +23,9 @@ timing is a median with its min/max over the repeats):
 ``select_s``
     Time inside ``handle.method.select`` (``reduce`` for a merging method) during the
     ``generate(1)`` call (the method instance's ``select`` is wrapped for the measurement,
-    summed over images/frames). ``None`` unpruned.
+    summed over images/frames), plus, for methods that prune inside the language model, the
+    time measuring their scores there (recomputing the attention row or key norms of one
+    layer). ``None`` unpruned.
 ``peak_memory_bytes``
     ``torch.cuda.max_memory_allocated`` over the timed runs on CUDA; ``None`` on CPU (process
     RSS cannot isolate one call). :attr:`BenchResult.kv_cache_bytes` is exact on every device.
@@ -262,8 +264,28 @@ def _placeholders(model: Any, input_ids: Tensor) -> Tensor:
     return mask
 
 
+def _kept_per_layer(model: Any, visual: Tensor, selections: list) -> list[list[int]] | None:
+    """Per row, the visual tokens each decoder layer sees at prefill, for methods that prune
+    inside the language model (``Selection.stages``); ``None`` for the other methods."""
+    if not any(s.layer is not None for s in selections):
+        return None
+    layers = model.config.text_config.num_hidden_layers
+    counts = [[int(v)] * layers for v in visual.sum(dim=1)]
+    for s in selections:
+        for number in range(layers):
+            earlier = [kept for layer, kept in s.stages if layer <= number]
+            if earlier:
+                counts[s.sample][number] -= int(s.n) - len(earlier[-1])
+    return counts
+
+
 def _flops(
-    model: Any, inputs: dict, visual: Tensor, kept_per_row: list[int], new_tokens: int
+    model: Any,
+    inputs: dict,
+    visual: Tensor,
+    kept_per_row: list[int],
+    new_tokens: int,
+    per_layer: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     from .flops import model_flops
     from .flops_inputs import describe_rows
@@ -276,6 +298,7 @@ def _flops(
     for row, described in enumerate(describe_rows(config, inputs)):
         n_visual = int(visual[row].sum())
         length = int(mask[row].sum()) if isinstance(mask, Tensor) else ids.shape[1]
+        layers = {} if per_layer is None else {"layer_kept_visual_tokens": per_layer[row]}
         counts = model_flops(
             config,
             n_visual,
@@ -284,6 +307,7 @@ def _flops(
             kept_visual_tokens=kept_per_row[row],
             logits="last",
             **described,
+            **layers,
         )
         for stage, breakdown in counts.items():
             totals[f"{stage}_total"] += breakdown.total
@@ -416,7 +440,20 @@ def measure(
                     selecting.stop()
 
             setattr(handle.method, entry, timed_select)
+            # Methods that prune inside the language model also measure their scores there
+            # (one attention row, or key norms): timed as part of the selection.
+            pruner = getattr(handle._adapter, "layer_pruner", None)
+            if pruner is not None:
+                measure_scores: Callable = pruner.signals
 
+                def timed_signals(*args: Any, **kwargs: Any) -> Any:
+                    selecting.start()
+                    try:
+                        return measure_scores(*args, **kwargs)
+                    finally:
+                        selecting.stop()
+
+                pruner.signals = timed_signals  # type: ignore[method-assign]
         step_starts: list[Any] = []
         hooks.append(
             model.model.language_model.register_forward_pre_hook(
@@ -488,7 +525,8 @@ def measure(
                 merged = 0 if s.merged_positions is None else len(s.merged_positions)
                 kept_per_row[s.sample] -= int(s.n) - len(s.kept) - merged
         after = sum(kept_per_row)
-        flops = _flops(model, inputs, visual, kept_per_row, new_tokens)
+        per_layer = _kept_per_layer(model, visual, selections) if handle is not None else None
+        flops = _flops(model, inputs, visual, kept_per_row, new_tokens, per_layer)
         alignment = None
         if handle is not None and seen.get("embeds") is not None:
             alignment = _alignment(seen["embeds"], visual, inputs.get("attention_mask"), selections)

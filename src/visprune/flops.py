@@ -401,6 +401,7 @@ def model_flops(
     tiles_per_image: int | Sequence[int] = 1,
     logits: str = "last",
     vision: bool = True,
+    layer_kept_visual_tokens: Sequence[int] | None = None,
 ) -> dict[str, FlopsBreakdown]:
     """Exact matmul FLOPs of a Hugging Face VLM, read from its config (pure math).
 
@@ -474,6 +475,12 @@ def model_flops(
     vision : bool
         Count the vision tower and projector; ``False`` counts the language model only (vision
         and projector are then zero).
+    layer_kept_visual_tokens : sequence of int, optional
+        Methods that prune inside the language model (FastV, PyramidDrop, DART): the visual
+        tokens each decoder layer sees at prefill, one count per layer (``visual_tokens``
+        before the pruning layer). Decode steps attend over ``kept_visual_tokens`` in every
+        layer (the KV cache holds the kept rows). The scores those methods recompute (one
+        query row and the keys of one layer) are not counted.
 
     Returns
     -------
@@ -524,7 +531,8 @@ def model_flops(
     heads = text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or d // heads
-    mlp_per_token = sum(_mlp_per_token(text, model_type))
+    mlp_per_layer = _mlp_per_token(text, model_type)
+    mlp_per_token = sum(mlp_per_layer)
     n = kept + text_tokens
     layer_types = list(getattr(text, "layer_types", None) or ["full_attention"] * layers)
     sliding = layer_types.count("sliding_attention")
@@ -537,7 +545,19 @@ def model_flops(
         attn += sliding * _attention(queries, narrow, d, heads, kv_heads, head_dim)
         return attn, queries * mlp_per_token
 
-    attn, mlp = lm(n, n)
+    if layer_kept_visual_tokens is None:
+        attn, mlp = lm(n, n)
+    else:
+        attn, mlp = _layered_prefill(
+            layer_kept_visual_tokens,
+            visual_tokens,
+            text_tokens,
+            layer_types,
+            lambda index, q: (
+                _attention(q, q, d, heads, kv_heads, head_dim),
+                q * mlp_per_layer[index],
+            ),
+        )
     positions = n if logits == "all" else min(n, 1)
     prefill = FlopsBreakdown(vis, proj, attn, mlp, 2.0 * positions * d * vocab)
     d_attn = d_mlp = 0.0
@@ -547,3 +567,20 @@ def model_flops(
         d_mlp += m
     decode = FlopsBreakdown(0.0, 0.0, d_attn, d_mlp, 2.0 * decode_steps * d * vocab)
     return {"prefill": prefill, "decode": decode}
+
+
+def _layered_prefill(counts, visual_tokens, text_tokens, layer_types, layer):
+    """Prefill attention and MLP FLOPs summed over layers that see different token counts."""
+    if len(counts) != len(layer_types):
+        raise ValueError(
+            f"layer_kept_visual_tokens has {len(counts)} entries for {len(layer_types)} layers."
+        )
+    attn = mlp = 0.0
+    for index, count in enumerate(counts):
+        _count("layer_kept_visual_tokens", count)
+        if count > visual_tokens:
+            raise ValueError(f"a layer keeps {count} of {visual_tokens} visual tokens.")
+        a, m = layer(index, count + text_tokens)
+        attn += a
+        mlp += m
+    return attn, mlp

@@ -39,6 +39,7 @@ from .. import compat
 from ..compat import PruningNotApplied, encoder_features
 from ..methods import Method
 from . import sequence
+from .layers import LayerPruner, layer_positions
 from .needs import check_item_scores, check_method
 from .records import CallState, Layout, Selection
 from .selection import keep_mask, place_merged, run_method, selections_of
@@ -66,6 +67,8 @@ class Adapter:
         positions: str | None = None,
         newlines: str = "candidates",
     ) -> None:
+        if method.stage == "layer":
+            positions = layer_positions(model.config.model_type, positions)
         positions = self.check_options(model.config.model_type, positions, newlines)
         check_method(type(self), model, method)
         self.model = model
@@ -80,6 +83,7 @@ class Adapter:
         self._captures: list[ScoreCapture] = []
         self._wrapped: list[str] = []
         self._loss_overridden = False
+        self.layer_pruner: LayerPruner | None = None
         self._attach()
 
     @classmethod
@@ -127,6 +131,10 @@ class Adapter:
         """The module whose input is the pre-projector features (``None``: none per token)."""
         return getattr(self.base, "multi_modal_projector", None)
 
+    def check_layer_stage(self, layers: list[int]) -> None:
+        """Raise ``ValueError`` when the family cannot prune inside its language model before
+        these decoder layers (nothing by default)."""
+
     def shorten_family_inputs(self, kwargs: dict, keep: Tensor, index: Tensor) -> None:
         """Shorten the family's own per-token language-model inputs at a pruned prefill.
 
@@ -156,6 +164,8 @@ class Adapter:
 
     # --------------------------------------------------------------------------- attach/remove
     def _attach(self) -> None:
+        if self.method.stage == "layer":  # first: it checks the decoder layers, touches nothing
+            self.layer_pruner = LayerPruner(self)
         for kind in self.token_ids():
             name = f"get_{kind}_features"
             if hasattr(self.base, name):
@@ -205,6 +215,9 @@ class Adapter:
         for capture in self._captures:
             capture.remove()
         self._captures.clear()
+        if self.layer_pruner is not None:
+            self.layer_pruner.remove()
+            self.layer_pruner = None
         for name in self._wrapped:
             self.base.__dict__.pop(name, None)
         self._wrapped.clear()
@@ -285,6 +298,7 @@ class Adapter:
     # ------------------------------------------------------------------------------ prefill
     def _before_language_model(self, module, args, kwargs):
         call = self._call()
+        call.layer_plan = None
         past = compat.cache_length(compat.find_cache(kwargs))
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
@@ -375,6 +389,9 @@ class Adapter:
         }
         layouts = {kind: call.layouts.get(kind, []) for kind in visual}
         items = locate_items(input_ids, visual, layouts, vision)
+        if self.layer_pruner is not None:  # the method runs between decoder layers
+            call.layer_plan = self.layer_pruner.plan(items, mask, visual, length)
+            return
         texts = None
         if self.method.uses & {"text", "query"}:
             texts = self._texts_for_prefill(call, input_ids, embeds, mask, visual, continues)

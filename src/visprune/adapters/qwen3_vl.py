@@ -20,6 +20,17 @@ class Qwen3VLAdapter(QwenVLAdapter):
     visual position mask alike.
     """
 
+    def check_layer_stage(self, layers: list[int]) -> None:
+        """Deepstack adds vision features to the outputs of the first decoder layers, at the
+        positions of the full sequence: pruning must come after the last of them."""
+        levels = len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", ()))
+        if min(layers) < levels:
+            raise ValueError(
+                f"{self.method.name} prunes after layer {min(layers)}, but Qwen3-VL adds "
+                f"deepstack vision features to the outputs of layers 0 to {levels - 1} at the "
+                f"full sequence's visual positions; prune at layer {levels} or later."
+            )
+
     def shorten_family_inputs(self, kwargs: dict, keep: Tensor, index: Tensor) -> None:
         visual = kwargs.get("visual_pos_masks")
         levels = kwargs.get("deepstack_visual_embeds")

@@ -44,6 +44,12 @@ class Selection:
         ``c`` dropped candidates of the image); else None. ``len(kept) + c`` is the budget.
     merged : Tensor or None
         The new tokens ``(c, d)`` as the language model received them (projected), on the CPU.
+    layer : int or None
+        For methods that prune inside the language model: the decoder layer from which on only
+        the ``kept`` tokens are seen (``None``: the language model never saw the others).
+    stages : tuple of (int, Tensor)
+        Layer-stage methods: per pruning, its layer and the kept indices into the candidates
+        (PyramidDrop prunes several times; the last entry equals ``layer`` and ``kept``).
     """
 
     sample: int
@@ -57,6 +63,8 @@ class Selection:
     candidates: Tensor | None = None
     merged_positions: Tensor | None = None
     merged: Tensor | None = None
+    layer: int | None = None
+    stages: tuple[tuple[int, Tensor], ...] = ()
 
 
 @dataclass
@@ -147,6 +155,8 @@ class CallState:
     positions_supplied: bool = False
     #: The pruned prefill's state for decode steps and the loss.
     prefill: Prefill | None = None
+    #: A layer-stage method's pruning in progress inside the language model's prefill.
+    layer_plan: Any = None
     #: The first prompt of a generate(use_cache=False) run and its texts.
     prompt_cache: tuple[Tensor, list[Tensor]] | None = None
     selections: list[Selection] = field(default_factory=list)

@@ -40,14 +40,8 @@ def shorten(
     """
     batch, length, width = embeds.shape
     device = embeds.device
-    counts = keep.sum(-1)
-    longest = int(counts.max())
-    # Left re-padding: rank of each kept token counted from the right end of the row.
-    rank = keep.flip(-1).cumsum(-1).flip(-1)
-    slot = longest - rank
-    index = torch.full((batch, longest), -1, dtype=torch.long, device=device)
-    rows, cols = keep.nonzero(as_tuple=True)
-    index[rows, slot[rows, cols]] = cols
+    index = packed_index(keep)
+    longest = index.shape[1]
     padded = index < 0
     safe = index.clamp_min(0)
     dropped_before = (~keep).long().cumsum(-1)
@@ -78,6 +72,19 @@ def shorten(
     return Prefill(
         length=length, index=index, mask=new_mask, dropped=dropped, shift=shift.unsqueeze(-1)
     )
+
+
+def packed_index(keep: Tensor) -> Tensor:
+    """``(B, L)`` bool -> ``(B, L')`` the kept positions per row, left re-padded with -1."""
+    batch = keep.shape[0]
+    longest = int(keep.sum(-1).max())
+    # Left re-padding: rank of each kept token counted from the right end of the row.
+    rank = keep.flip(-1).cumsum(-1).flip(-1)
+    slot = longest - rank
+    index = torch.full((batch, longest), -1, dtype=torch.long, device=keep.device)
+    rows, cols = keep.nonzero(as_tuple=True)
+    index[rows, slot[rows, cols]] = cols
+    return index
 
 
 def continue_decode(

@@ -35,6 +35,14 @@ def _methods() -> list[str]:
     return [name for name in visprune.list_methods() if name != "keepall"]
 
 
+def _positions(method: str, positions: str) -> str:
+    """The position mode for ``method``: methods that prune inside the language model keep
+    the original positions (the only mode they have)."""
+    import visprune
+
+    return "original" if visprune.METHODS[method].stage == "layer" else positions
+
+
 def evaluate(
     model_dir: str | Path | None = None,
     *,
@@ -75,7 +83,9 @@ def evaluate(
     for method, budget in configs:
         handle = None
         if budget is not None:
-            handle = visprune.apply(model, method, budget=budget, positions=positions)
+            handle = visprune.apply(
+                model, method, budget=budget, positions=_positions(method, positions)
+            )
         try:
             start = time.perf_counter()
             scores = accuracy(model, test, encoder)
@@ -149,7 +159,9 @@ def overlays(
         kept = None
         if method != "image":
             with (
-                visprune.apply(model, method, budget=budget, positions=positions) as handle,
+                visprune.apply(
+                    model, method, budget=budget, positions=_positions(method, positions)
+                ) as handle,
                 torch.no_grad(),
             ):
                 model(**prompt_batch(picks, encoder), logits_to_keep=1)

@@ -73,15 +73,48 @@ def dart(
         pool[:image_start] = False
         pool[end:] = False
         pool[image] = False
-        kept = [image]
-        for pivot in set(image.tolist() + text.tolist()):
-            valid = pool.nonzero().squeeze(-1)
-            take = min(per_pivot, len(valid))
-            if take == 0:
-                break
-            distance = -(unit[row, valid] @ unit[row, pivot])
-            chosen = valid[distance.topk(take).indices]
-            pool[chosen] = False
-            kept.append(chosen)
+        pivots = list(set(image.tolist() + text.tolist()))
+        kept = [image, *least_duplicated(unit[row], pool, pivots, [per_pivot] * len(pivots))]
         rows.append(torch.cat(kept).sort().values)
     return torch.stack(rows)
+
+
+def least_duplicated(
+    unit: Tensor, pool: Tensor, pivots: list[int], shares: list[int], stable: bool = False
+) -> list[Tensor]:
+    """DART's greedy step: each pivot in turn claims the pool tokens least similar to it.
+
+    Parameters
+    ----------
+    unit : Tensor
+        ``(S, D)`` unit-norm hidden states.
+    pool : Tensor
+        ``(S,)`` bool, the tokens that may still be kept; changed in place.
+    pivots : list of int
+        Pivot rows of ``unit``, in the order they claim.
+    shares : list of int
+        Tokens each pivot claims (fewer when the pool runs out).
+    stable : bool
+        Break equal similarities towards the lowest index (``topk``'s order otherwise, as
+        published).
+
+    Returns
+    -------
+    list of Tensor
+        The claimed rows, one int64 tensor per pivot that claimed any.
+    """
+    claimed = []
+    for pivot, share in zip(pivots, shares, strict=True):
+        valid = pool.nonzero().squeeze(-1)
+        take = min(share, len(valid))
+        if take == 0:
+            break
+        similarity = unit[valid] @ unit[pivot]
+        if stable:
+            order = torch.sort(similarity, stable=True).indices[:take]
+        else:
+            order = (-similarity).topk(take).indices
+        chosen = valid[order]
+        pool[chosen] = False
+        claimed.append(chosen)
+    return claimed

@@ -13,15 +13,21 @@ from .simple import KeepAll, Random, Uniform
 from .cdpruner import CDPruner
 from .vispruner import VisPruner
 from .visionzip import Reduction, VisionZip
+from .fastv import FastV
+from .pdrop import PyramidDrop
+from .dart import DART
 # isort: on
 
 __all__ = [
+    "DART",
     "CDPruner",
     "Context",
     "DivPrune",
+    "FastV",
     "KeepAll",
     "Method",
     "OTPrune",
+    "PyramidDrop",
     "Random",
     "ReDiPrune",
     "Reduction",

@@ -50,6 +50,13 @@ class Context:
     image_embeds, text_embeds : Tensor, optional
         Ready CLIP embeddings for CDPruner's relevance: the image patches ``(n, C)`` or
         ``(b, n, C)`` and the instruction ``(M, C)`` (shared) or a list of ``b`` of them.
+    scores : Tensor or list of Tensor, optional
+        Per-token scores that a layer-stage method (FastV, PyramidDrop, DART) reads from inside
+        the language model: ``(n,)`` for ``(n, d)`` tokens, ``(b, n)`` or a list of ``b``
+        ``(n,)`` tensors for a batch (the attention each token receives from the last prompt
+        token, or each token's key norm).
+    text_scores : Tensor or list of Tensor, optional
+        The same scores for the ``text`` tokens: ``(m,)`` per item (DART's text pivots).
     """
 
     text: Tensor | list[Tensor] | None = None
@@ -59,6 +66,8 @@ class Context:
     cls_state: Tensor | None = None
     image_embeds: Tensor | None = None
     text_embeds: Tensor | list[Tensor] | None = None
+    scores: Tensor | list[Tensor] | None = None
+    text_scores: Tensor | list[Tensor] | None = None
 
     def texts_for(self, batch: int, method: str = "method") -> list[Tensor] | None:
         """Return one text tensor per batch item, or ``None`` when no text was given."""
