@@ -13,8 +13,9 @@ OLDEST_TRANSFORMERS := $(shell sed -n '/^TESTED_RANGE/s/[^"]*"\([^"]*\)".*/\1/p'
 VENV_OLDEST ?= .venv-oldest
 PY_OLDEST := $(VENV_OLDEST)/bin/python
 MODEL_TESTS := tests/test_adapters.py tests/test_compat.py tests/test_robustness.py \
-	tests/test_lmms_eval.py tests/test_demo_checkpoint.py tests/test_demo_cli.py tests/test_cli.py \
-	tests/test_bench.py tests/test_flops_exact.py tests/test_flops_inputs.py
+	tests/test_lmms_eval.py tests/test_lmms_eval_families.py tests/test_demo_checkpoint.py \
+	tests/test_demo_cli.py tests/test_cli.py tests/test_bench.py tests/test_flops_exact.py \
+	tests/test_flops_inputs.py tests/test_vision_scores.py tests/test_layer_stage.py
 
 # vLLM (the serving plugin's tests) pins its own transformers, so it gets its own virtualenv.
 VENV_VLLM ?= .venv-vllm
@@ -26,12 +27,18 @@ VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
-# exist`) and then break transformers' image processors, so a torchvision that cannot be
-# imported is removed (transformers falls back to its PIL processors).
+# exist`) and then break transformers' image processors. Qwen-VL's and InternVL's processors
+# need it (for their video processors), so in the test environments a start-up file declares
+# the two operator schemas it needs when it does not import on its own
+# (tests/vllm_serving/torchvision_schemas.py); users without it remove it instead (README).
+SCHEMAS_PTH = echo "import sys; sys.path.insert(0, '$(CURDIR)/tests/vllm_serving'); import torchvision_schemas" \
+	> "$$($(1) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/visprune_torchvision_schemas.pth"
+
 $(VENV)/.installed-test: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[test,eval]'
-	$(PY) -c 'import torchvision' 2>/dev/null || $(PY) -m pip uninstall -y -q torchvision
+	$(call SCHEMAS_PTH,$(PY))
+	$(PY) -c 'import torchvision'
 	touch $@
 
 install: $(VENV)/.installed-test
@@ -39,7 +46,8 @@ install: $(VENV)/.installed-test
 $(VENV_OLDEST)/.installed-test: pyproject.toml constraints.txt src/visprune/compat.py
 	test -x $(PY_OLDEST) || $(PYTHON) -m venv $(VENV_OLDEST)
 	$(PY_OLDEST) -m pip install -q -c constraints.txt -e '.[test,eval]' 'transformers==$(OLDEST_TRANSFORMERS)'
-	$(PY_OLDEST) -c 'import torchvision' 2>/dev/null || $(PY_OLDEST) -m pip uninstall -y -q torchvision
+	$(call SCHEMAS_PTH,$(PY_OLDEST))
+	$(PY_OLDEST) -c 'import torchvision'
 	touch $@
 
 install-oldest: $(VENV_OLDEST)/.installed-test

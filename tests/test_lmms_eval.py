@@ -213,12 +213,50 @@ def test_demo_task_asks_the_demo_prompt(wrapper, index):
 
 def test_torchvision_is_absent_or_importable():
     """A torchvision build that does not match torch breaks transformers' image processors;
-    the eval install removes such a build (see the Makefile)."""
+    the test install makes the registry's build import (see the Makefile), users remove it."""
     if importlib.util.find_spec("torchvision") is not None:
         import torchvision  # noqa: F401
     from transformers import CLIPImageProcessor
 
     assert CLIPImageProcessor(size={"shortest_edge": 8}).size["shortest_edge"] == 8
+
+
+def test_image_processors_work_without_torchvision(checkpoint, tmp_path):
+    """What the README tells CPU users to do, remove torchvision, leaves the LLaVA checkpoints'
+    processors working (transformers' PIL backend): checked in a Python that sees this
+    environment's packages except torchvision, whether or not it is installed here."""
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    for folder in map(Path, sys.path):
+        if folder.name != "site-packages" or not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            hidden = entry.name.startswith("torchvision") or entry.suffix == ".pth"
+            if not hidden and not (packages / entry.name).exists():
+                (packages / entry.name).symlink_to(entry)
+    code = (
+        "import sys, importlib.util, numpy as np; from PIL import Image; "
+        "from transformers import AutoProcessor; "
+        "from transformers.utils import is_torchvision_available as available; "
+        "assert importlib.util.find_spec('torchvision') is None and not available(); "
+        "p = AutoProcessor.from_pretrained(sys.argv[1]); "
+        "image = Image.fromarray(np.zeros((50, 70, 3), np.uint8)); "
+        "out = p(text=['<image> w'], images=[image], return_tensors='pt'); "
+        "print(type(p.image_processor).__name__, tuple(out['pixel_values'].shape))"
+    )
+    source = Path(visprune.__file__).parents[1]  # the visprune under test
+    env = {**os.environ, "PYTHONPATH": f"{source}{os.pathsep}{packages}", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code, str(checkpoint)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    name, shape = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert name.endswith("Pil"), name
+    assert shape == f"(1, 3, {task.IMAGE_SIZE}, {task.IMAGE_SIZE})"
 
 
 # ------------------------------------------------------------------ batches on LLaVA-NeXT

@@ -1,4 +1,5 @@
-"""Start-up fix for the vLLM test environment only (loaded from a ``.pth`` file there).
+"""Start-up fix for the test environments only (loaded from a ``.pth`` file there, see the
+Makefile): vLLM's, and the eval extra's, whose Qwen-VL and InternVL processors need torchvision.
 
 The package registry offers only CUDA builds of torchvision next to the pinned CPU torch; their
 ``import torchvision`` fails with "operator torchvision::nms does not exist" because the C

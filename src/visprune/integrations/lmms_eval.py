@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,11 +41,15 @@ from typing import Any
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.models.chat.internvl_hf import InternVLHf as _InternVLHfChat
 from lmms_eval.models.chat.llava_hf import LlavaHf as _LlavaHfChat
 from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VLChat
+from lmms_eval.models.chat.qwen3_vl import Qwen3_VL as _Qwen3_VLChat
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from lmms_eval.models.simple.gemma3 import Gemma3 as _Gemma3Simple
 from lmms_eval.models.simple.llava_hf import LlavaHf as _LlavaHfSimple
 from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VLSimple
+from lmms_eval.models.simple.qwen3_vl import Qwen3_VL as _Qwen3_VLSimple
 from lmms_eval.protocol import ChatMessages
 from loguru import logger
 from PIL import Image
@@ -97,6 +103,8 @@ class _Pruned:
 
     #: Attribute of the lmms-eval class that holds the Hugging Face processor.
     processor_attribute = "processor"
+    #: Whether the processor takes a batch's images as one list per text (Gemma 3's does).
+    images_per_text = False
 
     def __init__(
         self,
@@ -115,12 +123,19 @@ class _Pruned:
         if base.get("device_map", accepted.get("device_map")) == "" and _single_process():
             # llava_hf's default device_map "" is rejected by transformers 5 in one process
             base["device_map"] = device
+        self._check_checkpoint({**accepted, **base})
         super().__init__(device=device, **base)
         self.visprune_handle = visprune.apply(self.model, self.visprune_method, **options)
         self.hf_processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         logger.info(f"visprune: {self.visprune_method!r} on {type(self.model).__name__}")
 
     # ------------------------------------------------------------------------------ helpers
+    def _check_checkpoint(self, arguments: dict[str, Any]) -> None:
+        """Refuse, before loading, a checkpoint the lmms-eval class would load wrongly.
+
+        ``arguments`` are the lmms-eval class's arguments, defaults filled in.
+        """
+
     @property
     def hf_processor(self) -> Any:
         """The Hugging Face processor the lmms-eval class loaded."""
@@ -159,10 +174,20 @@ class _Pruned:
                 pieces.append(part["text"] if part["type"] == "text" else marks[part["type"]])
         return "".join(pieces)
 
-    def _encode(self, texts: list[str], images: list, videos: list) -> Any:
-        """Processor outputs of a batch, on the model's device, floats in the model's dtype."""
+    def _encode(
+        self, texts: list[str], images: list, videos: list, per_text: list[int] | None = None
+    ) -> Any:
+        """Processor outputs of a batch, on the model's device, floats in the model's dtype.
+
+        ``images`` are the batch's images in order; ``per_text`` says how many belong to each
+        text, for processors that take one list of images per text (:attr:`images_per_text`).
+        """
         kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        if images:
+        if images and self.images_per_text:
+            counts = per_text if per_text is not None else [len(images)]
+            ends = list(itertools.accumulate(counts))
+            kwargs["images"] = [images[end - n : end] for n, end in zip(counts, ends, strict=True)]
+        elif images:
             kwargs["images"] = images
         if videos:
             kwargs["videos"] = videos
@@ -234,7 +259,7 @@ class _Pruned:
             texts = [self._render(p.messages, generation=True) for p in prompts]
             images = [image for p in prompts for image in p.images]
             videos = [video for p in prompts for video in p.videos]
-            inputs = self._encode(texts, images, videos)
+            inputs = self._encode(texts, images, videos, [len(p.images) for p in prompts])
             tokenizer = self.hf_processor.tokenizer
             eos = tokenizer.eos_token_id
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -293,7 +318,7 @@ class _Pruned:
         for batch in tqdm(
             _batches(requests, self.batch_size), disable=self.rank != 0, desc="visprune score"
         ):
-            contexts, continuations, images = [], [], []
+            contexts, continuations, images, per_text = [], [], [], []
             for index in batch:
                 prompt, continuation = self._scored(requests[index])
                 context = self._render(prompt.messages, generation=True)
@@ -301,7 +326,8 @@ class _Pruned:
                 contexts.append(context)
                 continuations.append(_continuation_ids(full, context, tokenizer))
                 images += prompt.images
-            inputs = self._encode(contexts, images, [])
+                per_text.append(len(prompt.images))
+            inputs = self._encode(contexts, images, [], per_text)
             longest = max(map(len, continuations))
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             # Right-padded continuations: padding after the real tokens cannot reach them.
@@ -376,6 +402,60 @@ class VispruneQwen2_5_VLSimple(_Pruned, _Qwen2_5_VLSimple):
     """lmms-eval's ``qwen2_5_vl``, pruned; simple tasks (``--force_simple``, loglikelihood)."""
 
     is_simple = True
+
+
+class _Qwen3VLCheckpoint:
+    """lmms-eval's ``qwen3_vl`` picks the dense or the MoE model class from the checkpoint's
+    name (``A3B`` in ``Qwen3-VL-30B-A3B-Instruct``), not from its config; a mismatch would load
+    the other class with freshly initialised MLPs, so it is refused before loading."""
+
+    def _check_checkpoint(self, arguments: dict[str, Any]) -> None:
+        from transformers import AutoConfig
+
+        pretrained = str(arguments["pretrained"])
+        model_type = AutoConfig.from_pretrained(pretrained).model_type
+        named_moe = re.search(r"A\d+B", pretrained) is not None  # lmms-eval's own test
+        if model_type.endswith("_moe") != named_moe:
+            raise ValueError(
+                f"{pretrained} holds a {model_type} model, but lmms-eval's qwen3_vl picks dense "
+                "or mixture-of-experts from the path (A<N>B in it, as in "
+                "Qwen3-VL-30B-A3B-Instruct, means MoE) and would load it as "
+                f"{'MoE' if named_moe else 'dense'}, with freshly initialised weights. Name the "
+                f"checkpoint directory {'without' if named_moe else 'with'} an A<N>B part."
+            )
+
+
+class VispruneQwen3_VL(_Qwen3VLCheckpoint, _Pruned, _Qwen3_VLChat):
+    """lmms-eval's ``qwen3_vl`` (Qwen3-VL, dense and MoE), pruned; chat tasks."""
+
+    is_simple = False
+
+
+class VispruneQwen3_VLSimple(_Qwen3VLCheckpoint, _Pruned, _Qwen3_VLSimple):
+    """lmms-eval's ``qwen3_vl``, pruned; simple tasks (``--force_simple``, loglikelihood)."""
+
+    is_simple = True
+
+
+class VispruneGemma3Simple(_Pruned, _Gemma3Simple):
+    """lmms-eval's ``gemma3`` (a simple class only: lmms-eval runs every task through it)."""
+
+    images_per_text = True
+    is_simple = True
+
+
+class VispruneInternVLHf(_Pruned, _InternVLHfChat):
+    """lmms-eval's ``internvl_hf`` (InternVL3 / 3.5 ``-hf`` checkpoints), pruned; chat tasks.
+
+    lmms-eval's class asserts ``batch_size=1`` (it generates request by request); it loads with
+    that, and visprune's batched generation then uses the ``batch_size`` asked for.
+    """
+
+    is_simple = False
+
+    def __init__(self, batch_size: int | str = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch_size_per_gpu = int(batch_size)
 
 
 # -------------------------------------------------------------------------------- functions

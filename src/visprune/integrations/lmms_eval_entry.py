@@ -9,14 +9,18 @@ from __future__ import annotations
 
 _WRAPPERS = "visprune.integrations.lmms_eval"
 
-#: model name -> (class for lmms-eval's "simple" tasks, class for its chat tasks, aliases)
-MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+#: model name -> (class for lmms-eval's "simple" tasks, class for its chat tasks, aliases); a
+#: family whose lmms-eval class exists in one variant only has None for the other.
+MODELS: dict[str, tuple[str | None, str | None, tuple[str, ...]]] = {
     "visprune_llava_hf": (
         "VispruneLlavaHfSimple",
         "VispruneLlavaHf",
         ("visprune_llava_next", "visprune_llava_onevision"),
     ),
     "visprune_qwen2_5_vl": ("VispruneQwen2_5_VLSimple", "VispruneQwen2_5_VL", ()),
+    "visprune_qwen3_vl": ("VispruneQwen3_VLSimple", "VispruneQwen3_VL", ()),
+    "visprune_gemma3": ("VispruneGemma3Simple", None, ()),
+    "visprune_internvl_hf": (None, "VispruneInternVLHf", ()),
 }
 
 
@@ -31,8 +35,8 @@ def models() -> list:
     return [
         ModelManifest(
             model_id=name,
-            simple_class_path=f"{_WRAPPERS}.{simple}",
-            chat_class_path=f"{_WRAPPERS}.{chat}",
+            simple_class_path=f"{_WRAPPERS}.{simple}" if simple else None,
+            chat_class_path=f"{_WRAPPERS}.{chat}" if chat else None,
             aliases=aliases,
         )
         for name, (simple, chat, aliases) in MODELS.items()
