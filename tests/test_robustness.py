@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import visprune
-from conftest import METHOD_NAMES, run
+from conftest import METHOD_NAMES, cls_attention_of, needs_cls_attention, run
 from test_adapters import (
     assert_same_selections,
     assert_unpatched,
@@ -192,10 +192,11 @@ def test_selection_does_not_depend_on_the_scale(method, scale):
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(3, 40, 16, generator=generator) + torch.linspace(0, 2, 16)
     text = torch.randn(6, 16, generator=generator)
-    # The vision-tower scores are attention weights, not token values (run makes them from the
-    # tokens, scale-free); layer-stage methods get stand-in scores.
-    want = run(method, tokens, 9, text=text)
-    got = run(method, tokens * scale, 9, text=text * scale)
+    # The vision-tower scores are attention weights, not token values: the same for both;
+    # layer-stage methods get stand-in scores of the tokens they see.
+    extra = {"cls_attention": cls_attention_of(tokens)} if needs_cls_attention(method) else {}
+    want = run(method, tokens, 9, text=text, **extra)
+    got = run(method, tokens * scale, 9, text=text * scale, **extra)
     assert torch.equal(got, want)
 
 

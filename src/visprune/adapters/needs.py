@@ -31,7 +31,9 @@ def methods_needing(need: str) -> list[str]:
 
 def check_method(adapter_type: Any, model: Any, method: Method) -> None:
     """Raise ``ValueError`` when ``method`` needs what ``adapter_type`` cannot supply."""
-    missing = sorted(method.requires - provided(adapter_type, model))
+    # Only the vision-tower needs are an adapter's to supply here; text comes with every call
+    # and layer-stage scores are measured inside the language model (checked by its pruner).
+    missing = sorted((method.requires & VISION_NEEDS.keys()) - provided(adapter_type, model))
     if not missing:
         return
     config = model.config
