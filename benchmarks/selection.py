@@ -4,6 +4,12 @@ Each repeat times the Gram product and the method back to back in the same proce
 noise hits both; the table reports medians and the ratio of medians. The video case also runs
 the per-frame Python loop that the published code uses and checks it selects the same tokens.
 
+The methods that prune inside the language model (FastV, PyramidDrop, DART) select from scores
+that they recompute from one decoder layer's own modules (the last prompt token's attention
+row, or every token's key norm); their rows time that recomputation plus the selection on one
+LLaVA-1.5-7B-sized Llama layer (hidden 4096, 32 heads, MLP 11008) over the image's 576 tokens
+and a 40-token prompt, against the same Gram and against one forward of that layer.
+
 Usage::
 
     python benchmarks/selection.py [--repeats 7] [--threads 1] \\
@@ -27,6 +33,7 @@ from visprune.bench import machine_description
 PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
 BASELINES = ["random", "uniform"]
 PRE_LLM = ["cdpruner", "vispruner", "visionzip"]
+IN_LLM = ["fastv", "pdrop", "dart"]
 TEXT_TOKENS = 40
 #: CLS attention heads and key width of the vision-tower context (CLIP ViT-L/14: 16 x 64).
 HEADS, KEY_WIDTH = 16, 64
@@ -125,6 +132,78 @@ def measure(case: Case, method: str, repeats: int) -> dict:
     return row
 
 
+def llama_layer(hidden: int = 4096, heads: int = 32, intermediate: int = 11008):
+    """A random-weight Llama decoder layer of LLaVA-1.5-7B's size and its rotary embedding."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    config = LlamaConfig(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=intermediate,
+        num_hidden_layers=1,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(3)
+    return LlamaDecoderLayer(config, layer_idx=0).eval(), LlamaRotaryEmbedding(config)
+
+
+def measure_in_llm(method: str, repeats: int, layer_and_rotary) -> dict:
+    """Score recomputation at one layer plus the selection, against a Gram of the visual
+    tokens and one forward of the layer (SDPA, causal) on the whole sequence."""
+    from visprune.adapters import layer_signals
+
+    layer, rotary = layer_and_rotary
+    n, k = 576, 64
+    length = n + TEXT_TOKENS
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(1, length, layer.hidden_size, generator=generator)
+    positions = torch.arange(length)[None]
+    cos, sin = rotary(hidden, positions)
+    image = slice(5, 5 + n)  # the image after five prompt tokens, as in end_to_end.py
+    chosen = visprune.get_method(method, budget=k)
+    mask = torch.ones(1, length, dtype=torch.bool)
+    query = torch.tensor([length - 1])
+
+    def run():
+        with torch.no_grad():
+            if chosen.signal == "attention":
+                scores = layer_signals.last_token_attention(layer, hidden, cos, sin, query, mask)
+                return visprune.select(chosen, hidden[0, image], k, scores=scores[0, image])
+            norms = layer_signals.key_norms(layer, hidden, cos, sin)[0]
+            states = hidden[0]
+            text = torch.cat([states[:5], states[5 + n :]])
+            text_scores = torch.cat([norms[:5], norms[5 + n :]])
+            return visprune.select(
+                chosen, states[image], k, scores=norms[image], text=text, text_scores=text_scores
+            )
+
+    visual = hidden[0, image]
+    gram = lambda: visual @ visual.T  # noqa: E731
+
+    def forward():
+        with torch.no_grad():
+            layer(hidden, position_embeddings=(cos, sin), attention_mask=None)
+
+    run(), gram(), forward()  # warm-up
+    method_times, gram_times, layer_times = [], [], []
+    for _ in range(repeats):
+        gram_times.append(clock(gram))
+        method_times.append(clock(run))
+        layer_times.append(clock(forward))
+    row = {
+        "case": "LLaVA-1.5 in-LLM (one 4096 layer)",
+        "method": method,
+        "ms": 1e3 * statistics.median(method_times),
+        "spread": 1e3 * (max(method_times) - min(method_times)),
+        "gram_ms": 1e3 * statistics.median(gram_times),
+        "layer_ms": 1e3 * statistics.median(layer_times),
+    }
+    row["ratio"] = row["ms"] / row["gram_ms"]
+    return row
+
+
 def render(rows: list[dict], command: str, repeats: int) -> str:
     lines = [
         "# Selection speed",
@@ -139,18 +218,24 @@ def render(rows: list[dict], command: str, repeats: int) -> str:
         "repeats. Video: `loop` runs the same method frame by frame in Python (the published "
         "codes' way); `same` says whether both select identical tokens. VisPruner and VisionZip "
         f"get a seeded {HEADS}-head CLS attention (and VisionZip {KEY_WIDTH}-wide keys and a CLS "
-        "state), VisionZip runs `reduce` (kept plus merged = budget).",
+        "state), VisionZip runs `reduce` (kept plus merged = budget). In-LLM rows (FastV, "
+        "PyramidDrop, DART): the recomputed scores (FastV and PyramidDrop: the last prompt "
+        "token's attention row; DART: key norms) plus the selection, on one random-weight "
+        "LLaVA-1.5-7B-sized Llama layer; `layer` = that share of one forward of the same layer "
+        "on the whole 616-token sequence (a 32-layer model's prefill is about 32 such "
+        "forwards).",
         "",
         "| case | method | time (ms) | spread (ms) | Gram (ms) | ratio to Gram | "
-        "per-frame loop (ms) | same |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "per-frame loop (ms) | same | share of one layer |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in rows:
         loop = f"{row['loop_ms']:.1f}" if "loop_ms" in row else ""
+        share = f"{100 * row['ms'] / row['layer_ms']:.1f} %" if "layer_ms" in row else ""
         same = ("yes" if row["identical"] else "NO") if "identical" in row else ""
         lines.append(
             f"| {row['case']} | {row['method']} | {row['ms']:.1f} | {row['spread']:.1f} | "
-            f"{row['gram_ms']:.1f} | {row['ratio']:.2f}x | {loop} | {same} |"
+            f"{row['gram_ms']:.1f} | {row['ratio']:.2f}x | {loop} | {same} | {share} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -158,7 +243,9 @@ def render(rows: list[dict], command: str, repeats: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--methods", nargs="*", default=PAPER_METHODS + BASELINES + PRE_LLM)
+    parser.add_argument(
+        "--methods", nargs="*", default=PAPER_METHODS + BASELINES + PRE_LLM + IN_LLM
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/selection.md"))
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
@@ -167,8 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows = []
+    in_llm = [m for m in args.methods if visprune.METHODS[m].stage == "layer"]
+    outside = [m for m in args.methods if m not in in_llm]
     for case in CASES:
-        for method in args.methods:
+        for method in outside:
             row = measure(case, method, args.repeats)
             loop = f"  loop {row['loop_ms']:.1f} ms" if "loop_ms" in row else ""
             print(
@@ -177,6 +266,15 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             rows.append(row)
+    layer = llama_layer() if in_llm else None
+    for method in in_llm:
+        row = measure_in_llm(method, args.repeats, layer)
+        print(
+            f"{row['case']:<20} {row['method']:<14} {row['ms']:9.1f} ms "
+            f"{row['ratio']:6.2f}x Gram  {100 * row['ms'] / row['layer_ms']:.1f} % of the layer",
+            flush=True,
+        )
+        rows.append(row)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(rows, command, args.repeats))

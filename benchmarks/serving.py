@@ -6,10 +6,11 @@ per 336-px image, a 40-token prompt), one unpruned and one with
 ``--hf-overrides '{"visprune": {"method": ..., "budget": 64}}'``. Measurement windows alternate
 between them (round by round, so machine noise hits both alike); in each window a fixed number
 of concurrent clients sends streamed chat requests, each with one image and ``--max-tokens``
-generated tokens, for a fixed time. Reported per configuration (medians over rounds):
-requests/s, time to first token p50/p99, output tokens/s, and the throughput gain against the
-FLOPs model's prefill prediction (``visprune.flops.model_flops``, unpruned / pruned prefill of
-the whole model).
+generated tokens, for a fixed time; every request carries a new image (:class:`Images`), as in
+real traffic, so no cache can skip an earlier request's work. Reported per configuration
+(medians over rounds): requests/s, time to first token p50/p99, output tokens/s, and the
+throughput gain against the FLOPs model's prefill prediction (``visprune.flops.model_flops``,
+unpruned / pruned prefill of the whole model).
 
 Runs in the vLLM virtualenv (``make install-vllm``)::
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import itertools
 import json
 import os
 import shlex
@@ -158,6 +160,15 @@ class Server:
             "count": count,
         }
 
+    def binding(self) -> str:
+        """What vLLM's CPU worker says about its thread binding (cores used and reserved)."""
+        text = Path(self.log.name).read_text(errors="replace")
+        found = []
+        for key in ("core ids=", "reserved_cpus="):
+            if key in text:
+                found.append(key + text.split(key, 1)[1].split("\n", 1)[0].strip())
+        return ", ".join(found) or "not reported"
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)
@@ -168,13 +179,28 @@ class Server:
         self.log.close()
 
 
-def image_url(seed: int) -> str:
-    from PIL import Image
+class Images:
+    """A new 336-px image for every request: seeded noise with the request's number written
+    into its first pixels, as JPEG. No two requests of a run share an image, so neither vLLM's
+    prefix cache nor its multimodal caches can reuse an earlier request's vision tower or image
+    prefill (with a few repeated images the unpruned server would prefill only the text)."""
 
-    pixels = np.random.default_rng(seed).integers(0, 256, (336, 336, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    def __init__(self, seed: int = 0) -> None:
+        self.base = np.random.default_rng(seed).integers(0, 256, (336, 336, 3), dtype=np.uint8)
+        self.numbers = itertools.count()  # shared by every client thread and window
+        self.lock = threading.Lock()
+
+    def next_url(self) -> str:
+        from PIL import Image
+
+        with self.lock:
+            number = next(self.numbers)
+        pixels = self.base.copy()
+        stamp = np.frombuffer(number.to_bytes(8, "little"), dtype=np.uint8)
+        pixels[:8, :8] = np.repeat(stamp, 24).reshape(8, 8, 3)  # an 8 x 8 block per byte row
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def prompt_words(seed: int) -> str:
@@ -183,7 +209,7 @@ def prompt_words(seed: int) -> str:
     return " ".join(f"w{i}" for i in ids)
 
 
-def request(client: httpx.Client, url: str, seed: int, images: list[str], max_tokens: int):
+def request(client: httpx.Client, url: str, seed: int, images: Images, max_tokens: int):
     """One streamed chat request: ``(time to first token, latency, output tokens)``."""
     body = {
         "model": "bench",
@@ -191,7 +217,7 @@ def request(client: httpx.Client, url: str, seed: int, images: list[str], max_to
             {
                 "role": "user",
                 "content": [
-                    {"type": "image_url", "image_url": {"url": images[seed % len(images)]}},
+                    {"type": "image_url", "image_url": {"url": images.next_url()}},
                     {"type": "text", "text": prompt_words(seed)},
                 ],
             }
@@ -219,7 +245,7 @@ def request(client: httpx.Client, url: str, seed: int, images: list[str], max_to
     return first, time.perf_counter() - start, tokens, prompt
 
 
-def window(url: str, clients: int, seconds: float, images: list[str], max_tokens: int) -> dict:
+def window(url: str, clients: int, seconds: float, images: Images, max_tokens: int) -> dict:
     """``clients`` closed-loop clients for ``seconds``; requests finished inside the window."""
     deadline = time.perf_counter() + seconds
     results: list[tuple] = []
@@ -322,9 +348,10 @@ def main(argv: list[str] | None = None) -> None:
         name: Server(model_dir, override, max(args.max_tokens), work / f"{name}.log")
         for name, override in configs.items()
     }
-    images = [image_url(seed) for seed in range(8)]
+    images = Images()
     samples = {steps: {name: [] for name in configs} for steps in args.max_tokens}
     engine: dict[str, dict[str, float]] = {}
+    load_before = os.getloadavg()[1]
     try:
         for server in servers.values():
             server.wait()
@@ -337,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
                     samples[steps][name].append(result)
                     print(f"{steps} tokens, round {round_number + 1}, {name}: {result}", flush=True)
         engine = {name: server.engine_times() for name, server in servers.items()}
+        binding = servers["unpruned"].binding()
+        load_after = os.getloadavg()[1]
     finally:
         for server in servers.values():
             server.stop()
@@ -356,11 +385,18 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Model: random-weight LLaVA layout (Llama LM hidden {args.hidden} x {args.layers} "
         f"layers, CLIP 2 x 256 at 336 px: 576 visual tokens), one image + {text_tokens} text "
-        f"tokens per request (streamed chat completions, ignore_eos), float32. {args.clients} "
+        f"tokens per request (streamed chat completions, ignore_eos), float32; every request "
+        "carries a new image, so neither the prefix cache nor the encoder cache reuses earlier "
+        f"work. {args.clients} "
         f"concurrent closed-loop clients per {args.window:g} s window; windows alternate between "
         f"the servers, {args.rounds} rounds per workload; medians over rounds. Budget "
         f"{args.budget} of 576 tokens per image. Target: gain / prefill prediction >= 0.8 on the "
         "prefill-bound workload (1 output token).",
+        "",
+        f"vLLM's CPU worker thread binding ({os.cpu_count()} cores): {binding}; the front end "
+        "(HTTP, image decoding and processing), the engine loop and the benchmark's clients "
+        f"share the rest. Load average (5 min) {load_before:.1f} before the servers started, "
+        f"{load_after:.1f} at the end.",
         "",
     ]
     for steps in args.max_tokens:

@@ -2,6 +2,10 @@
 
     python scripts/train_demo_model.py --out src/visprune/demo/checkpoint --minutes 65 --seed 0
 
+``--recipe llava`` runs LLaVA's three stages instead (:mod:`visprune.demo.recipe`: text, then
+captions with the language model frozen, then questions), sized by ``--text-steps``,
+``--caption-steps`` and ``--question-steps``.
+
 Logs validation accuracy per question type with timestamps to stdout and OUT/train_log.txt, keeps
 the best checkpoint (safetensors) in OUT, loadable with ``LlavaForConditionalGeneration`` /
 ``AutoProcessor.from_pretrained(OUT)``, and reports test accuracy (unpruned and random 11 %).
@@ -30,12 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         "--target-probe-weight", type=float, default=1.0, help="named-object probe (0: off)"
     )
     p.add_argument("--text-layers", type=int, default=None, help="language-model layers")
+    p.add_argument(
+        "--recipe",
+        choices=["questions", "llava"],
+        default="questions",
+        help="questions: one stage with probes (the bundled v1 model); llava: three stages",
+    )
+    p.add_argument("--text-steps", type=int, default=1500)
+    p.add_argument("--caption-steps", type=int, default=1500)
+    p.add_argument("--question-steps", type=int, default=20000)
     args = p.parse_args(argv)
 
-    import torch
-
-    from visprune.demo import model as demo_model
-    from visprune.demo import task
     from visprune.demo import train as demo_train
 
     os.makedirs(args.out, exist_ok=True)
@@ -47,6 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         logfile.write(line + "\n")
 
     log(f"command: {' '.join(sys.argv)}")
+    sizes = {} if args.text_layers is None else {"text_layers": args.text_layers}
+    if args.recipe == "llava":
+        from visprune.demo import recipe
+
+        cfg = recipe.RecipeConfig(seed=args.seed, threads=args.threads)
+        cfg.text.steps = args.text_steps
+        cfg.captions.steps = args.caption_steps
+        cfg.questions.steps = args.question_steps
+        cfg.eval_every = args.eval_every
+        recipe.train(cfg, args.out, log, sizes=sizes)
+        return report(args, log, logfile)
     cfg = demo_train.TrainConfig(
         minutes=args.minutes,
         steps=args.steps,
@@ -57,10 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         target_probe_weight=args.target_probe_weight,
     )
-    sizes = {} if args.text_layers is None else {"text_layers": args.text_layers}
     demo_train.train(cfg, args.out, log, sizes=sizes)
+    return report(args, log, logfile)
 
-    torch.set_num_threads(cfg.threads)
+
+def report(args, log, logfile) -> int:
+    """Test accuracy of the saved checkpoint, unpruned and random at 11 %, and (v2) the answer
+    token's rank by text relevance."""
+    import torch
+
+    from visprune.demo import model as demo_model
+    from visprune.demo import relevance, task
+    from visprune.demo import train as demo_train
+
+    torch.set_num_threads(args.threads)
     model, _ = demo_model.load(args.out)
     enc = demo_train.Encoder()
     test = task.make_split(args.seed, "test", args.test_size)
@@ -69,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     rnd = demo_train.pruned_accuracy(model, test, enc, "random", 0.111)
     log(f"test random 11 %: {demo_train.fmt(rnd)}")
     log(f"random-pruning drop: {100 * (acc['all'] - rnd['all']):.1f} points")
+    stats = relevance.summary(relevance.answer_ranks(model, test, enc))
+    log(
+        f"answer token by text relevance (single-object test questions): median rank "
+        f"{stats['median']:.0f} of {task.NUM_CELLS}, top-7 {100 * stats['top7']:.1f} %"
+    )
     logfile.close()
     return 0
 

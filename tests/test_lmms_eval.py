@@ -341,10 +341,15 @@ def next_requests(kind: str) -> tuple[dict, list]:
 
 
 @pytest.mark.parametrize("kind", ["generate_until", "loglikelihood"])
-def test_batches_give_each_request_its_single_result(next_checkpoint, kind):
+@pytest.mark.parametrize(
+    "method",
+    # before the language model; inside it, after layer 1 of 2 (FastV's attention, DART's keys)
+    ["method=divprune,budget=3", "method=fastv,budget=3,layer=1", "method=dart,budget=3,layer=1"],
+)
+def test_batches_give_each_request_its_single_result(next_checkpoint, kind, method):
     """LLaVA-NeXT rows of different lengths, pruned, batched by 3 == one at a time."""
     model = get_model("visprune_llava_next").create_from_arg_string(
-        f"pretrained={next_checkpoint},method=divprune,budget=3"
+        f"pretrained={next_checkpoint},{method}"
     )
     model.task_dict, requests = next_requests(kind)
     outputs = {}

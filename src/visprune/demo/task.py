@@ -73,7 +73,8 @@ ANSWERS_BY_TYPE: dict[str, list[str]] = {
     "position": POSITIONS,
 }
 QUESTION_TYPES = list(ANSWERS_BY_TYPE)
-SPLITS = {"train": 0, "validation": 1, "test": 2}
+#: Sample streams; "text" and "caption" feed the first two stages of the v2 recipe (corpus.py).
+SPLITS = {"train": 0, "validation": 1, "test": 2, "text": 3, "caption": 4}
 #: Objects per image at full difficulty (the 11 % budget keeps 7 of 64 tokens).
 MIN_OBJECTS, MAX_OBJECTS = 8, 14
 #: Mean and std of the image processor (and of :func:`normalize`).
@@ -122,6 +123,8 @@ def vocabulary() -> list[str]:
         if word not in out:
             out.append(word)
     out += [p for p in POSITIONS if p not in out]
+    # Words of scene descriptions and captions (corpus.py), last so earlier ids stay put.
+    out += ["describe", "image", ",", "."]
     return out
 
 
