@@ -100,11 +100,7 @@ def caption_prompt(enc: Encoder) -> list[int]:
 
 def caption_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
     """Stage 2: the caption after the prompt, loss on the caption and ``</s>``."""
-    prompt = caption_prompt(enc)
-    rows = [(prompt, [*enc.words(corpus.caption(s)), enc.eos]) for s in samples]
-    batch = sequences(rows, enc.pad)
-    batch["pixel_values"] = torch.from_numpy(task.normalize(np.stack([s.image for s in samples])))
-    return batch
+    return question_batch((), enc, samples)
 
 
 def question_batch(
@@ -252,27 +248,13 @@ def relevance_line(model, enc: Encoder, samples: Sequence[task.Sample]) -> str:
     ranks = relevance.answer_ranks(model, samples, enc)
     stats = relevance.summary(ranks)
     return (
-        f"answer token by text relevance: median rank {stats['median']:.0f} of 64, "
+        f"answer token by text relevance: median rank {stats['median']:.0f} of {task.NUM_CELLS}, "
         f"top-7 {100 * stats['top7']:.1f} % ({len(ranks)} questions)"
     )
 
 
-def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes=None):
-    """Run the three stages from scratch; save the final model under ``out``."""
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    enc = Encoder()
-    processor = demo_model.build_processor(enc.tokenizer)
-    if cfg.aligned is None:
-        config = demo_model.build_config(enc.tokenizer, **(sizes or {}))
-        model = demo_model.build_model(config, cfg.seed)
-    else:
-        model = demo_model.load(cfg.aligned)[0]
-        log(f"stages 1-2: loaded from {cfg.aligned}")
-    params = sum(p.numel() for p in model.parameters())
-    log(f"model: {params / 1e6:.2f} M parameters; recipe {cfg}")
-    val = task.make_split(cfg.seed, "validation", cfg.eval_size)
-    began = time.time()
+def align(model, cfg: RecipeConfig, enc: Encoder, val, out: str, processor, log) -> None:
+    """Stages 1 (text) and 2 (captions, language model frozen); saves ``<out>-aligned``."""
 
     def text_eval(step: int) -> None:
         acc = text_accuracy(model, enc, cfg.seed, cfg.eval_size, cfg.text_objects)
@@ -289,8 +271,6 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
         ]
         return text_batch(samples, enc)
 
-    if cfg.aligned is not None:
-        cfg.text.steps = cfg.captions.steps = 0
     run_stage(
         "text",
         model,
@@ -328,9 +308,29 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
         every=cfg.eval_every,
     )
 
+    demo_model.save(model, f"{out}-aligned", processor, {"seed": cfg.seed, "stage": 2})
+    log(f"stages 1-2 done: saved to {out}-aligned")
+
+
+def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes=None):
+    """Run the three stages from scratch; save the final model under ``out``."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    enc = Encoder()
+    processor = demo_model.build_processor(enc.tokenizer)
     if cfg.aligned is None:
-        demo_model.save(model, f"{out}-aligned", processor, {"seed": cfg.seed, "stage": 2})
-        log(f"stages 1-2 done: saved to {out}-aligned")
+        config = demo_model.build_config(enc.tokenizer, **(sizes or {}))
+        model = demo_model.build_model(config, cfg.seed)
+    else:
+        model = demo_model.load(cfg.aligned)[0]
+        log(f"stages 1-2: loaded from {cfg.aligned}")
+    params = sum(p.numel() for p in model.parameters())
+    log(f"model: {params / 1e6:.2f} M parameters; recipe {cfg}")
+    val = task.make_split(cfg.seed, "validation", cfg.eval_size)
+    began = time.time()
+
+    if cfg.aligned is None:
+        align(model, cfg, enc, val, out, processor, log)
 
     curriculum = {"stage": 0, "steps": 0, "running": 0.0}
     captions = round(cfg.questions.batch * cfg.caption_share)
