@@ -36,13 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-layers", type=int, default=None, help="language-model layers")
     p.add_argument(
         "--recipe",
-        choices=["questions", "llava"],
+        choices=["questions", "llava", "video"],
         default="questions",
-        help="questions: one stage with probes (the bundled v1 model); llava: three stages",
+        help="questions: one stage with probes (the v1 image model); llava: three stages (the "
+        "image model); video: the LLaVA-NeXT-Video model on clips (--question-steps steps)",
     )
     p.add_argument("--text-steps", type=int, default=1500)
     p.add_argument("--caption-steps", type=int, default=1500)
     p.add_argument("--question-steps", type=int, default=20000)
+    p.add_argument("--caption-share", type=float, default=0.25, help="captions in stage-3 batches")
+    p.add_argument("--tune-vision-tower", action="store_true", help="stage 3: tune the tower too")
+    p.add_argument(
+        "--vision-lr-ratio", type=float, default=1.0, help="stage 3: vision-side rate / LM rate"
+    )
+    p.add_argument("--aligned", default=None, help="start at stage 3 from a saved OUT-aligned")
     args = p.parse_args(argv)
 
     from visprune.demo import train as demo_train
@@ -57,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"command: {' '.join(sys.argv)}")
     sizes = {} if args.text_layers is None else {"text_layers": args.text_layers}
+    if args.recipe == "video":
+        from visprune.demo import video_train
+
+        cfg = video_train.VideoConfig(seed=args.seed, threads=args.threads)
+        cfg.questions.steps = args.question_steps
+        cfg.eval_every = args.eval_every
+        video_train.train(cfg, args.out, log, sizes=sizes)
+        return report_video(args, log, logfile)
     if args.recipe == "llava":
         from visprune.demo import recipe
 
@@ -64,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.text.steps = args.text_steps
         cfg.captions.steps = args.caption_steps
         cfg.questions.steps = args.question_steps
+        cfg.caption_share = args.caption_share
+        cfg.tune_vision_tower = args.tune_vision_tower
+        cfg.vision_lr_ratio = args.vision_lr_ratio
+        cfg.aligned = args.aligned
         cfg.eval_every = args.eval_every
         recipe.train(cfg, args.out, log, sizes=sizes)
         return report(args, log, logfile)
@@ -104,6 +123,27 @@ def report(args, log, logfile) -> int:
         f"answer token by text relevance (single-object test questions): median rank "
         f"{stats['median']:.0f} of {task.NUM_CELLS}, top-7 {100 * stats['top7']:.1f} %"
     )
+    logfile.close()
+    return 0
+
+
+def report_video(args, log, logfile) -> int:
+    """Test accuracy of the saved video checkpoint, unpruned and random at 11 % per frame."""
+    import torch
+
+    import visprune
+    from visprune.demo import video_model, video_task, video_train
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = video_model.load(args.out)
+    enc = video_train.VideoEncoder(tokenizer)
+    test = video_task.make_split(args.seed, "test", args.test_size)
+    acc = video_train.accuracy(model, test, enc)
+    log(f"test (best checkpoint, {len(test)} clips) unpruned: {video_train.fmt(acc)}")
+    with visprune.apply(model, "random", budget=0.111):
+        rnd = video_train.accuracy(model, test, enc)
+    log(f"test random 11 % per frame: {video_train.fmt(rnd)}")
+    log(f"random-pruning drop: {100 * (acc['all'] - rnd['all']):.1f} points")
     logfile.close()
     return 0
 

@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy of every method at 3 budgets on the bundled demo model (offline)",
         description="Evaluate the bundled demo model unpruned and with every method.",
     )
-    demo.add_argument("--quick", action="store_true", help="one budget, 60 questions")
+    demo.add_argument(
+        "--video",
+        action="store_true",
+        help="the demo video model (LLaVA-NeXT-Video, 8-frame clips) instead of the image model",
+    )
+    demo.add_argument("--quick", action="store_true", help="one budget, 60 questions (30 clips)")
     demo.add_argument("--samples", type=_positive(1), default=None, help="test questions")
     demo.add_argument("--model", default=None, help="a demo checkpoint (default: bundled)")
     demo.add_argument("--out", default="visprune-demo", help="folder for results and overlays")
@@ -359,7 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "generate":
         return _generate(parser, args)
     if args.command == "demo":
-        from .demo.run import run
+        if args.video:
+            from .demo.video_run import run
+        else:
+            from .demo.run import run
 
         if args.model is not None and not os.path.isdir(os.path.expanduser(args.model)):
             parser.error(f"--model {args.model!r}: no such directory")

@@ -8,7 +8,6 @@ from typing import Any
 from . import task
 
 PAD, UNK, BOS, EOS, IMAGE = "<pad>", "<unk>", "<s>", "</s>", "<image>"
-SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IMAGE]
 #: Features from hidden_states[-2] of a 1-layer tower = its embedding output (one patch per token).
 VISION_FEATURE_LAYER = -2
 
@@ -21,13 +20,17 @@ DEFAULT_SIZES: dict[str, int] = {
 }
 
 
-def build_tokenizer():
-    """A word-level ``PreTrainedTokenizerFast`` over :func:`task.vocabulary` (lower-cased)."""
+def build_tokenizer(words: list[str] | None = None, media: dict[str, str] | None = None):
+    """A word-level ``PreTrainedTokenizerFast`` (lower-cased) over ``words`` (default
+    :func:`task.vocabulary`) after the special tokens; ``media`` names the placeholder tokens
+    (default ``{"image_token": "<image>"}``), which follow the four special tokens."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + task.vocabulary())}
+    media = media or {"image_token": IMAGE}
+    specials = [PAD, UNK, BOS, EOS, *media.values()]
+    vocab = {tok: i for i, tok in enumerate(specials + (words or task.vocabulary()))}
     core = Tokenizer(WordLevel(vocab, unk_token=UNK))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -37,10 +40,10 @@ def build_tokenizer():
         unk_token=UNK,
         bos_token=BOS,
         eos_token=EOS,
-        extra_special_tokens={"image_token": IMAGE},
+        extra_special_tokens=dict(media),
         model_max_length=512,
     )
-    tok.add_special_tokens({"additional_special_tokens": [IMAGE]})
+    tok.add_special_tokens({"additional_special_tokens": list(media.values())})
     tok.padding_side = "left"
     return tok
 

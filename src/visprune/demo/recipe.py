@@ -62,6 +62,10 @@ class RecipeConfig:
     #: description data too), and whether the vision tower is tuned (LLaVA keeps it frozen).
     caption_share: float = 0.25
     tune_vision_tower: bool = False
+    #: Question stage: the projector's (and tuned tower's) rate relative to the language
+    #: model's; below 1 the language model learns to read the aligned tokens instead of the
+    #: vision side moving them away from the words.
+    vision_lr_ratio: float = 1.0
     #: A model saved after the caption stage (``<out>-aligned``): start from it at stage 3.
     aligned: str | None = None
     type_accuracy: float = 0.9
@@ -172,25 +176,38 @@ def run_stage(
     evaluate: Callable[[int], None] | None = None,
     every: int = 500,
     on_step: Callable[[int, object, dict], None] | None = None,
+    slower: Sequence[torch.nn.Parameter] = (),
+    slower_ratio: float = 1.0,
+    extra_loss: Callable[[object, dict], torch.Tensor] | None = None,
 ) -> None:
     """``cfg.steps`` AdamW steps on ``parameters`` (warm-up then cosine decay).
 
     ``make_batch(step)`` builds the step's batch; ``on_step(step, output, batch)`` sees every
     step's output (curricula); ``evaluate(step)`` runs every ``every`` steps and at the end.
+    The ``slower`` parameters (a subset of ``parameters``) learn at ``slower_ratio`` times the
+    rate. ``extra_loss(output, batch)``, if given, is added to the model's loss (training-only
+    probes; their parameters belong in ``parameters``).
     """
     set_trainable(model, parameters)
     model.train()
-    opt = torch.optim.AdamW(parameters, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    slow = {id(p) for p in slower}
+    groups = [
+        {"params": [p for p in parameters if id(p) not in slow], "ratio": 1.0},
+        {"params": [p for p in parameters if id(p) in slow], "ratio": slower_ratio},
+    ]
+    groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     start = time.time()
     running = 0.0
     for step in range(cfg.steps):
         lr = _lr_at(step, cfg)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["ratio"]
         batch = make_batch(step)
         output = model(**batch)
+        loss = output.loss if extra_loss is None else output.loss + extra_loss(output, batch)
         opt.zero_grad(set_to_none=True)
-        output.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         opt.step()
         running = 0.95 * running + 0.05 * token_accuracy(output.logits, batch["labels"])
@@ -385,9 +402,10 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
             )
             log(f"  saved to {out}")
 
-    tuned = [*language_parameters(model), *model.model.multi_modal_projector.parameters()]
+    vision = list(model.model.multi_modal_projector.parameters())
     if cfg.tune_vision_tower:
-        tuned += list(model.model.vision_tower.parameters())
+        vision += list(model.model.vision_tower.parameters())
+    tuned = [*language_parameters(model), *vision]
     run_stage(
         "questions",
         model,
@@ -398,5 +416,7 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
         evaluate=question_eval,
         every=cfg.eval_every,
         on_step=advance,
+        slower=vision,
+        slower_ratio=cfg.vision_lr_ratio,
     )
     return model

@@ -228,13 +228,27 @@ def make_sample(
     return Sample(image, question, answer, qtype, objs, targets)
 
 
-def render(objects: list[tuple[int, str, str]], rng: np.random.Generator) -> np.ndarray:
-    """A ``(IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8 image: noisy grey background plus the objects."""
-    base = 0.42 + 0.12 * rng.random()
-    tint = (rng.random(3) - 0.5) * 0.06
-    img = base + tint + rng.normal(0.0, 0.035, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
+def render(
+    objects: list[tuple[int, str, str]],
+    rng: np.random.Generator,
+    *,
+    size: int = IMAGE_SIZE,
+    background: tuple[float, np.ndarray] | None = None,
+) -> np.ndarray:
+    """A ``(size, size, 3)`` uint8 image: noisy grey background plus the objects.
+
+    ``background`` is ``(grey level, (3,) tint)``, drawn from ``rng`` when None (the frames of
+    one video clip share theirs).
+    """
+    if background is None:
+        base = 0.42 + 0.12 * rng.random()
+        tint = (rng.random(3) - 0.5) * 0.06
+    else:
+        base, tint = background
+    grid = size // PATCH
+    img = base + tint + rng.normal(0.0, 0.035, size=(size, size, 3))
     for cell, colour, shape in objects:
-        row, col = divmod(cell, GRID)
+        row, col = divmod(cell, grid)
         y, x = row * PATCH, col * PATCH
         rgb = COLOUR_RGB[COLOUR_NAMES.index(colour)] + (rng.random(3) - 0.5) * 0.08
         mask = SHAPE_MASKS[shape]

@@ -80,12 +80,12 @@ class CellProbes(torch.nn.Module):
     saved model (it stays a plain ``LlavaForConditionalGeneration``).
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, grid: int = task.GRID) -> None:
         super().__init__()
         self.colour = torch.nn.Linear(width, len(task.COLOUR_NAMES) + 1)
         self.shape = torch.nn.Linear(width, len(task.SHAPE_NAMES) + 1)
-        self.row = torch.nn.Linear(width, task.GRID)
-        self.column = torch.nn.Linear(width, task.GRID)
+        self.row = torch.nn.Linear(width, grid)
+        self.column = torch.nn.Linear(width, grid)
 
     def forward(self, features: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of the four probes' mean cross-entropies.

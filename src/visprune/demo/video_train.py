@@ -1,0 +1,236 @@
+"""Training of the demo video model on :mod:`video_task` (CPU), and its evaluation helpers.
+
+One stage of questions (answer loss), one question type added at a time, with the image demo's
+training-only probes (:mod:`visprune.demo.train`): per-token colour / shape / row / column
+probes on the projector output of every frame, and a probe on the language model's hidden
+states marking the tokens that hold the answer (the event's frame and cell). The probes are
+not part of the saved model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import recipe, video_task
+from . import video_model as vmodel
+from .train import CellProbes, answer_accuracy
+
+#: Question types of each curriculum stage, one more type per stage (as the image demo's).
+STAGES: tuple[tuple[str, ...], ...] = tuple(
+    tuple(video_task.QUESTION_TYPES[: i + 1]) for i in range(len(video_task.QUESTION_TYPES))
+)
+
+
+class VideoEncoder:
+    """Token ids of prompts and answers (the clip expanded to its ``NUM_TOKENS`` tokens)."""
+
+    def __init__(self, tokenizer=None) -> None:
+        self.tokenizer = tokenizer or vmodel.build_tokenizer()
+        self.vocab = self.tokenizer.get_vocab()
+        self.video = self.vocab[vmodel.VIDEO]
+        self.pad = self.vocab[self.tokenizer.pad_token]
+        self.eos = self.vocab[self.tokenizer.eos_token]
+
+    def words(self, text: str) -> list[int]:
+        return [self.vocab[w] for w in text.replace("?", " ?").split()]
+
+    def prompt(self, clip: video_task.Clip) -> list[int]:
+        question = self.words(clip.question)
+        return question + [self.video] * video_task.NUM_TOKENS + question
+
+
+def _pixels(clips: Sequence[video_task.Clip]) -> torch.Tensor:
+    return torch.from_numpy(video_task.normalize(np.stack([c.frames for c in clips])))
+
+
+def train_batch(clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str, torch.Tensor]:
+    """Right-padded ``prompt answer </s>``, loss on the answer and ``</s>``."""
+    rows = [(enc.prompt(c), [*enc.words(c.answer), enc.eos]) for c in clips]
+    batch = recipe.sequences(rows, enc.pad)
+    batch["pixel_values_videos"] = _pixels(clips)
+    return batch
+
+
+def prompt_batch(clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str, torch.Tensor]:
+    """Left-padded prompts (what a left-padding processor gives)."""
+    rows = [enc.prompt(c) for c in clips]
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), enc.pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r) :] = torch.tensor(r)
+        mask[i, length - len(r) :] = 1
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": _pixels(clips)}
+
+
+@torch.no_grad()
+def predict(model, clips: Sequence[video_task.Clip], enc: VideoEncoder, batch: int = 50):
+    """Greedy first answer word per clip (what ``generate(max_new_tokens=1)`` returns)."""
+    was_training = model.training
+    model.eval()
+    inverse = {i: w for w, i in enc.vocab.items()}
+    out: list[str] = []
+    for i in range(0, len(clips), batch):
+        logits = model(**prompt_batch(clips[i : i + batch], enc), logits_to_keep=1).logits
+        out += [inverse[int(t)] for t in logits[:, -1].argmax(-1)]
+    model.train(was_training)
+    return out
+
+
+def accuracy(model, clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str, float]:
+    """Accuracy per question type and ``"all"``."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for clip, word in zip(clips, predict(model, clips, enc), strict=True):
+        hits[clip.qtype].append(word == clip.answer)
+        hits["all"].append(word == clip.answer)
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+def fmt(acc: dict[str, float]) -> str:
+    keys = ["all", *video_task.QUESTION_TYPES]
+    return " ".join(f"{k}={100 * acc[k]:.1f}" for k in keys if k in acc)
+
+
+def cell_targets(clips: Sequence[video_task.Clip]) -> dict[str, torch.Tensor]:
+    """Per frame token (clips x frames x cells, flattened): colour / shape index of the object
+    in the cell (``len(COLOUR_NAMES)`` / ``len(SHAPE_NAMES)`` when empty), row and column."""
+    from . import task
+
+    shape = (len(clips), video_task.FRAMES, video_task.CELLS)
+    colour = np.full(shape, len(task.COLOUR_NAMES), np.int64)
+    kind = np.full(shape, len(task.SHAPE_NAMES), np.int64)
+    for i, clip in enumerate(clips):
+        for f, objects in enumerate(clip.objects):
+            for cell, c, s in objects:
+                colour[i, f, cell] = task.COLOUR_NAMES.index(c)
+                kind[i, f, cell] = task.SHAPE_NAMES.index(s)
+    cells = np.tile(np.arange(video_task.CELLS), len(clips) * video_task.FRAMES)
+    return {
+        "colour": torch.from_numpy(colour.reshape(-1)),
+        "shape": torch.from_numpy(kind.reshape(-1)),
+        "row": torch.from_numpy(cells // video_task.GRID),
+        "column": torch.from_numpy(cells % video_task.GRID),
+    }
+
+
+def answer_targets(clips: Sequence[video_task.Clip]) -> torch.Tensor:
+    """Per video token (clips x ``NUM_TOKENS``, flattened): 1 where the answer lives."""
+    labels = np.zeros((len(clips), video_task.NUM_TOKENS), np.int64)
+    for i, clip in enumerate(clips):
+        labels[i, clip.token_targets()] = 1
+    return torch.from_numpy(labels.reshape(-1))
+
+
+@dataclass
+class VideoConfig:
+    seed: int = 0
+    threads: int = 2
+    questions: recipe.StageConfig = field(
+        default_factory=lambda: recipe.StageConfig(steps=6000, lr=2e-3, warmup=150)
+    )
+    #: Weights of the per-token probes and of the answer-token probe (0 disables either).
+    probe_weight: float = 1.0
+    answer_probe_weight: float = 1.0
+    answer_probe_layer: int = 2
+    stage_accuracy: float = 0.9
+    stage_min_steps: int = 150
+    stage_max_steps: int = 2500
+    eval_every: int = 500
+    eval_size: int = 300
+
+
+def train(cfg: VideoConfig, out: str, log: Callable[[str], None] = print, sizes=None):
+    """Train from scratch; save the best checkpoint (validation accuracy) under ``out``."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    enc = VideoEncoder()
+    config = vmodel.build_config(enc.tokenizer, **(sizes or {}))
+    model = vmodel.build_model(config, cfg.seed)
+    width = config.text_config.hidden_size
+    probes = CellProbes(width, video_task.GRID)
+    answer_probe = torch.nn.Linear(width, 2)
+    params = sum(p.numel() for p in model.parameters())
+    log(f"model: {params / 1e6:.2f} M parameters; config {cfg}")
+    val = video_task.make_split(cfg.seed, "validation", cfg.eval_size)
+    projected: list[torch.Tensor] = []
+    capture = model.model.multi_modal_projector.register_forward_hook(
+        lambda module, args, output: projected.append(output)
+    )
+    began = time.time()
+    curriculum = {"stage": 0, "steps": 0, "running": 0.0}
+    current: dict[str, list] = {"clips": []}
+
+    def make_batch(step: int):
+        types = STAGES[curriculum["stage"]]
+        base = step * cfg.questions.batch
+        clips = [
+            video_task.make_clip(cfg.seed, "train", base + i, qtype=types[(base + i) % len(types)])
+            for i in range(cfg.questions.batch)
+        ]
+        current["clips"] = clips
+        projected.clear()
+        batch = train_batch(clips, enc)
+        if cfg.answer_probe_weight > 0:
+            batch["output_hidden_states"] = True
+        return batch
+
+    def probe_loss(output, batch) -> torch.Tensor:
+        clips = current["clips"]
+        loss = cfg.probe_weight * probes(projected[-1], cell_targets(clips))
+        if cfg.answer_probe_weight > 0:
+            hidden = output.hidden_states[cfg.answer_probe_layer]
+            tokens = hidden[batch["input_ids"] == enc.video]  # frame-major per clip
+            ce = torch.nn.functional.cross_entropy(answer_probe(tokens), answer_targets(clips))
+            loss = loss + cfg.answer_probe_weight * ce
+        return loss
+
+    def advance(step: int, output, batch) -> None:
+        curriculum["steps"] += 1
+        right = answer_accuracy(output.logits, batch["labels"])
+        run = curriculum["running"] = 0.95 * curriculum["running"] + 0.05 * right
+        ready = curriculum["steps"] >= cfg.stage_min_steps and run >= cfg.stage_accuracy
+        if (ready or curriculum["steps"] >= cfg.stage_max_steps) and curriculum["stage"] + 1 < len(
+            STAGES
+        ):
+            curriculum.update(stage=curriculum["stage"] + 1, steps=0, running=0.0)
+            log(f"step {step + 1}: question types {STAGES[curriculum['stage']]} ({run:.2f})")
+
+    best = {"all": -1.0}
+
+    def evaluate(step: int) -> None:
+        acc = accuracy(model, val, enc)
+        log(f"  step {step}: validation {fmt(acc)}")
+        if acc["all"] >= best["all"]:
+            best.update(acc)
+            info = {
+                "seed": cfg.seed,
+                "params": params,
+                "step": step,
+                "minutes": round((time.time() - began) / 60, 2),
+                "validation": acc,
+            }
+            vmodel.save(model, out, info)
+            log(f"  saved to {out}")
+
+    try:
+        recipe.run_stage(
+            "video",
+            model,
+            [*model.parameters(), *probes.parameters(), *answer_probe.parameters()],
+            cfg.questions,
+            make_batch,
+            log,
+            evaluate=evaluate,
+            every=cfg.eval_every,
+            on_step=advance,
+            extra_loss=probe_loss,
+        )
+    finally:
+        capture.remove()
+    return model
