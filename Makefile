@@ -75,6 +75,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/visprune demo
+	$(VENV)/bin/visprune demo --video
 
 lint: install
 	$(VENV)/bin/ruff check $(CODE)

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--vision-lr-ratio", type=float, default=1.0, help="stage 3: vision-side rate / LM rate"
     )
+    p.add_argument(
+        "--freeze-embeddings", action="store_true", help="stage 3: keep the word embeddings"
+    )
     p.add_argument("--aligned", default=None, help="start at stage 3 from a saved OUT-aligned")
     args = p.parse_args(argv)
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.tune_vision_tower = args.tune_vision_tower
         cfg.vision_lr_ratio = args.vision_lr_ratio
         cfg.aligned = args.aligned
+        cfg.tune_embeddings = not args.freeze_embeddings
         cfg.eval_every = args.eval_every
         recipe.train(cfg, args.out, log, sizes=sizes)
         return report(args, log, logfile)

@@ -25,7 +25,7 @@ def test_each_clip_holds_its_answer_where_its_targets_say(index):
     assert clip.frames.shape == (video_task.FRAMES, video_task.FRAME_SIZE, video_task.FRAME_SIZE, 3)
     if clip.qtype == "appeared":
         [(at, cell)] = clip.targets
-        assert frames[at][cell][1] == clip.answer
+        assert at > 0 and frames[at][cell][1] == clip.answer
         assert all(cell not in frames[f] for f in range(video_task.FRAMES) if f != at)
         # everything else stands still
         rest = [{c: o for c, o in fr.items() if c != cell} for fr in frames]

@@ -66,6 +66,9 @@ class RecipeConfig:
     #: model's; below 1 the language model learns to read the aligned tokens instead of the
     #: vision side moving them away from the words.
     vision_lr_ratio: float = 1.0
+    #: Question stage: whether the language model's input embeddings are tuned. Frozen, the
+    #: words keep the vectors the caption stage aligned the visual tokens with.
+    tune_embeddings: bool = True
     #: A model saved after the caption stage (``<out>-aligned``): start from it at stage 3.
     aligned: str | None = None
     type_accuracy: float = 0.9
@@ -406,6 +409,9 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
     if cfg.tune_vision_tower:
         vision += list(model.model.vision_tower.parameters())
     tuned = [*language_parameters(model), *vision]
+    if not cfg.tune_embeddings:
+        frozen = {id(p) for p in model.get_input_embeddings().parameters()}
+        tuned = [p for p in tuned if id(p) not in frozen]
     run_stage(
         "questions",
         model,

@@ -8,7 +8,8 @@ it sit in one or two frames and a pruning method must keep those frames' right c
 
 Question types (answers are single words, balanced within each type):
 
-``appeared``  what shape appeared ?                  (an object shown in one frame only)
+``appeared``  what shape appeared ?                  (an object shown in one frame only,
+                                                      not the first)
 ``moved``     what colour moved ?                    (one object jumps to another cell once;
                                                       the colours in the clip are distinct)
 ``last``      what colour is the <shape> at the end ? (the shape is unique; it changes colour
@@ -128,7 +129,9 @@ def make_clip(seed: int, split: str, index: int, *, qtype: str | None = None) ->
     spare, other = cells[still], cells[still + 1]
     frames: list[list[Object]] = [list(static) for _ in range(FRAMES)]
     if qtype == "appeared":
-        at = int(rng.integers(FRAMES))
+        # Not in the first frame: an object there and nowhere later has vanished, not appeared
+        # (and under causal attention its tokens cannot tell the two apart).
+        at = int(rng.integers(1, FRAMES))
         frames[at].append((spare, _pick(rng, task.COLOUR_NAMES), answer))
         targets = [(at, spare)]
     elif qtype == "moved":
