@@ -15,7 +15,8 @@ PY_OLDEST := $(VENV_OLDEST)/bin/python
 MODEL_TESTS := tests/test_adapters.py tests/test_compat.py tests/test_robustness.py \
 	tests/test_lmms_eval.py tests/test_lmms_eval_families.py tests/test_demo_checkpoint.py \
 	tests/test_demo_cli.py tests/test_cli.py tests/test_bench.py tests/test_flops_exact.py \
-	tests/test_flops_inputs.py tests/test_vision_scores.py tests/test_layer_stage.py
+	tests/test_flops_inputs.py tests/test_vision_scores.py tests/test_layer_stage.py \
+	tests/test_demo_video.py tests/test_demo_video_checkpoint.py
 
 # vLLM (the serving plugin's tests) pins its own transformers, so it gets its own virtualenv.
 VENV_VLLM ?= .venv-vllm
