@@ -52,6 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--freeze-embeddings", action="store_true", help="stage 3: keep the word embeddings"
     )
+    p.add_argument(
+        "--question-objects",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="stage 3: object counts of the training images (default: the task's 8 14)",
+    )
+    p.add_argument(
+        "--text-objects",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="stage 1: object counts of the scenes written in words (default 1 4)",
+    )
+    p.add_argument(
+        "--named-probe-weight",
+        type=float,
+        default=0.0,
+        help="stage 3: the named-object probe on the language model (0: off)",
+    )
     p.add_argument("--aligned", default=None, help="start at stage 3 from a saved OUT-aligned")
     args = p.parse_args(argv)
 
@@ -86,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.tune_vision_tower = args.tune_vision_tower
         cfg.vision_lr_ratio = args.vision_lr_ratio
         cfg.aligned = args.aligned
+        cfg.named_probe_weight = args.named_probe_weight
+        if args.question_objects:
+            cfg.question_objects = tuple(args.question_objects)
+        if args.text_objects:
+            cfg.text_objects = tuple(args.text_objects)
         cfg.tune_embeddings = not args.freeze_embeddings
         cfg.eval_every = args.eval_every
         recipe.train(cfg, args.out, log, sizes=sizes)

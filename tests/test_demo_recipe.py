@@ -151,3 +151,54 @@ def test_question_batches_mix_in_caption_rows_after_the_questions():
         assert labels[labels != -100].tolist() == expected
     images = np.stack([s.image for s in [*questions, *captioned]])
     assert torch.equal(batch["pixel_values"], torch.from_numpy(task.normalize(images)))
+
+
+def test_question_samples_draw_the_configured_object_counts():
+    """The question stage can mix scenes of few objects in with the task's 8-14."""
+    mixed = recipe.RecipeConfig(question_objects=(1, 14))
+    samples = recipe.question_samples(mixed, step=3, types=("colour", "shape"), count=200)
+    counts = [len(s.objects) for s in samples]
+    assert min(counts) < task.MIN_OBJECTS <= max(counts) <= task.MAX_OBJECTS
+    assert {s.qtype for s in samples} == {"colour", "shape"}
+    default = recipe.RecipeConfig()
+    counts = [len(s.objects) for s in recipe.question_samples(default, 3, ("colour",), 50)]
+    assert task.MIN_OBJECTS <= min(counts) and max(counts) <= task.MAX_OBJECTS
+    again = recipe.question_samples(mixed, step=3, types=("colour", "shape"), count=200)
+    assert [s.objects for s in again] == [s.objects for s in samples]
+    later = recipe.question_samples(mixed, step=4, types=("colour", "shape"), count=200)
+    assert [s.objects for s in later] != [s.objects for s in samples]
+
+
+def test_caption_samples_never_repeat_across_steps():
+    cfg = recipe.RecipeConfig()
+    first = recipe.caption_samples(cfg, 0, 8)
+    second = recipe.caption_samples(cfg, 1, 8)
+    assert len(first) == 8 and recipe.caption_samples(cfg, 3, 0) == []
+    assert not {tuple(map(tuple, s.objects)) for s in first} & {
+        tuple(map(tuple, s.objects)) for s in second
+    }
+    assert all(1 <= len(s.objects) <= 4 for s in [*first, *second])
+
+
+def test_named_probe_loss_labels_the_named_objects_tokens():
+    """The probe sees each row's image tokens with the label of its own cell: a probe that
+    reads a one-hot "named" feature planted in those tokens drives the loss to zero."""
+    encoder = demo_train.Encoder()
+    samples = [s for s in task.make_split(0, "train", 12) if s.qtype in ("colour", "shape")]
+    ids = recipe.question_batch(samples, encoder)["input_ids"]
+    hidden = torch.zeros(*ids.shape, 2)
+    named = demo_train.named_targets(samples).reshape(len(samples), task.NUM_CELLS)
+    for row in range(len(samples)):
+        image = (ids[row] == encoder.image).nonzero()[:, 0]
+        hidden[row, image, named[row]] = 1.0
+    probe = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        probe.weight.copy_(50 * torch.eye(2))
+    loss = recipe.named_probe_loss(probe, hidden, ids, samples, encoder.image)
+    assert loss.item() < 1e-6
+    swapped = recipe.named_probe_loss(probe, hidden.flip(-1), ids, samples, encoder.image)
+    assert swapped.item() > 10
+    short = ids.clone()
+    short[0, (short[0] == encoder.image).nonzero()[0, 0]] = encoder.pad
+    with pytest.raises(ValueError, match="image tokens"):
+        recipe.named_probe_loss(probe, hidden, short, samples, encoder.image)

@@ -28,7 +28,7 @@ import torch
 
 from . import corpus, relevance, task
 from . import model as demo_model
-from .train import STAGES, Encoder, accuracy, answer_accuracy, fmt
+from .train import STAGES, Encoder, accuracy, answer_accuracy, fmt, named_targets
 
 
 @dataclass
@@ -55,9 +55,11 @@ class RecipeConfig:
     #: every description after 1,200.
     text_objects: tuple[int, int] = (1, 4)
     caption_objects: tuple[int, int] = (1, 4)
-    #: Question stage: move to the next question type (:data:`train.STAGES`) once the running
-    #: training accuracy reaches ``type_accuracy`` (after at least ``type_min_steps``) or after
-    #: ``type_max_steps``.
+    #: Object counts (min, max) of the question stage's training images. The task is asked at
+    #: 8-14 objects; mixing in scenes of 1-7 lets the model find the named object where there
+    #: is little to choose from (one object: the only one that is not background), which gives
+    #: the attention that finds it at 8-14 a gradient to start from.
+    question_objects: tuple[int, int] = (task.MIN_OBJECTS, task.MAX_OBJECTS)
     #: Question stage: share of each batch that is captions (LLaVA's instruction mix keeps
     #: description data too), and whether the vision tower is tuned (LLaVA keeps it frozen).
     caption_share: float = 0.25
@@ -69,8 +71,18 @@ class RecipeConfig:
     #: Question stage: whether the language model's input embeddings are tuned. Frozen, the
     #: words keep the vectors the caption stage aligned the visual tokens with.
     tune_embeddings: bool = True
+    #: Question stage: weight of the named-object probe (:func:`train.named_targets`, the v1
+    #: model's), a linear probe on the language model's hidden states of the image tokens after
+    #: layer ``named_probe_layer`` that says which tokens hold an object the question names
+    #: (0: off). A training-only probe, not saved; it supervises the language model's finding
+    #: the named object densely, neither pruning nor the similarity of visual tokens to words.
+    named_probe_weight: float = 0.0
+    named_probe_layer: int = 2
     #: A model saved after the caption stage (``<out>-aligned``): start from it at stage 3.
     aligned: str | None = None
+    #: Question stage: move to the next question type (:data:`train.STAGES`) once the running
+    #: training accuracy reaches ``type_accuracy`` (after at least ``type_min_steps``) or after
+    #: ``type_max_steps``.
     type_accuracy: float = 0.9
     type_min_steps: int = 150
     type_max_steps: int = 2500
@@ -124,6 +136,63 @@ def question_batch(
     images = [s.image for s in [*samples, *captioned]]
     batch["pixel_values"] = torch.from_numpy(task.normalize(np.stack(images)))
     return batch
+
+
+def question_samples(
+    cfg: RecipeConfig, step: int, types: Sequence[str], count: int
+) -> list[task.Sample]:
+    """The ``count`` training questions of question-stage step ``step``, cycling through
+    ``types``, on images of ``cfg.question_objects`` objects."""
+    base = step * count
+    return [
+        task.make_sample(
+            cfg.seed,
+            "train",
+            base + i,
+            qtype=types[(base + i) % len(types)],
+            objects=cfg.question_objects,
+        )
+        for i in range(count)
+    ]
+
+
+def caption_samples(cfg: RecipeConfig, step: int, count: int) -> list[task.Sample]:
+    """The ``count`` captioned images mixed into question-stage step ``step`` (indices far
+    beyond those of the caption stage, so none repeats)."""
+    first = 10**8 + step * count
+    return [
+        task.make_sample(cfg.seed, "caption", first + i, objects=cfg.caption_objects)
+        for i in range(count)
+    ]
+
+
+def named_probe_loss(
+    probe: torch.nn.Module,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    samples: Sequence[task.Sample],
+    image_token: int,
+) -> torch.Tensor:
+    """Cross-entropy of ``probe`` telling the image tokens of a named object from the rest.
+
+    Parameters
+    ----------
+    probe : torch.nn.Module
+        ``(n, width) -> (n, 2)`` logits.
+    hidden : Tensor ``(B, L, width)``
+        A language-model layer's hidden states of the question rows.
+    input_ids : Tensor ``(B, L)``
+        Their ids; each row holds ``task.NUM_CELLS`` image tokens, in row-major cell order.
+    samples : sequence of task.Sample
+        The ``B`` questions (:func:`train.named_targets` gives the labels).
+    """
+    image_tokens = hidden[input_ids == image_token]
+    if image_tokens.shape[0] != len(samples) * task.NUM_CELLS:
+        raise ValueError(
+            f"expected {task.NUM_CELLS} image tokens in each of the {len(samples)} rows, got "
+            f"{image_tokens.shape[0]} in all"
+        )
+    return torch.nn.functional.cross_entropy(probe(image_tokens), named_targets(samples))
 
 
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -357,21 +426,24 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
     curriculum = {"stage": 0, "steps": 0, "running": 0.0}
     captions = round(cfg.questions.batch * cfg.caption_share)
     questions = cfg.questions.batch - captions
+    width = model.config.text_config.hidden_size
+    named_probe = torch.nn.Linear(width, 2)
+    current: dict[str, list[task.Sample]] = {}
 
     def question_step(step: int):
-        types = STAGES[curriculum["stage"]]
-        base = step * questions
-        samples = [
-            task.make_sample(cfg.seed, "train", base + i, qtype=types[(base + i) % len(types)])
-            for i in range(questions)
-        ]
-        captioned = [
-            task.make_sample(
-                cfg.seed, "caption", 10**8 + step * captions + i, objects=cfg.caption_objects
-            )
-            for i in range(captions)
-        ]
-        return question_batch(samples, enc, captioned)
+        samples = current["samples"] = question_samples(
+            cfg, step, STAGES[curriculum["stage"]], questions
+        )
+        batch = question_batch(samples, enc, caption_samples(cfg, step, captions))
+        if cfg.named_probe_weight > 0:
+            batch["output_hidden_states"] = True
+        return batch
+
+    def probe_loss(output, batch) -> torch.Tensor:
+        hidden = output.hidden_states[cfg.named_probe_layer][:questions]
+        image_ids = batch["input_ids"][:questions]
+        loss = named_probe_loss(named_probe, hidden, image_ids, current["samples"], enc.image)
+        return cfg.named_probe_weight * loss
 
     def advance(step: int, output, batch) -> None:
         curriculum["steps"] += 1
@@ -412,10 +484,11 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
     if not cfg.tune_embeddings:
         frozen = {id(p) for p in model.get_input_embeddings().parameters()}
         tuned = [p for p in tuned if id(p) not in frozen]
+    probed = cfg.named_probe_weight > 0
     run_stage(
         "questions",
         model,
-        tuned,
+        [*tuned, *named_probe.parameters()] if probed else tuned,
         cfg.questions,
         question_step,
         log,
@@ -424,5 +497,6 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
         on_step=advance,
         slower=vision,
         slower_ratio=cfg.vision_lr_ratio,
+        extra_loss=probe_loss if probed else None,
     )
     return model
