@@ -52,22 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--freeze-embeddings", action="store_true", help="stage 3: keep the word embeddings"
     )
-    p.add_argument(
-        "--question-objects",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("MIN", "MAX"),
-        help="stage 3: object counts of the training images (default: the task's 8 14)",
-    )
-    p.add_argument(
-        "--text-objects",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("MIN", "MAX"),
-        help="stage 1: object counts of the scenes written in words (default 1 4)",
-    )
+    for flag, stage in (("--question-objects", "stage 3"), ("--text-objects", "stage 1")):
+        p.add_argument(
+            flag,
+            type=int,
+            nargs=2,
+            default=None,
+            metavar=("MIN", "MAX"),
+            help=f"{stage}: object counts of the scenes (default: the recipe's)",
+        )
     p.add_argument(
         "--named-probe-weight",
         type=float,
