@@ -28,7 +28,7 @@ import torch
 
 from . import corpus, relevance, task
 from . import model as demo_model
-from .train import STAGES, Encoder, accuracy, answer_accuracy, fmt, named_targets
+from .train import STAGES, Encoder, accuracy, answer_accuracy, fmt, named_probe_loss
 
 
 @dataclass
@@ -164,35 +164,6 @@ def caption_samples(cfg: RecipeConfig, step: int, count: int) -> list[task.Sampl
         task.make_sample(cfg.seed, "caption", first + i, objects=cfg.caption_objects)
         for i in range(count)
     ]
-
-
-def named_probe_loss(
-    probe: torch.nn.Module,
-    hidden: torch.Tensor,
-    input_ids: torch.Tensor,
-    samples: Sequence[task.Sample],
-    image_token: int,
-) -> torch.Tensor:
-    """Cross-entropy of ``probe`` telling the image tokens of a named object from the rest.
-
-    Parameters
-    ----------
-    probe : torch.nn.Module
-        ``(n, width) -> (n, 2)`` logits.
-    hidden : Tensor ``(B, L, width)``
-        A language-model layer's hidden states of the question rows.
-    input_ids : Tensor ``(B, L)``
-        Their ids; each row holds ``task.NUM_CELLS`` image tokens, in row-major cell order.
-    samples : sequence of task.Sample
-        The ``B`` questions (:func:`train.named_targets` gives the labels).
-    """
-    image_tokens = hidden[input_ids == image_token]
-    if image_tokens.shape[0] != len(samples) * task.NUM_CELLS:
-        raise ValueError(
-            f"expected {task.NUM_CELLS} image tokens in each of the {len(samples)} rows, got "
-            f"{image_tokens.shape[0]} in all"
-        )
-    return torch.nn.functional.cross_entropy(probe(image_tokens), named_targets(samples))
 
 
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -140,6 +140,35 @@ def named_targets(samples: Sequence[task.Sample]) -> torch.Tensor:
     return torch.from_numpy(labels.reshape(-1))
 
 
+def named_probe_loss(
+    probe: torch.nn.Module,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    samples: Sequence[task.Sample],
+    image_token: int,
+) -> torch.Tensor:
+    """Cross-entropy of ``probe`` telling the image tokens of a named object from the rest.
+
+    Parameters
+    ----------
+    probe : torch.nn.Module
+        ``(n, width) -> (n, classes)`` logits.
+    hidden : Tensor ``(B, L, width)``
+        A language-model layer's hidden states of the question rows.
+    input_ids : Tensor ``(B, L)``
+        Their ids; each row holds ``task.NUM_CELLS`` image tokens, in row-major cell order.
+    samples : sequence of task.Sample
+        The ``B`` questions (:func:`named_targets` gives the labels).
+    """
+    image_tokens = hidden[input_ids == image_token]
+    if image_tokens.shape[0] != len(samples) * task.NUM_CELLS:
+        raise ValueError(
+            f"expected {task.NUM_CELLS} image tokens in each of the {len(samples)} rows, got "
+            f"{image_tokens.shape[0]} in all"
+        )
+    return torch.nn.functional.cross_entropy(probe(image_tokens), named_targets(samples))
+
+
 def train_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
     """Right-padded ``prompt answer </s>`` with loss on the answer and ``</s>`` only."""
     rows = [enc.prompt(s) for s in samples]
@@ -314,9 +343,8 @@ def train(
             probe_loss = probes(projected[0], cell_targets(samples))
             if cfg.target_probe_weight > 0:
                 hidden = output.hidden_states[cfg.target_probe_layer]
-                image_tokens = hidden[batch["input_ids"] == enc.image]  # row-major per image
-                named_loss = torch.nn.functional.cross_entropy(
-                    named_probe(image_tokens), named_targets(samples)
+                named_loss = named_probe_loss(
+                    named_probe, hidden, batch["input_ids"], samples, enc.image
                 )
                 probe_loss = probe_loss + cfg.target_probe_weight * named_loss
         loss = output.loss + cfg.probe_weight * probe_loss
