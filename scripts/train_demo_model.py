@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
             help=f"{stage}: object counts of the scenes (default: the recipe's)",
         )
     p.add_argument(
+        "--question-objects-ramp",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="stage 3: grow the largest object count from MIN to MAX over STEPS steps (0: off)",
+    )
+    p.add_argument(
         "--named-probe-weight",
         type=float,
         default=0.0,
@@ -104,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.named_probe_weight = args.named_probe_weight
         if args.question_objects:
             cfg.question_objects = tuple(args.question_objects)
+        cfg.question_objects_ramp = args.question_objects_ramp
         if args.text_objects:
             cfg.text_objects = tuple(args.text_objects)
         cfg.tune_embeddings = not args.freeze_embeddings

@@ -202,3 +202,17 @@ def test_named_probe_loss_labels_the_named_objects_tokens():
     short[0, (short[0] == encoder.image).nonzero()[0, 0]] = encoder.pad
     with pytest.raises(ValueError, match="image tokens"):
         recipe.named_probe_loss(probe, hidden, short, samples, encoder.image)
+
+
+def test_the_object_count_curriculum_grows_the_scenes_to_the_full_range():
+    ramped = recipe.RecipeConfig(question_objects=(1, 14), question_objects_ramp=1000)
+    assert recipe.question_objects_at(ramped, 0) == (1, 1)
+    assert recipe.question_objects_at(ramped, 500) == (1, 7)
+    assert recipe.question_objects_at(ramped, 1000) == (1, 14)
+    assert recipe.question_objects_at(ramped, 5000) == (1, 14)
+    maxima = [recipe.question_objects_at(ramped, step)[1] for step in range(0, 1001, 50)]
+    assert maxima == sorted(maxima)
+    first = recipe.question_samples(ramped, step=0, types=("colour",), count=20)
+    assert all(len(s.objects) == 1 for s in first)
+    plain = recipe.RecipeConfig(question_objects=(1, 14))
+    assert recipe.question_objects_at(plain, 0) == (1, 14)

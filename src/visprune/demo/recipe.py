@@ -60,6 +60,11 @@ class RecipeConfig:
     #: is little to choose from (one object: the only one that is not background), which gives
     #: the attention that finds it at 8-14 a gradient to start from.
     question_objects: tuple[int, int] = (task.MIN_OBJECTS, task.MAX_OBJECTS)
+    #: A curriculum over object counts: the question stage's largest object count grows
+    #: linearly from ``question_objects[0]`` to ``question_objects[1]`` over this many steps,
+    #: so that the model finds the named object among few before many (0: the whole range from
+    #: the first step).
+    question_objects_ramp: int = 0
     #: Question stage: share of each batch that is captions (LLaVA's instruction mix keeps
     #: description data too), and whether the vision tower is tuned (LLaVA keeps it frozen).
     caption_share: float = 0.25
@@ -140,19 +145,29 @@ def question_batch(
     return batch
 
 
+def question_objects_at(cfg: RecipeConfig, step: int) -> tuple[int, int]:
+    """Object counts (min, max) of question-stage step ``step``'s images
+    (``cfg.question_objects``, the largest count ramped over ``cfg.question_objects_ramp``)."""
+    low, high = cfg.question_objects
+    if cfg.question_objects_ramp <= 0 or step >= cfg.question_objects_ramp:
+        return low, high
+    return low, low + (high - low) * step // cfg.question_objects_ramp
+
+
 def question_samples(
     cfg: RecipeConfig, step: int, types: Sequence[str], count: int
 ) -> list[task.Sample]:
     """The ``count`` training questions of question-stage step ``step``, cycling through
-    ``types``, on images of ``cfg.question_objects`` objects."""
+    ``types``, on images of :func:`question_objects_at` objects."""
     base = step * count
+    objects = question_objects_at(cfg, step)
     return [
         task.make_sample(
             cfg.seed,
             "train",
             base + i,
             qtype=types[(base + i) % len(types)],
-            objects=cfg.question_objects,
+            objects=objects,
         )
         for i in range(count)
     ]
