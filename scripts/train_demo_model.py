@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--aligned", default=None, help="start at stage 3 from a saved OUT-aligned")
     args = p.parse_args(argv)
+    if args.question_objects_ramp < 0:
+        p.error(f"--question-objects-ramp {args.question_objects_ramp}: give 0 (off) or more steps")
 
     from visprune.demo import train as demo_train
 
