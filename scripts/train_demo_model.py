@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         help="questions: one stage with probes (the v1 image model); llava: three stages (the "
         "image model); video: the LLaVA-NeXT-Video model on clips (--question-steps steps)",
     )
+    p.add_argument(
+        "--text-scenes",
+        choices=["grid", "words"],
+        default="grid",
+        help="stage 1: scenes cell by cell where the image stands (grid) or objects in a row",
+    )
     p.add_argument("--text-steps", type=int, default=1500)
     p.add_argument("--caption-steps", type=int, default=1500)
     p.add_argument("--question-steps", type=int, default=20000)
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = recipe.RecipeConfig(seed=args.seed, threads=args.threads)
         cfg.text.steps = args.text_steps
+        cfg.text_scenes = args.text_scenes
         cfg.captions.steps = args.caption_steps
         cfg.questions.steps = args.question_steps
         cfg.caption_share = args.caption_share

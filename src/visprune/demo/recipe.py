@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import corpus, relevance, task
+from . import corpus, grid_text, relevance, task
 from . import model as demo_model
+from .rows import caption_prompt, sequences
 from .train import STAGES, Encoder, accuracy, answer_accuracy, fmt, named_probe_loss
 
 
@@ -50,10 +51,13 @@ class RecipeConfig:
     text: StageConfig = field(default_factory=lambda: StageConfig(steps=3000, lr=2e-3))
     captions: StageConfig = field(default_factory=lambda: StageConfig(steps=3000, lr=2e-3))
     questions: StageConfig = field(default_factory=lambda: StageConfig(steps=8000, lr=1e-3))
-    #: Object counts (min, max) of the scenes written in words and of the captioned images.
-    #: 1-4: at 8-14 objects the text stage learned no copying in 1,000 steps, at 1-4 it copies
-    #: every description after 1,200.
-    text_objects: tuple[int, int] = (1, 4)
+    #: How stage 1 writes a scene: "grid", cell by cell where the image will stand
+    #: (:mod:`grid_text`), or "words", the objects in a row (:func:`corpus.text_sample`).
+    text_scenes: str = "grid"
+    #: Object counts (min, max) of stage 1's scenes (None: 1-14 for "grid"; 1-4 for "words",
+    #: where at 8-14 objects the text stage learned no copying in 1,000 steps).
+    text_objects: tuple[int, int] | None = None
+    #: Object counts (min, max) of the captioned images.
     caption_objects: tuple[int, int] = (1, 4)
     #: Object counts (min, max) of the question stage's training images. The task is asked at
     #: 8-14 objects; mixing in scenes of 1-7 lets the model find the named object where there
@@ -97,33 +101,10 @@ class RecipeConfig:
     eval_size: int = 500
 
 
-def sequences(
-    rows: Sequence[tuple[list[int], list[int]]], pad: int, *, loss_on_prompt: bool = False
-) -> dict[str, torch.Tensor]:
-    """Right-padded ``prompt + target`` rows; labels on the targets (and prompts if asked)."""
-    length = max(len(p) + len(t) for p, t in rows)
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for i, (prompt, target) in enumerate(rows):
-        n = len(prompt) + len(target)
-        ids[i, :n] = torch.tensor(prompt + target)
-        first = 0 if loss_on_prompt else len(prompt)
-        labels[i, first:n] = ids[i, first:n]
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def text_batch(samples: Sequence[corpus.TextSample], enc: Encoder) -> dict[str, torch.Tensor]:
     """Stage 1: plain language modelling on every token of each text (and ``</s>``)."""
     rows = [([*enc.words(s.text), enc.eos], []) for s in samples]
     return sequences(rows, enc.pad, loss_on_prompt=True)
-
-
-def caption_prompt(enc: Encoder) -> list[int]:
-    """``describe the image ? <image> describe the image ?`` with the image expanded."""
-    describe = enc.words(corpus.DESCRIBE)
-    return describe + [enc.image] * task.NUM_CELLS + describe
 
 
 def caption_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
@@ -197,6 +178,13 @@ def exact_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     target = labels[:, 1:]
     wrong = (predicted != target) & (target != -100)
     return float((~wrong.any(-1)).float().mean())
+
+
+def text_objects(cfg: RecipeConfig) -> tuple[int, int]:
+    """Object counts (min, max) of stage 1's scenes (``cfg.text_objects`` or its default)."""
+    if cfg.text_objects is not None:
+        return cfg.text_objects
+    return (1, task.MAX_OBJECTS) if cfg.text_scenes == "grid" else (1, 4)
 
 
 def _lr_at(step: int, cfg: StageConfig) -> float:
@@ -311,6 +299,19 @@ def text_accuracy(model, enc: Encoder, seed: int, count: int, objects) -> dict[s
 
 
 @torch.no_grad()
+def grid_accuracy(model, enc: Encoder, seed: int, count: int, objects) -> dict[str, float]:
+    """Stage-1 check on validation scenes written cell by cell (:mod:`grid_text`): answers
+    right (questions) and whole captions right (teacher forcing)."""
+    out = {}
+    for kind in ("question", "describe"):
+        indices = [i for i in range(count) if grid_text.kind_of(i) == kind]
+        samples = [task.make_sample(seed, "validation", i, objects=objects) for i in indices]
+        batch = grid_text.grid_batch(model, samples, [kind] * len(samples), enc)
+        out[kind] = exact_accuracy(model(**batch).logits, batch["labels"])
+    return out
+
+
+@torch.no_grad()
 def caption_accuracy(model, enc: Encoder, seed: int, count: int, objects) -> dict[str, float]:
     """Stage-2 check on validation images: caption tokens and whole captions right."""
     samples = [task.make_sample(seed, "validation", i, objects=objects) for i in range(count)]
@@ -335,8 +336,13 @@ def relevance_line(model, enc: Encoder, samples: Sequence[task.Sample]) -> str:
 def align(model, cfg: RecipeConfig, enc: Encoder, val, out: str, processor, log) -> None:
     """Stages 1 (text) and 2 (captions, language model frozen); saves ``<out>-aligned``."""
 
+    scenes = text_objects(cfg)
+    if cfg.text_scenes not in ("grid", "words"):
+        raise ValueError(f"text_scenes={cfg.text_scenes!r}: choose 'grid' or 'words'")
+
     def text_eval(step: int) -> None:
-        acc = text_accuracy(model, enc, cfg.seed, cfg.eval_size, cfg.text_objects)
+        check = grid_accuracy if cfg.text_scenes == "grid" else text_accuracy
+        acc = check(model, enc, cfg.seed, cfg.eval_size, scenes)
         log(
             f"  text step {step}: questions {100 * acc['question']:.1f} % "
             f"descriptions {100 * acc['describe']:.1f} %"
@@ -344,9 +350,13 @@ def align(model, cfg: RecipeConfig, enc: Encoder, val, out: str, processor, log)
 
     def text_step(step: int):
         base = step * cfg.text.batch
+        if cfg.text_scenes == "grid":
+            indices = range(base, base + cfg.text.batch)
+            samples = [task.make_sample(cfg.seed, "text", i, objects=scenes) for i in indices]
+            kinds = [grid_text.kind_of(i) for i in indices]
+            return grid_text.grid_batch(model, samples, kinds, enc)
         samples = [
-            corpus.text_sample(cfg.seed, base + i, objects=cfg.text_objects)
-            for i in range(cfg.text.batch)
+            corpus.text_sample(cfg.seed, base + i, objects=scenes) for i in range(cfg.text.batch)
         ]
         return text_batch(samples, enc)
 
