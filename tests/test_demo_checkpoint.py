@@ -139,6 +139,8 @@ def test_demo_quick_on_the_bundled_model(tmp_path, capsys):
     unpruned = next(line for line in table.splitlines() if line.startswith("| unpruned |"))
     accuracy = float(unpruned.split("|")[4])
     assert accuracy >= 90.0, unpruned
+    relevance_line = next(line for line in table.splitlines() if "text relevance" in line)
+    assert "median rank" in relevance_line and "single-object questions" in relevance_line
 
 
 def test_position_questions_read_the_kept_tokens_original_positions(bundled):

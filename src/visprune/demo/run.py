@@ -179,6 +179,24 @@ def overlays(
     return path
 
 
+def relevance_line(model_dir: str | Path | None, samples: int, seed: int = 0) -> str:
+    """How near the model's visual tokens sit to their words: the answer token's median rank
+    and top-7 share by text relevance (:mod:`.relevance`) on the single-object questions among
+    the first ``samples`` test questions."""
+    from . import relevance
+    from .train import Encoder
+
+    model, processor = demo_model.load(model_dir or bundled_checkpoint())
+    questions = task.make_split(seed, "test", samples)
+    ranks = relevance.answer_ranks(model, questions, Encoder(processor.tokenizer))
+    stats = relevance.summary(ranks)
+    return (
+        f"Answer token by text relevance (cosine to the question after the image; "
+        f"{len(ranks)} single-object questions): median rank {stats['median']:.0f} of "
+        f"{task.NUM_CELLS}, among the top 7 for {100 * stats['top7']:.1f} % (random: 11 %)."
+    )
+
+
 def run(
     model_dir: str | Path | None = None,
     *,
@@ -196,7 +214,7 @@ def run(
     budgets = BUDGETS[:1] if quick else BUDGETS
     out.mkdir(parents=True, exist_ok=True)  # before the evaluation: a bad place fails at once
     rows = evaluate(model_dir, samples=samples, budgets=budgets, positions=positions)
-    text = table(rows, samples, positions)
+    text = table(rows, samples, positions) + "\n" + relevance_line(model_dir, samples) + "\n"
     log(text)  # printed before anything is written, so a failed write never loses it
     from ..bench import machine_description
 
