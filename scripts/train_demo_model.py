@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--text-steps", type=int, default=1500)
     p.add_argument("--caption-steps", type=int, default=1500)
-    p.add_argument("--question-steps", type=int, default=20000)
+    p.add_argument(
+        "--question-steps",
+        type=int,
+        default=20000,
+        help="stage 3 steps (llava: 0 stops after stages 1-2, saved as OUT-aligned)",
+    )
     p.add_argument("--caption-share", type=float, default=0.25, help="captions in stage-3 batches")
     p.add_argument("--tune-vision-tower", action="store_true", help="stage 3: tune the tower too")
     p.add_argument(
@@ -125,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg.text_objects = tuple(args.text_objects)
         cfg.tune_embeddings = not args.freeze_embeddings
         cfg.eval_every = args.eval_every
+        if args.question_steps == 0 and args.aligned:
+            p.error("--question-steps 0 with --aligned trains nothing: give stage 3 some steps")
         recipe.train(cfg, args.out, log, sizes=sizes)
+        if args.question_steps == 0:  # stages 1-2 only
+            logfile.close()
+            return 0
         return report(args, log, logfile)
     cfg = demo_train.TrainConfig(
         minutes=args.minutes,

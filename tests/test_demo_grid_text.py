@@ -107,3 +107,17 @@ def test_the_default_scene_counts_follow_the_layout():
     assert recipe.text_objects(recipe.RecipeConfig()) == (1, task.MAX_OBJECTS)
     assert recipe.text_objects(recipe.RecipeConfig(text_scenes="words")) == (1, 4)
     assert recipe.text_objects(recipe.RecipeConfig(text_objects=(2, 3))) == (2, 3)
+
+
+def test_zero_question_steps_stop_after_stages_1_and_2(tmp_path):
+    """``questions.steps == 0``: the aligned model is saved, no stage-3 model is written."""
+    cfg = recipe.RecipeConfig(eval_size=10, threads=1, eval_every=1)
+    cfg.text = recipe.StageConfig(steps=1, lr=1e-3, batch=2, warmup=1)
+    cfg.captions = recipe.StageConfig(steps=1, lr=1e-3, batch=2, warmup=1)
+    cfg.questions = recipe.StageConfig(steps=0, lr=1e-3)
+    sizes = {"text_hidden": 16, "text_intermediate": 32, "text_layers": 1, "vision_hidden": 16}
+    lines: list[str] = []
+    recipe.train(cfg, str(tmp_path / "m"), lines.append, sizes=sizes)
+    assert (tmp_path / "m-aligned" / "model.safetensors").is_file()
+    assert not (tmp_path / "m").exists()
+    assert not any("questions step" in line for line in lines)

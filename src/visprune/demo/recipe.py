@@ -402,7 +402,9 @@ def align(model, cfg: RecipeConfig, enc: Encoder, val, out: str, processor, log)
 
 
 def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes=None):
-    """Run the three stages from scratch; save the final model under ``out``."""
+    """Run the three stages from scratch (or stage 3 from ``cfg.aligned``); save the final
+    model under ``out`` (with ``cfg.questions.steps == 0``, stop after stages 1-2, saved
+    under ``<out>-aligned``)."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     enc = Encoder()
@@ -420,6 +422,8 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
 
     if cfg.aligned is None:
         align(model, cfg, enc, val, out, processor, log)
+    if cfg.questions.steps == 0:  # stages 1-2 only: stage 3 starts later from <out>-aligned
+        return model
 
     curriculum = {"stage": 0, "steps": 0, "running": 0.0}
     captions = round(cfg.questions.batch * cfg.caption_share)
