@@ -13,7 +13,7 @@ from PIL import Image
 import visprune
 from visprune.cli import main
 from visprune.demo import model as demo_model
-from visprune.demo import task
+from visprune.demo import relevance, task
 from visprune.demo import train as demo_train
 from visprune.demo.run import bundled_checkpoint
 from visprune.methods import Context, Method
@@ -78,10 +78,10 @@ def test_save_writes_the_hub_layout(tmp_path):
         assert torch.equal(mine, theirs), name
 
 
-def test_bundled_model_scores_at_least_90_percent_unpruned(bundled):
+def test_bundled_model_scores_at_least_97_percent_unpruned(bundled):
     model, encoder, questions = bundled
     scores = demo_train.accuracy(model, questions, encoder)
-    assert scores["all"] >= 0.90, demo_train.fmt(scores)
+    assert scores["all"] >= 0.97, demo_train.fmt(scores)
 
 
 def test_random_pruning_at_11_percent_loses_at_least_15_points(bundled):
@@ -91,6 +91,15 @@ def test_random_pruning_at_11_percent_loses_at_least_15_points(bundled):
     with visprune.apply(model, "random", budget=0.111):
         pruned = demo_train.accuracy(model, questions, encoder)["all"]
     assert full - pruned >= 0.15, (full, pruned)
+
+
+def test_the_bundled_models_visual_tokens_sit_next_to_their_words(bundled):
+    """The model was trained LLaVA's way (captions with the language model frozen): the token
+    of the object a question names is the most similar to the question's words for most
+    single-object questions, what text-conditioned methods rely on (random: top 7 for 11 %)."""
+    model, encoder, questions = bundled
+    stats = relevance.summary(relevance.answer_ranks(model, questions, encoder))
+    assert stats["median"] <= 3 and stats["top7"] >= 0.5, stats
 
 
 @dataclass
