@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.question_objects_ramp < 0:
         p.error(f"--question-objects-ramp {args.question_objects_ramp}: give 0 (off) or more steps")
+    if args.recipe == "llava" and args.question_steps == 0 and args.aligned:
+        p.error("--question-steps 0 with --aligned trains nothing: give stage 3 some steps")
 
     from visprune.demo import train as demo_train
 
@@ -130,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             cfg.text_objects = tuple(args.text_objects)
         cfg.tune_embeddings = not args.freeze_embeddings
         cfg.eval_every = args.eval_every
-        if args.question_steps == 0 and args.aligned:
-            p.error("--question-steps 0 with --aligned trains nothing: give stage 3 some steps")
         recipe.train(cfg, args.out, log, sizes=sizes)
         if args.question_steps == 0:  # stages 1-2 only
             logfile.close()

@@ -86,7 +86,8 @@ class RecipeConfig:
     #: layer ``named_probe_layer`` that says which tokens hold an object the question names
     #: (0: off). A training-only probe, not saved; it supervises the language model's finding
     #: the named object densely, neither pruning nor the similarity of visual tokens to words.
-    #: Measured: it did not make the model find the named object sooner (README).
+    #: Measured (README): with stage 1 in words it did not make the model find the named
+    #: object sooner; after grid scenes, all five question types at step 5,000 (63 % without).
     named_probe_weight: float = 0.0
     named_probe_layer: int = 2
     #: A model saved after the caption stage (``<out>-aligned``): start from it at stage 3.
