@@ -45,7 +45,7 @@ import torch
 from packaging.version import Version
 
 #: The transformers releases the test suite runs on: (oldest, newest), both ends inclusive.
-TESTED_RANGE = ("5.19.0", "5.24.0")
+TESTED_RANGE = ("5.19.0", "5.25.0")
 
 #: Keywords under which a KV cache reaches the language model, newest first.
 CACHE_KEYWORDS = ("cache", "past_key_values")
