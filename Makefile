@@ -24,7 +24,7 @@ PY_VLLM := $(VENV_VLLM)/bin/python
 VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py
 
 .PHONY: install install-oldest install-vllm demo test test-newest test-oldest test-vllm lint \
-	format bench clean
+	format bench clean check-transformers
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
@@ -99,8 +99,15 @@ test-oldest: install-oldest
 test-vllm: install-vllm
 	$(PY_VLLM) -m pytest -q $(VLLM_TESTS)
 
+# When the registry has a transformers release newer than the tested range: install it in
+# $(VENV_NEXT), run the model-facing tests there and print one line (passes: widen the range, or
+# the failing tests). Reports only, never fails; CI runs it after the tests.
+VENV_NEXT ?= .venv-next
+check-transformers: install
+	$(PY) scripts/check_newest_transformers.py --venv $(VENV_NEXT) $(MODEL_TESTS)
+
 bench: install
 	$(PY) benchmarks/selection.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) $(VENV_NEXT) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

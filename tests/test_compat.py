@@ -31,6 +31,7 @@ def _no_grad():
         yield
 
 
+@pytest.mark.tested_range
 def test_declared_dependency_range_is_the_tested_range():
     """pyproject's bound: lower = the oldest tested release, upper = the next untested minor."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -46,8 +47,9 @@ def test_declared_dependency_range_is_the_tested_range():
         (compat.TESTED_RANGE[0], True),
         (compat.TESTED_RANGE[1], True),
         ("5.24.3", True),
+        ("5.25.4", True),
         ("5.18.2", False),
-        ("5.25.0", False),
+        ("5.26.0", False),
         ("6.0.0.dev0", False),
     ],
 )
@@ -66,6 +68,7 @@ def test_apply_warns_once_outside_the_tested_range(monkeypatch):
         visprune.apply(model, "divprune", 0.5)
 
 
+@pytest.mark.tested_range
 def test_installed_version_is_tested_without_warning():
     assert compat.in_tested_range()
     with warnings.catch_warnings():
@@ -73,10 +76,36 @@ def test_installed_version_is_tested_without_warning():
         visprune.apply(tiny("llava"), "divprune", 0.5)
 
 
-def test_error_names_the_version_and_what_to_do():
+def test_error_outside_the_range_names_the_version_and_what_to_install(monkeypatch):
+    monkeypatch.setattr(compat, "transformers_version", lambda: "5.99.0")
     message = str(PruningNotApplied("something moved"))
-    assert compat.transformers_version() in message
+    assert "5.99.0" in message
     assert "something moved" in message and "install a version in that range" in message
+    assert f"pip install '{compat.requirement()}'" in message
+
+
+def test_install_advice_admits_every_patch_of_the_newest_tested_minor():
+    """The advice must allow what ``in_tested_range`` accepts (5.25.x), and nothing newer."""
+    requirement = compat.requirement()
+    low, high = compat.TESTED_RANGE
+    major, minor = (int(part) for part in high.split(".")[:2])
+    assert requirement == f"transformers>={low.removesuffix('.0')},<{major}.{minor + 1}"
+    assert f"<={high}" not in requirement
+
+
+@pytest.mark.tested_range
+def test_error_inside_the_range_does_not_advise_another_transformers():
+    message = str(PruningNotApplied("something moved"))
+    assert compat.transformers_version() in message and "something moved" in message
+    assert "in the tested range" in message and "install" not in message
+
+
+def test_usage_error_says_what_to_change_not_what_to_install(monkeypatch):
+    for version in (compat.TESTED_RANGE[1], "5.99.0"):
+        monkeypatch.setattr(compat, "transformers_version", lambda v=version: v)
+        message = str(PruningNotApplied("leave out cache_implementation", usage=True))
+        assert "leave out cache_implementation" in message
+        assert "install" not in message and "tested range" not in message
 
 
 # ------------------------------------------------------------------------ broken on purpose

@@ -413,8 +413,11 @@ def test_a_static_cache_raises_instead_of_running_unpruned():
     model = deep("llava")
     data = collate(ragged_samples("llava", model))
     with visprune.apply(model, "fastv", layer=2, budget=2):
-        with pytest.raises(PruningNotApplied, match="DynamicCache"):
+        with pytest.raises(PruningNotApplied, match="DynamicCache") as raised:
             model.generate(**data, **GENERATE, cache_implementation="static")
+    # A usage error: it says what to change in the call, not which transformers to install.
+    assert raised.value.usage
+    assert "cache_implementation" in str(raised.value) and "install" not in str(raised.value)
 
 
 def test_flops_count_the_layers_before_the_pruning_on_every_token():

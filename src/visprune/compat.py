@@ -61,19 +61,48 @@ TOKEN_TYPES_KEYWORD = "token_type_ids"
 
 
 class PruningNotApplied(RuntimeError):
-    """A seam into transformers moved: visprune cannot prune this call and refuses to run it.
+    """visprune cannot prune this call and refuses to run it.
 
-    Raised instead of letting the model run unpruned, which would look like a pruned run.
+    Raised instead of letting the model run unpruned, which would look like a pruned run. Two
+    causes, with different advice:
+
+    - a seam into transformers moved (``usage=False``): outside :data:`TESTED_RANGE` the message
+      says which versions to install; inside it, the model or call departs from the stock code
+      visprune is tested on, and the message says so;
+    - the call asks for something the method cannot do (``usage=True``, e.g. a static KV cache
+      for a method that shortens the cache between decoder layers): ``what`` says what to change,
+      and no other transformers would help.
     """
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, *, usage: bool = False) -> None:
+        version = transformers_version()
+        if usage:
+            advice = ""
+        elif in_tested_range(version):
+            advice = (
+                f" transformers {version} is in the tested range ({TESTED_RANGE[0]} to "
+                f"{TESTED_RANGE[1]}), so this model or call departs from the stock transformers "
+                "code visprune is tested on; please report it with the model class and the call."
+            )
+        else:
+            advice = (
+                f" visprune is tested with transformers {TESTED_RANGE[0]} to {TESTED_RANGE[1]}; "
+                f"install a version in that range (pip install '{requirement()}') or a visprune "
+                "release that supports this one."
+            )
         super().__init__(
-            f"visprune could not apply pruning with transformers {transformers_version()}: "
-            f"{what}. Nothing ran unpruned. visprune is tested with transformers "
-            f"{TESTED_RANGE[0]} to {TESTED_RANGE[1]}; install a version in that range "
-            f"(pip install 'transformers>={TESTED_RANGE[0]},<={TESTED_RANGE[1]}') or a visprune "
-            "release that supports this one."
+            f"visprune could not apply pruning with transformers {version}: {what}. "
+            f"Nothing ran unpruned.{advice}"
         )
+        self.usage = usage
+
+
+def requirement() -> str:
+    """The pip requirement of the tested range, patch releases of its newest minor included:
+    ``transformers>=5.19,<5.26`` for ``("5.19.0", "5.25.0")``."""
+    low, high = Version(TESTED_RANGE[0]), Version(TESTED_RANGE[1])
+    lower = f"{low.major}.{low.minor}" if low.micro == 0 else str(low)
+    return f"transformers>={lower},<{high.major}.{high.minor + 1}"
 
 
 @functools.cache
@@ -336,7 +365,9 @@ def decoder_layers(language_model: Any) -> list:
     if kinds != {"full_attention"}:
         raise PruningNotApplied(
             f"{type(language_model).__name__} has {', '.join(sorted(kinds))} layers; layer-stage "
-            "methods rebuild only full causal attention masks between layers"
+            "methods rebuild only full causal attention masks between layers. Use a method that "
+            "prunes before the language model on this model",
+            usage=True,
         )
     for layer in layers:
         attention = getattr(layer, "self_attn", None)
@@ -393,7 +424,9 @@ def causal_mask(config: Any, inputs_embeds: Any, attention_mask: Any) -> Any:
     if mask is not None and not isinstance(mask, torch.Tensor):
         raise PruningNotApplied(
             f"the {config._attn_implementation} attention takes a {type(mask).__name__} mask, "
-            "which layer-stage methods cannot rebuild between layers; use sdpa or eager"
+            "which layer-stage methods cannot rebuild between layers; load the model with "
+            "attn_implementation='sdpa' or 'eager'",
+            usage=True,
         )
     return mask
 
@@ -421,7 +454,9 @@ def keep_cache_rows(cache: Any, layers: range, index: Any) -> None:
             raise PruningNotApplied(
                 f"the KV cache ({type(cache).__name__}) holds layer {layer} as "
                 f"{type(entry).__name__}; layer-stage methods shorten the cache of the layers "
-                "before the pruning layer and need a DynamicCache (generate's default)"
+                "before the pruning layer and need a DynamicCache (generate's default): leave "
+                "out cache_implementation (e.g. 'static') or pass a DynamicCache",
+                usage=True,
             )
         heads, width = keys.shape[1], keys.shape[-1]
         rows = index.to(keys.device)[:, None, :, None]
