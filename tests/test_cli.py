@@ -17,7 +17,29 @@ def test_methods_lists_every_method_with_stage_and_parameters(capsys):
     listed = [line.split()[0] for line in lines[1:]]
     assert listed == visprune.list_methods()
     rediprune = next(line for line in lines if line.startswith("rediprune"))
-    assert "vision" in rediprune and "required" in rediprune and "alpha=0.5" in rediprune
+    assert "vision" in rediprune and "prompt text" in rediprune and "alpha=0.5" in rediprune
+
+
+@pytest.mark.parametrize(
+    "method,needs",
+    [
+        ("vispruner", "vision CLS attention"),
+        ("visionzip", "vision CLS attention, vision keys"),
+        ("fastv", "LLM attention rows"),
+        ("pdrop", "LLM attention rows"),
+        ("divprune", "tokens only"),
+        ("cdpruner", "prompt text"),
+        ("resprune", "optional: prompt text"),
+    ],
+)
+def test_methods_shows_what_each_method_reads(capsys, method, needs):
+    """The needs column comes from the classes' requires/uses: CLS-attention and in-LLM
+    methods do not read the prompt."""
+    main(["methods"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(method))
+    assert needs in line
+    if "text" not in visprune.METHODS[method].uses:
+        assert "prompt text" not in line
 
 
 def test_no_command_prints_help_and_fails(capsys):

@@ -14,18 +14,38 @@ from typing import Any
 from . import __version__
 from .registry import METHODS
 
+#: What each kind of context a method reads is, in the ``methods`` table.
+NEEDS = {
+    "text": "prompt text",
+    "query": "text query",
+    "cls_attention": "vision CLS attention",
+    "vision_keys": "vision keys",
+    "cls_state": "vision CLS state",
+    "scores": "LLM attention rows",
+}
+
+
+def _needs(cls: type) -> str:
+    """What ``cls`` reads besides the visual tokens: its ``requires`` (needed) and the rest of
+    its ``uses`` (read when given), e.g. ``prompt text; optional: text query``."""
+    needed = [NEEDS.get(name, name) for name in sorted(cls.requires)]
+    optional = [NEEDS.get(name, name) for name in sorted(cls.uses - cls.requires)]
+    parts = [", ".join(needed)] if needed else []
+    if optional:
+        parts.append("optional: " + ", ".join(optional))
+    return "; ".join(parts) or "tokens only"
+
 
 def _methods_table() -> str:
-    rows = [("name", "stage", "text", "parameters")]
+    rows = [("name", "stage", "needs", "parameters")]
     for name in METHODS.names():
         cls = METHODS[name]
-        text = "required" if "text" in cls.requires else "optional" if cls.uses else "no"
         params = ", ".join(
             f"{field.name}={field.default!r}"
             for field in dataclasses.fields(cls)
             if field.name != "budget"
         )
-        rows.append((name, cls.stage, text, params or "-"))
+        rows.append((name, cls.stage, _needs(cls), params or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
