@@ -74,8 +74,48 @@ def test_generate_answers_and_saves_the_overlay(checkpoint, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.strip()  # an answer was printed
     assert "kept 16 of 64 visual tokens" in captured.err
+    with Image.open(viz) as picture:  # the 64 x 64 view, enlarged 6 times to be readable
+        assert picture.size == (6 * task.IMAGE_SIZE, 6 * task.IMAGE_SIZE)
+
+
+def _banner(width: int, height: int) -> Image.Image:
+    """Red, with a blue square in the middle as wide as the shorter side: what a centre crop
+    keeps."""
+    image = Image.new("RGB", (width, height), (255, 0, 0))
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    image.paste((0, 0, 255), (left, top, left + side, top + side))
+    return image
+
+
+def test_model_view_is_the_centre_crop_the_model_saw(checkpoint):
+    from transformers import AutoProcessor
+
+    from visprune.cli import _model_view
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    view = _model_view(processor, _banner(300, 50))
+    assert view.size == (task.IMAGE_SIZE, task.IMAGE_SIZE)
+    red, _green, blue = (channel.getextrema() for channel in view.split())
+    assert red[1] < 40 and blue[0] > 200  # only the blue middle, no red sides
+
+
+@pytest.mark.parametrize("size", [(300, 50), (50, 300)])
+def test_generate_overlay_of_a_non_square_image_shows_what_the_model_saw(
+    checkpoint, tmp_path, size
+):
+    image_path, viz = tmp_path / "banner.png", tmp_path / "kept.png"
+    _banner(*size).save(image_path)
+    argv = ["generate", "--model", str(checkpoint), "--image", str(image_path), "--prompt", "x"]
+    argv += ["--method", "keepall", "--viz", str(viz), "--max-new-tokens", "1"]
+    assert main(argv) == 0
     with Image.open(viz) as picture:
-        assert picture.size == (task.IMAGE_SIZE, task.IMAGE_SIZE)
+        assert picture.size == (6 * task.IMAGE_SIZE, 6 * task.IMAGE_SIZE)
+        cell = picture.width // task.GRID
+        for row in range(task.GRID):
+            for col in range(task.GRID):
+                pixel = picture.getpixel((col * cell + cell // 2, row * cell + cell // 2))
+                assert pixel[2] > 200 and pixel[0] < 40, (row, col, pixel)
 
 
 @pytest.mark.parametrize(

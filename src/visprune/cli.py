@@ -315,29 +315,65 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.viz:
         from .viz import overlay
 
-        seen = _model_view(processor, image)
+        seen = _readable(_model_view(processor, image))
         overlay(seen, selections[0]).save(args.viz)
         print(f"overlay written to {args.viz}", file=sys.stderr)
     return 0
 
 
+#: Shorter side of a kept-token picture at least (a 64 x 64 view is too small to read) and
+#: longer side at most (a 6000 x 4000 photo of a model without a crop would be unwieldy).
+VIEW_MIN, VIEW_MAX = 384, 1024
+
+
+def _size_entry(size: Any, key: str) -> int | None:
+    """``size[key]`` of an image processor's size, a dict or (transformers 5) a ``SizeDict``."""
+    if size is None:
+        return None
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
 def _model_view(processor: Any, image: Any) -> Any:
-    """The image as the model sees it: resized and centre-cropped like its image processor."""
+    """The image as the model sees it: resized and centre-cropped like its image processor
+    (LLaVA's CLIP processor: shortest edge to ``size``, then a ``crop_size`` centre crop).
+    A processor without such sizes (Qwen-VL's dynamic resolution) sees the whole image."""
     from PIL import Image
 
     image_processor = getattr(processor, "image_processor", None)
-    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None)
-    if isinstance(crop, dict) and "height" in crop and "width" in crop:
-        size = (crop["width"], crop["height"])
-        short = getattr(image_processor, "size", {}).get("shortest_edge")
+    size = getattr(image_processor, "size", None)
+    short = _size_entry(size, "shortest_edge")
+    height, width = _size_entry(size, "height"), _size_entry(size, "width")
+    if getattr(image_processor, "do_resize", True):
         if short:
             scale = short / min(image.size)
             image = image.resize(
-                (round(image.width * scale), round(image.height * scale)), Image.BICUBIC
+                (max(1, int(image.width * scale)), max(1, int(image.height * scale))),
+                Image.BICUBIC,
             )
-        left, top = (image.width - size[0]) // 2, (image.height - size[1]) // 2
-        return image.crop((left, top, left + size[0], top + size[1]))
+        elif height and width:
+            image = image.resize((width, height), Image.BICUBIC)
+    crop = getattr(image_processor, "crop_size", None)
+    crop_height, crop_width = _size_entry(crop, "height"), _size_entry(crop, "width")
+    if getattr(image_processor, "do_center_crop", False) and crop_height and crop_width:
+        left, top = (image.width - crop_width) // 2, (image.height - crop_height) // 2
+        image = image.crop((left, top, left + crop_width, top + crop_height))
     return image
+
+
+def _readable(view: Any) -> Any:
+    """``view`` scaled for looking at: small views enlarged by a whole factor (sharp pixels)
+    until the shorter side reaches :data:`VIEW_MIN`, large ones reduced to :data:`VIEW_MAX`."""
+    from PIL import Image
+
+    if max(view.size) > VIEW_MAX:
+        scale = VIEW_MAX / max(view.size)
+        size = (max(1, round(view.width * scale)), max(1, round(view.height * scale)))
+        return view.resize(size, Image.LANCZOS)
+    factor = min(-(-VIEW_MIN // min(view.size)), VIEW_MAX // max(view.size))
+    if factor > 1:
+        return view.resize((view.width * factor, view.height * factor), Image.NEAREST)
+    return view
 
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
