@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import visprune
-from visprune.cli import main
+from visprune.cli import build_parser, main
 
 
 def test_methods_lists_every_method_with_stage_and_parameters(capsys):
@@ -75,3 +75,103 @@ def test_kept_token_pictures_are_scaled_to_a_readable_size(size, expected):
     from visprune.cli import _readable
 
     assert _readable(Image.new("RGB", size)).size == expected
+
+
+def _refused(argv, capsys) -> str:
+    """Run ``argv``; it must exit with status 2 and one error line, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+GENERATE = ["generate", "--image", "q.png", "--prompt", "x", "--model"]
+
+
+@pytest.mark.parametrize("model", ["./llava-mistyped", "~/no/such/model", "my model!", "a/b/c"])
+def test_a_path_like_model_that_does_not_exist_is_refused_at_once(capsys, model):
+    err = _refused([*GENERATE, model], capsys)
+    assert f"--model {model!r}: no such directory" in err
+
+
+def test_a_model_neither_local_nor_cached_is_refused_offline_at_once(capsys, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    err = _refused([*GENERATE, "llava-mistyped"], capsys)
+    assert time.perf_counter() - start < 5
+    assert "no such directory" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_a_model_neither_local_nor_cached_with_the_hub_out_of_reach(capsys, monkeypatch):
+    import huggingface_hub
+
+    asked = []
+
+    def unreachable(repo_id, timeout=None, **kwargs):
+        asked.append(timeout)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    err = _refused([*GENERATE, "llava-mistyped"], capsys)
+    assert "no such directory" in err and "Hub cannot be reached" in err
+    assert asked and asked[0] is not None and asked[0] <= 10  # one short try, no retries
+
+
+def test_errors_after_parsing_show_the_command_usage(capsys):
+    err = _refused([*GENERATE, "./nope"], capsys)
+    assert err.startswith("usage: visprune generate")
+
+
+@pytest.mark.parametrize("budget", ["inf", "-inf", "nan", "1e999"])
+def test_an_infinite_budget_is_refused_as_not_finite(capsys, budget):
+    err = _refused(["bench", "--model", ".", f"--budget={budget}"], capsys)
+    assert "must be a finite count or fraction" in err
+
+
+@pytest.mark.parametrize(
+    "command,default",
+    [
+        ("bench", "(default: 16)"),
+        ("bench", "(default: Describe this image.)"),
+        ("generate", "(default: 32)"),
+        ("demo", "(default: visprune-demo)"),
+        ("demo", "(default: compact)"),
+    ],
+)
+def test_help_shows_the_defaults(capsys, monkeypatch, command, default):
+    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a default
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert default in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["bench", "generate"])
+def test_bench_and_generate_take_positions(command):
+    argv = [command, "--model", "m", "--image", "q.png", "--prompt", "x"]
+    args = build_parser().parse_args([*argv, "--positions", "original"])
+    assert args.positions == "original"
+    assert build_parser().parse_args(argv).positions is None
+
+
+def test_the_version_warning_comes_before_any_progress_bar(monkeypatch, tmp_path):
+    """Out of the tested transformers range, the warning is out before the demo starts."""
+    import warnings
+
+    from visprune import compat
+    from visprune.demo import run as demo_run
+
+    monkeypatch.setattr(compat, "in_tested_range", lambda version=None: False)
+    monkeypatch.setattr(compat, "_warned", set())
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monkeypatch.setattr(demo_run, "run", lambda *args, **kwargs: seen.append(len(caught)))
+        assert main(["demo", "--quick", "--out", str(tmp_path / "o")]) == 0
+    assert seen == [1] and "tested with transformers" in str(caught[0].message)

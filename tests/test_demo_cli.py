@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -206,3 +210,85 @@ def test_demo_prints_the_table_before_writing(checkpoint, tmp_path, monkeypatch,
     with pytest.raises(OSError, match="disk full"):
         main(["demo", "--quick", "--model", str(checkpoint), "--out", str(tmp_path / "o")])
     assert "| divprune |" in capsys.readouterr().out
+
+
+VIDEO_CHECKPOINT = Path(visprune.__file__).parent / "demo" / "video_checkpoint"
+
+
+def _refused(argv, capsys) -> str:
+    """``argv`` exits with status 2 and an error line, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_demo_refuses_a_checkpoint_of_the_other_kind(checkpoint, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "o")]
+    err = _refused(["demo", "--quick", "--model", str(VIDEO_CHECKPOINT), *out], capsys)
+    assert "llava_next_video" in err and "visprune demo --video --model" in err
+    err = _refused(["demo", "--video", "--quick", "--model", str(checkpoint), *out], capsys)
+    assert "holds a llava model" in err and "run `visprune demo --model" in err
+
+
+def test_demo_refuses_a_checkpoint_without_weights(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    for path in checkpoint.iterdir():
+        if not path.name.endswith(".safetensors"):
+            shutil.copy(path, folder / path.name)
+    err = _refused(
+        ["demo", "--quick", "--model", str(folder), "--out", str(tmp_path / "o")], capsys
+    )
+    assert "has no weights" in err
+
+
+def test_generate_reports_an_unloadable_model_on_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64)).save("q.png")
+    (tmp_path / "empty").mkdir()
+    err = _refused(["generate", "--model", "empty", "--image", "q.png", "--prompt", "x"], capsys)
+    assert "cannot load --model 'empty'" in err
+
+
+def _generate(checkpoint, tmp_path, *options) -> list[str]:
+    image_path = tmp_path / "q.png"
+    Image.fromarray(task.make_sample(0, "test", 1).image).save(image_path)
+    argv = ["generate", "--model", str(checkpoint), "--image", str(image_path), "--prompt", "x"]
+    return [*argv, "--max-new-tokens", "1", *options]
+
+
+def test_generate_positions_reach_apply(checkpoint, tmp_path, monkeypatch):
+    from visprune import api
+
+    seen = []
+    original_apply = api.apply
+
+    def spy(model, method, **kwargs):
+        seen.append(kwargs.get("positions"))
+        return original_apply(model, method, **kwargs)
+
+    monkeypatch.setattr(api, "apply", spy)
+    argv = _generate(checkpoint, tmp_path, "--method", "divprune", "--budget", "8")
+    assert main([*argv, "--positions", "original"]) == 0
+    assert seen == ["original"]
+
+
+def test_generate_counts_the_merged_tokens_of_visionzip(checkpoint, tmp_path, capsys):
+    argv = _generate(checkpoint, tmp_path, "--method", "visionzip", "--budget", "16")
+    assert main(argv) == 0
+    line = capsys.readouterr().err
+    found = re.search(r"kept (\d+) \+ (\d+) merged = (\d+) of 64 visual tokens", line)
+    assert found, line
+    kept, merged, total = map(int, found.groups())
+    assert merged > 0 and kept + merged == total == 16
+
+
+def test_bench_explains_the_alignment_row(checkpoint, capsys):
+    argv = ["bench", "--model", str(checkpoint), "--method", "divprune", "--budget", "8"]
+    assert main([*argv, "--new-tokens", "2", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "alignment: the kept visual tokens against all of them" in out
+    assert "w2 = Bures-Wasserstein" in out and "coverage = " in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -55,56 +56,83 @@ def _methods_table() -> str:
     )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` lists each option's default, except where there is none to show (None, False,
+    an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visprune", description="Training-free visual-token pruning for multimodal LLMs."
     )
     parser.add_argument("--version", action="version", version=f"visprune {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("methods", help="list the selection methods and their parameters")
-    bench = commands.add_parser(
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+        sub.set_defaults(command_parser=sub)  # errors after parsing show this command's usage
+        return sub
+
+    command("methods", help="list the selection methods, what each reads, and their parameters")
+    bench = command(
         "bench",
         help="time a model unpruned or with a method: TTFT, decode, KV cache, FLOPs",
         description="Benchmark one image + prompt on a local (or cached) Hugging Face VLM.",
     )
     _model_arguments(bench)
     bench.add_argument("--image", default=None, help="image file (default: a grey 336x336)")
-    bench.add_argument("--prompt", default="Describe this image.")
-    bench.add_argument("--new-tokens", type=_positive(2), default=16)
-    bench.add_argument("--repeats", type=_positive(1), default=5)
-    bench.add_argument("--warmup", type=_positive(0), default=1)
+    bench.add_argument("--prompt", default="Describe this image.", help="the question")
+    bench.add_argument("--new-tokens", type=_positive(2), default=16, help="tokens to decode")
+    bench.add_argument("--repeats", type=_positive(1), default=5, help="timed rounds")
+    bench.add_argument("--warmup", type=_positive(0), default=1, help="untimed rounds first")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
-    demo = commands.add_parser(
+    demo = command(
         "demo",
-        help="accuracy of every method at 3 budgets on the bundled demo model (offline)",
-        description="Evaluate the bundled demo model unpruned and with every method.",
+        help=f"accuracy of every method on the bundled demo model (offline); {DEMO_TIMES}",
+        description="Evaluate the bundled demo model unpruned and with every method at 11, 22 "
+        f"and 33 %% of the visual tokens. Measured on an idle 2-core CPU: {DEMO_TIMES}.",
     )
     demo.add_argument(
         "--video",
         action="store_true",
         help="the demo video model (LLaVA-NeXT-Video, 8-frame clips) instead of the image model",
     )
-    demo.add_argument("--quick", action="store_true", help="one budget, 60 questions (30 clips)")
-    demo.add_argument("--samples", type=_positive(1), default=None, help="test questions")
+    demo.add_argument(
+        "--quick", action="store_true", help="one budget (11 %%), 60 questions (30 clips)"
+    )
+    demo.add_argument(
+        "--samples", type=_positive(1), default=None, help="test questions (default: 500)"
+    )
     demo.add_argument("--model", default=None, help="a demo checkpoint (default: bundled)")
     demo.add_argument("--out", default="visprune-demo", help="folder for results and overlays")
     demo.add_argument(
         "--positions",
         choices=("compact", "original"),
         default="compact",
-        help="position ids of the kept tokens (visprune.apply's option; default: compact)",
+        help="position ids of the kept tokens (visprune.apply's option)",
     )
-    generate = commands.add_parser(
+    generate = command(
         "generate",
         help="answer a prompt about an image, optionally pruned, with a kept-token picture",
         description="Generate with a local (or cached) Hugging Face VLM, pruned or not.",
     )
     _model_arguments(generate)
     generate.add_argument("--image", required=True, help="image file")
-    generate.add_argument("--prompt", required=True)
-    generate.add_argument("--max-new-tokens", type=_positive(1), default=32)
+    generate.add_argument("--prompt", required=True, help="the question")
+    generate.add_argument(
+        "--max-new-tokens", type=_positive(1), default=32, help="longest answer, in tokens"
+    )
     generate.add_argument("--viz", default=None, metavar="PNG", help="save the kept-token overlay")
     return parser
+
+
+#: ``visprune demo``'s running times, measured on an idle 2-core CPU (the README's table).
+DEMO_TIMES = "about 3 min (--quick: about 40 s; --video: about 2 min more)"
 
 
 def _model_arguments(command: argparse.ArgumentParser) -> None:
@@ -120,14 +148,25 @@ def _model_arguments(command: argparse.ArgumentParser) -> None:
         type=_param,
         help="method hyperparameter (repeatable); VALUE is parsed as JSON, else a string",
     )
+    command.add_argument(
+        "--positions",
+        choices=("compact", "original"),
+        default=None,
+        help="position ids of the kept tokens (visprune.apply's option; default: the family's, "
+        "compact for LLaVA and Gemma 3, original for Qwen-VL)",
+    )
     command.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
 
 
 def _budget(text: str) -> int | float:
     try:
-        value = float(text) if any(c in text for c in ".eE") else int(text)
+        value = float(text) if any(c in text for c in ".eEinfINF") else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"budget must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"budget must be a finite count or fraction (e.g. 64 or 0.25), got {text!r}"
+        )
     if value <= 0:
         raise argparse.ArgumentTypeError(f"budget must be positive, got {text!r}")
     return value
@@ -202,9 +241,7 @@ IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<video>")
 
 def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, before any model loads, every argument that would fail later."""
-    looks_local = args.model.startswith((".", "~", os.sep)) or args.model.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(args.model)):
-        parser.error(f"--model {args.model!r}: no such directory")
+    _check_model(parser, args.model)
     if args.image is not None:
         if not os.path.isfile(args.image):
             parser.error(f"--image {args.image!r}: no such file")
@@ -222,6 +259,59 @@ def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     viz = getattr(args, "viz", None)
     if viz:
         _check_output_file(parser, "--viz", viz)
+
+
+#: Seconds to wait for the Hugging Face Hub when ``--model`` is not a local folder.
+HUB_TIMEOUT = 10.0
+
+
+def _check_model(parser: argparse.ArgumentParser, model: str) -> None:
+    """``--model`` is a local folder, a hub id in the local cache, or a hub id the Hub knows.
+
+    Anything else fails at once, before transformers would retry an unreachable Hub for
+    minutes: a path-like argument (a path separator, a leading ``.`` or ``~``, or not a valid
+    hub id) that is no folder, and a hub id neither cached nor reachable.
+    """
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.isdir(os.path.expanduser(model)):
+        return
+    try:
+        validate_repo_id(model)
+        hub_id = not model.startswith((".", "~", os.sep)) and model.count("/") <= 1
+    except HFValidationError:
+        hub_id = False
+    if not hub_id:
+        parser.error(f"--model {model!r}: no such directory")
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    }
+    if offline:
+        parser.error(
+            f"--model {model!r}: no such directory, and no such model in the Hugging Face cache "
+            "(HF_HUB_OFFLINE is set, so it cannot be downloaded)"
+        )
+    try:
+        model_info(model, timeout=HUB_TIMEOUT)
+    except GatedRepoError:
+        return  # it exists; loading says how to get access
+    except RepositoryNotFoundError:
+        parser.error(
+            f"--model {model!r}: no such directory, and no such model on the Hugging Face Hub (a "
+            "private one needs `hf auth login`)"
+        )
+    except Exception as error:  # no connection, a timeout, a proxy: the Hub is out of reach
+        parser.error(
+            f"--model {model!r}: no such directory, it is not in the Hugging Face cache, and the "
+            f"Hub cannot be reached to download it ({type(error).__name__})"
+        )
 
 
 def _check_device(parser: argparse.ArgumentParser, device: str | None) -> None:
@@ -279,13 +369,12 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             get_method(args.method, **params).num_keep(1)
         except (KeyError, ValueError) as error:
             parser.error(str(error).strip("'\""))
-    elif args.budget is not None or params or args.viz:
-        parser.error("--budget, --param and --viz need --method")
+    elif args.budget is not None or params or args.viz or args.positions:
+        parser.error("--budget, --param, --positions and --viz need --method")
     try:
         model, processor = _load(args.model, args.device)
     except (OSError, ValueError) as error:
-        print(f"visprune generate: cannot load {args.model!r}: {error}", file=sys.stderr)
-        return 1
+        parser.error(f"cannot load --model {args.model!r}: {_first_line(error)}")
     token = getattr(processor, "image_token", None)
     if token and token in args.prompt:
         parser.error(
@@ -294,7 +383,12 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     image = _open_image(args.image)
     inputs = _prompt_inputs(model, processor, image, args.prompt)
-    handle = apply(model, args.method, **params) if args.method else None
+    handle = None
+    if args.method:
+        try:
+            handle = apply(model, args.method, positions=args.positions, **params)
+        except (KeyError, ValueError) as error:  # e.g. a method this model's family cannot run
+            parser.error(_first_line(error))
     try:
         import torch
 
@@ -309,9 +403,7 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     )[0]
     print(answer.strip())
     if selections:
-        kept = sum(len(s.kept) for s in selections)
-        total = sum(s.n for s in selections)
-        print(f"[{args.method}] kept {kept} of {total} visual tokens", file=sys.stderr)
+        print(f"[{args.method}] {_kept_summary(selections)}", file=sys.stderr)
     if args.viz:
         from .viz import overlay
 
@@ -332,6 +424,23 @@ def _size_entry(size: Any, key: str) -> int | None:
         return None
     value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
     return int(value) if value else None
+
+
+def _kept_summary(selections: Sequence[Any]) -> str:
+    """``kept K of N visual tokens``; for a merging method (VisionZip) the merged tokens too,
+    as ``kept K + M merged = K+M of N``."""
+    kept = sum(len(s.kept) for s in selections)
+    total = sum(s.n for s in selections)
+    merged = sum(len(s.merged_positions) for s in selections if s.merged_positions is not None)
+    if merged:
+        return f"kept {kept} + {merged} merged = {kept + merged} of {total} visual tokens"
+    return f"kept {kept} of {total} visual tokens"
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message on one line (a KeyError's repr quotes stripped)."""
+    text = str(error).strip("'\"").strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _model_view(processor: Any, image: Any) -> Any:
@@ -388,8 +497,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         model, inputs = _load_bench(args)
     except (OSError, ValueError) as error:
-        print(f"visprune bench: cannot load {args.model!r}: {error}", file=sys.stderr)
-        return 1
+        parser.error(f"cannot load --model {args.model!r}: {_first_line(error)}")
     try:
         result = measure(
             model,
@@ -400,49 +508,119 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             warmup=args.warmup,
             repeats=args.repeats,
             progress=not args.json,
+            positions=args.positions,
             **params,
         )
     except (KeyError, ValueError) as error:
-        print(f"visprune bench: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
+        parser.error(_first_line(error))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_table(result))
+        if result.alignment:
+            print(ALIGNMENT_LEGEND)
     return 0
+
+
+#: What the ``alignment`` row of ``bench`` measures (visprune.metrics.alignment_report).
+ALIGNMENT_LEGEND = (
+    "alignment: the kept visual tokens against all of them, as the language model receives "
+    "them (mean over images): w2 = Bures-Wasserstein distance of Gaussians fitted to each "
+    "(lower is closer), coverage = mean cosine distance from a dropped token to its nearest "
+    "kept one (lower is better), relevance = share of the prompt-relevance mass kept (higher "
+    "is better)."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    command = args.command_parser
     if args.command == "methods":
         print(_methods_table())
         return 0
-    if args.command == "bench":
-        return _bench(parser, args)
-    if args.command == "generate":
-        return _generate(parser, args)
-    if args.command == "demo":
-        if args.video:
-            from .demo.video_run import run
-        else:
-            from .demo.run import run
+    from .compat import warn_if_untested
 
-        if args.model is not None and not os.path.isdir(os.path.expanduser(args.model)):
-            parser.error(f"--model {args.model!r}: no such directory")
-        _check_output_folder(parser, "--out", args.out)
-        try:
-            run(
-                args.model,
-                out=args.out,
-                quick=args.quick,
-                samples=args.samples,
-                positions=args.positions,
-                command=shlex.join(["visprune", *(sys.argv[1:] if argv is None else argv)]),
-            )
-        except FileNotFoundError as error:
-            print(f"visprune demo: {error}", file=sys.stderr)
-            return 1
-        return 0
-    parser.print_help(sys.stderr)
-    return 2
+    warn_if_untested()  # now, before any progress bar starts
+    if args.command == "bench":
+        return _bench(command, args)
+    if args.command == "generate":
+        return _generate(command, args)
+    return _demo(command, args, argv)
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> int:
+    if args.video:
+        from .demo.video_run import run
+    else:
+        from .demo.run import run
+
+    if args.model is not None:
+        _check_demo_checkpoint(parser, args.model, args.video)
+    _check_output_folder(parser, "--out", args.out)
+    try:
+        run(
+            args.model,
+            out=args.out,
+            quick=args.quick,
+            samples=args.samples,
+            positions=args.positions,
+            command=shlex.join(["visprune", *(sys.argv[1:] if argv is None else argv)]),
+        )
+    except FileNotFoundError as error:
+        print(f"visprune demo: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+#: The model type of each demo checkpoint kind, and the option that selects it.
+DEMO_KINDS = {
+    False: ("llava", "visprune demo"),
+    True: ("llava_next_video", "visprune demo --video"),
+}
+#: File names transformers loads weights from.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _check_demo_checkpoint(parser: argparse.ArgumentParser, model: str, video: bool) -> None:
+    """``--model`` of ``demo`` is a demo checkpoint of the kind asked for, with its weights."""
+    folder = os.path.expanduser(model)
+    if not os.path.isdir(folder):
+        parser.error(f"--model {model!r}: no such directory")
+    config = os.path.join(folder, "config.json")
+    try:
+        with open(config) as file:
+            model_type = json.load(file).get("model_type")
+    except FileNotFoundError:
+        parser.error(f"--model {model!r} has no config.json: it is not a checkpoint folder")
+    except (OSError, ValueError, AttributeError) as error:
+        parser.error(f"--model {model!r}: cannot read config.json ({_first_line(error)})")
+    wanted, command = DEMO_KINDS[video]
+    if model_type != wanted:
+        other = next((cmd for kind, cmd in DEMO_KINDS.values() if kind == model_type), None)
+        hint = (
+            f"run `{other} --model {model}`"
+            if other
+            else "visprune demo evaluates demo checkpoints (scripts/train_demo_model.py); for "
+            "other models use `visprune generate` or `visprune bench`"
+        )
+        parser.error(
+            f"--model {model!r} holds a {model_type} model, not the {wanted} demo model that "
+            f"`{command}` evaluates; {hint}"
+        )
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_FILES):
+        parser.error(
+            f"--model {model!r} has no weights (none of {', '.join(WEIGHT_FILES)}); point it at "
+            "a folder written by the demo's training script"
+        )
 
 
 if __name__ == "__main__":
