@@ -60,23 +60,6 @@ def test_module_entry_point_runs():
     assert result.returncode == 0 and "otprune" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "size,expected",
-    [
-        ((64, 64), (384, 384)),
-        ((6000, 4000), (1024, 683)),
-        ((500, 400), (500, 400)),
-        ((100, 30), (1000, 300)),
-    ],
-)
-def test_kept_token_pictures_are_scaled_to_a_readable_size(size, expected):
-    from PIL import Image
-
-    from visprune.cli import _readable
-
-    assert _readable(Image.new("RGB", size)).size == expected
-
-
 def _refused(argv, capsys) -> str:
     """Run ``argv``; it must exit with status 2 and one error line, no traceback."""
     with pytest.raises(SystemExit) as exit_info:

@@ -95,10 +95,10 @@ def _banner(width: int, height: int) -> Image.Image:
 def test_model_view_is_the_centre_crop_the_model_saw(checkpoint):
     from transformers import AutoProcessor
 
-    from visprune.cli import _model_view
+    from visprune.viz import model_view
 
     processor = AutoProcessor.from_pretrained(checkpoint)
-    view = _model_view(processor, _banner(300, 50))
+    view = model_view(processor, _banner(300, 50))
     assert view.size == (task.IMAGE_SIZE, task.IMAGE_SIZE)
     red, _green, blue = (channel.getextrema() for channel in view.split())
     assert red[1] < 40 and blue[0] > 200  # only the blue middle, no red sides

@@ -6,13 +6,13 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .cli_checks import check_demo_checkpoint, check_output_folder, check_paths, first_line
 from .registry import METHODS
 
 #: What each kind of context a method reads is, in the ``methods`` table.
@@ -238,132 +238,11 @@ def _load_bench(args: argparse.Namespace) -> tuple[Any, dict]:
     return model, _prompt_inputs(model, processor, _open_image(args.image), args.prompt)
 
 
-#: Placeholders a prompt must not contain: the command puts the image in itself.
-IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<video>")
-
-
-def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse, before any model loads, every argument that would fail later."""
-    _check_model(parser, args.model)
-    if args.image is not None:
-        if not os.path.isfile(args.image):
-            parser.error(f"--image {args.image!r}: no such file")
-        try:
-            _open_image(args.image)
-        except OSError as error:  # PIL.UnidentifiedImageError is an OSError
-            parser.error(f"--image {args.image!r} is not an image pillow can read ({error})")
-    placeholder = next((p for p in IMAGE_PLACEHOLDERS if p in args.prompt), None)
-    if placeholder is not None:
-        parser.error(
-            f"--prompt contains the image placeholder {placeholder!r}; leave it out, the "
-            "command places the image before the prompt itself"
-        )
-    _check_device(parser, args.device)
-    viz = getattr(args, "viz", None)
-    if viz:
-        _check_output_file(parser, "--viz", viz)
-
-
-#: Seconds to wait for the Hugging Face Hub when ``--model`` is not a local folder.
-HUB_TIMEOUT = 10.0
-
-
-def _check_model(parser: argparse.ArgumentParser, model: str) -> None:
-    """``--model`` is a local folder, a hub id in the local cache, or a hub id the Hub knows.
-
-    Anything else fails at once, before transformers would retry an unreachable Hub for
-    minutes: a path-like argument (a path separator, a leading ``.`` or ``~``, or not a valid
-    hub id) that is no folder, and a hub id neither cached nor reachable.
-    """
-    from huggingface_hub import constants, model_info, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if os.path.isdir(os.path.expanduser(model)):
-        return
-    try:
-        validate_repo_id(model)
-        hub_id = not model.startswith((".", "~", os.sep)) and model.count("/") <= 1
-    except HFValidationError:
-        hub_id = False
-    if not hub_id:
-        parser.error(f"--model {model!r}: no such directory")
-    if isinstance(try_to_load_from_cache(model, "config.json"), str):
-        return
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    }
-    if offline:
-        parser.error(
-            f"--model {model!r}: no such directory, and no such model in the Hugging Face cache "
-            "(HF_HUB_OFFLINE is set, so it cannot be downloaded)"
-        )
-    try:
-        model_info(model, timeout=HUB_TIMEOUT)
-    except GatedRepoError:
-        return  # it exists; loading says how to get access
-    except RepositoryNotFoundError:
-        parser.error(
-            f"--model {model!r}: no such directory, and no such model on the Hugging Face Hub (a "
-            "private one needs `hf auth login`)"
-        )
-    except Exception as error:  # no connection, a timeout, a proxy: the Hub is out of reach
-        parser.error(
-            f"--model {model!r}: no such directory, it is not in the Hugging Face cache, and the "
-            f"Hub cannot be reached to download it ({type(error).__name__})"
-        )
-
-
-def _check_device(parser: argparse.ArgumentParser, device: str | None) -> None:
-    if device is None:
-        return
-    import torch
-
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as error:
-        parser.error(f"--device {device!r}: {error}")
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {device!r}: this PyTorch build has no usable CUDA device")
-    if chosen.type == "mps" and not torch.backends.mps.is_available():
-        parser.error(f"--device {device!r}: MPS is not available here")
-
-
-def _check_output_file(parser: argparse.ArgumentParser, option: str, path: str) -> None:
-    from PIL import Image
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        parser.error(f"{option} {path!r}: the folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        parser.error(f"{option} {path!r}: the folder {folder!r} is not writable")
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in Image.registered_extensions():
-        parser.error(
-            f"{option} {path!r}: unknown picture extension {extension or '(none)'!r}; use .png"
-        )
-
-
-def _check_output_folder(parser: argparse.ArgumentParser, option: str, path: str) -> None:
-    """The folder exists (or can be made) and is writable, before any work runs."""
-    target = os.path.abspath(path)
-    existing = target
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or (existing == target and not os.path.isdir(target)):
-        parser.error(f"{option} {path!r}: {existing!r} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        parser.error(f"{option} {path!r}: {existing!r} is not writable")
-
-
 def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Answer one prompt about one image, optionally pruned, and optionally save the overlay."""
     from .api import apply, get_method
 
-    _check_paths(parser, args)
+    check_paths(parser, args)
     params = dict(args.param)
     if args.method is not None:
         try:
@@ -377,7 +256,7 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         model, processor = _load(args.model, args.device)
     except (OSError, ValueError) as error:
-        parser.error(f"cannot load --model {args.model!r}: {_first_line(error)}")
+        parser.error(f"cannot load --model {args.model!r}: {first_line(error)}")
     token = getattr(processor, "image_token", None)
     if token and token in args.prompt:
         parser.error(
@@ -391,7 +270,7 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         try:
             handle = apply(model, args.method, positions=args.positions, **params)
         except (KeyError, ValueError) as error:  # e.g. a method this model's family cannot run
-            parser.error(_first_line(error))
+            parser.error(first_line(error))
     try:
         import torch
 
@@ -408,25 +287,12 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if selections:
         print(f"[{args.method}] {_kept_summary(selections)}", file=sys.stderr)
     if args.viz:
-        from .viz import overlay
+        from .viz import model_view, overlay, readable
 
-        seen = _readable(_model_view(processor, image))
+        seen = readable(model_view(processor, image))
         overlay(seen, selections[0]).save(args.viz)
         print(f"overlay written to {args.viz}", file=sys.stderr)
     return 0
-
-
-#: Shorter side of a kept-token picture at least (a 64 x 64 view is too small to read) and
-#: longer side at most (a 6000 x 4000 photo of a model without a crop would be unwieldy).
-VIEW_MIN, VIEW_MAX = 384, 1024
-
-
-def _size_entry(size: Any, key: str) -> int | None:
-    """``size[key]`` of an image processor's size, a dict or (transformers 5) a ``SizeDict``."""
-    if size is None:
-        return None
-    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-    return int(value) if value else None
 
 
 def _kept_summary(selections: Sequence[Any]) -> str:
@@ -440,58 +306,10 @@ def _kept_summary(selections: Sequence[Any]) -> str:
     return f"kept {kept} of {total} visual tokens"
 
 
-def _first_line(error: BaseException) -> str:
-    """An exception's message on one line (a KeyError's repr quotes stripped)."""
-    text = str(error).strip("'\"").strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _model_view(processor: Any, image: Any) -> Any:
-    """The image as the model sees it: resized and centre-cropped like its image processor
-    (LLaVA's CLIP processor: shortest edge to ``size``, then a ``crop_size`` centre crop).
-    A processor without such sizes (Qwen-VL's dynamic resolution) sees the whole image."""
-    from PIL import Image
-
-    image_processor = getattr(processor, "image_processor", None)
-    size = getattr(image_processor, "size", None)
-    short = _size_entry(size, "shortest_edge")
-    height, width = _size_entry(size, "height"), _size_entry(size, "width")
-    if getattr(image_processor, "do_resize", True):
-        if short:
-            scale = short / min(image.size)
-            image = image.resize(
-                (max(1, int(image.width * scale)), max(1, int(image.height * scale))),
-                Image.BICUBIC,
-            )
-        elif height and width:
-            image = image.resize((width, height), Image.BICUBIC)
-    crop = getattr(image_processor, "crop_size", None)
-    crop_height, crop_width = _size_entry(crop, "height"), _size_entry(crop, "width")
-    if getattr(image_processor, "do_center_crop", False) and crop_height and crop_width:
-        left, top = (image.width - crop_width) // 2, (image.height - crop_height) // 2
-        image = image.crop((left, top, left + crop_width, top + crop_height))
-    return image
-
-
-def _readable(view: Any) -> Any:
-    """``view`` scaled for looking at: small views enlarged by a whole factor (sharp pixels)
-    until the shorter side reaches :data:`VIEW_MIN`, large ones reduced to :data:`VIEW_MAX`."""
-    from PIL import Image
-
-    if max(view.size) > VIEW_MAX:
-        scale = VIEW_MAX / max(view.size)
-        size = (max(1, round(view.width * scale)), max(1, round(view.height * scale)))
-        return view.resize(size, Image.LANCZOS)
-    factor = min(-(-VIEW_MIN // min(view.size)), VIEW_MAX // max(view.size))
-    if factor > 1:
-        return view.resize((view.width * factor, view.height * factor), Image.NEAREST)
-    return view
-
-
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .bench import _resolve, format_table, measure
 
-    _check_paths(parser, args)
+    check_paths(parser, args)
     params = dict(args.param)
     try:
         _resolve(args.method, args.budget, params)  # fail on a bad method/parameter before loading
@@ -500,7 +318,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         model, inputs = _load_bench(args)
     except (OSError, ValueError) as error:
-        parser.error(f"cannot load --model {args.model!r}: {_first_line(error)}")
+        parser.error(f"cannot load --model {args.model!r}: {first_line(error)}")
     try:
         result = measure(
             model,
@@ -515,7 +333,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             **params,
         )
     except (KeyError, ValueError) as error:
-        parser.error(_first_line(error))
+        parser.error(first_line(error))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -562,8 +380,8 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> in
         from .demo.run import run
 
     if args.model is not None:
-        _check_demo_checkpoint(parser, args.model, args.video)
-    _check_output_folder(parser, "--out", args.out)
+        check_demo_checkpoint(parser, args.model, args.video)
+    check_output_folder(parser, "--out", args.out)
     if not args.quick:
         print(f"visprune demo: {DEMO_TIMES}", file=sys.stderr)
     try:
@@ -579,53 +397,6 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> in
         print(f"visprune demo: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-#: The model type of each demo checkpoint kind, and the option that selects it.
-DEMO_KINDS = {
-    False: ("llava", "visprune demo"),
-    True: ("llava_next_video", "visprune demo --video"),
-}
-#: File names transformers loads weights from.
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
-def _check_demo_checkpoint(parser: argparse.ArgumentParser, model: str, video: bool) -> None:
-    """``--model`` of ``demo`` is a demo checkpoint of the kind asked for, with its weights."""
-    folder = os.path.expanduser(model)
-    if not os.path.isdir(folder):
-        parser.error(f"--model {model!r}: no such directory")
-    config = os.path.join(folder, "config.json")
-    try:
-        with open(config) as file:
-            model_type = json.load(file).get("model_type")
-    except FileNotFoundError:
-        parser.error(f"--model {model!r} has no config.json: it is not a checkpoint folder")
-    except (OSError, ValueError, AttributeError) as error:
-        parser.error(f"--model {model!r}: cannot read config.json ({_first_line(error)})")
-    wanted, command = DEMO_KINDS[video]
-    if model_type != wanted:
-        other = next((cmd for kind, cmd in DEMO_KINDS.values() if kind == model_type), None)
-        hint = (
-            f"run `{other} --model {model}`"
-            if other
-            else "visprune demo evaluates demo checkpoints (scripts/train_demo_model.py); for "
-            "other models use `visprune generate` or `visprune bench`"
-        )
-        parser.error(
-            f"--model {model!r} holds a {model_type} model, not the {wanted} demo model that "
-            f"`{command}` evaluates; {hint}"
-        )
-    if not any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_FILES):
-        parser.error(
-            f"--model {model!r} has no weights (none of {', '.join(WEIGHT_FILES)}); point it at "
-            "a folder written by the demo's training script"
-        )
 
 
 if __name__ == "__main__":
