@@ -74,7 +74,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
+# Measured on an idle 2-core CPU: about 3 minutes for both demos, plus the install;
+# `visprune demo --quick` takes about 40 s.
 demo: $(VENV)/.installed
+	@echo "make demo: the image, then the video demo model, about 3 minutes on an idle 2-core CPU (visprune demo --quick: about 40 s)"
 	$(VENV)/bin/visprune demo
 	$(VENV)/bin/visprune demo --video
 

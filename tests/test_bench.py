@@ -231,3 +231,19 @@ def test_merging_method_counts_its_new_tokens_and_times_reduce():
     newlines = result.visual_tokens_before - images * 12  # newlines stay (vision stage)
     assert result.visual_tokens_after == images * 6 + newlines
     assert result.select_s is not None and result.select_s.median > 0
+
+
+def test_measure_passes_positions_to_apply(monkeypatch):
+    from visprune import api
+
+    seen = []
+    original_apply = api.apply
+
+    def spy(model, method, **kwargs):
+        seen.append(kwargs.get("positions"))
+        return original_apply(model, method, **kwargs)
+
+    monkeypatch.setattr(api, "apply", spy)
+    model = tiny("llava")
+    measure(model, inputs("llava", model), "divprune", 0.5, positions="original", **FAST)
+    assert seen == ["original"]

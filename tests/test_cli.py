@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import visprune
-from visprune.cli import main
+from visprune.cli import build_parser, main
 
 
 def test_methods_lists_every_method_with_stage_and_parameters(capsys):
@@ -17,7 +17,29 @@ def test_methods_lists_every_method_with_stage_and_parameters(capsys):
     listed = [line.split()[0] for line in lines[1:]]
     assert listed == visprune.list_methods()
     rediprune = next(line for line in lines if line.startswith("rediprune"))
-    assert "vision" in rediprune and "required" in rediprune and "alpha=0.5" in rediprune
+    assert "vision" in rediprune and "prompt text" in rediprune and "alpha=0.5" in rediprune
+
+
+@pytest.mark.parametrize(
+    "method,needs",
+    [
+        ("vispruner", "vision CLS attention"),
+        ("visionzip", "vision CLS attention, vision keys"),
+        ("fastv", "LLM attention rows"),
+        ("pdrop", "LLM attention rows"),
+        ("divprune", "tokens only"),
+        ("cdpruner", "prompt text"),
+        ("resprune", "optional: prompt text"),
+    ],
+)
+def test_methods_shows_what_each_method_reads(capsys, method, needs):
+    """The needs column comes from the classes' requires/uses: CLS-attention and in-LLM
+    methods do not read the prompt."""
+    main(["methods"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(method))
+    assert needs in line
+    if "text" not in visprune.METHODS[method].uses:
+        assert "prompt text" not in line
 
 
 def test_no_command_prints_help_and_fails(capsys):
@@ -36,3 +58,122 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "visprune.cli", "methods"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "otprune" in result.stdout
+
+
+def _refused(argv, capsys) -> str:
+    """Run ``argv``; it must exit with status 2 and one error line, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+GENERATE = ["generate", "--image", "q.png", "--prompt", "x", "--model"]
+
+
+@pytest.mark.parametrize("model", ["./llava-mistyped", "~/no/such/model", "my model!", "a/b/c"])
+def test_a_path_like_model_that_does_not_exist_is_refused_at_once(capsys, model):
+    err = _refused([*GENERATE, model], capsys)
+    assert f"--model {model!r}: no such directory" in err
+
+
+def test_a_model_neither_local_nor_cached_is_refused_offline_at_once(capsys, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    err = _refused([*GENERATE, "llava-mistyped"], capsys)
+    assert time.perf_counter() - start < 5
+    assert "no such directory" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_a_model_neither_local_nor_cached_with_the_hub_out_of_reach(capsys, monkeypatch):
+    import huggingface_hub
+
+    asked = []
+
+    def unreachable(repo_id, timeout=None, **kwargs):
+        asked.append(timeout)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    err = _refused([*GENERATE, "llava-mistyped"], capsys)
+    assert "no such directory" in err and "Hub cannot be reached" in err
+    assert asked and asked[0] is not None and asked[0] <= 10  # one short try, no retries
+
+
+def test_errors_after_parsing_show_the_command_usage(capsys):
+    err = _refused([*GENERATE, "./nope"], capsys)
+    assert err.startswith("usage: visprune generate")
+
+
+@pytest.mark.parametrize("budget", ["inf", "-inf", "nan", "1e999"])
+def test_an_infinite_budget_is_refused_as_not_finite(capsys, budget):
+    err = _refused(["bench", "--model", ".", f"--budget={budget}"], capsys)
+    assert "must be a finite count or fraction" in err
+
+
+@pytest.mark.parametrize(
+    "command,default",
+    [
+        ("bench", "(default: 16)"),
+        ("bench", "(default: Describe this image.)"),
+        ("generate", "(default: 32)"),
+        ("demo", "(default: visprune-demo)"),
+        ("demo", "(default: compact)"),
+    ],
+)
+def test_help_shows_the_defaults(capsys, monkeypatch, command, default):
+    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a default
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert default in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["bench", "generate"])
+def test_bench_and_generate_take_positions(command):
+    argv = [command, "--model", "m", "--image", "q.png", "--prompt", "x"]
+    args = build_parser().parse_args([*argv, "--positions", "original"])
+    assert args.positions == "original"
+    assert build_parser().parse_args(argv).positions is None
+
+
+def test_the_version_warning_comes_before_any_progress_bar(monkeypatch, tmp_path):
+    """Out of the tested transformers range, the warning is out before the demo starts."""
+    import warnings
+
+    from visprune import compat
+    from visprune.demo import run as demo_run
+
+    monkeypatch.setattr(compat, "in_tested_range", lambda version=None: False)
+    monkeypatch.setattr(compat, "_warned", set())
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monkeypatch.setattr(demo_run, "run", lambda *args, **kwargs: seen.append(len(caught)))
+        assert main(["demo", "--quick", "--out", str(tmp_path / "o")]) == 0
+    assert seen == [1] and "tested with transformers" in str(caught[0].message)
+
+
+def test_the_demo_times_are_stated_alike_in_the_cli_readme_and_makefile(capsys, monkeypatch):
+    """Measured on an idle 2-core CPU: both demos about 3 minutes, --quick about 40 s."""
+    from pathlib import Path
+
+    from visprune.cli import DEMO_TIMES
+
+    root = Path(__file__).parent.parent
+    assert "about 3 minutes" in DEMO_TIMES and "--quick takes about 40 s" in DEMO_TIMES
+    readme = " ".join((root / "README.md").read_text().split())
+    assert "about 2 minutes" not in readme
+    assert "take about 3 minutes together, plus the install; `visprune demo --quick`" in readme
+    makefile = (root / "Makefile").read_text()
+    assert "about 3 minutes" in makefile and "visprune demo --quick: about 40 s" in makefile
+    monkeypatch.setenv("COLUMNS", "300")
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--quick takes about 40 s" in capsys.readouterr().out

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -74,8 +78,48 @@ def test_generate_answers_and_saves_the_overlay(checkpoint, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.strip()  # an answer was printed
     assert "kept 16 of 64 visual tokens" in captured.err
+    with Image.open(viz) as picture:  # the 64 x 64 view, enlarged 6 times to be readable
+        assert picture.size == (6 * task.IMAGE_SIZE, 6 * task.IMAGE_SIZE)
+
+
+def _banner(width: int, height: int) -> Image.Image:
+    """Red, with a blue square in the middle as wide as the shorter side: what a centre crop
+    keeps."""
+    image = Image.new("RGB", (width, height), (255, 0, 0))
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    image.paste((0, 0, 255), (left, top, left + side, top + side))
+    return image
+
+
+def test_model_view_is_the_centre_crop_the_model_saw(checkpoint):
+    from transformers import AutoProcessor
+
+    from visprune.viz import model_view
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    view = model_view(processor, _banner(300, 50))
+    assert view.size == (task.IMAGE_SIZE, task.IMAGE_SIZE)
+    red, _green, blue = (channel.getextrema() for channel in view.split())
+    assert red[1] < 40 and blue[0] > 200  # only the blue middle, no red sides
+
+
+@pytest.mark.parametrize("size", [(300, 50), (50, 300)])
+def test_generate_overlay_of_a_non_square_image_shows_what_the_model_saw(
+    checkpoint, tmp_path, size
+):
+    image_path, viz = tmp_path / "banner.png", tmp_path / "kept.png"
+    _banner(*size).save(image_path)
+    argv = ["generate", "--model", str(checkpoint), "--image", str(image_path), "--prompt", "x"]
+    argv += ["--method", "keepall", "--viz", str(viz), "--max-new-tokens", "1"]
+    assert main(argv) == 0
     with Image.open(viz) as picture:
-        assert picture.size == (task.IMAGE_SIZE, task.IMAGE_SIZE)
+        assert picture.size == (6 * task.IMAGE_SIZE, 6 * task.IMAGE_SIZE)
+        cell = picture.width // task.GRID
+        for row in range(task.GRID):
+            for col in range(task.GRID):
+                pixel = picture.getpixel((col * cell + cell // 2, row * cell + cell // 2))
+                assert pixel[2] > 200 and pixel[0] < 40, (row, col, pixel)
 
 
 @pytest.mark.parametrize(
@@ -166,3 +210,85 @@ def test_demo_prints_the_table_before_writing(checkpoint, tmp_path, monkeypatch,
     with pytest.raises(OSError, match="disk full"):
         main(["demo", "--quick", "--model", str(checkpoint), "--out", str(tmp_path / "o")])
     assert "| divprune |" in capsys.readouterr().out
+
+
+VIDEO_CHECKPOINT = Path(visprune.__file__).parent / "demo" / "video_checkpoint"
+
+
+def _refused(argv, capsys) -> str:
+    """``argv`` exits with status 2 and an error line, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_demo_refuses_a_checkpoint_of_the_other_kind(checkpoint, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "o")]
+    err = _refused(["demo", "--quick", "--model", str(VIDEO_CHECKPOINT), *out], capsys)
+    assert "llava_next_video" in err and "visprune demo --video --model" in err
+    err = _refused(["demo", "--video", "--quick", "--model", str(checkpoint), *out], capsys)
+    assert "holds a llava model" in err and "run `visprune demo --model" in err
+
+
+def test_demo_refuses_a_checkpoint_without_weights(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    for path in checkpoint.iterdir():
+        if not path.name.endswith(".safetensors"):
+            shutil.copy(path, folder / path.name)
+    err = _refused(
+        ["demo", "--quick", "--model", str(folder), "--out", str(tmp_path / "o")], capsys
+    )
+    assert "has no weights" in err
+
+
+def test_generate_reports_an_unloadable_model_on_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64)).save("q.png")
+    (tmp_path / "empty").mkdir()
+    err = _refused(["generate", "--model", "empty", "--image", "q.png", "--prompt", "x"], capsys)
+    assert "cannot load --model 'empty'" in err
+
+
+def _generate(checkpoint, tmp_path, *options) -> list[str]:
+    image_path = tmp_path / "q.png"
+    Image.fromarray(task.make_sample(0, "test", 1).image).save(image_path)
+    argv = ["generate", "--model", str(checkpoint), "--image", str(image_path), "--prompt", "x"]
+    return [*argv, "--max-new-tokens", "1", *options]
+
+
+def test_generate_positions_reach_apply(checkpoint, tmp_path, monkeypatch):
+    from visprune import api
+
+    seen = []
+    original_apply = api.apply
+
+    def spy(model, method, **kwargs):
+        seen.append(kwargs.get("positions"))
+        return original_apply(model, method, **kwargs)
+
+    monkeypatch.setattr(api, "apply", spy)
+    argv = _generate(checkpoint, tmp_path, "--method", "divprune", "--budget", "8")
+    assert main([*argv, "--positions", "original"]) == 0
+    assert seen == ["original"]
+
+
+def test_generate_counts_the_merged_tokens_of_visionzip(checkpoint, tmp_path, capsys):
+    argv = _generate(checkpoint, tmp_path, "--method", "visionzip", "--budget", "16")
+    assert main(argv) == 0
+    line = capsys.readouterr().err
+    found = re.search(r"kept (\d+) \+ (\d+) merged = (\d+) of 64 visual tokens", line)
+    assert found, line
+    kept, merged, total = map(int, found.groups())
+    assert merged > 0 and kept + merged == total == 16
+
+
+def test_bench_explains_the_alignment_row(checkpoint, capsys):
+    argv = ["bench", "--model", str(checkpoint), "--method", "divprune", "--budget", "8"]
+    assert main([*argv, "--new-tokens", "2", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "alignment: the kept visual tokens against all of them" in out
+    assert "w2 = Bures-Wasserstein" in out and "coverage = " in out

@@ -155,6 +155,42 @@ def test_bad_model_args_fail_with_visprune_messages(tmp_path, arguments, error, 
         cls.create_from_arg_string(f"pretrained={tmp_path / 'missing'},{arguments}")
 
 
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        ("method=otprun,budget=8", "Did you mean 'otprune'"),
+        ("method=otprune,budget=0", "must be positive"),
+    ],
+)
+def test_bad_model_args_fail_the_command_line(checkpoint, tmp_path, arguments, message):
+    """lmms-eval's command line exits 0 after a model's exception; the wrappers make it 2."""
+    command = [sys.executable, "-m", "lmms_eval", "--model", "visprune_llava_hf"]
+    command += ["--model_args", f"pretrained={checkpoint},{arguments}", "--tasks", "visprune_demo"]
+    command += ["--limit", "2", "--include_path", str(LMMS_EVAL_TASKS)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_failing_request_fails_the_command_line(monkeypatch, capsys):
+    """Under lmms-eval's command line a failure mid-run ends it with status 1 and the
+    traceback; called from Python the exception itself propagates."""
+
+    @wrappers._stops_the_run_on_failure
+    def failing(self, requests):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        failing(None, [])
+    monkeypatch.setattr(wrappers, "_under_lmms_eval_command_line", lambda: True)
+    with pytest.raises(SystemExit) as exit_info:
+        failing(None, [])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "visprune: RuntimeError: out of memory" in err
+
+
 @pytest.fixture(scope="module")
 def wrapper(checkpoint):
     """The chat wrapper on the demo checkpoint, as ``--model_args`` would build it."""

@@ -72,3 +72,33 @@ def test_mismatched_counts_and_bad_values_raise():
         overlay(flat_image(), record([12]))
     with pytest.raises(ValueError, match="dim"):
         overlay(flat_image(), record([0]), dim=1.5)
+
+
+def test_model_view_crops_only_where_the_processor_centre_crops():
+    from types import SimpleNamespace
+
+    from visprune.viz import model_view
+
+    photo = Image.new("RGB", (600, 100))
+    clip = SimpleNamespace(
+        size={"shortest_edge": 50}, crop_size={"height": 50, "width": 50}, do_center_crop=True
+    )
+    assert model_view(SimpleNamespace(image_processor=clip), photo).size == (50, 50)
+    # Qwen-VL: "shortest_edge" is a pixel count and nothing is cropped
+    qwen = SimpleNamespace(size={"shortest_edge": 3136, "longest_edge": 12845056}, crop_size=None)
+    assert model_view(qwen, photo).size == (600, 100)
+
+
+@pytest.mark.parametrize(
+    "size,expected",
+    [
+        ((64, 64), (384, 384)),
+        ((6000, 4000), (1024, 683)),
+        ((500, 400), (500, 400)),
+        ((100, 30), (1000, 300)),
+    ],
+)
+def test_kept_token_pictures_are_scaled_to_a_readable_size(size, expected):
+    from visprune.viz import readable
+
+    assert readable(Image.new("RGB", size)).size == expected

@@ -363,6 +363,7 @@ def measure(
     repeats: int = 5,
     progress: bool = True,
     generate_kwargs: dict | None = None,
+    positions: str | None = None,
     **params: object,
 ) -> BenchResult:
     """Benchmark ``model`` on ``inputs``, unpruned or with ``method`` applied temporarily.
@@ -387,6 +388,9 @@ def measure(
         Show a tqdm bar over the repeats.
     generate_kwargs : dict, optional
         Extra ``generate`` arguments (e.g. ``suppress_tokens``); greedy by default.
+    positions : {"compact", "original"}, optional
+        :func:`visprune.apply`'s option for the kept tokens' position ids (default: the
+        family's).
     **params
         Hyperparameters of the method.
 
@@ -427,7 +431,7 @@ def measure(
         if chosen is not None:
             from .api import apply
 
-            handle = apply(model, chosen)
+            handle = apply(model, chosen, positions=positions)
             # A merging method (VisionZip) runs through reduce instead of select.
             entry = "reduce" if handle.method.merges else "select"
             original: Callable = getattr(handle.method, entry)

@@ -5,27 +5,48 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
+import math
 import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .cli_checks import check_demo_checkpoint, check_output_folder, check_paths, first_line
 from .registry import METHODS
+
+#: What each kind of context a method reads is, in the ``methods`` table.
+NEEDS = {
+    "text": "prompt text",
+    "query": "text query",
+    "cls_attention": "vision CLS attention",
+    "vision_keys": "vision keys",
+    "cls_state": "vision CLS state",
+    "scores": "LLM attention rows",
+}
+
+
+def _needs(cls: type) -> str:
+    """What ``cls`` reads besides the visual tokens: its ``requires`` (needed) and the rest of
+    its ``uses`` (read when given), e.g. ``prompt text; optional: text query``."""
+    needed = [NEEDS.get(name, name) for name in sorted(cls.requires)]
+    optional = [NEEDS.get(name, name) for name in sorted(cls.uses - cls.requires)]
+    parts = [", ".join(needed)] if needed else []
+    if optional:
+        parts.append("optional: " + ", ".join(optional))
+    return "; ".join(parts) or "tokens only"
 
 
 def _methods_table() -> str:
-    rows = [("name", "stage", "text", "parameters")]
+    rows = [("name", "stage", "needs", "parameters")]
     for name in METHODS.names():
         cls = METHODS[name]
-        text = "required" if "text" in cls.requires else "optional" if cls.uses else "no"
         params = ", ".join(
             f"{field.name}={field.default!r}"
             for field in dataclasses.fields(cls)
             if field.name != "budget"
         )
-        rows.append((name, cls.stage, text, params or "-"))
+        rows.append((name, cls.stage, _needs(cls), params or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
@@ -35,56 +56,86 @@ def _methods_table() -> str:
     )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` lists each option's default, except where there is none to show (None, False,
+    an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visprune", description="Training-free visual-token pruning for multimodal LLMs."
     )
     parser.add_argument("--version", action="version", version=f"visprune {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("methods", help="list the selection methods and their parameters")
-    bench = commands.add_parser(
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+        sub.set_defaults(command_parser=sub)  # errors after parsing show this command's usage
+        return sub
+
+    command("methods", help="list the selection methods, what each reads, and their parameters")
+    bench = command(
         "bench",
         help="time a model unpruned or with a method: TTFT, decode, KV cache, FLOPs",
         description="Benchmark one image + prompt on a local (or cached) Hugging Face VLM.",
     )
     _model_arguments(bench)
     bench.add_argument("--image", default=None, help="image file (default: a grey 336x336)")
-    bench.add_argument("--prompt", default="Describe this image.")
-    bench.add_argument("--new-tokens", type=_positive(2), default=16)
-    bench.add_argument("--repeats", type=_positive(1), default=5)
-    bench.add_argument("--warmup", type=_positive(0), default=1)
+    bench.add_argument("--prompt", default="Describe this image.", help="the question")
+    bench.add_argument("--new-tokens", type=_positive(2), default=16, help="tokens to decode")
+    bench.add_argument("--repeats", type=_positive(1), default=5, help="timed rounds")
+    bench.add_argument("--warmup", type=_positive(0), default=1, help="untimed rounds first")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
-    demo = commands.add_parser(
+    demo = command(
         "demo",
-        help="accuracy of every method at 3 budgets on the bundled demo model (offline)",
-        description="Evaluate the bundled demo model unpruned and with every method.",
+        help="accuracy of every method on the bundled demo model (offline)",
+        description="Evaluate the bundled demo model unpruned and with every method at 11, 22 "
+        f"and 33 %% of the visual tokens. {DEMO_TIMES}",
     )
     demo.add_argument(
         "--video",
         action="store_true",
         help="the demo video model (LLaVA-NeXT-Video, 8-frame clips) instead of the image model",
     )
-    demo.add_argument("--quick", action="store_true", help="one budget, 60 questions (30 clips)")
-    demo.add_argument("--samples", type=_positive(1), default=None, help="test questions")
+    demo.add_argument(
+        "--quick", action="store_true", help="one budget (11 %%), 60 questions (30 clips)"
+    )
+    demo.add_argument(
+        "--samples", type=_positive(1), default=None, help="test questions (default: 500)"
+    )
     demo.add_argument("--model", default=None, help="a demo checkpoint (default: bundled)")
     demo.add_argument("--out", default="visprune-demo", help="folder for results and overlays")
     demo.add_argument(
         "--positions",
         choices=("compact", "original"),
         default="compact",
-        help="position ids of the kept tokens (visprune.apply's option; default: compact)",
+        help="position ids of the kept tokens (visprune.apply's option)",
     )
-    generate = commands.add_parser(
+    generate = command(
         "generate",
         help="answer a prompt about an image, optionally pruned, with a kept-token picture",
         description="Generate with a local (or cached) Hugging Face VLM, pruned or not.",
     )
     _model_arguments(generate)
     generate.add_argument("--image", required=True, help="image file")
-    generate.add_argument("--prompt", required=True)
-    generate.add_argument("--max-new-tokens", type=_positive(1), default=32)
+    generate.add_argument("--prompt", required=True, help="the question")
+    generate.add_argument(
+        "--max-new-tokens", type=_positive(1), default=32, help="longest answer, in tokens"
+    )
     generate.add_argument("--viz", default=None, metavar="PNG", help="save the kept-token overlay")
     return parser
+
+
+#: ``visprune demo``'s running times, measured on an idle 2-core CPU (as in the README).
+DEMO_TIMES = (
+    "On an idle 2-core CPU the image and the video demo take about 3 minutes together (make "
+    "demo); --quick takes about 40 s."
+)
 
 
 def _model_arguments(command: argparse.ArgumentParser) -> None:
@@ -100,14 +151,25 @@ def _model_arguments(command: argparse.ArgumentParser) -> None:
         type=_param,
         help="method hyperparameter (repeatable); VALUE is parsed as JSON, else a string",
     )
+    command.add_argument(
+        "--positions",
+        choices=("compact", "original"),
+        default=None,
+        help="position ids of the kept tokens (visprune.apply's option; default: the family's, "
+        "compact for LLaVA and Gemma 3, original for Qwen-VL)",
+    )
     command.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
 
 
 def _budget(text: str) -> int | float:
     try:
-        value = float(text) if any(c in text for c in ".eE") else int(text)
+        value = float(text) if any(c in text for c in ".eEinfINF") else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"budget must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"budget must be a finite count or fraction (e.g. 64 or 0.25), got {text!r}"
+        )
     if value <= 0:
         raise argparse.ArgumentTypeError(f"budget must be positive, got {text!r}")
     return value
@@ -176,81 +238,11 @@ def _load_bench(args: argparse.Namespace) -> tuple[Any, dict]:
     return model, _prompt_inputs(model, processor, _open_image(args.image), args.prompt)
 
 
-#: Placeholders a prompt must not contain: the command puts the image in itself.
-IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<video>")
-
-
-def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse, before any model loads, every argument that would fail later."""
-    looks_local = args.model.startswith((".", "~", os.sep)) or args.model.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(args.model)):
-        parser.error(f"--model {args.model!r}: no such directory")
-    if args.image is not None:
-        if not os.path.isfile(args.image):
-            parser.error(f"--image {args.image!r}: no such file")
-        try:
-            _open_image(args.image)
-        except OSError as error:  # PIL.UnidentifiedImageError is an OSError
-            parser.error(f"--image {args.image!r} is not an image pillow can read ({error})")
-    placeholder = next((p for p in IMAGE_PLACEHOLDERS if p in args.prompt), None)
-    if placeholder is not None:
-        parser.error(
-            f"--prompt contains the image placeholder {placeholder!r}; leave it out, the "
-            "command places the image before the prompt itself"
-        )
-    _check_device(parser, args.device)
-    viz = getattr(args, "viz", None)
-    if viz:
-        _check_output_file(parser, "--viz", viz)
-
-
-def _check_device(parser: argparse.ArgumentParser, device: str | None) -> None:
-    if device is None:
-        return
-    import torch
-
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as error:
-        parser.error(f"--device {device!r}: {error}")
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {device!r}: this PyTorch build has no usable CUDA device")
-    if chosen.type == "mps" and not torch.backends.mps.is_available():
-        parser.error(f"--device {device!r}: MPS is not available here")
-
-
-def _check_output_file(parser: argparse.ArgumentParser, option: str, path: str) -> None:
-    from PIL import Image
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        parser.error(f"{option} {path!r}: the folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        parser.error(f"{option} {path!r}: the folder {folder!r} is not writable")
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in Image.registered_extensions():
-        parser.error(
-            f"{option} {path!r}: unknown picture extension {extension or '(none)'!r}; use .png"
-        )
-
-
-def _check_output_folder(parser: argparse.ArgumentParser, option: str, path: str) -> None:
-    """The folder exists (or can be made) and is writable, before any work runs."""
-    target = os.path.abspath(path)
-    existing = target
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or (existing == target and not os.path.isdir(target)):
-        parser.error(f"{option} {path!r}: {existing!r} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        parser.error(f"{option} {path!r}: {existing!r} is not writable")
-
-
 def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Answer one prompt about one image, optionally pruned, and optionally save the overlay."""
     from .api import apply, get_method
 
-    _check_paths(parser, args)
+    check_paths(parser, args)
     params = dict(args.param)
     if args.method is not None:
         try:
@@ -259,13 +251,12 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             get_method(args.method, **params).num_keep(1)
         except (KeyError, ValueError) as error:
             parser.error(str(error).strip("'\""))
-    elif args.budget is not None or params or args.viz:
-        parser.error("--budget, --param and --viz need --method")
+    elif args.budget is not None or params or args.viz or args.positions:
+        parser.error("--budget, --param, --positions and --viz need --method")
     try:
         model, processor = _load(args.model, args.device)
     except (OSError, ValueError) as error:
-        print(f"visprune generate: cannot load {args.model!r}: {error}", file=sys.stderr)
-        return 1
+        parser.error(f"cannot load --model {args.model!r}: {first_line(error)}")
     token = getattr(processor, "image_token", None)
     if token and token in args.prompt:
         parser.error(
@@ -274,7 +265,12 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     image = _open_image(args.image)
     inputs = _prompt_inputs(model, processor, image, args.prompt)
-    handle = apply(model, args.method, **params) if args.method else None
+    handle = None
+    if args.method:
+        try:
+            handle = apply(model, args.method, positions=args.positions, **params)
+        except (KeyError, ValueError) as error:  # e.g. a method this model's family cannot run
+            parser.error(first_line(error))
     try:
         import torch
 
@@ -289,41 +285,31 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     )[0]
     print(answer.strip())
     if selections:
-        kept = sum(len(s.kept) for s in selections)
-        total = sum(s.n for s in selections)
-        print(f"[{args.method}] kept {kept} of {total} visual tokens", file=sys.stderr)
+        print(f"[{args.method}] {_kept_summary(selections)}", file=sys.stderr)
     if args.viz:
-        from .viz import overlay
+        from .viz import model_view, overlay, readable
 
-        seen = _model_view(processor, image)
+        seen = readable(model_view(processor, image))
         overlay(seen, selections[0]).save(args.viz)
         print(f"overlay written to {args.viz}", file=sys.stderr)
     return 0
 
 
-def _model_view(processor: Any, image: Any) -> Any:
-    """The image as the model sees it: resized and centre-cropped like its image processor."""
-    from PIL import Image
-
-    image_processor = getattr(processor, "image_processor", None)
-    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None)
-    if isinstance(crop, dict) and "height" in crop and "width" in crop:
-        size = (crop["width"], crop["height"])
-        short = getattr(image_processor, "size", {}).get("shortest_edge")
-        if short:
-            scale = short / min(image.size)
-            image = image.resize(
-                (round(image.width * scale), round(image.height * scale)), Image.BICUBIC
-            )
-        left, top = (image.width - size[0]) // 2, (image.height - size[1]) // 2
-        return image.crop((left, top, left + size[0], top + size[1]))
-    return image
+def _kept_summary(selections: Sequence[Any]) -> str:
+    """``kept K of N visual tokens``; for a merging method (VisionZip) the merged tokens too,
+    as ``kept K + M merged = K+M of N``."""
+    kept = sum(len(s.kept) for s in selections)
+    total = sum(s.n for s in selections)
+    merged = sum(len(s.merged_positions) for s in selections if s.merged_positions is not None)
+    if merged:
+        return f"kept {kept} + {merged} merged = {kept + merged} of {total} visual tokens"
+    return f"kept {kept} of {total} visual tokens"
 
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .bench import _resolve, format_table, measure
 
-    _check_paths(parser, args)
+    check_paths(parser, args)
     params = dict(args.param)
     try:
         _resolve(args.method, args.budget, params)  # fail on a bad method/parameter before loading
@@ -332,8 +318,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         model, inputs = _load_bench(args)
     except (OSError, ValueError) as error:
-        print(f"visprune bench: cannot load {args.model!r}: {error}", file=sys.stderr)
-        return 1
+        parser.error(f"cannot load --model {args.model!r}: {first_line(error)}")
     try:
         result = measure(
             model,
@@ -344,49 +329,74 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             warmup=args.warmup,
             repeats=args.repeats,
             progress=not args.json,
+            positions=args.positions,
             **params,
         )
     except (KeyError, ValueError) as error:
-        print(f"visprune bench: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
+        parser.error(first_line(error))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_table(result))
+        if result.alignment:
+            print(ALIGNMENT_LEGEND)
     return 0
+
+
+#: What the ``alignment`` row of ``bench`` measures (visprune.metrics.alignment_report).
+ALIGNMENT_LEGEND = (
+    "alignment: the kept visual tokens against all of them, as the language model receives "
+    "them (mean over images): w2 = Bures-Wasserstein distance of Gaussians fitted to each "
+    "(lower is closer), coverage = mean cosine distance from a dropped token to its nearest "
+    "kept one (lower is better), relevance = share of the prompt-relevance mass kept (higher "
+    "is better)."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    command = args.command_parser
     if args.command == "methods":
         print(_methods_table())
         return 0
-    if args.command == "bench":
-        return _bench(parser, args)
-    if args.command == "generate":
-        return _generate(parser, args)
-    if args.command == "demo":
-        if args.video:
-            from .demo.video_run import run
-        else:
-            from .demo.run import run
+    from .compat import warn_if_untested
 
-        if args.model is not None and not os.path.isdir(os.path.expanduser(args.model)):
-            parser.error(f"--model {args.model!r}: no such directory")
-        _check_output_folder(parser, "--out", args.out)
-        try:
-            run(
-                args.model,
-                out=args.out,
-                quick=args.quick,
-                samples=args.samples,
-                positions=args.positions,
-                command=shlex.join(["visprune", *(sys.argv[1:] if argv is None else argv)]),
-            )
-        except FileNotFoundError as error:
-            print(f"visprune demo: {error}", file=sys.stderr)
-            return 1
-        return 0
-    parser.print_help(sys.stderr)
-    return 2
+    warn_if_untested()  # now, before any progress bar starts
+    if args.command == "bench":
+        return _bench(command, args)
+    if args.command == "generate":
+        return _generate(command, args)
+    return _demo(command, args, argv)
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> int:
+    if args.video:
+        from .demo.video_run import run
+    else:
+        from .demo.run import run
+
+    if args.model is not None:
+        check_demo_checkpoint(parser, args.model, args.video)
+    check_output_folder(parser, "--out", args.out)
+    if not args.quick:
+        print(f"visprune demo: {DEMO_TIMES}", file=sys.stderr)
+    try:
+        run(
+            args.model,
+            out=args.out,
+            quick=args.quick,
+            samples=args.samples,
+            positions=args.positions,
+            command=shlex.join(["visprune", *(sys.argv[1:] if argv is None else argv)]),
+        )
+    except FileNotFoundError as error:
+        print(f"visprune demo: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ joins its tiles into one image (:func:`join_tiles`).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -226,7 +228,9 @@ def prompt_texts(embeds: Tensor, mask: Tensor | None, visual: dict[str, Tensor])
     """Per sample: embeddings of the prompt tokens after its last visual token, unpadded.
 
     ``embeds`` is ``(B, L, d)``; padding (``mask == 0``) is left out wherever it sits, so left-
-    and right-padded rows read the same text as alone.
+    and right-padded rows read the same text as alone. A row with no text after its visual
+    tokens gets an empty ``(0, d)`` tensor and a warning (once: Python's default warning
+    filter), since the text-conditioned method then selects without the prompt.
     """
     any_visual = torch.zeros_like(next(iter(visual.values())))
     for is_visual in visual.values():
@@ -238,4 +242,15 @@ def prompt_texts(embeds: Tensor, mask: Tensor | None, visual: dict[str, Tensor])
         if mask is not None:
             tail = tail[mask[sample, tail].bool()]
         texts.append(embeds[sample, tail])
+    if any(text.shape[0] == 0 for text in texts):
+        warnings.warn(EMPTY_PROMPT_TAIL, UserWarning, stacklevel=2)
     return texts
+
+
+#: The warning for a prompt whose text all comes before its images.
+EMPTY_PROMPT_TAIL = (
+    "visprune: a prompt has no text after its last image or video, where text-conditioned "
+    "methods read the prompt; the method selects with empty text relevance (as with no "
+    "prompt at all). Put the question after the image (or also after it) for the method to "
+    "use it."
+)

@@ -174,6 +174,7 @@ def save(model, directory: str | os.PathLike, processor=None, extra: dict[str, A
     model.save_pretrained(tmp, safe_serialization=True)
     to_hub_layout(os.path.join(tmp, "model.safetensors"))
     (processor or build_processor()).save_pretrained(tmp)
+    _write_padding_side(tmp, "left")
     if extra is not None:
         with open(os.path.join(tmp, "demo_info.json"), "w") as f:
             json.dump(extra, f, indent=2)
@@ -181,6 +182,20 @@ def save(model, directory: str | os.PathLike, processor=None, extra: dict[str, A
     for name in os.listdir(tmp):  # replace file by file; keep unrelated files (train_log.txt)
         os.replace(os.path.join(tmp, name), os.path.join(directory, name))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_padding_side(directory: str, side: str) -> None:
+    """Record ``padding_side`` in ``tokenizer_config.json``: transformers 5 does not save it, and
+    a batch padded on the right gets no answer for its shorter rows from ``generate``."""
+    import json
+
+    path = os.path.join(directory, "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["padding_side"] = side
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
 
 
 #: transformers 5 writes the CLIP tower's weights without the ``vision_model`` level that Hub

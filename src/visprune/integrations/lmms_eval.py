@@ -13,6 +13,11 @@ its parameters come from ``--model_args``::
 not take go to visprune, whose errors (unknown method or parameter, bad budget) stop the run
 before the model is loaded.
 
+lmms-eval's command line reports an exception of its model class and then exits with status 0;
+so when a wrapper fails under that command line (``python -m lmms_eval`` or ``lmms-eval``), the
+run stops with a non-zero status instead: 2 and one line for a bad ``--model_args``, 1 and the
+traceback for any other failure. Called from Python, the wrappers raise as usual.
+
 ``generate_until`` and ``loglikelihood`` are implemented here once for every family, batched
 (``--batch_size``, left padding), because the lmms-eval LLaVA classes refuse batches and score
 loglikelihoods from logit positions that pruning shifts. Each result carries the sample's token
@@ -29,13 +34,17 @@ concatenated in order, an image as the processor's image token.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import inspect
 import itertools
 import os
 import re
+import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +107,50 @@ class _Prompt:
     context: str
 
 
+def _under_lmms_eval_command_line() -> bool:
+    """Whether lmms-eval's command line (``cli_evaluate``, which reports a model's exception and
+    then exits with status 0) is running this call."""
+    suffix = os.path.join("lmms_eval", "__main__.py")
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "cli_evaluate" and code.co_filename.endswith(suffix):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextlib.contextmanager
+def _failure_stops_the_run(status: int) -> Iterator[None]:
+    """Under lmms-eval's command line, turn an exception into an exit with ``status``.
+
+    ``status`` 2 (a bad argument) prints one line; any other status prints the traceback first.
+    ``SystemExit`` is not an ``Exception``, so lmms-eval's handler lets it through. Elsewhere
+    the exception propagates unchanged.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not _under_lmms_eval_command_line():
+            raise
+        if status != 2:
+            traceback.print_exc()
+        print(f"visprune: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(status) from error
+
+
+def _stops_the_run_on_failure(request_method):
+    """A request method (``generate_until``, ``loglikelihood``) whose failure under lmms-eval's
+    command line ends the run with status 1 rather than 0."""
+
+    @functools.wraps(request_method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _failure_stops_the_run(status=1):
+            return request_method(*args, **kwargs)
+
+    return run
+
+
 class _Pruned:
     """The visprune part of every wrapper; mixed in before an lmms-eval model class."""
 
@@ -117,15 +170,18 @@ class _Pruned:
         base = {key: value for key, value in kwargs.items() if key in accepted}
         options = {key: kwargs.pop(key) for key in ADAPTER_OPTIONS if key in kwargs}
         params = {key: value for key, value in kwargs.items() if key not in accepted}
-        self.visprune_method = _method(type(self), method, budget, params, accepted)
+        with _failure_stops_the_run(status=2):
+            self.visprune_method = _method(type(self), method, budget, params, accepted)
         if device is None:  # lmms-eval's classes default to CUDA; run where the machine can
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if base.get("device_map", accepted.get("device_map")) == "" and _single_process():
             # llava_hf's default device_map "" is rejected by transformers 5 in one process
             base["device_map"] = device
-        self._check_checkpoint({**accepted, **base})
-        super().__init__(device=device, **base)
-        self.visprune_handle = visprune.apply(self.model, self.visprune_method, **options)
+        with _failure_stops_the_run(status=2):
+            self._check_checkpoint({**accepted, **base})
+        with _failure_stops_the_run(status=1):
+            super().__init__(device=device, **base)
+            self.visprune_handle = visprune.apply(self.model, self.visprune_method, **options)
         self.hf_processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         logger.info(f"visprune: {self.visprune_method!r} on {type(self.model).__name__}")
 
@@ -243,6 +299,7 @@ class _Pruned:
         )
 
     # ---------------------------------------------------------------------------- requests
+    @_stops_the_run_on_failure
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         """Greedy or sampled generation, ``batch_size`` requests per ``generate`` call.
 
@@ -296,6 +353,7 @@ class _Pruned:
         self._log("generate_until", all_counts, seconds, generated)
         return results
 
+    @_stops_the_run_on_failure
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """Mean negative log-likelihood of each continuation and whether greedy decoding
         reproduces it, ``batch_size`` requests per forward pass.
