@@ -304,6 +304,20 @@ def placeholder_ids_from_embeds(base: Any, inputs_embeds: Any, token_ids: dict) 
     return ids
 
 
+def next_mrope_position(position_ids: Any) -> Any:
+    """``(B,)`` the M-RoPE position that follows a prompt: one past the largest of its
+    temporal/height/width positions, where ``generate`` continues.
+
+    ``position_ids`` is what the language model received at the prefill: ``(3, B, L)``, or from
+    5.24 ``(4, B, L)`` with the text positions first. ``None`` for anything else.
+    """
+    if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 3:
+        return None
+    if position_ids.shape[0] not in (3, 4):
+        return None
+    return position_ids[-3:].amax(dim=(0, 2)) + 1
+
+
 def layer_hidden_states(output: Any) -> Any:
     """The hidden states a vision encoder layer returns: the tensor itself (5.2x CLIP layers),
     or the first entry of the tuple older releases return."""

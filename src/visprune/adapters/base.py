@@ -300,10 +300,18 @@ class Adapter:
         if past == 0:
             return args, kwargs
         # A decode step of a manual loop: continue from where the unpruned sequence would be.
-        deltas = getattr(self.base, "rope_deltas", None) if self.mrope else None
-        kwargs["position_ids"] = sequence.decode_positions(
-            input_ids, state, past, deltas, self.mrope
-        )
+        if self.mrope and call.next_position is not None:
+            # As generate continues M-RoPE: one past the prompt's largest position (padding
+            # holds none), then one per token decoded since.
+            decoded = past - state.index.shape[1]
+            steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+            start = call.next_position.to(input_ids.device).unsqueeze(-1) + decoded
+            kwargs["position_ids"] = (start + steps).unsqueeze(0).expand(3, -1, -1)
+        else:
+            deltas = getattr(self.base, "rope_deltas", None) if self.mrope else None
+            kwargs["position_ids"] = sequence.decode_positions(
+                input_ids, state, past, deltas, self.mrope
+            )
         call.positions_supplied = True
         return args, kwargs
 
@@ -360,6 +368,9 @@ class Adapter:
             return args, kwargs
         call.prefill = None
         call.selections = self._last_selections = []
+        call.next_position = None
+        if self.mrope:
+            call.next_position = compat.next_mrope_position(kwargs.get("position_ids"))
         kinds = call.brought & call.placeholders
         if not kinds:
             return args, kwargs  # no images encoded (placeholder ids, if any, are text)

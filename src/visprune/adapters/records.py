@@ -160,6 +160,8 @@ class CallState:
     positions_supplied: bool = False
     #: The pruned prefill's state for decode steps and the loss.
     prefill: Prefill | None = None
+    #: M-RoPE: per row, the position that follows the unpruned prompt ``(B,)``.
+    next_position: Tensor | None = None
     #: A layer-stage method's pruning in progress inside the language model's prefill.
     layer_plan: Any = None
     #: The first prompt of a generate(use_cache=False) run and its texts.
