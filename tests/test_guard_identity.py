@@ -15,6 +15,7 @@ import torch
 
 import visprune
 from tiny_vlms import FAMILIES, GENERATE, IMG, QWEN, VIDEO, collate, inputs, sample, tiny
+from visprune import compat
 from visprune.compat import PruningNotApplied
 
 #: A text id that no prompt of tiny_vlms holds; its embedding is made the placeholder's.
@@ -113,20 +114,28 @@ def test_pruned_generate_of_a_placeholder_id_equals_the_same_embedding_as_text(f
     ]
 
 
-def test_a_cached_step_that_brings_images_still_raises():
-    """A real chunked prefill (the second chunk brings the pixel values) is refused."""
+@pytest.mark.parametrize("route", ["pixels", "encoder outputs"])
+def test_a_cached_step_that_brings_images_still_raises(route):
+    """A real chunked prefill (the second chunk brings the images) is refused."""
     model = tiny("llava")
     data = inputs("llava", model)
     visprune.apply(model, "keepall")
     ids, mask = data["input_ids"], data["attention_mask"]
     first = int((ids[0] == IMG).nonzero()[0])
     out = model(input_ids=ids[:, :first], attention_mask=mask[:, :first], use_cache=True)
+    if route == "pixels":
+        images = {"pixel_values": data["pixel_values"]}
+    else:
+        needs_encoder_outputs(model)
+        images = {
+            "mm_encoder_outputs": {"image": model.model.get_image_features(data["pixel_values"])}
+        }
     with pytest.raises(ValueError, match="prompt arrives in chunks"):
         model(
             input_ids=ids[:, first:],
-            pixel_values=data["pixel_values"],
             attention_mask=mask,
-            past_key_values=out.past_key_values,
+            **compat.cache_argument(model, compat.output_cache(out)),
+            **images,
         )
 
 

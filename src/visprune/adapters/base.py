@@ -7,18 +7,23 @@ class is patched) and undoes all of it in :meth:`Adapter.remove`:
   to record how many tokens each image or video has, its frames and grid (and, for "vision"-stage
   methods, its pre-projector features). Every transformers release routes encoding through them:
   ``forward`` calls them (up to 5.23) or ``generate`` does once before prefill (5.24+).
-- A pre-hook on the base model (``model.model``) records ``input_ids`` and whether the call
-  carries images; in decode steps without ``position_ids`` (manual loops) it supplies the
-  positions the shortened cache needs. Its post-hook checks that a prefill over image tokens
-  reached the language model through visprune.
+- A pre-hook on the base model (``model.model``) records ``input_ids`` (or, for
+  ``inputs_embeds``, where the placeholder embeddings sit) and which kinds the call carries
+  (pixels or encoder outputs); in decode steps without ``position_ids`` (manual loops) it
+  supplies the positions the shortened cache needs. Its post-hook checks that a prefill over
+  image tokens reached the language model through visprune.
 - A pre-hook on the language model sees the final ``inputs_embeds``: at prefill it runs the
   method per image/frame and shortens the sequence (``sequence.shorten``); decode steps get a
   mask and positions that fit the shortened cache.
 - ``model.loss_function`` is overridden on the instance to drop the labels of removed positions.
 
-The invariant, checked on every call: when a call's prefill runs over image or video placeholder
-tokens, either they were pruned (selections recorded, the shortened sequence handed on) or
-visprune raises. Whatever it reads from transformers internals goes through
+The invariant, checked on every call: when a call encodes images or video and its prefill runs
+over their placeholder tokens, either they were pruned (selections recorded, the shortened
+sequence handed on) or visprune raises. A call (or a decode step) that carries no pixels and no
+encoder output encodes nothing: its placeholder ids, if any, are text, and it runs exactly as the
+unpatched model runs it. A kind's records serve only the forward that encoded it or that hands
+its very encoder output back, so per-call state never leaks from one call into another.
+Whatever it reads from transformers internals goes through
 :mod:`visprune.compat`. Per-call state is per thread (:class:`records.CallState`).
 
 Family files answer only family questions: which token ids are visual, how an encoder output
