@@ -221,6 +221,22 @@ def test_inputs_embeds_with_pixels_prune_as_input_ids_do(family, video, method):
         torch.testing.assert_close(got, unpatched, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_5_vl", "internvl"])
+def test_generate_from_inputs_embeds_with_pixels(family):
+    """``generate(inputs_embeds=..., pixel values)``: ``keepall`` generates as the unpatched
+    model does, and a pruning method prunes every image of the batch."""
+    model, twin = tiny(family), tiny(family)
+    data = inputs(family, model, batch=2)
+    data["inputs_embeds"] = twin.get_input_embeddings()(data.pop("input_ids"))
+    want = twin.generate(**data, **GENERATE)
+    visprune.apply(model, "keepall")
+    assert torch.equal(model.generate(**data, **GENERATE), want)
+    handle = visprune.apply(model, "divprune", 0.5)
+    model.generate(**data, **GENERATE)
+    assert len(handle.selections) == 2
+    assert all(len(s.kept) < s.n for s in handle.selections)
+
+
 # ------------------------------------------------- encoder outputs handed in by the caller
 def needs_encoder_outputs(model):
     if "mm_encoder_outputs" not in inspect.signature(type(model).forward).parameters:
