@@ -320,12 +320,21 @@ def apply(
             f"pass the full {type(model).__name__} with its language-model head (e.g. "
             "LlavaForConditionalGeneration), not a sub-module."
         )
+    adapter_type = ADAPTERS[model_type]
+    if not adapter_type.supports_class(model):
+        # Another head (e.g. Gemma3ForSequenceClassification) has another loss and outputs.
+        supported = sorted(
+            {name for kind in ADAPTERS.names() for name in ADAPTERS[kind].model_classes}
+        )
+        raise ValueError(
+            f"visprune does not support {type(model).__name__}; it prunes the "
+            f"generation models {', '.join(supported)}."
+        )
     warn_if_untested()
     if budget is not None:
         params["budget"] = budget
     chosen = get_method(method, **params)
     chosen.num_keep(1)  # validate the budget now, not at the first call
-    adapter_type = ADAPTERS[model_type]
     adapter_type.check_options(model_type, positions, newlines)  # fail before touching the model
     check_method(adapter_type, model, chosen)  # e.g. CLS attention on a tower without CLS
 

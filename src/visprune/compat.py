@@ -13,11 +13,13 @@ Version differences in the tested range (``TESTED_RANGE``):
   because a decode step that cannot be told from a prefill would re-run selection on one token.
 - **Where encoder outputs arrive.** Up to 5.23 ``forward`` calls the base model's
   ``get_image_features`` / ``get_video_features`` itself. From 5.24, ``generate`` calls them once
-  before prefill and hands the result to every forward as ``mm_encoder_outputs`` (which it
-  expands in place for beam search and ``num_return_sequences``), and ``pixel_values`` is no
-  longer passed. Both routes go through the base model's ``get_{kind}_features``, which is the
-  seam visprune wraps; :func:`images_in_call` tells whether a forward carries images by either
-  route, so a call whose encoder output visprune did not see raises.
+  before prefill and hands the result to the prefill as ``mm_encoder_outputs`` (it expands them
+  in place for beam search and ``num_return_sequences``; decode steps with a cache get none),
+  and ``pixel_values`` is no longer passed. Both routes go through the base model's
+  ``get_{kind}_features``, which is the seam visprune wraps; :func:`kinds_in_call` tells which
+  kinds a forward carries by either route, so a call whose encoder output visprune did not see
+  raises. A forward that carries neither encodes nothing: its placeholder ids are text, as the
+  unpatched model treats them.
 - **LLaVA-NeXT-Video video features.** Up to 5.23 ``get_video_features`` returns one
   ``(frames, tokens per frame, d)`` tensor per video in ``pooler_output``; 5.24 returns one
   ``(frames * tokens per frame, d)`` row per video. :func:`tokens_per_item` reads both.
@@ -50,8 +52,13 @@ TESTED_RANGE = ("5.19.0", "5.25.0")
 #: Keywords under which a KV cache reaches the language model, newest first.
 CACHE_KEYWORDS = ("cache", "past_key_values")
 
-#: Keywords of a forward that carry pixels (encoded inside the forward, up to 5.23).
-PIXEL_KEYWORDS = ("pixel_values", "pixel_values_videos", "pixel_values_images")
+#: Keywords of a forward that carry pixels (encoded inside the forward, up to 5.23), by the
+#: kind of placeholder they fill.
+PIXEL_KEYWORDS = {
+    "pixel_values": "image",
+    "pixel_values_images": "image",
+    "pixel_values_videos": "video",
+}
 
 #: Keyword of a forward that carries ready encoder outputs (5.24 and later).
 ENCODER_OUTPUTS_KEYWORD = "mm_encoder_outputs"
@@ -298,18 +305,58 @@ def tokens_per_item(features: Any) -> list[Any]:
     return [item.flatten(0, 1) if item.dim() == 3 else item for item in features]
 
 
-def images_in_call(kwargs: dict) -> bool:
-    """Whether a base-model forward carries images or video, as pixels or as encoder outputs."""
-    if any(kwargs.get(keyword) is not None for keyword in PIXEL_KEYWORDS):
-        return True
-    outputs = kwargs.get(ENCODER_OUTPUTS_KEYWORD)
-    return bool(outputs) and any(value is not None for value in dict(outputs).values())
+def kinds_in_call(kwargs: dict) -> set[str]:
+    """The kinds ("image", "video") a base-model forward carries, as pixels or as encoder
+    outputs; a call that carries none encodes nothing, and its placeholder ids are text."""
+    kinds = {kind for keyword, kind in PIXEL_KEYWORDS.items() if kwargs.get(keyword) is not None}
+    return kinds | set(encoder_outputs(kwargs))
+
+
+def placeholder_ids_from_embeds(base: Any, inputs_embeds: Any, token_ids: dict) -> Any:
+    """``(B, L)`` ids for a forward given ``inputs_embeds``: the placeholder id where an
+    embedding equals that placeholder's embedding (as transformers' ``get_placeholder_mask``
+    finds them without ``input_ids``), -1 elsewhere.
+
+    Parameters
+    ----------
+    base : the base model (``model.model``), whose ``get_input_embeddings()`` embeds ids.
+    inputs_embeds : Tensor
+        ``(B, L, d)`` the embeddings the forward received.
+    token_ids : dict of str to int
+        Placeholder id by kind.
+    """
+    embed = base.get_input_embeddings()
+    ids = torch.full(inputs_embeds.shape[:2], -1, dtype=torch.long, device=inputs_embeds.device)
+    for token in token_ids.values():
+        placeholder = embed(torch.full((), token, dtype=torch.long, device=inputs_embeds.device))
+        ids[(inputs_embeds == placeholder.to(inputs_embeds.dtype)).all(-1)] = token
+    return ids
+
+
+def next_mrope_position(position_ids: Any) -> Any:
+    """``(B,)`` the M-RoPE position that follows a prompt: one past the largest of its
+    temporal/height/width positions, where ``generate`` continues.
+
+    ``position_ids`` is what the language model received at the prefill: ``(3, B, L)``, or from
+    5.24 ``(4, B, L)`` with the text positions first. ``None`` for anything else.
+    """
+    if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 3:
+        return None
+    if position_ids.shape[0] not in (3, 4):
+        return None
+    return position_ids[-3:].amax(dim=(0, 2)) + 1
 
 
 def layer_hidden_states(output: Any) -> Any:
     """The hidden states a vision encoder layer returns: the tensor itself (5.2x CLIP layers),
     or the first entry of the tuple older releases return."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def has_encoder_features(output: Any) -> bool:
+    """Whether a ``get_{kind}_features`` output holds the per-item features in
+    ``pooler_output`` (what a forward reads); ``return_dict=False`` gives a tuple instead."""
+    return getattr(output, "pooler_output", None) is not None
 
 
 def encoder_features(output: Any, kind: str) -> list[Any]:

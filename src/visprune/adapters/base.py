@@ -7,18 +7,23 @@ class is patched) and undoes all of it in :meth:`Adapter.remove`:
   to record how many tokens each image or video has, its frames and grid (and, for "vision"-stage
   methods, its pre-projector features). Every transformers release routes encoding through them:
   ``forward`` calls them (up to 5.23) or ``generate`` does once before prefill (5.24+).
-- A pre-hook on the base model (``model.model``) records ``input_ids`` and whether the call
-  carries images; in decode steps without ``position_ids`` (manual loops) it supplies the
-  positions the shortened cache needs. Its post-hook checks that a prefill over image tokens
-  reached the language model through visprune.
+- A pre-hook on the base model (``model.model``) records ``input_ids`` (or, for
+  ``inputs_embeds``, where the placeholder embeddings sit) and which kinds the call carries
+  (pixels or encoder outputs); in decode steps without ``position_ids`` (manual loops) it
+  supplies the positions the shortened cache needs. Its post-hook checks that a prefill over
+  image tokens reached the language model through visprune.
 - A pre-hook on the language model sees the final ``inputs_embeds``: at prefill it runs the
   method per image/frame and shortens the sequence (``sequence.shorten``); decode steps get a
   mask and positions that fit the shortened cache.
 - ``model.loss_function`` is overridden on the instance to drop the labels of removed positions.
 
-The invariant, checked on every call: when a call's prefill runs over image or video placeholder
-tokens, either they were pruned (selections recorded, the shortened sequence handed on) or
-visprune raises. Whatever it reads from transformers internals goes through
+The invariant, checked on every call: when a call encodes images or video and its prefill runs
+over their placeholder tokens, either they were pruned (selections recorded, the shortened
+sequence handed on) or visprune raises. A call (or a decode step) that carries no pixels and no
+encoder output encodes nothing: its placeholder ids, if any, are text, and it runs exactly as the
+unpatched model runs it. A kind's records serve only the forward that encoded it or that hands
+its very encoder output back, so per-call state never leaks from one call into another.
+Whatever it reads from transformers internals goes through
 :mod:`visprune.compat`. Per-call state is per thread (:class:`records.CallState`).
 
 Family files answer only family questions: which token ids are visual, how an encoder output
@@ -58,6 +63,9 @@ class Adapter:
     position_modes: ClassVar[tuple[str, ...]] = POSITION_MODES
     #: True for models with multimodal rotary positions computed from the full sequence (Qwen).
     mrope: ClassVar[bool] = False
+    #: Names of the model classes the adapter prunes (subclasses of them included): those
+    #: whose language-model head and token-level loss it shortens with the sequence.
+    model_classes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -99,6 +107,11 @@ class Adapter:
         if newlines not in ("candidates", "keep"):
             raise ValueError(f"newlines must be 'candidates' or 'keep', got {newlines!r}.")
         return positions
+
+    @classmethod
+    def supports_class(cls, model: Any) -> bool:
+        """Whether ``model`` is (a subclass of) one of :attr:`model_classes`."""
+        return any(klass.__name__ in cls.model_classes for klass in type(model).__mro__)
 
     # ----------------------------------------------------------------------------- family API
     def token_ids(self) -> dict[str, int]:
@@ -237,13 +250,20 @@ class Adapter:
             call.captured_vision = []
             call.captured_scores = []
             call.capturing = True
+            call.layouts[kind] = []
+            call.recorded.pop(kind, None)
             try:
                 output = encode(*args, **kwargs)
             finally:
                 call.capturing = False
+            if not compat.has_encoder_features(output):
+                # return_dict=False: no forward reads this, so it is passed on unrecorded; a
+                # forward that encoded this way finds its kind unrecorded and raises.
+                return output
             call.layouts[kind] = self.describe(kind, output, args, kwargs)
             call.recorded[kind] = weakref.ref(output)
-            call.encoded = True
+            call.encoded.add(kind)
+            call.fresh.add(kind)
             return output
 
         return recorded
@@ -258,25 +278,45 @@ class Adapter:
         call = self._call()
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         past = compat.cache_length(compat.find_cache(kwargs))
+        call.brought = compat.kinds_in_call(kwargs)
+        call.encoded = set()  # this forward's own encoder calls add to it
+        call.known = call.known_kinds(compat.encoder_outputs(kwargs))
+        call.ids_from_embeds = False
+        embeds = kwargs.get("inputs_embeds")
+        if input_ids is None and call.brought and isinstance(embeds, Tensor):
+            # As transformers does without input_ids: placeholders are the embeddings equal
+            # to a placeholder token's embedding.
+            input_ids = compat.placeholder_ids_from_embeds(self.base, embeds, self.token_ids())
+            call.ids_from_embeds = True
         call.input_ids = input_ids
         call.token_types = compat.token_types(kwargs)
         call.positions_supplied = False
-        call.images = compat.images_in_call(kwargs)
-        outputs = compat.encoder_outputs(kwargs)
-        call.known_outputs = bool(outputs) and call.outputs_known(outputs)
         call.prefill_seen = False
-        call.placeholders = self._has_placeholders(input_ids)  # one device sync per forward
-        call.expects_prefill = past == 0 and call.placeholders
+        call.placeholders = self._placeholder_kinds(input_ids)  # one device sync per kind
+        # A call that carries no pixels and no encoder output encodes nothing: its placeholder
+        # ids are text (as in a decode step that generated one), and it runs as the unpatched
+        # model runs it.
+        call.expects_prefill = past == 0 and bool(call.brought & call.placeholders)
         state = call.prefill
+        if call.ids_from_embeds:
+            return args, kwargs
         if state is None or kwargs.get("position_ids") is not None or input_ids is None:
             return args, kwargs
         if past == 0:
             return args, kwargs
         # A decode step of a manual loop: continue from where the unpruned sequence would be.
-        deltas = getattr(self.base, "rope_deltas", None) if self.mrope else None
-        kwargs["position_ids"] = sequence.decode_positions(
-            input_ids, state, past, deltas, self.mrope
-        )
+        if self.mrope and call.next_position is not None:
+            # As generate continues M-RoPE: one past the prompt's largest position (padding
+            # holds none), then one per token decoded since.
+            decoded = past - state.index.shape[1]
+            steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+            start = call.next_position.to(input_ids.device).unsqueeze(-1) + decoded
+            kwargs["position_ids"] = (start + steps).unsqueeze(0).expand(3, -1, -1)
+        else:
+            deltas = getattr(self.base, "rope_deltas", None) if self.mrope else None
+            kwargs["position_ids"] = sequence.decode_positions(
+                input_ids, state, past, deltas, self.mrope
+            )
         call.positions_supplied = True
         return args, kwargs
 
@@ -290,10 +330,12 @@ class Adapter:
                 "model.model.language_model"
             )
 
-    def _has_placeholders(self, input_ids: Tensor | None) -> bool:
+    def _placeholder_kinds(self, input_ids: Tensor | None) -> set[str]:
         if not isinstance(input_ids, Tensor):
-            return False
-        return any(bool((input_ids == token).any()) for token in self.token_ids().values())
+            return set()
+        return {
+            kind for kind, token in self.token_ids().items() if bool((input_ids == token).any())
+        }
 
     # ------------------------------------------------------------------------------ prefill
     def _before_language_model(self, module, args, kwargs):
@@ -312,7 +354,7 @@ class Adapter:
         if input_ids is not None and input_ids.shape != embeds.shape[:2]:
             input_ids = None
         if past:
-            if input_ids is not None and call.placeholders:
+            if call.brought & call.placeholders:
                 self._refuse_chunked_prefill()
             if call.prefill is not None:
                 mask = kwargs.get("attention_mask")
@@ -331,22 +373,24 @@ class Adapter:
             return args, kwargs
         call.prefill = None
         call.selections = self._last_selections = []
-        encoded, call.encoded = call.encoded, False
+        call.next_position = None
+        if self.mrope:
+            call.next_position = compat.next_mrope_position(kwargs.get("position_ids"))
+        kinds = call.brought & call.placeholders
+        if not kinds:
+            return args, kwargs  # no images encoded (placeholder ids, if any, are text)
         if input_ids is None:
-            if encoded or call.images:
-                raise ValueError(
-                    "visprune locates image tokens through input_ids; this call encoded "
-                    "images but passed inputs_embeds instead. Pass input_ids (the processor "
-                    "output) together with the pixel values."
-                )
-            return args, kwargs
-        visual = {kind: input_ids == token for kind, token in self.token_ids().items()}
-        if not any(bool(mask.any()) for mask in visual.values()):
-            return args, kwargs  # a prompt without images runs unpruned
+            raise PruningNotApplied(
+                "the language model's prefill could not be matched with the prompt that "
+                "carried the images (no input_ids or inputs_embeds of the same shape)"
+            )
+        fresh, call.fresh = call.fresh, set()
+        visual = {kind: input_ids == self.token_ids()[kind] for kind in sorted(kinds)}
         call.prefill_seen = True
-        if not encoded and not call.known_outputs:
-            self._refuse_unrecorded(call, visual)
-        self._prefill(call, kwargs, embeds, input_ids, visual, continues=not encoded)
+        unrecorded = kinds - call.encoded - call.known
+        if unrecorded:
+            self._refuse_unrecorded(visual, unrecorded)
+        self._prefill(call, kwargs, embeds, input_ids, visual, continues=not fresh & kinds)
         return args, kwargs
 
     def _refuse_chunked_prefill(self) -> None:
@@ -357,20 +401,13 @@ class Adapter:
             "prefill_chunk_size) with a fresh cache."
         )
 
-    def _refuse_unrecorded(self, call: CallState, visual: dict) -> None:
-        counts = ", ".join(
-            f"{int(mask.sum())} {kind}" for kind, mask in visual.items() if bool(mask.any())
-        )
-        if call.images:
-            raise PruningNotApplied(
-                f"this call carries images or video ({counts} placeholder tokens), but their "
-                "encoder output did not pass through model.model.get_image_features / "
-                "get_video_features after visprune.apply, where visprune records it (ready "
-                "mm_encoder_outputs must be computed with the pruned model)"
-            )
-        raise ValueError(
-            f"the prompt has {counts} placeholder tokens but the call passes no pixel values "
-            "for them; pass the processor's pixel values with its input_ids."
+    def _refuse_unrecorded(self, visual: dict, kinds: set[str]) -> None:
+        counts = ", ".join(f"{int(visual[kind].sum())} {kind}" for kind in sorted(kinds))
+        raise PruningNotApplied(
+            f"this call carries images or video ({counts} placeholder tokens), but their "
+            "encoder output did not pass through model.model.get_image_features / "
+            "get_video_features after visprune.apply, where visprune records it (ready "
+            "mm_encoder_outputs must be computed with the pruned model)"
         )
 
     def _prefill(
@@ -435,5 +472,6 @@ class Adapter:
             if input_ids.shape[1] > width and torch.equal(input_ids[:, :width], ids):
                 return texts
         texts = prompt_texts(embeds, mask, visual)
-        call.prompt_cache = (input_ids, texts)
+        # Ids found from embeddings are -1 on every text token: no prompt to recognise later.
+        call.prompt_cache = None if call.ids_from_embeds else (input_ids, texts)
         return texts

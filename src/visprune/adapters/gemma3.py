@@ -37,6 +37,8 @@ class Gemma3Adapter(Adapter):
     projector's norm and projection: the pre-projector feature of each soft token.
     """
 
+    model_classes = ("Gemma3ForConditionalGeneration",)
+
     def describe(self, kind, output, args, kwargs):
         features = encoder_features(output, kind)
         pooled = self._pooled_vision(len(features))

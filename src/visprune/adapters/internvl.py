@@ -33,6 +33,8 @@ class InternVLAdapter(Adapter):
     in prompt order.
     """
 
+    model_classes = ("InternVLForConditionalGeneration",)
+
     def describe(self, kind, output, args, kwargs):
         tiles = encoder_features(output, kind)  # one (tokens per tile, d) per tile
         before = self._captured_vision[0] if self._captured_vision else None

@@ -42,6 +42,8 @@ class LlavaAdapter(Adapter):
     methods that need the CLS attention get it from that CLIP layer (``vision_scores``).
     """
 
+    model_classes = ("LlavaForConditionalGeneration",)
+
     @classmethod
     def score_layer(cls, model):
         config = model.config

@@ -22,6 +22,8 @@ class LlavaNextAdapter(Adapter):
     selection, as for every other method; the image's CLS state is its base crop's.
     """
 
+    model_classes = ("LlavaNextForConditionalGeneration",)
+
     score_layer = LlavaAdapter.score_layer
 
     def describe(self, kind, output, args, kwargs):

@@ -19,6 +19,8 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
     as in ReDiPrune's own LLaVA-NeXT-Video setup.
     """
 
+    model_classes = ("LlavaNextVideoForConditionalGeneration",)
+
     def describe(self, kind, output, args, kwargs):
         if kind == "image":
             return super().describe(kind, output, args, kwargs)

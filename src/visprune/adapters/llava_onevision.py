@@ -18,6 +18,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     model pools its output.
     """
 
+    model_classes = ("LlavaOnevisionForConditionalGeneration",)
+
     def tiles_per_image(self, image_sizes, kwargs) -> list[int]:
         counts = super().tiles_per_image(image_sizes, kwargs)
         per_sample = kwargs.get("batch_num_images")

@@ -18,6 +18,8 @@ class QwenVLAdapter(Adapter):
     LLM input embeddings) here.
     """
 
+    model_classes = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+
     position_modes = ("original",)
     mrope = True
 

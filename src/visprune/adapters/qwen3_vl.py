@@ -20,6 +20,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
     visual position mask alike.
     """
 
+    model_classes = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
+
     def check_layer_stage(self, layers: list[int]) -> None:
         """Deepstack adds vision features to the outputs of the first decoder layers, at the
         positions of the full sequence: pruning must come after the last of them."""

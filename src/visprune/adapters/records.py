@@ -130,7 +130,9 @@ class CallState:
     #: Layouts of the last encoder call per kind.
     layouts: dict[str, list[Layout]] = field(default_factory=lambda: {"image": [], "video": []})
     #: Weak references to the last encoder output per kind (5.24+ hands them back as
-    #: ``mm_encoder_outputs``); weak, so the features are not kept alive after the call.
+    #: ``mm_encoder_outputs``); weak, so the features are not kept alive after the call. A
+    #: forward uses a kind's layouts only when it hands back this very output, or when the
+    #: encoder ran inside that forward: nothing one call encoded ever reaches another.
     recorded: dict[str, Any] = field(default_factory=dict)
     #: Pre-projector features captured during the last encoder call.
     captured_vision: list[Tensor] = field(default_factory=list)
@@ -138,34 +140,39 @@ class CallState:
     captured_scores: list[dict[str, Tensor]] = field(default_factory=list)
     #: Inside an encoder call (the capture hook records only then).
     capturing: bool = False
-    #: An encoder ran since the last prefill.
-    encoded: bool = False
-    #: The current base-model forward: its input_ids (and whether they hold placeholder
-    #: tokens), whether it carries images (pixels or
-    #: encoder outputs), whether those encoder outputs are ones visprune recorded, and whether the
-    #: language model's prefill reached visprune.
+    #: Kinds encoded since the last prefill (a prefill without them re-runs an earlier one).
+    fresh: set[str] = field(default_factory=set)
+    #: The current base-model forward. Kinds it carries (pixels or encoder outputs), kinds
+    #: encoded inside it, kinds whose encoder outputs it carries are ones visprune recorded,
+    #: kinds whose placeholder ids it holds; its input_ids (placeholder ids found from the
+    #: embeddings when it got ``inputs_embeds``, -1 elsewhere), and whether the language
+    #: model's prefill reached visprune.
+    brought: set[str] = field(default_factory=set)
+    encoded: set[str] = field(default_factory=set)
+    known: set[str] = field(default_factory=set)
+    placeholders: set[str] = field(default_factory=set)
     input_ids: Tensor | None = None
+    ids_from_embeds: bool = False
     #: Its ``token_type_ids`` (Gemma 3 builds its attention masks from them).
     token_types: Tensor | None = None
-    placeholders: bool = False
-    images: bool = False
-    known_outputs: bool = False
     expects_prefill: bool = False
     prefill_seen: bool = False
     positions_supplied: bool = False
     #: The pruned prefill's state for decode steps and the loss.
     prefill: Prefill | None = None
+    #: M-RoPE: per row, the position that follows the unpruned prompt ``(B,)``.
+    next_position: Tensor | None = None
     #: A layer-stage method's pruning in progress inside the language model's prefill.
     layer_plan: Any = None
     #: The first prompt of a generate(use_cache=False) run and its texts.
     prompt_cache: tuple[Tensor, list[Tensor]] | None = None
     selections: list[Selection] = field(default_factory=list)
 
-    def outputs_known(self, outputs: dict[str, Any]) -> bool:
-        """Whether every given encoder output (by kind) is the one visprune recorded."""
+    def known_kinds(self, outputs: dict[str, Any]) -> set[str]:
+        """The kinds whose given encoder output is the one visprune recorded last."""
 
         def known(kind: str, output: Any) -> bool:
             ref = self.recorded.get(kind)
             return ref is not None and ref() is output
 
-        return all(known(kind, output) for kind, output in outputs.items())
+        return {kind for kind, output in outputs.items() if known(kind, output)}
