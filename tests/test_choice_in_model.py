@@ -57,8 +57,8 @@ def llava(attn: str = "sdpa", vision_layers: int = 2, side: int = SIDE):
 def prompt(prefix: int, suffix: int, seed: int, side: int = SIDE) -> dict:
     """One unpadded prompt: ``prefix`` text tokens, one image, ``suffix`` text tokens."""
     generator = torch.Generator().manual_seed(seed)
-    text = [t for t in torch.randint(1, 100, (prefix + suffix + 8,), generator=generator).tolist()]
-    text = [t for t in text if t not in SPECIAL and t != PAD][: prefix + suffix]
+    text = torch.randint(1, 100, (prefix + suffix + 8,), generator=generator).tolist()
+    text = [t for t in text if t not in SPECIAL][: prefix + suffix]
     n = (side // 14) ** 2
     ids = torch.tensor(text[:prefix] + [IMG] * n + text[prefix:])
     pixels = torch.randn(1, 3, side, side, generator=generator)
@@ -82,10 +82,14 @@ def batch(prompts: list[dict]) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
 
 
+def top_order(scores: Tensor) -> list[int]:
+    """Indices of ``(n,)`` scores from the highest down; ties: lowest index first."""
+    return sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+
+
 def top(scores: Tensor, k: int) -> Tensor:
-    """The ``k`` highest of ``(n,)`` scores (ties: lowest index), ascending; written as a loop."""
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    return torch.tensor(sorted(order[:k]))
+    """The ``k`` highest of ``(n,)`` scores (ties: lowest index), ascending."""
+    return torch.tensor(sorted(top_order(scores)[:k]))
 
 
 def record_contexts(monkeypatch, cls) -> list:
@@ -253,10 +257,6 @@ def dart_by_hand(
         pool = [p for p in pool if p not in claimed]
     at = {int(p): i for i, p in enumerate(image)}
     return torch.tensor(sorted(at[p] for p in kept))
-
-
-def top_order(scores: Tensor) -> list[int]:
-    return sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
 
 
 @pytest.mark.parametrize(("budget", "image_pivots", "text_pivots"), [(11, 2, 3), (8, 1, 4)])
