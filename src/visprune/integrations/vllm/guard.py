@@ -12,21 +12,35 @@ from .settings import OVERRIDE_KEY, settings_of
 _GUARDED = "_visprune_guarded"
 
 
-def is_served(registry: Any, architecture: str) -> bool:
-    """Whether ``architecture`` resolves to a class of this plugin in vLLM's registry."""
+def is_served(registry: Any, architecture: str, model_cls: Any = None) -> bool:
+    """Whether ``architecture`` resolves to a class of this plugin in vLLM's registry.
+
+    ``model_cls``, when given, is the class the registry resolved ``architecture`` to: it must be
+    the very class this plugin serves under that name (vLLM may resolve a name to another
+    implementation than its registry entry, e.g. its Transformers backend).
+    """
     from . import SERVED_ARCHITECTURES
 
     entry = registry.models.get(architecture) if architecture in SERVED_ARCHITECTURES else None
     module = getattr(entry, "module_name", None) or getattr(
         getattr(entry, "model_cls", None), "__module__", ""
     )
-    return module.startswith(__package__)
+    if not module.startswith(__package__):
+        return False
+    if model_cls is None:
+        return True
+    name = f"{getattr(model_cls, '__module__', '')}:{getattr(model_cls, '__qualname__', '')}"
+    return name == SERVED_ARCHITECTURES[architecture]
 
 
-def check_served(registry: Any, architecture: str, model_config: Any) -> None:
+def check_served(
+    registry: Any, architecture: str, model_config: Any, model_cls: Any = None
+) -> None:
     """Raise when ``model_config`` asks for pruning that ``architecture`` would not do.
 
-    The override is parsed here too, so a bad method or budget fails before any weight loads.
+    ``architecture`` is the name the registry resolved to and ``model_cls`` (when known) the class
+    it resolved to. The override is parsed here too, so a bad method or budget fails before any
+    weight loads.
     """
     from . import SERVED_ARCHITECTURES, UNSERVED_STAGES
 
@@ -40,11 +54,12 @@ def check_served(registry: Any, architecture: str, model_config: Any) -> None:
             f"{architecture} cannot serve: {why}. Serve a method that works on the projected "
             "tokens, or prune this model with visprune.apply in transformers."
         )
-    if not is_served(registry, architecture):
+    if not is_served(registry, architecture, model_cls):
         impl = getattr(model_config, "model_impl", "auto")
+        served_as = repr(architecture) if model_cls is None else f"{architecture!r} ({model_cls!r})"
         raise ValueError(
             f"visprune: hf_overrides[{OVERRIDE_KEY!r}] is set, but vLLM would serve this model "
-            f"as {architecture!r} (model_impl={impl!r}), which the visprune plugin does not "
+            f"as {served_as} (model_impl={impl!r}), which the visprune plugin does not "
             f"prune; served architectures: {', '.join(SERVED_ARCHITECTURES)} with vLLM's own "
             "model code (model_impl='auto' or 'vllm'). Remove the override to serve it unpruned."
         )
@@ -52,17 +67,27 @@ def check_served(registry: Any, architecture: str, model_config: Any) -> None:
 
 def guard_registry(registry: Any) -> None:
     """Wrap ``inspect_model_cls`` (front end) and ``resolve_model_cls`` (engine) of vLLM's model
-    registry instance with :func:`check_served`. Idempotent; models without the override are
-    resolved exactly as before."""
+    registry instance with :func:`check_served` on what they resolve to: the architecture name,
+    and for ``resolve_model_cls`` the class the engine will build. Idempotent; models without the
+    override are resolved exactly as before."""
     if getattr(registry, _GUARDED, False):
         return
     for name in ("inspect_model_cls", "resolve_model_cls"):
         original = getattr(registry, name)
 
         @functools.wraps(original)
-        def checked(architectures, model_config, *args, _original=original, **kwargs):
+        def checked(
+            architectures,
+            model_config,
+            *args,
+            _original=original,
+            _class=name == "resolve_model_cls",
+            **kwargs,
+        ):
             result = _original(architectures, model_config, *args, **kwargs)
-            check_served(registry, result[1], model_config)
+            # inspect_model_cls returns vLLM's model info, which names no class.
+            model_cls = result[0] if _class and isinstance(result[0], type) else None
+            check_served(registry, result[1], model_config, model_cls)
             return result
 
         setattr(registry, name, checked)
