@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 import visprune
 from test_layer_stage import deep
 from tiny_vlms import CASES, GENERATE, QWEN, SPECIAL, collate, ragged_samples, sample, tiny
+from visprune.adapters import sequence
 
 #: In-LLM methods, pruning from layer 2 on (Qwen3-VL's deepstack fills layers 0 and 1).
 LAYER_METHODS = [
@@ -178,3 +181,58 @@ def test_manual_decode_of_a_ragged_batch_equals_each_row_alone(family, method, p
         assert torch.equal(tokens[row], alone_tokens[0]), row
         for got, want in zip(logits, alone_logits, strict=True):
             torch.testing.assert_close(got[row], want[0], atol=2e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ the shortening, by itself
+@st.composite
+def padded_batches(draw):
+    """A left-padded batch: ``(B, L)`` keep mask (padding counts as kept, as no method drops
+    it; each row's last token stays), its 2-D attention mask, and whether renumbering is on."""
+    batch = draw(st.integers(1, 4))
+    length = draw(st.integers(1, 12))
+    keep = torch.ones(batch, length, dtype=torch.bool)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(batch):
+        padding = draw(st.integers(0, length - 1))
+        mask[row, :padding] = 0
+        bits = draw(st.lists(st.booleans(), min_size=length, max_size=length))
+        keep[row, padding:] = torch.tensor(bits[padding:], dtype=torch.bool)
+        keep[row, -1] = True  # the prompt's last token is text
+    return keep, mask, draw(st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(padded_batches())
+def test_shorten_keeps_each_rows_real_tokens_right_aligned(case):
+    keep, mask, compact = case
+    batch, length = keep.shape
+    embeds = torch.arange(1.0, 1 + batch * length).view(batch, length, 1)
+    labels = torch.arange(batch * length).view(batch, length)
+    kwargs: dict = {"attention_mask": mask}
+    state = sequence.shorten(kwargs, embeds, keep, mask, compact)
+    real = keep & mask.bool()
+    width = int(real.sum(-1).max())
+    assert kwargs["inputs_embeds"].shape == (batch, width, 1)
+    shortened = sequence.shorten_labels(labels, torch.zeros(batch, width, 1), state)
+    for row in range(batch):
+        kept = real[row].nonzero().squeeze(-1)
+        pad = width - len(kept)
+        assert torch.equal(kwargs["inputs_embeds"][row, pad:, 0], embeds[row, kept, 0])
+        assert not bool(kwargs["inputs_embeds"][row, :pad].any())
+        assert kwargs["attention_mask"][row].tolist() == [0] * pad + [1] * len(kept)
+        assert shortened[row].tolist() == [-100] * pad + labels[row, kept].tolist()
+        removed = int((~keep[row]).sum())
+        assert int(state.dropped[row]) == removed
+        # Without position ids each slot is numbered by its index (padding included); only
+        # removed tokens lower the numbers.
+        before = (~keep[row]).long().cumsum(-1)[kept]
+        want = kept - before if compact else kept
+        assert torch.equal(kwargs["position_ids"][row, pad:], want)
+        # A manual loop continues where the unpruned sequence would: one past its last slot,
+        # less the removed tokens when renumbered; M-RoPE from the real tokens' count.
+        step = torch.zeros(batch, 1, dtype=torch.long)
+        following = sequence.decode_positions(step, state, width, None, mrope=False)
+        assert int(following[row, 0]) == length - (removed if compact else 0)
+        if not compact:
+            mrope = sequence.decode_positions(step, state, width, None, mrope=True)
+            assert int(mrope[0, row, 0]) == int(mask[row].sum())
