@@ -82,6 +82,21 @@ def assert_ragged(samples: list[dict], selections) -> None:
     assert longest_kept_row(samples, selections) < length - min(dropped), dropped
 
 
+def generate(model, data: dict) -> tuple[Tensor, list[Tensor]]:
+    """Greedy generation: the new tokens ``(B, steps)`` and the logits of each step."""
+    out = model.generate(**data, **GENERATE, output_logits=True, return_dict_in_generate=True)
+    return out.sequences[:, data["input_ids"].shape[1] :], list(out.logits)
+
+
+def assert_rows_as_alone(model, samples: list[dict], tokens, logits, decode) -> None:
+    """Each row of a batch's ``decode`` result (tokens, per-step logits) is the row's alone."""
+    for row, one in enumerate(samples):
+        alone_tokens, alone_logits = decode(model, collate([one]))
+        assert torch.equal(tokens[row], alone_tokens[0]), row
+        for got, want in zip(logits, alone_logits, strict=True):
+            torch.testing.assert_close(got[row], want[0], atol=2e-5, rtol=1e-4)
+
+
 def widths_reaching(module: torch.nn.Module, run) -> list[int]:
     """The sequence length of every call of ``module`` (its hidden states or inputs_embeds)
     during ``run()``; the hook is added last, so it sees what visprune handed on."""
@@ -103,14 +118,22 @@ def widths_reaching(module: torch.nn.Module, run) -> list[int]:
 
 @pytest.mark.parametrize(("family", "video"), [pytest.param(*c, id=case_id(c)) for c in CASES])
 def test_prefill_is_as_long_as_the_longest_kept_row(family, video):
+    """The prefill is as long as the longest row of kept tokens, and each row generates what
+    it generates alone."""
     model = tiny(family)
     samples = ragged(family, model, video)
     data = collate(samples)
     handle = visprune.apply(model, "divprune", 0.5)
-    widths = widths_reaching(model.model.language_model, lambda: model.generate(**data, **GENERATE))
+    out: dict = {}
+
+    def run():
+        out["batch"] = generate(model, data)
+
+    widths = widths_reaching(model.model.language_model, run)
     assert_ragged(samples, handle.selections)
     assert widths[0] == longest_kept_row(samples, handle.selections)
     assert widths[1:] == [1] * (GENERATE["max_new_tokens"] - 1)
+    assert_rows_as_alone(model, samples, *out["batch"], generate)
 
 
 @pytest.mark.parametrize(
@@ -119,16 +142,21 @@ def test_prefill_is_as_long_as_the_longest_kept_row(family, video):
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen3_vl", "internvl"])
 def test_layers_after_the_pruning_see_the_longest_kept_row(family, method, params):
     """In-LLM methods: from the (last) pruning layer on, the hidden states are as long as the
-    longest row of real kept tokens."""
+    longest row of real kept tokens, and each row generates what it generates alone."""
     model = deep(family)
     samples = ragged(family, model)
     data = collate(samples)
     handle = visprune.apply(model, method, **params)
-    last = model.model.language_model.layers[-1]
-    widths = widths_reaching(last, lambda: model(**data))
+    out: dict = {}
+
+    def run():
+        out["batch"] = generate(model, data)
+
+    widths = widths_reaching(model.model.language_model.layers[-1], run)
     assert_ragged(samples, handle.selections)
-    assert widths == [longest_kept_row(samples, handle.selections)]
-    handle.remove()
+    assert widths[0] == longest_kept_row(samples, handle.selections)
+    assert widths[1:] == [1] * (GENERATE["max_new_tokens"] - 1)
+    assert_rows_as_alone(model, samples, *out["batch"], generate)
 
 
 def greedy(logits: Tensor) -> Tensor:
@@ -137,7 +165,7 @@ def greedy(logits: Tensor) -> Tensor:
     return logits.argmax(-1)
 
 
-def manual_loop(model, data: dict, steps: int) -> tuple[Tensor, list[Tensor]]:
+def manual_loop(model, data: dict, steps: int = 4) -> tuple[Tensor, list[Tensor]]:
     """Greedy decoding by hand: a prefill, then one token per call with the cache and an
     extended mask, no position ids."""
     out = model(**data, use_cache=True)
@@ -175,12 +203,7 @@ def test_manual_decode_of_a_ragged_batch_equals_each_row_alone(family, method, p
     model = deep(family) if method == "fastv" else tiny(family)
     samples = ragged(family, model)
     visprune.apply(model, method, **params)
-    tokens, logits = manual_loop(model, collate(samples), steps=4)
-    for row, one in enumerate(samples):
-        alone_tokens, alone_logits = manual_loop(model, collate([one]), steps=4)
-        assert torch.equal(tokens[row], alone_tokens[0]), row
-        for got, want in zip(logits, alone_logits, strict=True):
-            torch.testing.assert_close(got[row], want[0], atol=2e-5, rtol=1e-4)
+    assert_rows_as_alone(model, samples, *manual_loop(model, collate(samples)), manual_loop)
 
 
 # ------------------------------------------------------------------ the shortening, by itself
