@@ -777,7 +777,7 @@ def test_loss_of_a_re_padded_batch():
     labels = ids.masked_fill(visual_mask(ids) | (data["attention_mask"] == 0), -100)
     handle = visprune.apply(model, "divprune", 0.5)
     out = model(**data, labels=labels)
-    keep = ~visual_mask(ids)
+    keep = ~visual_mask(ids) & data["attention_mask"].bool()  # padding is left out too
     for record in handle.selections:
         keep[record.sample, record.positions] = True
     width = int(keep.sum(-1).max())
@@ -1134,7 +1134,7 @@ def expected_gemma3_masks(data: dict, selections: list[Selection]) -> tuple[dict
     block = torch.full_like(ids, -1)
     for number, record in enumerate(selections):
         block[record.sample, record.positions] = number
-    keep = ~visual_mask(ids) | (block >= 0)
+    keep = (~visual_mask(ids) | (block >= 0)) & data["attention_mask"].bool()
     width = int(keep.sum(-1).max())
     slots = torch.full((batch, width), -1)
     for row in range(batch):

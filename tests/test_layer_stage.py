@@ -113,10 +113,11 @@ def packed(keep: Tensor) -> Tensor:
 
 
 def stage_indices(data: dict, selections) -> list[tuple[int, Tensor]]:
-    """Per pruning: its layer and the ``(B, L')`` positions kept from then on."""
+    """Per pruning: its layer and the ``(B, L')`` positions kept from then on (padding is
+    left out, so the longest row of real kept tokens sets the length)."""
     stages = []
     for number in range(len(selections[0].stages)):
-        keep = torch.ones_like(data["input_ids"], dtype=torch.bool)
+        keep = lm_mask(None, data).bool()
         for record in selections:
             layer, kept = record.stages[number]
             keep[record.sample, record.candidates] = False

@@ -238,8 +238,12 @@ class LayerPruner:
         return states, norms, texts, text_scores
 
     def _shorten(self, call, plan, layer, hidden, kwargs, originals, column) -> Tensor:
-        """Hand layer ``layer`` and the later ones only the kept rows; cut the earlier caches."""
-        index = sequence.packed_index(plan.keep)
+        """Hand layer ``layer`` and the later ones only the kept rows, without the padding the
+        longest row does not need; cut the earlier caches."""
+        stays = (
+            plan.keep if plan.mask is None else plan.keep & plan.mask.bool().to(plan.keep.device)
+        )
+        index = sequence.packed_index(stays)
         padded = index < 0
         batch, width = hidden.shape[0], hidden.shape[-1]
         local = column.gather(1, index.clamp_min(0)).clamp_min(0)

@@ -117,9 +117,9 @@ class Prefill:
     """State a pruned prefill leaves for the decode steps and the loss."""
 
     length: int  # L, the unpruned length
-    index: Tensor  # (B, L') positions into the unpruned sequence, -1 for re-padding
+    index: Tensor  # (B, L') kept real positions of the unpruned sequence, -1 for re-padding
     mask: Tensor | None  # (B, L') compacted 2-D mask, when one is needed
-    dropped: Tensor  # (B,) tokens removed per row
+    dropped: Tensor  # (B,) tokens the method removed per row (left-out padding not counted)
     shift: Tensor  # (B, 1) decode position = arange(q) + past + shift, for manual loops
 
 

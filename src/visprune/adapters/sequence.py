@@ -27,8 +27,11 @@ def shorten(
         ``(B, L)`` bool, True for kept positions.
     mask : Tensor or None
         ``(B, L)`` the 2-D attention mask (the padding of what the language model received).
+        Its padding (0) is left out too, so the sequence is as long as its longest row of
+        kept tokens.
     compact : bool
-        Renumber kept tokens (True) or keep their original positions.
+        Renumber kept tokens (True) or keep their original positions. Only removed tokens
+        lower the numbers, padding does not.
 
     Returns
     -------
@@ -40,7 +43,7 @@ def shorten(
     """
     batch, length, width = embeds.shape
     device = embeds.device
-    index = packed_index(keep)
+    index = packed_index(keep if mask is None else keep & mask.bool().to(keep.device))
     longest = index.shape[1]
     padded = index < 0
     safe = index.clamp_min(0)
@@ -119,12 +122,20 @@ def continue_decode(
 def decode_positions(
     input_ids: Tensor, state: Prefill, past: int, deltas: Tensor | None, mrope: bool
 ) -> Tensor:
-    """Positions of a manual loop's decode step: where the unpruned sequence would continue."""
+    """Positions of a manual loop's decode step: where the unpruned sequence would continue.
+
+    ``(B, q)``, or ``(3, B, q)`` M-RoPE positions: transformers' ``rope_deltas`` count from a
+    row's real tokens (its padding left out), so a padded row continues lower by its padding.
+    """
     batch, steps = input_ids.shape
     position = (
         torch.arange(steps, device=input_ids.device) + past + state.shift.to(input_ids.device)
     )
     if mrope:
+        # The padding the prefill left out of each row (none where it had no mask).
+        kept = (state.index >= 0).sum(-1)
+        padding = state.length - state.dropped.to(kept.device) - kept
+        position = position - padding.to(position.device).unsqueeze(-1)
         position = position.unsqueeze(0).expand(3, batch, steps)
         if deltas is not None:
             position = position + deltas.to(position.device)
