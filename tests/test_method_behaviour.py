@@ -691,8 +691,21 @@ def test_cdpruner_clip_embeddings_need_both_halves():
         )
 
 
+def published_kept(a: list[int], ranked: list[int], size: int, drop: int) -> list[int] | None:
+    """The a tokens the published round keeps: it indexes ``a``'s sorted tail with a batch
+    index expanded to ``R // 2 - r`` and broadcasts the two (None where that raises)."""
+    try:
+        rows = torch.arange(1).unsqueeze(-1).expand(-1, size // 2 - drop)
+        tail = torch.tensor(ranked[drop:], dtype=torch.long)[None]
+        return torch.tensor(a)[None][rows, tail][0].tolist()
+    except (RuntimeError, IndexError):
+        return None
+
+
 def ref_vispruner(x: Tensor, attention: Tensor, k: int, ratio: float) -> list[int]:
-    """The published loop on Python lists (float64), keeping k tokens (spec: every budget)."""
+    """The published loop on Python lists (float64). A round keeps what the published round
+    keeps, unless that raises or leaves fewer than k tokens: then the ``ceil(R / 2) - r`` a
+    tokens it means to keep (at least enough for k)."""
     x = _unit(x.double())
     mean = attention.double().mean(0).tolist()
     order = sorted(range(len(mean)), key=lambda i: (-mean[i], i))
@@ -704,8 +717,11 @@ def ref_vispruner(x: Tensor, attention: Tensor, k: int, ratio: float) -> list[in
         a, b = residual[0::2], residual[1::2]
         scores = [max((x[i] @ x[j]).item() for j in b) for i in a]
         ranked = sorted(range(len(a)), key=lambda i: (-scores[i], i))
-        stay = max(len(residual) // 2 - drop, diverse - len(b), 0)
-        residual = [a[i] for i in ranked[drop : drop + stay]] + b
+        kept_a = published_kept(a, ranked, len(residual), drop)
+        if kept_a is None or len(kept_a) + len(b) < diverse:
+            stay = max(len(a) - drop, diverse - len(b), 0)
+            kept_a = [a[i] for i in ranked[drop : drop + stay]]
+        residual = kept_a + b
     return sorted(kept + residual[:diverse])
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..methods.base import cholesky_step
-
 
 def cdpruner(image_features: Tensor, image_embeds: Tensor, text_embeds: Tensor, k: int) -> Tensor:
     """Greedy MAP of the conditional DPP kernel ``L = diag(r) S diag(r)``.
@@ -38,10 +36,12 @@ def cdpruner(image_features: Tensor, image_embeds: Tensor, text_embeds: Tensor, 
 
     Notes
     -----
-    Deliberate differences: a picked token is never picked again, and once the kernel's rank is
-    exhausted (``d² <= 0``) the remaining picks freeze the Cholesky update instead of taking the
-    square root of a non-positive number (which in the published code yields NaN and can select a
-    token twice); the Cholesky rows use the kernel's dtype (published: always float32).
+    The arithmetic follows the published code step by step (its Cholesky rows are float32 even
+    for a float64 kernel), so its picks and greedy order are reproduced, exact ties included
+    (``argmax``: the lowest index). Deliberate difference: once the kernel's rank is exhausted
+    (``d² <= 0``) the remaining picks freeze the Cholesky update instead of taking the square
+    root of a non-positive number (which in the published code yields NaN and can select a
+    token twice); a picked token is never picked again.
     """
     dtype = torch.float64 if image_features.dtype == torch.float64 else torch.float32
     features = image_features.to(dtype)
@@ -78,13 +78,21 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
     kernel = relevance.unsqueeze(-1) * similarity * relevance.unsqueeze(-2)
     kernel = kernel.to(relevance.dtype)
     residual = kernel.diagonal(dim1=-2, dim2=-1).clone()
-    chol = kernel.new_zeros(b, k, n)
+    # The published operations in their order (einsum, divide by sqrt, subtract the square)
+    # and dtypes (the Cholesky rows are stored in float32 even for a float64 kernel): an exact
+    # tie of d² there is an exact tie here, and argmax takes the lowest index of both.
+    chol = kernel.new_zeros(k, b, n, dtype=torch.float32)
     batch = torch.arange(b, device=kernel.device)
     picks = torch.empty(b, k, dtype=torch.long, device=kernel.device)
     for step in range(k):
         pick = residual.argmax(dim=-1)
         picks[:, step] = pick
         d2 = residual[batch, pick]
-        scale = torch.where(d2 > 0, d2.clamp_min(torch.finfo(d2.dtype).tiny).rsqrt(), 0.0)
-        cholesky_step(chol, step, pick, kernel[batch, pick], scale, residual, batch)
+        done = chol[:step]
+        e = kernel[batch, pick] - torch.einsum("tb,tbn->bn", done[:, batch, pick], done)
+        # Once the rank is exhausted (d² <= 0) the item freezes instead of taking a NaN root.
+        e = torch.where((d2 > 0).unsqueeze(-1), e / d2.clamp_min(0).sqrt().unsqueeze(-1), 0.0)
+        chol[step] = e
+        residual -= e.square()
+        residual[batch, pick] = -torch.inf
     return picks

@@ -10,9 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-#: Nearest neighbours kept per token for the rounds' max-similarity lookups.
-NEAREST = 16
-
 
 def vispruner(
     image_features: Tensor, cls_attention: Tensor, k: int, important_ratio: float = 0.5
@@ -43,15 +40,17 @@ def vispruner(
 
     Notes
     -----
-    Deliberate difference: the published loop keeps ``R // 2 - r`` of the ``a`` tokens but
-    indexes ``a`` (``ceil(R / 2)`` tokens) with an index of that size, so for odd ``R`` it raises
-    unless exactly one ``a`` would stay (then none stays), it raises on small budgets (``N = 576,
-    k = 8``), and it can end with fewer than ``k`` tokens. Here ``R // 2 - r`` of the ``a``
-    tokens stay too (the lowest-scoring ones), but never so few that fewer than ``k`` tokens
-    remain: every budget returns ``k`` distinct tokens, and where the published code runs and
-    returns ``k`` tokens the picks are the same. The cosines of every round are gathered from
-    one Gram of all tokens (the published code multiplies each round's ``a`` and ``b`` again,
-    about five Grams in all for 576 tokens): the same values up to float32 rounding.
+    Deliberate difference: the published loop means to keep ``ceil(R / 2) - r`` of the ``a``
+    tokens but indexes them with an index expanded to ``R // 2 - r``, so it raises for odd ``R``
+    with ``R // 2 - r >= 2`` and for ``R // 2 - r <= -2`` (small budgets, e.g. ``N = 576,
+    k = 8``), keeps no ``a`` when ``R // 2 - r`` is 0 or -1, and can then end with fewer than
+    ``k`` tokens. Here every round keeps what the published round keeps wherever that round
+    runs and leaves at least ``k`` tokens in reach; otherwise it keeps the intended
+    ``ceil(R / 2) - r`` (never so few that fewer than ``k`` tokens remain). Every budget returns
+    ``k`` distinct tokens, and wherever the published code returns ``k`` tokens the picks are
+    the same. Each round multiplies its own ``a`` and ``b`` as published (the same float
+    rounding, which decides near-ties); equal scores keep the lower index first (the published
+    unstable sort orders ties by platform).
     """
     n = image_features.shape[1]
     if not 1 <= k <= n:
@@ -65,53 +64,36 @@ def vispruner(
     kept, residual = order[:, :important], order[:, important:]
     norms = image_features.norm(dim=-1, keepdim=True)
     features = image_features / norms.clamp_min(torch.finfo(norms.dtype).tiny)
-    # One Gram of all tokens; each round gathers its a x b block instead of multiplying again.
-    b = image_features.shape[0]
-    gram = nearest = None
-    if diverse > 0 and residual.shape[1] > diverse:
-        gram = features @ features.mT  # (B, N, N)
-        # Each token's most similar tokens, most similar first: a's best b is usually among
-        # them, so a round reads a few entries per a instead of a whole Gram row.
-        nearest = gram.topk(min(NEAREST, n), dim=-1).indices  # (B, N, L)
-        gram = gram.reshape(b * n, n)
-    batch = torch.arange(b, device=image_features.device)[:, None]
     while diverse > 0:
-        drop = min(8, residual.shape[1] - diverse)
+        size = residual.shape[1]
+        drop = min(8, size - diverse)
         if drop <= 0:
             break
-        a, rest = residual[:, 0::2], residual[:, 1::2]
-        scores = _best_in(gram, nearest, a, rest, batch)  # (B, |a|)
-        # As published, R // 2 - drop of the a's stay (one fewer than |a| - drop for odd R),
-        # but never so few that fewer than k tokens remain.
-        stay = max(residual.shape[1] // 2 - drop, diverse - rest.shape[1], 0)
+        tokens = features.gather(1, residual.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        a, b = tokens[:, 0::2], tokens[:, 1::2]
+        scores = (a @ b.mT).max(dim=-1).values  # (B, ceil(R / 2))
+        stay = _published_stay(size, drop)
+        if stay is None or stay + size // 2 < diverse:
+            stay = max((size + 1) // 2 - drop, diverse - size // 2, 0)
         ranked = scores.argsort(dim=-1, descending=True, stable=True)[:, drop : drop + stay]
-        residual = torch.cat([a.gather(1, ranked), rest], dim=-1)
+        residual = torch.cat([residual[:, 0::2].gather(1, ranked), residual[:, 1::2]], dim=-1)
     return torch.cat([kept, residual[:, :diverse]], dim=-1).sort(dim=-1).values
 
 
-def _best_in(gram: Tensor, nearest: Tensor, a: Tensor, rest: Tensor, batch: Tensor) -> Tensor:
-    """``max_{j in rest} S[i, j]`` for every ``i`` in ``a``: ``(B, |a|)``.
+def _published_stay(size: int, drop: int) -> int | None:
+    """How many ``a`` tokens the published round keeps, or None where it raises.
 
-    The first of ``i``'s nearest neighbours that lies in ``rest`` has the largest similarity
-    of all of ``rest`` (every other token is at most as similar as the last neighbour); rows
-    with no neighbour in ``rest`` read their whole Gram row with the columns outside ``rest``
-    at -inf. Exact: the same Gram entries, the same maxima.
+    It indexes the ``ceil(R / 2) - r`` best-to-keep ``a`` tokens with a batch index expanded to
+    ``R // 2 - r`` (``expand(-1)`` keeps size 1), and the two broadcast.
     """
-    b, n = gram.shape[0] // gram.shape[1], gram.shape[1]
-    in_rest = torch.zeros(b, n, dtype=torch.bool, device=gram.device)
-    in_rest[batch, rest] = True
-    rows = (a + batch * n).reshape(-1)  # rows of the flattened (B * N, N) Gram
-    candidates = nearest.reshape(b * n, -1).index_select(0, rows)  # (B * |a|, L)
-    owner = batch.expand_as(a).reshape(-1, 1)
-    hits = in_rest[owner, candidates]
-    first = hits.to(torch.uint8).argmax(dim=-1, keepdim=True)  # the first True (0 when none)
-    best = candidates.gather(1, first).squeeze(-1)
-    scores = gram[rows, best]
-    missed = ~hits.any(dim=-1)
-    if bool(missed.any()):
-        lost = rows[missed]
-        outside = torch.zeros(b, n, dtype=gram.dtype, device=gram.device)
-        outside.masked_fill_(~in_rest, -torch.inf)
-        full = gram.index_select(0, lost).add_(outside[owner[missed, 0]])
-        scores[missed] = full.amax(dim=-1)
-    return scores.view(a.shape)
+    wanted = max((size + 1) // 2 - drop, 0)  # columns of the published sort's tail
+    expanded = size // 2 - drop
+    if expanded == -1:
+        expanded = 1
+    elif expanded < 0:
+        return None
+    if expanded == wanted or expanded == 1:
+        return wanted
+    if wanted == 1:
+        return expanded
+    return None

@@ -353,6 +353,19 @@ class _Pruned:
         self._log("generate_until", all_counts, seconds, generated)
         return results
 
+    def _positions(self, mask: torch.Tensor, steps: int) -> tuple[dict, dict]:
+        """``position_ids`` of the prompt and of the continuation, numbered as ``generate`` does.
+
+        A left-padded prompt row counts from its first real token, as it would alone: a plain
+        forward numbers the padding too, which shifts RoPE's absolute angles and with them
+        what a method reads from rotated keys (DART's key norms). Models that number their
+        positions themselves from the mask (multimodal RoPE: ``get_rope_index``) get none.
+        """
+        if hasattr(getattr(self.model, "model", None), "get_rope_index"):
+            return {}, {}
+        numbered = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        return {"position_ids": numbered[:, :-steps]}, {"position_ids": numbered[:, -steps:]}
+
     @_stops_the_run_on_failure
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """Mean negative log-likelihood of each continuation and whether greedy decoding
@@ -395,14 +408,19 @@ class _Pruned:
                 ids[row, : len(tokens)] = torch.tensor(tokens)
                 mask[row, : len(tokens)] = 1
             ids, mask = ids.to(self.model.device), mask.to(self.model.device)
+            full_mask = torch.cat([inputs["attention_mask"], mask], dim=1)
+            prompt_positions, positions = self._positions(full_mask, ids.shape[1])
             with torch.inference_mode():
-                prefill, first = self._timed(self.model, **inputs, logits_to_keep=1, use_cache=True)
+                prefill, first = self._timed(
+                    self.model, **inputs, **prompt_positions, logits_to_keep=1, use_cache=True
+                )
                 counts = self._counts(inputs, len(batch))
                 rest, second = self._timed(
                     self.model,
                     input_ids=ids,
-                    attention_mask=torch.cat([inputs["attention_mask"], mask], dim=1),
+                    attention_mask=full_mask,
                     use_cache=True,
+                    **positions,
                     **cache_argument(self.model, output_cache(prefill)),
                 )
             seconds += first + second
