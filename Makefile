@@ -24,7 +24,7 @@ PY_VLLM := $(VENV_VLLM)/bin/python
 VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py
 
 .PHONY: install install-oldest install-vllm demo test test-newest test-oldest test-vllm lint \
-	format bench clean
+	format bench clean test-hf-identity
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
@@ -99,8 +99,17 @@ test-oldest: install-oldest
 test-vllm: install-vllm
 	$(PY_VLLM) -m pytest -q $(VLLM_TESTS)
 
+# transformers' own model tests (ModelTesterMixin, from the sdist of the installed transformers,
+# fetched once per version into $(HF_TESTS)) on five families, with visprune.apply(model,
+# "keepall") on every model they build: keepall must pass wherever the unpatched model passes.
+HF_TESTS ?= $(CURDIR)/.transformers-tests
+
+test-hf-identity: install
+	$(PY) tests/hf_identity/fetch_suite.py $(HF_TESTS)
+	VISPRUNE_HF_TESTS=$(HF_TESTS) VISPRUNE_HF_IDENTITY=keepall $(PY) -m pytest -q tests/hf_identity
+
 bench: install
 	$(PY) benchmarks/selection.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) $(HF_TESTS) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
