@@ -9,6 +9,7 @@ sets aside the tests that fail without visprune too.
 
 from __future__ import annotations
 
+import os
 import unittest
 
 import hf_suite
@@ -28,6 +29,12 @@ from transformers import (
     Qwen2_5_VLModel,
 )
 
+if not os.environ.get("VISPRUNE_HF_IDENTITY"):  # minutes of tests: only when asked for
+    pytest.skip(
+        "transformers' model tests with keepall: `make test-hf-identity` "
+        "(or VISPRUNE_HF_IDENTITY=keepall|none pytest tests/hf_identity)",
+        allow_module_level=True,
+    )
 if not hf_suite.available():
     pytest.skip(
         f"transformers' test suite is not fetched ({hf_suite.SUITE}): `make test-hf-identity`",
