@@ -56,7 +56,12 @@ class FamilyTester:
     def get_config(self):
         """A fresh config of the tiny model, with no attention implementation chosen yet."""
         config = _model(self.family).config
-        return type(config).from_dict(config.to_dict())
+        config = type(config).from_dict(config.to_dict())
+        if getattr(config, "vision_feature_layer", None) == -2:
+            # LLaVA's default leaves the last vision layer unused, and the mixin's capture of
+            # chosen layers' hidden states expects every layer to run.
+            config.vision_feature_layer = -1
+        return config
 
     def _inputs(self) -> dict[str, torch.Tensor]:
         return tiny_vlms.inputs(self.family, _model(self.family), video=self.video, batch=BATCH)
