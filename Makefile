@@ -24,7 +24,7 @@ PY_VLLM := $(VENV_VLLM)/bin/python
 VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py
 
 .PHONY: install install-oldest install-vllm demo test test-newest test-oldest test-vllm lint \
-	format bench clean check-transformers
+	format bench clean check-transformers test-hf-identity test-hf-identity-quick
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
@@ -109,8 +109,27 @@ VENV_NEXT ?= .venv-next
 check-transformers: install
 	$(PY) scripts/check_newest_transformers.py --venv $(VENV_NEXT) $(MODEL_TESTS)
 
+# transformers' own model tests (ModelTesterMixin, from the sdist of the installed transformers,
+# fetched once per version into $(HF_TESTS)) on five families, with visprune.apply(model,
+# "keepall") on every model they build: keepall must pass wherever the unpatched model passes.
+# All of it (810 tests) takes ~14 minutes on 2 busy cores; the quick subset (105 tests, ~2
+# minutes) holds at least one test of every way keepall has been seen to differ.
+HF_TESTS ?= $(CURDIR)/.transformers-tests
+HF_IDENTITY_SELECT ?=
+HF_IDENTITY_QUICK := eager_matches_sdpa_inference_09 or inputs_embeds or features_output \
+	or (test_training and not gradient) or problem_types or batching_equivalence or save_load
+
+test-hf-identity: install
+	$(PY) tests/hf_identity/fetch_suite.py $(HF_TESTS)
+	VISPRUNE_HF_TESTS=$(HF_TESTS) VISPRUNE_HF_IDENTITY=keepall $(PY) -m pytest -q tests/hf_identity \
+		$(if $(HF_IDENTITY_SELECT),-k '$(HF_IDENTITY_SELECT)')
+
+test-hf-identity-quick:
+	$(MAKE) test-hf-identity HF_IDENTITY_SELECT='$(HF_IDENTITY_QUICK)'
+
 bench: install
 	$(PY) benchmarks/selection.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) $(VENV_NEXT) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) $(VENV_NEXT) $(HF_TESTS) build dist src/*.egg-info \
+		.pytest_cache .ruff_cache .hypothesis
