@@ -20,11 +20,22 @@ from visprune.methods.otprune import column_normalise, logdet_greedy
 #: pivot order is CPython set order, a host-side decision).
 PER_PIVOT_SYNCS = frozenset({"dart"})
 
+#: Methods whose core runs item by item (DART's published pivot order is decided per item).
+PER_ITEM_SYNCS = frozenset({"dart"})
+
 BUDGETED = [
     pytest.param(
         name, marks=pytest.mark.xfail(strict=True, reason="one host read per claiming pivot")
     )
     if name in PER_PIVOT_SYNCS
+    else name
+    for name in METHOD_NAMES
+    if name not in NO_BUDGET
+]
+
+BATCHED = [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="runs item by item"))
+    if name in PER_ITEM_SYNCS
     else name
     for name in METHOD_NAMES
     if name not in NO_BUDGET
@@ -37,11 +48,11 @@ def device_kernel_path(monkeypatch):
     monkeypatch.setattr(otprune, "LAZY_ROW_DEVICES", frozenset())
 
 
-def host_syncs(name: str, shape: tuple[int, ...], k: int) -> dict[str, int]:
+def host_syncs(name: str, shape: tuple[int, ...], k: int, shared: bool = False) -> dict[str, int]:
     """Host syncs of one ``visprune.select`` call, by op."""
     batch = shape[0] if len(shape) == 3 else None
     tokens = make_tokens(shape, seed=sum(shape))
-    extra = text_kwargs(name, shape[-1], batch, shared=False)
+    extra = text_kwargs(name, shape[-1], batch, shared=shared)
     with DispatchCounts() as counts:
         run(name, tokens, k, **extra)
     return dict(counts.sync_ops)
@@ -56,6 +67,14 @@ def test_no_host_sync_per_pick(name, d):
     ``d = 48`` keeps its Gram form.
     """
     assert host_syncs(name, (64, d), 8) == host_syncs(name, (64, d), 16)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["text-per-item", "shared-text"])
+@pytest.mark.parametrize("name", BATCHED)
+def test_no_host_sync_per_item(name, shared):
+    """The host syncs of a call do not grow with the images (or frames) in the batch."""
+    one = host_syncs(name, (1, 64, 24), 8, shared)
+    assert host_syncs(name, (4, 64, 24), 8, shared) == one
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..functional.cdpruner import conditional_dpp
 from ..registry import METHODS
-from .base import Context, Method, check_finite, per_item, unit_rows
+from .base import Context, Method, check_all_finite, per_item, unit_rows
 
 
 @METHODS.register("cdpruner")
@@ -113,8 +113,9 @@ class CDPruner(Method):
                     f"embeddings of the width of image_embeds), got "
                     f"{getattr(text, 'shape', type(text))}."
                 )
-            check_finite(text.float(), "text_embeds", self.name)
-        return [text.float() for text in texts]
+        texts = [text.float() for text in texts]
+        check_all_finite(texts, "text_embeds", self.name)
+        return texts
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         # r_i cos(x_i, x_j) r_j = w_i (x_i · x_j) w_j with w = r / ‖x‖: one Gram of the raw
