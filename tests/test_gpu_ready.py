@@ -48,14 +48,19 @@ def device_kernel_path(monkeypatch):
     monkeypatch.setattr(otprune, "LAZY_ROW_DEVICES", frozenset())
 
 
-def host_syncs(name: str, shape: tuple[int, ...], k: int, shared: bool = False) -> dict[str, int]:
-    """Host syncs of one ``visprune.select`` call, by op."""
+def counted(name: str, shape: tuple[int, ...], k: int, shared: bool = False) -> DispatchCounts:
+    """The dispatched ops and host syncs of one ``visprune.select`` call."""
     batch = shape[0] if len(shape) == 3 else None
     tokens = make_tokens(shape, seed=sum(shape))
     extra = text_kwargs(name, shape[-1], batch, shared=shared)
     with DispatchCounts() as counts:
         run(name, tokens, k, **extra)
-    return dict(counts.sync_ops)
+    return counts
+
+
+def host_syncs(name: str, shape: tuple[int, ...], k: int, shared: bool = False) -> dict[str, int]:
+    """Host syncs of one ``visprune.select`` call, by op."""
+    return dict(counted(name, shape, k, shared).sync_ops)
 
 
 @pytest.mark.parametrize("d", [12, 48])
@@ -75,6 +80,13 @@ def test_no_host_sync_per_item(name, shared):
     """The host syncs of a call do not grow with the images (or frames) in the batch."""
     one = host_syncs(name, (1, 64, 24), 8, shared)
     assert host_syncs(name, (4, 64, 24), 8, shared) == one
+
+
+@pytest.mark.parametrize("name", BATCHED)
+def test_shared_prompt_ops_do_not_grow_with_frames(name):
+    """Frames sharing one prompt launch the same ops as one frame: the prompt is read once."""
+    one = counted(name, (1, 64, 24), 8, shared=True).ops
+    assert counted(name, (4, 64, 24), 8, shared=True).ops == one
 
 
 @pytest.mark.parametrize("seed", range(6))

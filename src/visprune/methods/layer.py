@@ -47,7 +47,7 @@ def scores_per_item(scores: object, batch: int, n: int, what: str, method: str) 
                 f"token, got {getattr(row, 'shape', type(row))}."
             )
         out.append(row.float())
-    check_all_finite(out, what, method)
+    check_all_finite([scores.float()] if isinstance(scores, Tensor) else out, what, method)
     return out
 
 
