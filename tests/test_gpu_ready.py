@@ -63,6 +63,27 @@ def host_syncs(name: str, shape: tuple[int, ...], k: int, shared: bool = False) 
     return dict(counted(name, shape, k, shared).sync_ops)
 
 
+def test_the_counter_sees_each_kind_of_host_read():
+    """Every way of reading a device value counts once; device-side arithmetic counts none."""
+    x = torch.arange(6.0)
+    reads = [
+        lambda: bool(x[0] > 0),
+        lambda: x.sum().item(),
+        lambda: int(x.argmax()),
+        lambda: x.tolist(),
+        lambda: x.nonzero(),
+        lambda: x[x > 2],
+        lambda: torch.equal(x, x),
+    ]
+    for read in reads:
+        with DispatchCounts() as counts:
+            read()
+        assert counts.syncs == 1, counts.sync_ops
+    with DispatchCounts() as counts:
+        torch.where(x > 2, x, x.neg()).argmax().unsqueeze(0).mul_(2)
+    assert counts.syncs == 0 and counts.ops == 6, counts.ops
+
+
 @pytest.mark.parametrize("d", [12, 48])
 @pytest.mark.parametrize("name", BUDGETED)
 def test_no_host_sync_per_pick(name, d):
