@@ -164,6 +164,22 @@ def check_finite(tensor: Tensor, what: str, method: str) -> None:
         )
 
 
+def check_all_finite(tensors: list[Tensor], what: str, method: str) -> None:
+    """:func:`check_finite` for each of ``tensors``, with one host read for them all.
+
+    Each host read stalls a GPU stream until it drains, so a batch pays one, not one per item.
+    """
+    tensors = [tensor for tensor in tensors if tensor.numel()]
+    if not tensors:
+        return
+    if len({tensor.device for tensor in tensors}) == 1:
+        sums = torch.stack([tensor.sum(dtype=torch.float32) for tensor in tensors])
+        if bool(torch.isfinite(sums.sum())):
+            return
+    for tensor in tensors:  # rare: name the count of the first bad tensor
+        check_finite(tensor, what, method)
+
+
 #: Vision-tower context a method may require, and what it is (for the error messages).
 VISION_NEEDS: dict[str, str] = {
     "cls_attention": (
@@ -324,7 +340,9 @@ class Method:
                     f"{self.name}: text width {text.shape[-1]} differs from the token width "
                     f"{width}; pass the LLM input embeddings of the prompt (the tokens' own space)."
                 )
-            check_finite(text.float(), "text embeddings", self.name)
+        if texts:
+            unique = list({id(text): text.float() for text in texts}.values())
+            check_all_finite(unique, "text embeddings", self.name)
         if ctx.query is not None and "query" in self.uses:
             query = ctx.query
             if not isinstance(query, Tensor) or query.dim() not in (1, 2):
@@ -371,15 +389,40 @@ def power_of_two_scaled(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     survive it), and a no-op for ordinary features. float64 input is scaled before the cast, so
     values beyond the float32 range still work; NaN and inf pass through for the finite check.
     """
-    work = x.double() if x.dtype == torch.float64 else x.float()
-    if work.numel() == 0:
-        return work.float()
-    peak = work.abs().amax(dim=dims, keepdim=True)
-    _, exponent = torch.frexp(torch.where(torch.isfinite(peak), peak, torch.ones_like(peak)))
-    exponent = torch.where(exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent))
-    if not bool(exponent.any()):
-        return work.float()
-    return torch.ldexp(work.double(), -exponent.double()).float()
+    return all_power_of_two_scaled([x], dims)[0]
+
+
+def all_power_of_two_scaled(tensors: list[Tensor], dims: tuple[int, ...]) -> list[Tensor]:
+    """:func:`power_of_two_scaled` for each of ``tensors``, with one host read for them all.
+
+    Each host read stalls a GPU stream until it drains, so a batch of texts pays one, not one
+    per item.
+    """
+    works = [x.double() if x.dtype == torch.float64 else x.float() for x in tensors]
+    exponents = {}
+    for index, work in enumerate(works):
+        if work.numel():
+            peak = work.abs().amax(dim=dims, keepdim=True)
+            finite = torch.where(torch.isfinite(peak), peak, torch.ones_like(peak))
+            _, exponent = torch.frexp(finite)
+            exponents[index] = torch.where(
+                exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent)
+            )
+    if not exponents or not _any_nonzero(list(exponents.values())):
+        return [work.float() for work in works]
+    return [
+        torch.ldexp(work.double(), -exponents[index].double()).float()
+        if index in exponents
+        else work.float()
+        for index, work in enumerate(works)
+    ]
+
+
+def _any_nonzero(tensors: list[Tensor]) -> bool:
+    """Whether any of ``tensors`` is non-zero: one host read where they share a device."""
+    if len({tensor.device for tensor in tensors}) == 1:
+        return bool(torch.stack([tensor.any() for tensor in tensors]).any())
+    return any(bool(tensor.any()) for tensor in tensors)
 
 
 #: Context fields that hold one entry per image (a leading batch dimension for a batch).
@@ -422,7 +465,7 @@ def _scaled_context(ctx: Context) -> Context:
     if isinstance(text, Tensor):
         text = power_of_two_scaled(text, dims=(-2, -1))
     elif text is not None:
-        text = [power_of_two_scaled(t, dims=(-2, -1)) for t in text]
+        text = all_power_of_two_scaled(list(text), dims=(-2, -1))
     query = ctx.query
     if query is not None:
         query = power_of_two_scaled(query, dims=(-1,))

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from ..functional.cdpruner import conditional_dpp
 from ..registry import METHODS
-from .base import Context, Method, check_finite, per_item, unit_rows
+from .base import Context, Method, check_all_finite, per_item, unit_rows
+from .text import once_per_tensor
 
 
 @METHODS.register("cdpruner")
@@ -82,12 +83,14 @@ class CDPruner(Method):
         # matrix-vector product instead of an (n x m) similarity matrix.
         present = torch.tensor([text.shape[0] > 0 for text in texts], device=tokens.device)
         directions = torch.stack(
-            [
-                unit_rows(text.to(tokens.device)).mean(0)
-                if text.shape[0]
-                else embeds.new_zeros(embeds.shape[-1])
-                for text in texts
-            ]
+            once_per_tensor(
+                texts,
+                lambda text: (
+                    unit_rows(text.to(tokens.device)).mean(0)
+                    if text.shape[0]
+                    else embeds.new_zeros(embeds.shape[-1])
+                ),
+            )
         )
         norms = embeds.norm(dim=-1).clamp_min(torch.finfo(embeds.dtype).tiny)
         # Row by row (not a matrix-vector product, whose tail rows round differently), so
@@ -101,7 +104,7 @@ class CDPruner(Method):
 
     def _clip_texts(self, ctx: Context, batch: int, width: int) -> list[Tensor]:
         given = ctx.text_embeds
-        texts = [given] * batch if isinstance(given, Tensor) else list(given)
+        texts = [given.float()] * batch if isinstance(given, Tensor) else list(given)
         if len(texts) != batch:
             raise ValueError(
                 f"{self.name}: text_embeds is a list of {len(texts)} tensors for {batch} images."
@@ -113,8 +116,11 @@ class CDPruner(Method):
                     f"embeddings of the width of image_embeds), got "
                     f"{getattr(text, 'shape', type(text))}."
                 )
-            check_finite(text.float(), "text_embeds", self.name)
-        return [text.float() for text in texts]
+        texts = [text.float() for text in texts]
+        check_all_finite(
+            list({id(text): text for text in texts}.values()), "text_embeds", self.name
+        )
+        return texts
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         # r_i cos(x_i, x_j) r_j = w_i (x_i · x_j) w_j with w = r / ‖x‖: one Gram of the raw

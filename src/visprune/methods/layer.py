@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Context, Method, check_finite
+from .base import Context, Method, check_all_finite
 
 
 def check_layer(method: str, name: str, value: object, low: int = 1) -> None:
@@ -46,9 +46,8 @@ def scores_per_item(scores: object, batch: int, n: int, what: str, method: str) 
                 f"{method}: each row of {what} must be a tensor of shape ({n},), one score per "
                 f"token, got {getattr(row, 'shape', type(row))}."
             )
-        row = row.float()
-        check_finite(row, what, method)
-        out.append(row)
+        out.append(row.float())
+    check_all_finite([scores.float()] if isinstance(scores, Tensor) else out, what, method)
     return out
 
 

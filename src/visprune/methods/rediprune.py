@@ -16,6 +16,7 @@ from torch import Tensor
 from ..registry import METHODS
 from .base import Context, Method, check_finite, check_param, unit_rows
 from .divprune import cosine_distance, max_min_greedy
+from .text import once_per_tensor
 
 #: At most this many prompt tokens (the last ones) form the query, as published.
 MAX_QUERY_TOKENS = 128
@@ -135,7 +136,7 @@ class ReDiPrune(Method):
         else:
             texts = ctx.texts_for(batch, self.name)
             assert texts is not None  # guaranteed by Method._check_context
-            query = torch.stack([pool_text_query(text) for text in texts])
+            query = torch.stack(once_per_tensor(texts, pool_text_query))
         query = match_query_width(query.float(), width)
         # Pooling and width matching can overflow float32 on extreme (finite) embeddings.
         check_finite(query, "pooled text query", self.name)

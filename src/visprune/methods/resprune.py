@@ -136,14 +136,15 @@ class ResPrune(Method):
         picks = torch.empty(b, k, dtype=torch.long, device=tokens.device)
         fill_order = prior.clone()  # -inf once taken: the fill order of what is left
         exhausted = torch.zeros(b, dtype=torch.bool, device=tokens.device)
+        # Exhausted items are handled by masks, never by Python branches on their count: on a GPU
+        # reading that count would stall the stream once per pick. A frozen item's update is a
+        # zero row, which changes nothing it still uses.
         for step in range(k):
             best_score, pick = state.scores.max(dim=-1)  # ties: the lowest index
             exhausted |= best_score <= threshold
-            stopped = int(exhausted.sum())
-            if stopped:
-                pick = torch.where(exhausted, fill_order.argmax(dim=-1), pick)
+            pick = torch.where(exhausted, fill_order.argmax(dim=-1), pick)
             picks[:, step] = pick
             fill_order[batch, pick] = -torch.inf
-            if step < k - 1 and stopped < b:
-                state.update(pick, best_score, ~exhausted if stopped else None)
+            if step < k - 1:
+                state.update(pick, best_score, ~exhausted)
         return picks

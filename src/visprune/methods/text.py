@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -23,9 +25,23 @@ def mean_text_direction(
     texts = ctx.texts_for(batch, method)
     if texts is None:
         return None
-    means, present = [], []
-    for text in texts:
+
+    def mean(text: Tensor) -> Tensor:
         unit = unit_rows(text.float())
-        means.append(unit.mean(0) if text.shape[0] else unit.new_zeros(width))
-        present.append(text.shape[0] > 0)
-    return torch.stack(means), torch.tensor(present)
+        return unit.mean(0) if text.shape[0] else unit.new_zeros(width)
+
+    means = once_per_tensor(texts, mean)
+    return torch.stack(means), torch.tensor([text.shape[0] > 0 for text in texts])
+
+
+def once_per_tensor(texts: list[Tensor], function: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """``[function(text) for text in texts]``, computed once per distinct tensor.
+
+    A prompt shared by a batch (video frames) is one tensor repeated: its work, and its kernel
+    launches on a GPU, do not grow with the frames.
+    """
+    done: dict[int, Tensor] = {}
+    for text in texts:
+        if id(text) not in done:
+            done[id(text)] = function(text)
+    return [done[id(text)] for text in texts]
