@@ -76,10 +76,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
-# Measured on an idle 2-core CPU: about 3 minutes for both demos, plus the install;
-# `visprune demo --quick` takes about 40 s.
+# Measured on an idle 2-core CPU: about 1 minute for both demos, plus the install (about 1
+# minute from a fresh clone); `visprune demo --quick` takes about 10 s.
 demo: $(VENV)/.installed
-	@echo "make demo: the image, then the video demo model, about 3 minutes on an idle 2-core CPU (visprune demo --quick: about 40 s)"
+	@echo "make demo: the image, then the video demo model, about 1 minute on an idle 2-core CPU (visprune demo --quick: about 10 s)"
 	$(VENV)/bin/visprune demo
 	$(VENV)/bin/visprune demo --video
 
