@@ -27,6 +27,7 @@ def test_methods_lists_every_method_with_stage_and_parameters(capsys):
         ("visionzip", "vision CLS attention, vision keys"),
         ("fastv", "LLM attention rows"),
         ("pdrop", "LLM attention rows"),
+        ("dart", "LLM key norms; optional: prompt text"),
         ("divprune", "tokens only"),
         ("cdpruner", "prompt text"),
         ("resprune", "optional: prompt text"),

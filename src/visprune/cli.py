@@ -25,12 +25,16 @@ NEEDS = {
     "scores": "LLM attention rows",
 }
 
+#: In-LLM methods read ``scores`` of the kind their ``signal`` names.
+SCORE_SIGNALS = {"attention": "LLM attention rows", "keys": "LLM key norms"}
+
 
 def _needs(cls: type) -> str:
     """What ``cls`` reads besides the visual tokens: its ``requires`` (needed) and the rest of
     its ``uses`` (read when given), e.g. ``prompt text; optional: text query``."""
-    needed = [NEEDS.get(name, name) for name in sorted(cls.requires)]
-    optional = [NEEDS.get(name, name) for name in sorted(cls.uses - cls.requires)]
+    names = dict(NEEDS, scores=SCORE_SIGNALS.get(getattr(cls, "signal", None), NEEDS["scores"]))
+    needed = [names.get(name, name) for name in sorted(cls.requires)]
+    optional = [names.get(name, name) for name in sorted(cls.uses - cls.requires)]
     parts = [", ".join(needed)] if needed else []
     if optional:
         parts.append("optional: " + ", ".join(optional))
