@@ -193,3 +193,27 @@ def assert_valid_indices(indices: Tensor, n: int, k: int) -> None:
 def method_name(request: pytest.FixtureRequest) -> str:
     """Each registered method name in turn."""
     return request.param
+
+
+def refused(main, argv, capsys) -> str:
+    """Run the command line ``main(argv)``: it must exit with status 2 and an error line, no
+    traceback. Returns what it wrote to stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def spy_positions(monkeypatch, module) -> list:
+    """Record the ``positions`` option of every ``module.apply(...)`` call (still applied)."""
+    seen = []
+    original_apply = module.apply
+
+    def spy(model, method, **kwargs):
+        seen.append(kwargs.get("positions"))
+        return original_apply(model, method, **kwargs)
+
+    monkeypatch.setattr(module, "apply", spy)
+    return seen

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import visprune
+from conftest import spy_positions
 from tiny_vlms import GENERATE, SPECIAL, inputs, tiny
 from visprune import cli
 from visprune.bench import BenchResult, Stat, measure
@@ -236,14 +237,7 @@ def test_merging_method_counts_its_new_tokens_and_times_reduce():
 def test_measure_passes_positions_to_apply(monkeypatch):
     from visprune import api
 
-    seen = []
-    original_apply = api.apply
-
-    def spy(model, method, **kwargs):
-        seen.append(kwargs.get("positions"))
-        return original_apply(model, method, **kwargs)
-
-    monkeypatch.setattr(api, "apply", spy)
+    seen = spy_positions(monkeypatch, api)
     model = tiny("llava")
     measure(model, inputs("llava", model), "divprune", 0.5, positions="original", **FAST)
     assert seen == ["original"]

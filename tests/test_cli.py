@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import visprune
+from conftest import refused
 from visprune.cli import build_parser, main
 
 
@@ -62,13 +63,7 @@ def test_module_entry_point_runs():
 
 
 def _refused(argv, capsys) -> str:
-    """Run ``argv``; it must exit with status 2 and one error line, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+    return refused(main, argv, capsys)
 
 
 GENERATE = ["generate", "--image", "q.png", "--prompt", "x", "--model"]

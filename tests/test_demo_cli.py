@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import visprune
+from conftest import refused, spy_positions
 from tiny_vlms import tiny_demo_model
 from visprune.cli import main
 from visprune.demo import model as demo_model
@@ -141,14 +142,7 @@ def test_generate_rejects_bad_arguments(checkpoint, tmp_path, capsys, argv, mess
 
 
 def test_demo_positions_option_reaches_the_adapter(checkpoint, tmp_path, monkeypatch):
-    seen = []
-    original_apply = visprune.apply
-
-    def spy(model, method, **kwargs):
-        seen.append(kwargs.get("positions"))
-        return original_apply(model, method, **kwargs)
-
-    monkeypatch.setattr(visprune, "apply", spy)
+    seen = spy_positions(monkeypatch, visprune)
     out = tmp_path / "results"
     argv = ["demo", "--quick", "--model", str(checkpoint), "--out", str(out)]
     assert main([*argv, "--positions", "original"]) == 0
@@ -216,13 +210,7 @@ VIDEO_CHECKPOINT = Path(visprune.__file__).parent / "demo" / "video_checkpoint"
 
 
 def _refused(argv, capsys) -> str:
-    """``argv`` exits with status 2 and an error line, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+    return refused(main, argv, capsys)
 
 
 def test_demo_refuses_a_checkpoint_of_the_other_kind(checkpoint, tmp_path, capsys):
@@ -263,14 +251,7 @@ def _generate(checkpoint, tmp_path, *options) -> list[str]:
 def test_generate_positions_reach_apply(checkpoint, tmp_path, monkeypatch):
     from visprune import api
 
-    seen = []
-    original_apply = api.apply
-
-    def spy(model, method, **kwargs):
-        seen.append(kwargs.get("positions"))
-        return original_apply(model, method, **kwargs)
-
-    monkeypatch.setattr(api, "apply", spy)
+    seen = spy_positions(monkeypatch, api)
     argv = _generate(checkpoint, tmp_path, "--method", "divprune", "--budget", "8")
     assert main([*argv, "--positions", "original"]) == 0
     assert seen == ["original"]
