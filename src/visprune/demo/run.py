@@ -138,44 +138,75 @@ def overlays(
     methods: Sequence[str] | None = None,
     positions: str = "compact",
 ) -> Path:
-    """One picture: a row per test example, a column per method (kept patches bright)."""
+    """One picture: a column per test question (headed by the question and its right answer), a
+    row per method (unpruned first), each panel the image enlarged 3 times with the dropped
+    tokens masked, framed and captioned by the model's answer, right or wrong."""
     import torch
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     import visprune
-    from visprune.viz import overlay
+    from visprune.viz import (
+        MASK_NOTE,
+        Panel,
+        answer_line,
+        budget_text,
+        frame_colour,
+        overlay,
+        table,
+    )
+    from visprune.viz.text import BLACK, GREY
 
     from .train import Encoder, prompt_batch
 
     model, processor = demo_model.load(model_dir or bundled_checkpoint())
     encoder = Encoder(processor.tokenizer)
+    words = {i: w for w, i in encoder.vocab.items()}
     chosen = list(methods or _methods())
     picks = task.make_split(seed, "test", examples)
-    scale, label = 3, 14
-    cell = task.IMAGE_SIZE * scale
-    sheet = Image.new("RGB", (cell * (len(chosen) + 1), (cell + label) * examples), "white")
-    draw = ImageDraw.Draw(sheet)
-    for column, method in enumerate(["image", *chosen]):
-        kept = None
-        if method != "image":
-            with (
-                visprune.apply(
-                    model, method, budget=budget, positions=_positions(method, positions)
-                ) as handle,
-                torch.no_grad(),
-            ):
-                model(**prompt_batch(picks, encoder), logits_to_keep=1)
-                kept = handle.selections
-        for row, sample in enumerate(picks):
-            image = Image.fromarray(sample.image).resize((cell, cell), Image.NEAREST)
-            if kept is not None:
-                image = overlay(image, kept[row], grid=(task.GRID, task.GRID))
-            top = row * (cell + label)
-            sheet.paste(image, (column * cell, top + label))
-            text = sample.question if method == "image" else method
-            draw.text((column * cell + 2, top), text[: cell // 6], fill="black")
+    scale = 3  # 64 px images at 192 px: each token's 8 px patch shows as 24 px
+    images = [
+        Image.fromarray(s.image).resize((task.IMAGE_SIZE * scale,) * 2, Image.NEAREST)
+        for s in picks
+    ]
+    panels, heads = [], []
+    for method in ["unpruned", *chosen]:
+        handle = None
+        if method != "unpruned":
+            handle = visprune.apply(
+                model, method, budget=budget, positions=_positions(method, positions)
+            )
+        try:
+            with torch.no_grad():
+                logits = model(**prompt_batch(picks, encoder), logits_to_keep=1).logits
+            kept = handle.selections if handle else None
+            tokens = handle.method.num_keep(task.NUM_CELLS) if handle else task.NUM_CELLS
+        finally:
+            if handle is not None:
+                handle.remove()
+        answers = [words[int(t)] for t in logits[:, -1].argmax(-1)]
+        heads.append([(method, BLACK), (budget_text(tokens, task.NUM_CELLS), GREY)])
+        panels.append(
+            [
+                Panel(
+                    image if kept is None else overlay(image, kept[i], grid=(task.GRID,) * 2),
+                    [answer_line(answers[i], sample.answer, prefix="")],
+                    frame_colour(answers[i], sample.answer),
+                )
+                for i, (image, sample) in enumerate(zip(images, picks, strict=True))
+            ]
+        )
+    title = [
+        (
+            f"visprune demo: the tokens each method keeps at {100 * budget:.0f} % of the "
+            f"{task.NUM_CELLS} per image, and the model's answer (frame and words: right or wrong)",
+            BLACK,
+        ),
+        (MASK_NOTE, GREY),
+    ]
+    columns = [[(f"Q: {s.question}", BLACK), (f"right answer: {s.answer}", GREY)] for s in picks]
+    sheet = table(panels, title=title, column_heads=columns, row_heads=heads)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    sheet.picture.save(path)
     return path
 
 

@@ -147,59 +147,64 @@ def frames_picture(
     methods: Sequence[str] | None = None,
     positions: str = "compact",
 ) -> Path:
-    """Frames x kept tokens: per question type one test clip, a row per method (kept patches
-    bright), a column per frame; the first row shows the clip with the answer's cells outlined."""
+    """Frames x kept tokens: per question type one test clip, its question and right answer
+    above its frames as numbered tiles; a row per method (unpruned first, with the answer's
+    cells outlined), the dropped tokens masked, the model's answer (right or wrong) at its head."""
     import torch
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     import visprune
-    from visprune.viz import overlay
+    from visprune.viz import FramesRun, frames_sheet, stack
+    from visprune.viz.text import BLACK
 
     from . import video_model
     from .video_train import VideoEncoder, prompt_batch
 
     model, tokenizer = video_model.load(model_dir or bundled_checkpoint())
     encoder = VideoEncoder(tokenizer)
+    words = {i: w for w, i in encoder.vocab.items()}
     chosen = list(methods or video_methods()[0])
     clips = [video_task.make_clip(seed, "test", i) for i in range(len(video_task.QUESTION_TYPES))]
-    kept: dict[str, dict[tuple[int, int], object]] = {}
-    for method in chosen:
-        with (
-            visprune.apply(
+    runs: list[list[FramesRun]] = [[] for _ in clips]
+    for method in ["unpruned", *chosen]:
+        handle = None
+        if method != "unpruned":
+            handle = visprune.apply(
                 model, method, budget=budget, positions=_positions(method, positions)
-            ) as handle,
-            torch.no_grad(),
-        ):
-            model(**prompt_batch(clips, encoder), logits_to_keep=1)
-            kept[method] = {(s.sample, s.frame): s for s in handle.selections}
-    scale, label, title = 3, 96, 14
-    size = video_task.FRAME_SIZE * scale
-    rows_per_clip = 1 + len(chosen)
-    block = title + size * rows_per_clip
-    sheet = Image.new("RGB", (label + size * video_task.FRAMES, block * len(clips)), "white")
-    draw = ImageDraw.Draw(sheet)
-    patch = video_task.task.PATCH * scale
-    for c, clip in enumerate(clips):
-        top = c * block
-        draw.text((2, top + 1), f"{clip.question} -> {clip.answer}", fill="black")
-        for r, method in enumerate(["clip", *chosen]):
-            y = top + title + r * size
-            draw.text((2, y + size // 2 - 6), method[:15], fill="black")
-            for f in range(video_task.FRAMES):
-                frame = Image.fromarray(clip.frames[f]).resize((size, size), Image.NEAREST)
-                if method != "clip":
-                    frame = overlay(frame, kept[method][(c, f)], grid=(video_task.GRID,) * 2)
-                x = label + f * size
-                sheet.paste(frame, (x, y))
-                if method == "clip":
-                    for tf, cell in clip.targets:
-                        if tf == f:
-                            row, col = divmod(cell, video_task.GRID)
-                            box = [x + col * patch, y + row * patch]
-                            box += [box[0] + patch - 1, box[1] + patch - 1]
-                            draw.rectangle(box, outline=(255, 0, 0), width=2)
+            )
+        try:
+            with torch.no_grad():
+                logits = model(**prompt_batch(clips, encoder), logits_to_keep=1).logits
+            kept = {(s.sample, s.frame): s for s in handle.selections} if handle else None
+            tokens = handle.method.num_keep(video_task.CELLS) if handle else None
+        finally:
+            if handle is not None:
+                handle.remove()
+        for c, token in enumerate(logits[:, -1].argmax(-1).tolist()):
+            frames = None if kept is None else [kept[(c, f)] for f in range(video_task.FRAMES)]
+            runs[c].append(FramesRun(method, frames, words[token], tokens))
+    header = [
+        (
+            f"visprune demo --video: the tokens each method keeps at {100 * budget:.0f} % of the "
+            f"{video_task.CELLS} per frame, and the model's answer",
+            BLACK,
+        )
+    ]
+    sheets = [
+        frames_sheet(
+            [Image.fromarray(frame) for frame in clip.frames],
+            runs[c],
+            question=clip.question,
+            expected=clip.answer,
+            grid=(video_task.GRID,) * 2,
+            targets=clip.targets,
+            title=header if c == 0 else (),
+            notes=c == 0,
+        ).picture
+        for c, clip in enumerate(clips)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    stack(sheets).save(path)
     return path
 
 
