@@ -131,7 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--max-new-tokens", type=_positive(1), default=32, help="longest answer, in tokens"
     )
-    generate.add_argument("--viz", default=None, metavar="PNG", help="save the kept-token overlay")
+    generate.add_argument(
+        "--viz",
+        default=None,
+        metavar="PNG",
+        help="save the kept-token picture: the view the model saw with the dropped tokens "
+        "masked, the prompt, method, budget and answer",
+    )
+    generate.add_argument(
+        "--expected",
+        default=None,
+        metavar="ANSWER",
+        help="the right answer: the --viz picture marks the model's answer right or wrong",
+    )
     return parser
 
 
@@ -257,6 +269,8 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(str(error).strip("'\""))
     elif args.budget is not None or params or args.viz or args.positions:
         parser.error("--budget, --param, --positions and --viz need --method")
+    if args.expected is not None and not args.viz:
+        parser.error("--expected marks the answer in the --viz picture; add --viz PNG")
     try:
         model, processor = _load(args.model, args.device)
     except (OSError, ValueError) as error:
@@ -291,11 +305,18 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if selections:
         print(f"[{args.method}] {_kept_summary(selections)}", file=sys.stderr)
     if args.viz:
-        from .viz import model_view, overlay, readable
+        from .viz import kept_picture, model_view
 
-        seen = readable(model_view(processor, image))
-        overlay(seen, selections[0]).save(args.viz)
-        print(f"overlay written to {args.viz}", file=sys.stderr)
+        picture = kept_picture(
+            model_view(processor, image),
+            selections[0],
+            question=args.prompt,
+            method=args.method,
+            answer=answer.strip(),
+            expected=args.expected,
+        )
+        picture.save(args.viz)
+        print(f"kept-token picture written to {args.viz}", file=sys.stderr)
     return 0
 
 
