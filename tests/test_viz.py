@@ -153,6 +153,29 @@ def test_model_view_crops_only_where_the_processor_centre_crops():
     # Qwen-VL: "shortest_edge" is a pixel count and nothing is cropped
     qwen = SimpleNamespace(size={"shortest_edge": 3136, "longest_edge": 12845056}, crop_size=None)
     assert model_view(qwen, photo).size == (600, 100)
+    # Gemma 3: squeezed to a fixed size, nothing cropped
+    gemma = SimpleNamespace(size={"height": 40, "width": 40}, do_resize=True)
+    assert model_view(gemma, photo).size == (40, 40)
+
+
+def test_model_view_pads_to_a_square_where_llava_pads():
+    from types import SimpleNamespace
+
+    from visprune.viz import model_view
+
+    photo = Image.new("RGB", (60, 20), (0, 0, 255))
+    llava = SimpleNamespace(
+        size={"shortest_edge": 30},
+        crop_size={"height": 30, "width": 30},
+        do_center_crop=True,
+        do_pad=True,
+        pad_to_square=None,
+        image_mean=(0.5, 0.5, 0.5),
+    )
+    view = model_view(llava, photo)
+    assert view.size == (30, 30)
+    assert view.getpixel((15, 1)) == (127, 127, 127)  # the mean-colour padding above
+    assert view.getpixel((15, 15)) == (0, 0, 255) and view.getpixel((0, 15)) == (0, 0, 255)
 
 
 @pytest.mark.parametrize(
