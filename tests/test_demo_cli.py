@@ -138,6 +138,23 @@ def test_generate_viz_marks_the_answer_against_the_expected_one(checkpoint, tmp_
     assert not (pixels == RIGHT).all(-1).any()
 
 
+def test_generate_says_when_it_cannot_draw_the_picture(checkpoint, tmp_path, monkeypatch, capsys):
+    import visprune.viz
+
+    def no_grid(*args, **kwargs):
+        raise ValueError("this selection has no single token grid (anyres tiles)")
+
+    monkeypatch.setattr(visprune.viz, "kept_picture", no_grid)
+    Image.new("RGB", (64, 64)).save(tmp_path / "q.png")
+    argv = ["generate", "--model", str(checkpoint), "--image", str(tmp_path / "q.png")]
+    argv += ["--prompt", "x", "--method", "random", "--budget", "8", "--viz", "kept.png"]
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--max-new-tokens", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no --viz picture: this selection has no single token grid" in err
+    assert "Traceback" not in err and not (tmp_path / "kept.png").exists()
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

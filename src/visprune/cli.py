@@ -307,14 +307,18 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.viz:
         from .viz import kept_picture, model_view
 
-        picture = kept_picture(
-            model_view(processor, image),
-            selections[0],
-            question=args.prompt,
-            method=args.method,
-            answer=answer.strip(),
-            expected=args.expected,
-        )
+        try:
+            picture = kept_picture(
+                model_view(processor, image),
+                selections[0],
+                question=args.prompt,
+                method=args.method,
+                answer=answer.strip(),
+                expected=args.expected,
+            )
+        except ValueError as error:  # e.g. LLaVA-NeXT's tiles: no single grid to draw on
+            print(f"no --viz picture: {first_line(error)}", file=sys.stderr)
+            return 1
         picture.save(args.viz)
         print(f"kept-token picture written to {args.viz}", file=sys.stderr)
     return 0
