@@ -185,6 +185,15 @@ class _Pruned:
         self.hf_processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         logger.info(f"visprune: {self.visprune_method!r} on {type(self.model).__name__}")
 
+    #: lmms-eval ends every evaluation with ``clean()``, which deletes the model (to free memory
+    #: for a judge model); while this is True the model stays, so a sweep evaluates again on the
+    #: same load.
+    keep_model_loaded = False
+
+    def clean(self) -> None:
+        if not self.keep_model_loaded:
+            super().clean()
+
     def use(self, method: str | visprune.Method, **options: Any) -> None:
         """Run ``method`` from now on instead of the current one, on the loaded model: a sweep
         evaluates many methods with one load. ``options`` are :func:`visprune.apply`'s

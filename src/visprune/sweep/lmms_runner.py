@@ -138,6 +138,7 @@ class LmmsEvalRunner:
             self._wrapper = cls.create_from_arg_string(
                 f"pretrained={self.model},method=keepall", {"batch_size": self.batch_size}
             )
+            self._wrapper.keep_model_loaded = True  # one load for every configuration
         return self._wrapper
 
     def run(self, configuration: Configuration) -> dict[str, Any]:
