@@ -406,6 +406,9 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> in
     if args.model is not None:
         check_demo_checkpoint(parser, args.model, args.video)
     check_output_folder(parser, "--out", args.out)
+    from .sweep.command import check_matplotlib
+
+    check_matplotlib(parser)  # the demo draws the sweep's plots
     if not args.quick:
         print(f"visprune demo: {DEMO_TIMES}", file=sys.stderr)
     try:

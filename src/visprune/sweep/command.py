@@ -57,7 +57,7 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_matplotlib(parser: argparse.ArgumentParser) -> None:
+def check_matplotlib(parser: argparse.ArgumentParser) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -68,7 +68,7 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str
     """Check, run what is not recorded yet, render; 0 on success."""
     from .run import execute, prepare, render
 
-    _check_matplotlib(parser)
+    check_matplotlib(parser)
     check_output_folder(parser, "--out", args.out)
     if args.render_only:
         try:

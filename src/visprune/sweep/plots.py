@@ -20,8 +20,11 @@ from typing import Any
 from .grid import UNPRUNED
 from .table import by_task, caption, is_share
 
-#: Okabe & Ito (2008), "Color Universal Design": the seven colours besides black.
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442")
+#: Okabe & Ito (2008), "Color Universal Design": six of its colours (black is the reference,
+#: yellow too faint on white).
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
+#: Line styles of the first, second ... round through the colours (dashed is for baselines).
+ROUNDS = ("-", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*", "d")
 #: Baselines that select without looking at the image: drawn dashed, in greys.
 BASELINES = {"random": "#555555", "uniform": "#999999"}
@@ -69,7 +72,8 @@ def styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
         if method in BASELINES:
             style = {"color": BASELINES[method], "linestyle": "--"}
         else:
-            style = {"color": OKABE_ITO[colour % len(OKABE_ITO)], "linestyle": "-"}
+            round_ = ROUNDS[colour // len(OKABE_ITO) % len(ROUNDS)]
+            style = {"color": OKABE_ITO[colour % len(OKABE_ITO)], "linestyle": round_}
             colour += 1
         chosen[name] = {**style, "marker": MARKERS[i % len(MARKERS)]}
     return chosen

@@ -111,7 +111,7 @@ def append(folder: str | Path, record: dict[str, Any]) -> None:
     path = Path(folder) / RESULTS
     _drop_partial_line(path)
     with path.open("a") as file:
-        file.write(json.dumps(record, sort_keys=True) + "\n")
+        file.write(json.dumps(record) + "\n")  # metrics keep their order
         file.flush()
         os.fsync(file.fileno())
 

@@ -55,7 +55,18 @@ def caption(records: Sequence[dict[str, Any]], task: str | None = None) -> str:
 
 
 def render(records: Sequence[dict[str, Any]], command: str | None = None) -> str:
-    """The markdown of ``results.md``.
+    """The markdown of ``results.md``: the command, the versions, then :func:`tables`."""
+    lines = ["# visprune sweep", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    if records:
+        versions = records[-1]["versions"]
+        lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+    return "\n".join(lines) + "\n" + tables(records)
+
+
+def tables(records: Sequence[dict[str, Any]]) -> str:
+    """One markdown table per task.
 
     Per task: method, budget (a count or a share of each image's tokens), positions, the visual
     tokens the language model received per prompt (mean, of how many unpruned), the exact
@@ -63,12 +74,7 @@ def render(records: Sequence[dict[str, Any]], command: str | None = None) -> str
     shown: on a small model it is mostly fixed costs and noise; ``seconds`` stays in the
     records.
     """
-    lines = ["# visprune sweep", ""]
-    if command:
-        lines += [f"Command: `{command}`", ""]
-    if records:
-        versions = records[-1]["versions"]
-        lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+    lines: list[str] = []
     for task, rows in by_task(records).items():
         names = metric_names(rows)
         shares = {name: is_share(rows, name) for name in names}
