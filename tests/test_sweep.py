@@ -142,7 +142,7 @@ def test_a_finished_sweep_re_renders_without_loading_a_model(finished, monkeypat
     assert (finished / records.RESULTS).read_text() == before
 
 
-def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
+def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     ran: list[str] = []
     original = demo_runner.DemoRunner.run
@@ -154,8 +154,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
         return original(self, configuration)
 
     monkeypatch.setattr(demo_runner.DemoRunner, "run", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        sweep(out)
+    assert sweep(out) == 130  # Ctrl-C: what to do next, no traceback
+    assert "run the same command to resume" in capsys.readouterr().err
     assert len(records.load(out)) == 3
     # a kill in the middle of writing the fourth record leaves a partial line
     with (out / records.RESULTS).open("a") as file:

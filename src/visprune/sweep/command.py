@@ -82,7 +82,16 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str
         sweep = prepare(**_plan_arguments(parser, args), out=args.out, command=command)
     except ValueError as error:
         parser.error(str(error))
-    records = execute(sweep, log=lambda line: print(line, file=sys.stderr))
+    try:
+        records = execute(sweep, log=lambda line: print(line, file=sys.stderr))
+    except KeyboardInterrupt:
+        done = len(store.load(sweep.out))
+        print(
+            f"visprune sweep: interrupted; {done} configurations are in "
+            f"{sweep.out / store.RESULTS}; run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     paths = render(records, args.out, command)
     print(
         "wrote " + ", ".join(str(p) for p in [sweep.out / store.RESULTS, *paths]), file=sys.stderr
