@@ -141,6 +141,8 @@ def _metric_label(metric: str, share: bool) -> str:
 def accuracy_vs_tokens(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Draw ``accuracy_vs_tokens.png`` from sweep records; returns its path."""
     plt = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     panels = _panels(records)
     several, names, style = _series(records)
     figure, axes = _figure(plt, len(panels), "Accuracy against visual tokens kept")
@@ -172,6 +174,7 @@ def accuracy_vs_tokens(records: Sequence[dict[str, Any]], path: str | Path) -> P
         ax.set_ylabel(_metric_label(metric, share))
         ax.grid(True, color="#dddddd", linewidth=0.6)
         ax.set_xlim(left=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tokens come whole
     return _finish(figure, axes, records, Path(path))
 
 
