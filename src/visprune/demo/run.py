@@ -132,7 +132,7 @@ def sweep_demo(
     records = execute(sweep)
     text = sweep_table.tables(records) + "\n" + footer
     log(f"{note}\n\n{text}")  # printed before anything is written, so a failed write never loses it
-    render(records, out, command)
+    render(records, out, command, table=False)  # the plots; the table is the demo's own
     header = f"# {heading}\n\n" + (f"Command: `{command}`\n\n" if command else "")
     header += f"Machine: {machine_description()}\n\n{note}\n\n"
     (out / results_name).write_text(header + text)

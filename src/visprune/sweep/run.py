@@ -188,16 +188,24 @@ def _record(configuration: Configuration, result: dict[str, Any], runner: Any) -
 
 
 def render(
-    records: Sequence[dict[str, Any]], out: str | Path, command: str | None = None
+    records: Sequence[dict[str, Any]],
+    out: str | Path,
+    command: str | None = None,
+    *,
+    table: bool = True,
 ) -> list[Path]:
-    """Write ``results.md`` and both plots from ``records`` (the last record of each
-    configuration); returns the paths written."""
-    from . import plots, table
+    """Write ``results.md`` (unless ``table`` is False) and both plots from ``records`` (the
+    last record of each configuration); returns the paths written."""
+    from . import plots
+    from . import table as tables
 
     if not records:
         raise ValueError(f"{Path(out) / store.RESULTS} holds no records to render; run the sweep")
     latest = list(store.latest(records).values())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(table.render(latest, command))
-    return [out / "results.md", *plots.draw(latest, out)]
+    written = []
+    if table:
+        (out / "results.md").write_text(tables.render(latest, command))
+        written.append(out / "results.md")
+    return [*written, *plots.draw(latest, out)]
