@@ -70,10 +70,11 @@ $(VENV_VLLM)/.installed-test: pyproject.toml constraints.txt
 
 install-vllm: $(VENV_VLLM)/.installed-test
 
-# The demo needs only the package itself (its bundled model ships inside it).
+# The demo needs only the package itself (its bundled model ships inside it) and matplotlib
+# for its plots.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
+	$(PIP) -e '.[plot]'
 	touch $@
 
 # Measured on an idle 2-core CPU: about 1 minute for both demos, plus the install (about 1

@@ -34,9 +34,14 @@ def test_demo_quick_runs_every_method_and_writes_results(checkpoint, tmp_path, c
     assert "Machine: " in table
     for method in ["unpruned", *(m for m in visprune.list_methods() if m != "keepall")]:
         assert f"| {method} |" in table
-    assert "| 7 |" in table  # 11.1 % of the 64 visual tokens
+    assert "| 7 of 64 |" in table  # 11.1 % of the 64 visual tokens
+    assert "prefill time" not in table and "prefill FLOPs" in table
     with Image.open(out / "overlays.png") as picture:  # 2 questions x (unpruned + methods)
         assert picture.height > picture.width > 2 * 3 * task.IMAGE_SIZE
+    for name in ("accuracy_vs_tokens.png", "accuracy_vs_flops.png"):  # the sweep's plots
+        with Image.open(out / name) as picture:
+            assert picture.format == "PNG"
+    assert (out / "results.jsonl").is_file()
     assert "visual tokens" in capsys.readouterr().out
 
 

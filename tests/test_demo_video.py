@@ -151,8 +151,11 @@ def test_demo_video_quick_writes_table_and_frames_picture(untrained, tmp_path, c
     results = (out / "video_results.md").read_text()
     for method in ("unpruned", "divprune", "fastv", "rediprune"):
         assert f"| {method} |" in results and f"| {method} |" in printed
-    assert "| appeared | moved | last |" in results
-    assert "| rediprune | 11.1% | 2 |" in results  # tokens per frame at 11 %
+    types = " | ".join(f"accuracy/{t} (%)" for t in video_task.QUESTION_TYPES)
+    assert f"| accuracy (%) | {types} |" in results
+    kept = 2 * video_task.FRAMES  # 11 % of each frame's 16 tokens: 2 per frame
+    assert f"| rediprune | 11.1% | compact | {kept} of {video_task.NUM_TOKENS} |" in results
+    assert (out / "accuracy_vs_flops.png").is_file()
     picture = Image.open(out / "video_frames.png")  # 3 clips of (unpruned + methods) x frames
     scale = 3 * video_task.FRAME_SIZE
     assert picture.width > video_task.FRAMES * (scale + 8)

@@ -120,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="compact",
         help="position ids of the kept tokens (visprune.apply's option)",
     )
+    sweep = command(
+        "sweep",
+        help="accuracy of methods x budgets on a model and tasks, with plots (resumable)",
+        description="Evaluate a model unpruned and with each method at each budget, on the "
+        "bundled demo task or on lmms-eval tasks; results.jsonl grows as each configuration "
+        "finishes (an interrupted sweep resumes), then results.md, accuracy_vs_tokens.png and "
+        "accuracy_vs_flops.png are drawn from it.",
+    )
+    from .sweep.command import add_arguments as sweep_arguments
+
+    sweep_arguments(sweep)
     generate = command(
         "generate",
         help="answer a prompt about an image, optionally pruned, with a kept-token picture",
@@ -399,7 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(command, args)
     if args.command == "generate":
         return _generate(command, args)
+    if args.command == "sweep":
+        from .sweep.command import main as sweep_main
+
+        return sweep_main(command, args, _command_line(argv))
     return _demo(command, args, argv)
+
+
+def _command_line(argv: Sequence[str] | None) -> str:
+    """The command as typed, for the head of a results file."""
+    return shlex.join(["visprune", *(sys.argv[1:] if argv is None else argv)])
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> int:
@@ -411,6 +431,9 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> in
     if args.model is not None:
         check_demo_checkpoint(parser, args.model, args.video)
     check_output_folder(parser, "--out", args.out)
+    from .sweep.command import check_matplotlib
+
+    check_matplotlib(parser)  # the demo draws the sweep's plots
     if not args.quick:
         print(f"visprune demo: {DEMO_TIMES}", file=sys.stderr)
     try:
@@ -420,7 +443,7 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> in
             quick=args.quick,
             samples=args.samples,
             positions=args.positions,
-            command=shlex.join(["visprune", *(sys.argv[1:] if argv is None else argv)]),
+            command=_command_line(argv),
         )
     except FileNotFoundError as error:
         print(f"visprune demo: {error}", file=sys.stderr)

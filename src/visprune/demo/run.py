@@ -3,12 +3,12 @@
 Evaluates the bundled model (or any checkpoint written by :func:`visprune.demo.model.save`) on
 the test split of the synthetic task, unpruned and with every method at 11 %, 22 % and 33 % of
 the visual tokens, then prints and writes a table (method x budget -> accuracy, visual tokens
-kept, prefill time relative to unpruned) and saves kept-token overlays of a few examples.
+kept, exact prefill FLOPs relative to unpruned) as a sweep (:mod:`visprune.sweep`, with its
+plots) and saves kept-token overlays of a few examples.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -63,69 +63,80 @@ def evaluate(
     list of dict
         One row per configuration: ``method``, ``budget`` (None unpruned), ``accuracy`` (all
         question types), ``by_type`` (per question type), ``tokens`` (visual tokens kept per
-        image) and ``time`` (seconds for the batched forward passes).
+        image) and ``prefill_flops_ratio`` (exact prefill FLOPs relative to unpruned).
     """
-    import visprune
+    from ..sweep.demo_runner import DemoRunner
+    from ..sweep.grid import plan
 
-    from .train import Encoder, accuracy
-
-    model, processor = demo_model.load(model_dir or bundled_checkpoint())
-    encoder = Encoder(processor.tokenizer)
-    test = task.make_split(seed, "test", samples)
-    configs: list[tuple[str, float | None]] = [("unpruned", None)]
-    configs += [(m, b) for b in budgets for m in (methods or _methods())]
+    runner = DemoRunner("demo", model_dir, samples, seed)
+    configurations = plan(["demo"], list(methods or _methods()), budgets, [positions])
     if progress:
         from tqdm.auto import tqdm
 
-        configs = tqdm(configs, desc="visprune demo", unit="config")
+        configurations = tqdm(configurations, desc="visprune demo", unit="config")
     rows = []
-    accuracy(model, test[:8], encoder)  # warm-up: the first forward pays one-off costs
-    for method, budget in configs:
-        handle = None
-        if budget is not None:
-            handle = visprune.apply(
-                model, method, budget=budget, positions=_positions(method, positions)
-            )
-        try:
-            start = time.perf_counter()
-            scores = accuracy(model, test, encoder)
-            elapsed = time.perf_counter() - start
-            tokens = task.NUM_CELLS if handle is None else handle.method.num_keep(task.NUM_CELLS)
-        finally:
-            if handle is not None:
-                handle.remove()
+    for configuration in configurations:
+        result = runner.run(configuration)
+        metrics = result["metrics"]
         rows.append(
             {
-                "method": method,
-                "budget": budget,
-                "accuracy": scores["all"],
-                "by_type": {k: v for k, v in scores.items() if k != "all"},
-                "tokens": tokens,
-                "time": elapsed,
+                "method": configuration.method,
+                "budget": configuration.budget,
+                "accuracy": metrics["accuracy"],
+                "by_type": {
+                    k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("accuracy/")
+                },
+                "tokens": result["visual_tokens"],
+                "prefill_flops_ratio": result["prefill_flops_ratio"],
             }
         )
     return rows
 
 
-def table(rows: list[dict], samples: int, positions: str = "compact") -> str:
-    """The results as a markdown table (accuracy in %, time relative to unpruned)."""
-    base = next(row for row in rows if row["budget"] is None)
-    types = list(base["by_type"])
-    lines = [
-        f"Demo task, {samples} test questions; {positions} positions for the kept tokens; "
-        "prefill time relative to unpruned.",
-        "",
-        "| method | budget | visual tokens | accuracy | " + " | ".join(types) + " | prefill time |",
-        "|---|---:|---:|---:|" + "---:|" * len(types) + "---:|",
-    ]
-    for row in rows:
-        budget = "-" if row["budget"] is None else f"{row['budget']:.1%}"
-        by_type = " | ".join(f"{100 * row['by_type'].get(t, 0.0):.1f}" for t in types)
-        lines.append(
-            f"| {row['method']} | {budget} | {row['tokens']} | {100 * row['accuracy']:.1f} | "
-            f"{by_type} | {row['time'] / base['time']:.2f}x |"
-        )
-    return "\n".join(lines) + "\n"
+def sweep_demo(
+    task_name: str,
+    model_dir: str | Path | None,
+    out: Path,
+    *,
+    samples: int,
+    budgets: Sequence[float],
+    positions: str,
+    methods: Sequence[str],
+    heading: str,
+    note: str,
+    command: str | None,
+    log: Callable[[str], None],
+    results_name: str,
+    footer: str = "",
+) -> str:
+    """The demo as a sweep (:mod:`visprune.sweep`) into ``out``: a fresh ``results.jsonl``
+    (the demo always measures anew), the plots, and ``out/results_name`` headed by ``heading``,
+    ``command``, the machine and ``note``; returns the table it printed."""
+    from ..bench import machine_description
+    from ..sweep import execute, prepare, render
+    from ..sweep import records as store
+    from ..sweep import table as sweep_table
+
+    out.mkdir(parents=True, exist_ok=True)  # before the evaluation: a bad place fails at once
+    (out / store.RESULTS).unlink(missing_ok=True)
+    sweep = prepare(
+        model=None if model_dir is None else str(model_dir),
+        tasks=[task_name],
+        methods=methods,
+        budgets=budgets,
+        positions=[positions],
+        limit=samples,
+        out=out,
+        command=command,
+    )
+    records = execute(sweep)
+    text = sweep_table.tables(records) + "\n" + footer
+    log(f"{note}\n\n{text}")  # printed before anything is written, so a failed write never loses it
+    render(records, out, command, table=False)  # the plots; the table is the demo's own
+    header = f"# {heading}\n\n" + (f"Command: `{command}`\n\n" if command else "")
+    header += f"Machine: {machine_description()}\n\n{note}\n\n"
+    (out / results_name).write_text(header + text)
+    return text
 
 
 def overlays(
@@ -237,22 +248,35 @@ def run(
     log: Callable[[str], None] = print,
     positions: str = "compact",
     command: str | None = None,
-) -> list[dict]:
-    """Evaluate, print the table, write ``out/results.md`` (headed by ``command``, the command
-    line that ran it, and the machine) and ``out/overlays.png``."""
+) -> str:
+    """Sweep every method at :data:`BUDGETS` on the demo task, print the table, write
+    ``out/results.md`` (headed by ``command``, the command line that ran it, and the machine),
+    ``out/results.jsonl``, ``out/accuracy_vs_tokens.png``, ``out/accuracy_vs_flops.png`` and
+    ``out/overlays.png``; returns the table."""
     out = Path(out)
     samples = samples or (60 if quick else 500)
-    budgets = BUDGETS[:1] if quick else BUDGETS
-    out.mkdir(parents=True, exist_ok=True)  # before the evaluation: a bad place fails at once
-    rows = evaluate(model_dir, samples=samples, budgets=budgets, positions=positions)
-    text = table(rows, samples, positions) + "\n" + relevance_line(model_dir, samples) + "\n"
-    log(text)  # printed before anything is written, so a failed write never loses it
-    from ..bench import machine_description
-
-    header = "# visprune demo\n\n" + (f"Command: `{command}`\n\n" if command else "")
-    header += f"Machine: {machine_description()}\n\n"
-    (out / "results.md").write_text(header + text)
+    if model_dir is None:
+        bundled_checkpoint()  # a missing checkpoint says how to train one, before anything runs
+    note = (
+        f"Demo task, {samples} test questions; {positions} positions for the kept tokens; "
+        "prefill FLOPs exact (visprune.flops.model_flops), relative to unpruned."
+    )
+    text = sweep_demo(
+        "demo",
+        model_dir,
+        out,
+        samples=samples,
+        budgets=BUDGETS[:1] if quick else BUDGETS,
+        positions=positions,
+        methods=_methods(),
+        heading="visprune demo",
+        note=note,
+        command=command,
+        log=log,
+        results_name="results.md",
+        footer=relevance_line(model_dir, samples) + "\n",
+    )
     examples = 2 if quick else 4
     picture = overlays(model_dir, out / "overlays.png", examples=examples, positions=positions)
-    log(f"wrote {out / 'results.md'} and {picture}")
-    return rows
+    log(f"wrote {out / 'results.md'}, the plots and {picture}")
+    return text

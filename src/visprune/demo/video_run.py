@@ -2,17 +2,17 @@
 
 Evaluates the bundled video model (LLaVA-NeXT-Video, :mod:`video_model`) on the test clips of
 :mod:`video_task`, unpruned and with every method at 11 %, 22 % and 33 % of each frame's
-tokens, then prints and writes a table and a frames x kept-tokens picture.
+tokens, as a sweep (:mod:`visprune.sweep`, with its plots), then prints and writes a table and a
+frames x kept-tokens picture.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import video_task
-from .run import BUDGETS, _methods, _positions
+from .run import BUDGETS, _methods, _positions, sweep_demo
 
 CHECKPOINT = Path(__file__).parent / "video_checkpoint"
 
@@ -46,96 +46,12 @@ def bundled_checkpoint() -> Path:
     return CHECKPOINT
 
 
-def evaluate(
-    model_dir: str | Path | None = None,
-    *,
-    samples: int = 300,
-    seed: int = 0,
-    budgets: Sequence[float] = BUDGETS,
-    methods: Sequence[str] | None = None,
-    progress: bool = True,
-    positions: str = "compact",
-) -> list[dict]:
-    """Accuracy per (method, budget) on the first ``samples`` test clips.
-
-    Returns
-    -------
-    list of dict
-        One row per configuration, as :func:`visprune.demo.run.evaluate`; ``tokens`` counts the
-        visual tokens kept per frame.
-    """
-    import visprune
-
-    from . import video_model
-    from .video_train import VideoEncoder, accuracy
-
-    model, tokenizer = video_model.load(model_dir or bundled_checkpoint())
-    encoder = VideoEncoder(tokenizer)
-    test = video_task.make_split(seed, "test", samples)
-    configs: list[tuple[str, float | None]] = [("unpruned", None)]
-    configs += [(m, b) for b in budgets for m in (methods or video_methods()[0])]
-    if progress:
-        from tqdm.auto import tqdm
-
-        configs = tqdm(configs, desc="visprune demo --video", unit="config")
-    rows = []
-    accuracy(model, test[:4], encoder)  # warm-up: the first forward pays one-off costs
-    for method, budget in configs:
-        handle = None
-        if budget is not None:
-            handle = visprune.apply(
-                model, method, budget=budget, positions=_positions(method, positions)
-            )
-        try:
-            start = time.perf_counter()
-            scores = accuracy(model, test, encoder)
-            elapsed = time.perf_counter() - start
-            cells = video_task.CELLS
-            tokens = cells if handle is None else handle.method.num_keep(cells)
-        finally:
-            if handle is not None:
-                handle.remove()
-        rows.append(
-            {
-                "method": method,
-                "budget": budget,
-                "accuracy": scores["all"],
-                "by_type": {k: v for k, v in scores.items() if k != "all"},
-                "tokens": tokens,
-                "time": elapsed,
-            }
-        )
-    return rows
-
-
-def table(rows: list[dict], samples: int, positions: str = "compact") -> str:
-    """The results as a markdown table (accuracy in %, time relative to unpruned)."""
-    base = next(row for row in rows if row["budget"] is None)
-    types = list(base["by_type"])
-    lines = [
-        f"Demo video task, {samples} test clips of {video_task.FRAMES} frames x "
-        f"{video_task.CELLS} tokens; the budget applies per frame; {positions} positions for the "
-        "kept tokens; prefill time relative to unpruned.",
-        "",
-        "| method | budget | tokens per frame | accuracy | "
-        + " | ".join(types)
-        + " | prefill time |",
-        "|---|---:|---:|---:|" + "---:|" * len(types) + "---:|",
-    ]
-    for row in rows:
-        budget = "-" if row["budget"] is None else f"{row['budget']:.1%}"
-        by_type = " | ".join(f"{100 * row['by_type'].get(t, 0.0):.1f}" for t in types)
-        lines.append(
-            f"| {row['method']} | {budget} | {row['tokens']} | {100 * row['accuracy']:.1f} | "
-            f"{by_type} | {row['time'] / base['time']:.2f}x |"
-        )
+def not_run_line() -> str:
+    """The methods the video demo leaves out, and why (empty when it runs every one)."""
     skipped = video_methods()[1]
-    if skipped:
-        lines += [
-            "",
-            "Not run on video: " + "; ".join(f"{m} ({why})" for m, why in skipped.items()),
-        ]
-    return "\n".join(lines) + "\n"
+    if not skipped:
+        return ""
+    return "Not run on video: " + "; ".join(f"{m} ({why})" for m, why in skipped.items()) + "\n"
 
 
 def frames_picture(
@@ -217,21 +133,35 @@ def run(
     log: Callable[[str], None] = print,
     positions: str = "compact",
     command: str | None = None,
-) -> list[dict]:
-    """Evaluate, print the table, write ``out/video_results.md`` (headed by ``command`` and the
-    machine) and ``out/video_frames.png``."""
+) -> str:
+    """Sweep every method that runs on video at :data:`BUDGETS` of each frame's tokens, print
+    the table, write ``out/video_results.md`` (headed by ``command`` and the machine), the
+    sweep's ``results.jsonl`` and plots, and ``out/video_frames.png``; returns the table."""
     out = Path(out)
     samples = samples or (30 if quick else 150)
-    budgets = BUDGETS[:1] if quick else BUDGETS
-    out.mkdir(parents=True, exist_ok=True)  # before the evaluation: a bad place fails at once
-    rows = evaluate(model_dir, samples=samples, budgets=budgets, positions=positions)
-    text = table(rows, samples, positions)
-    log(text)  # printed before anything is written, so a failed write never loses it
-    from ..bench import machine_description
-
-    header = "# visprune demo --video\n\n" + (f"Command: `{command}`\n\n" if command else "")
-    header += f"Machine: {machine_description()}\n\n"
-    (out / "video_results.md").write_text(header + text)
+    if model_dir is None:
+        bundled_checkpoint()  # a missing checkpoint says how to train one, before anything runs
+    note = (
+        f"Demo video task, {samples} test clips of {video_task.FRAMES} frames x "
+        f"{video_task.CELLS} tokens; the budget applies per frame (visual tokens: per clip); "
+        f"{positions} positions for the kept tokens; prefill FLOPs exact "
+        "(visprune.flops.model_flops), relative to unpruned."
+    )
+    text = sweep_demo(
+        "demo-video",
+        model_dir,
+        out,
+        samples=samples,
+        budgets=BUDGETS[:1] if quick else BUDGETS,
+        positions=positions,
+        methods=video_methods()[0],
+        heading="visprune demo --video",
+        note=note,
+        command=command,
+        log=log,
+        results_name="video_results.md",
+        footer=not_run_line(),
+    )
     picture = frames_picture(model_dir, out / "video_frames.png", positions=positions)
-    log(f"wrote {out / 'video_results.md'} and {picture}")
-    return rows
+    log(f"wrote {out / 'video_results.md'}, the plots and {picture}")
+    return text

@@ -185,6 +185,28 @@ class _Pruned:
         self.hf_processor.tokenizer.padding_side = "left"  # batched generation appends on the right
         logger.info(f"visprune: {self.visprune_method!r} on {type(self.model).__name__}")
 
+    #: lmms-eval ends every evaluation with ``clean()``, which deletes the model (to free memory
+    #: for a judge model); while this is True the model stays, so a sweep evaluates again on the
+    #: same load.
+    keep_model_loaded = False
+
+    def clean(self) -> None:
+        if not self.keep_model_loaded:
+            super().clean()
+
+    def use(self, method: str | visprune.Method, **options: Any) -> None:
+        """Run ``method`` from now on instead of the current one, on the loaded model: a sweep
+        evaluates many methods with one load. ``options`` are :func:`visprune.apply`'s
+        (``budget``, ``positions``, the method's parameters)."""
+        chosen = visprune.get_method(
+            method, **{k: v for k, v in options.items() if k != "positions"}
+        )
+        chosen.num_keep(1)
+        self.visprune_handle.remove()
+        self.visprune_method = chosen
+        positions = {"positions": options["positions"]} if "positions" in options else {}
+        self.visprune_handle = visprune.apply(self.model, chosen, **positions)
+
     # ------------------------------------------------------------------------------ helpers
     def _check_checkpoint(self, arguments: dict[str, Any]) -> None:
         """Refuse, before loading, a checkpoint the lmms-eval class would load wrongly.
