@@ -70,6 +70,7 @@ def frames_picture(
     from PIL import Image
 
     import visprune
+    from visprune.methods.base import resolve_budget
     from visprune.viz import FramesRun, frames_sheet, stack
     from visprune.viz.text import BLACK
 
@@ -99,10 +100,11 @@ def frames_picture(
         for c, token in enumerate(logits[:, -1].argmax(-1).tolist()):
             frames = None if kept is None else [kept[(c, f)] for f in range(video_task.FRAMES)]
             runs[c].append(FramesRun(method, frames, words[token], tokens))
+    per_frame = resolve_budget(budget, video_task.CELLS)
     header = [
         (
-            f"visprune demo --video: the tokens each method keeps at {100 * budget:.0f} % of the "
-            f"{video_task.CELLS} per frame, and the model's answer",
+            f"visprune demo --video: the {per_frame} of {video_task.CELLS} tokens per frame each "
+            f"method keeps (budget {100 * budget:.0f} %), and the model's answer",
             BLACK,
         )
     ]
