@@ -54,3 +54,17 @@ def test_an_unknown_lmms_eval_task_is_refused_before_loading(tmp_path, capsys, m
     argv = ["sweep", "--model", str(bundled_checkpoint()), "--tasks", "visprune_demoo", *ARGS]
     err = refused(main, [*argv, "--out", str(tmp_path / "o")], capsys)
     assert "did you mean visprune_demo" in err
+
+
+def test_lmms_eval_scores_become_named_metrics():
+    from visprune.sweep.lmms_runner import _metrics
+
+    scores = {
+        "alias": "pope",
+        "exact_match,none": 0.75,
+        "exact_match_stderr,none": "N/A",
+        "f1,strict": 0.5,
+        "f1_stderr,strict": 0.01,
+        "samples,none": True,
+    }
+    assert _metrics(scores) == {"exact_match": 0.75, "f1 (strict)": 0.5}

@@ -26,8 +26,10 @@ OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
 #: Line styles of the first, second ... round through the colours (dashed is for baselines).
 ROUNDS = ("-", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*", "d")
-#: Baselines that select without looking at the image: drawn dashed, in greys.
-BASELINES = {"random": "#555555", "uniform": "#999999"}
+#: Baselines that select without looking at the image: drawn dashed, in greys (one grey per
+#: line, in order).
+BASELINES = ("random", "uniform")
+GREYS = ("#555555", "#999999", "#222222", "#bbbbbb")
 REFERENCE_COLOUR = "#000000"
 
 
@@ -66,11 +68,12 @@ def _series(records: Sequence[dict[str, Any]]) -> tuple[bool, list[str], dict[st
 def styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Colour, marker and line style per series name (same in both pictures)."""
     chosen: dict[str, dict[str, Any]] = {}
-    colour = 0
+    colour = grey = 0
     for i, name in enumerate(names):
         method = name.split(" (")[0]
         if method in BASELINES:
-            style = {"color": BASELINES[method], "linestyle": "--"}
+            style = {"color": GREYS[grey % len(GREYS)], "linestyle": "--"}
+            grey += 1
         else:
             round_ = ROUNDS[colour // len(OKABE_ITO) % len(ROUNDS)]
             style = {"color": OKABE_ITO[colour % len(OKABE_ITO)], "linestyle": round_}
