@@ -31,6 +31,12 @@ SERVED_ARCHITECTURES = {
     "LlavaNextForConditionalGeneration": (
         "visprune.integrations.vllm.llava_next:PrunedLlavaNextForConditionalGeneration"
     ),
+    "Qwen2_5_VLForConditionalGeneration": (
+        "visprune.integrations.vllm.qwen2_5_vl:PrunedQwen2_5_VLForConditionalGeneration"
+    ),
+    "Qwen3VLForConditionalGeneration": (
+        "visprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration"
+    ),
 }
 
 

@@ -4,12 +4,28 @@ model unpruned."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from typing import Any
 
 from .settings import OVERRIDE_KEY, settings_of
 
 _GUARDED = "_visprune_guarded"
+_BUILDING = threading.local()
+
+
+@contextlib.contextmanager
+def building_served_model():
+    """While a served model builds its parts. Some (Qwen-VL) build their language model through
+    the registry with the model's own config, override included: that language model runs
+    inside the pruned model, so its resolution is not checked."""
+    depth = getattr(_BUILDING, "depth", 0)
+    _BUILDING.depth = depth + 1
+    try:
+        yield
+    finally:
+        _BUILDING.depth = depth
 
 
 def is_served(registry: Any, architecture: str, model_cls: Any = None) -> bool:
@@ -85,6 +101,8 @@ def guard_registry(registry: Any) -> None:
             **kwargs,
         ):
             result = _original(architectures, model_config, *args, **kwargs)
+            if getattr(_BUILDING, "depth", 0):
+                return result
             # inspect_model_cls returns vLLM's model info, which names no class.
             model_cls = result[0] if _class and isinstance(result[0], type) else None
             check_served(registry, result[1], model_config, model_cls)
