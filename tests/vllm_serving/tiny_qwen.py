@@ -138,8 +138,11 @@ def write_tiny_qwen(family: str, directory, seed: int = 0) -> None:
     patches = {"patch_size": PATCH[family], "merge_size": 2, "temporal_patch_size": 2}
     # A video's pixel budget covers all its frames.
     frames = {"shortest_edge": low, "longest_edge": 8 * high}
+    # Qwen3-VL normalizes images like its videos, by 0.5 (as on the Hub): vLLM normalizes
+    # both with the image processor's mean and std.
+    norm = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if family == "qwen3_vl" else {}
     processor_cls(
-        image_processor=transformers.Qwen2VLImageProcessor(size=sizes, **patches),
+        image_processor=transformers.Qwen2VLImageProcessor(size=sizes, **norm, **patches),
         video_processor=video_cls(size=frames, do_sample_frames=False, **patches),
         tokenizer=_tokenizer(),
     ).save_pretrained(directory)

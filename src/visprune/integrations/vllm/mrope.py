@@ -8,7 +8,8 @@ encoded, from the prompt that holds only the kept placeholders; which cells are 
 after encoding. So positions are made in two steps, as vLLM's own video pruning (EVS) does:
 
 1. :func:`prompt_positions` (at request start): text tokens at their unpruned positions, each
-   kept placeholder at the start position of its media run (where its grid begins);
+   kept placeholder at the start position of its media run (where its grid begins), the text
+   after a run where transformers puts it (:meth:`Run.advance`);
 2. the model appends each kept token's grid offset to its embedding (:func:`encode_offsets`),
    and adds it to the placeholder's position in the forward pass that consumes it
    (:func:`decode_offsets`).
@@ -77,8 +78,14 @@ class Run:
         return grid.reshape(-1, 3)
 
     def extent(self) -> int:
-        """The largest offset in the unpruned run: the next token sits one past it."""
+        """The largest offset in the unpruned run."""
         return int(self.offsets().max()) if self.candidates else 0
+
+    def advance(self) -> int:
+        """How far the run moves the next token's position: the larger grid side, as
+        transformers' rope index (5.19-5.25) does. vLLM's own moves one past :meth:`extent`;
+        the two differ only for videos whose temporal offsets pass the larger grid side."""
+        return max(self.height, self.width)
 
 
 def prompt_positions(length: int, runs: Sequence[tuple[int, int, Run]]) -> tuple[Tensor, int]:
@@ -103,6 +110,7 @@ def prompt_positions(length: int, runs: Sequence[tuple[int, int, Run]]) -> tuple
     """
     positions = torch.empty(3, length, dtype=torch.long)
     token = position = 0  # next prompt index; next free position
+    largest = -1  # the unpruned prompt's largest position so far
     for start, kept, run in runs:
         if start < token or start + kept > length:
             raise ValueError(
@@ -113,11 +121,12 @@ def prompt_positions(length: int, runs: Sequence[tuple[int, int, Run]]) -> tuple
         positions[:, token:start] = torch.arange(position, position + text)
         position += text
         positions[:, start : start + kept] = position
-        position += run.extent() + 1
+        largest = max(largest, position - 1, position + run.extent())
+        position += run.advance()
         token = start + kept
     positions[:, token:] = torch.arange(position, position + length - token)
-    position += length - token
-    return positions, position - length
+    largest = max(largest, position + length - token - 1)
+    return positions, largest + 1 - length
 
 
 def encode_offsets(offsets: Tensor, dtype: torch.dtype) -> Tensor:

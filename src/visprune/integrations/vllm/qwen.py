@@ -42,9 +42,20 @@ class QwenPrunedInfoMixin:
     def get_num_image_tokens(self, **kwargs) -> int:
         return self.settings.num_keep(super().get_num_image_tokens(**kwargs))
 
-    def get_num_video_tokens(self, *, num_frames: int, **kwargs) -> int:
-        full = super().get_num_video_tokens(num_frames=num_frames, **kwargs)
-        per_frame = super().get_num_video_tokens(num_frames=1, **kwargs)
+    def get_num_video_tokens(
+        self, *, image_width, image_height, num_frames, image_processor, mm_kwargs
+    ) -> int:
+        size, full = self._get_vision_info(
+            image_width=image_width,
+            image_height=image_height,
+            num_frames=num_frames,
+            image_processor=image_processor,
+            mm_kwargs=mm_kwargs,
+            modality="video",
+        )
+        vision = self.get_hf_config().vision_config
+        unit = vision.patch_size * vision.spatial_merge_size
+        per_frame = (size.height // unit) * (size.width // unit)
         return full // per_frame * self.settings.num_keep(per_frame)
 
 
