@@ -58,11 +58,19 @@ def check_served(
     it resolved to. The override is parsed here too, so a bad method or budget fails before any
     weight loads.
     """
-    from . import SERVED_ARCHITECTURES, UNSERVED_STAGES
+    from . import SERVED_ARCHITECTURES, SERVED_POSITIONS, UNSERVED_STAGES
 
     settings = settings_of(model_config.hf_config)
     if settings is None:
         return
+    served = SERVED_POSITIONS.get(architecture, "compact")
+    if settings.positions not in (None, served):
+        kind = "consecutive positions" if served == "compact" else "their original positions"
+        raise ValueError(
+            f"visprune: vLLM serves {architecture}'s kept tokens at {kind} "
+            f'(positions="{served}"); positions={settings.positions!r} is not available there '
+            f'(omit it or pass "{served}").'
+        )
     why = UNSERVED_STAGES.get(architecture, {}).get(settings.method.stage)
     if why is not None:
         raise ValueError(
