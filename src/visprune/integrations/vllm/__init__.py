@@ -19,8 +19,8 @@ Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5
 relatives), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
 "vision"-stage ones), ``Qwen2_5_VLForConditionalGeneration`` and
 ``Qwen3VLForConditionalGeneration`` (images and video, the budget per video temporal patch group,
-kept tokens at their M-RoPE positions: see :mod:`.mrope`). An override on any other architecture, an unknown method or a bad budget
-raises at engine start.
+kept tokens at their M-RoPE positions: see :mod:`.mrope`). An override on any other
+architecture, an unknown method or a bad budget raises at engine start.
 """
 
 from __future__ import annotations
