@@ -66,19 +66,30 @@ class QwenPrunedProcessorMixin(PromptTextMixin):
 
     runs: RunsOf
 
-    def _text_of(self, prompt: list[int]) -> list[int]:
+    def _visual_ids(self) -> list[int]:
         config = self.info.get_hf_config()
-        return text_after_images(prompt, [config.image_token_id, config.video_token_id])
+        return [config.image_token_id, config.video_token_id]
+
+    def _text_of(self, prompt: list[int]) -> list[int]:
+        """The part of the unexpanded prompt an item's cache identity holds: from its last image
+        or video placeholder on, which fixes the method's text in the expanded prompt."""
+        visual = set(self._visual_ids())
+        last = max((i for i, token in enumerate(prompt) if token in visual), default=0)
+        return list(prompt[last:])
 
     def apply(self, inputs, timing_ctx):
-        result = super().apply(inputs, timing_ctx)  # carries the text with image items
+        # The method reads the text after the last visual token of the expanded prompt, as in
+        # transformers: after a Qwen3-VL video it starts with the last frame's vision-end token.
+        result = super(PromptTextMixin, self).apply(inputs, timing_ctx)
         if self.info.settings.uses_text:
-            text = torch.tensor(self._text_of(inputs.prompt), dtype=torch.long)
-            for item in result["mm_kwargs"].get("video", []):
-                if item is not None:  # items the engine holds keep the text of their identity
-                    item[TEXT_FIELD] = MultiModalFieldElem(
-                        data=text, field=MultiModalBatchedField()
-                    )
+            ids = text_after_images(result["prompt_token_ids"], self._visual_ids())
+            text = torch.tensor(ids, dtype=torch.long)
+            for modality in ("image", "video"):
+                for item in result["mm_kwargs"].get(modality, []):
+                    if item is not None:  # items the engine holds keep their identity's text
+                        item[TEXT_FIELD] = MultiModalFieldElem(
+                            data=text, field=MultiModalBatchedField()
+                        )
         return result
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
