@@ -189,6 +189,18 @@ def test_positions_must_be_the_architectures_own(architecture, positions, messag
                 check_served(registry, architecture, config)
 
 
+def test_the_override_and_vllms_own_video_pruning_are_refused_together():
+    registry = Registry()
+    config = model_config(visprune={"method": "divprune", "budget": 7})
+    for rate in (0.0, 0.5):
+        config.multimodal_config = Config(is_multimodal_pruning_enabled=lambda rate=rate: rate > 0)
+        if rate:
+            with pytest.raises(ValueError, match="video_pruning_rate"):
+                check_served(registry, "Qwen2_5_VLForConditionalGeneration", config)
+        else:
+            check_served(registry, "Qwen2_5_VLForConditionalGeneration", config)
+
+
 def test_importing_the_plugin_imports_no_vllm():
     import subprocess
     import sys

@@ -63,6 +63,12 @@ def check_served(
     settings = settings_of(model_config.hf_config)
     if settings is None:
         return
+    multimodal = getattr(model_config, "multimodal_config", None)
+    if multimodal is not None and multimodal.is_multimodal_pruning_enabled():
+        raise ValueError(
+            "visprune: the override and vLLM's own video pruning (video_pruning_rate) are both "
+            "set; serve with one of them."
+        )
     served = SERVED_POSITIONS.get(architecture, "compact")
     if settings.positions not in (None, served):
         kind = "consecutive positions" if served == "compact" else "their original positions"

@@ -150,12 +150,10 @@ class QwenPrunedModelMixin:
 
     def _init_visprune(self) -> None:
         self.visprune = settings_of(self.config)
+        # Kept tokens' (rows, offsets) of the step, from embed_input_ids to forward. vLLM's own
+        # video pruning, whose position columns these would collide with, is refused with the
+        # override at engine start (guard.py).
         self._pending_offsets: tuple[Tensor, Tensor] | None = None
-        if self.visprune is not None and self.multimodal_config.is_multimodal_pruning_enabled():
-            raise ValueError(
-                "visprune: the override and vLLM's own video pruning (video_pruning_rate) are "
-                "both set; serve with one of them."
-            )
 
     # -------------------------------------------------------------------------- positions
     def _t_step(self, modality: str, data) -> float:
