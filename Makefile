@@ -18,7 +18,7 @@ MODEL_TESTS := tests/test_adapters.py tests/test_compat.py tests/test_robustness
 	tests/test_flops_inputs.py tests/test_vision_scores.py tests/test_layer_stage.py \
 	tests/test_demo_video.py tests/test_demo_video_checkpoint.py tests/test_guard_identity.py \
 	tests/test_ragged_padding.py tests/test_layer_stage_decode.py tests/test_choice_in_model.py \
-	tests/test_demo_padding.py tests/test_empty_prompt_tail.py
+	tests/test_demo_padding.py tests/test_empty_prompt_tail.py tests/test_vllm_mrope.py
 
 # vLLM (the serving plugin's tests) pins its own transformers, so it gets its own virtualenv.
 VENV_VLLM ?= .venv-vllm

@@ -35,7 +35,7 @@ def test_an_integer_budget_above_the_candidates_keeps_them_all():
         ({"method": "divprune", "budget": 1.5}, r"fraction .* must be in \(0, 1\]"),
         ({"method": "divprune"}, "no budget"),
         ({"method": "divprune", "budget": 7, "gamma": 1}, "no parameter"),
-        ({"method": "divprune", "budget": 7, "positions": "original"}, "consecutive"),
+        ({"method": "divprune", "budget": 7, "positions": "shuffled"}, "compact.* or .*original"),
         ({"budget": 7}, "names no method"),
         ("divprune", "not valid JSON"),
         (["divprune", 7], "must be a dict"),
@@ -165,6 +165,40 @@ def test_a_bad_override_fails_in_the_guard_before_any_weight_loads():
             ["LlavaForConditionalGeneration"],
             model_config(visprune={"method": "divprun", "budget": 7}),
         )
+
+
+@pytest.mark.parametrize(
+    ("architecture", "positions", "message"),
+    [
+        ("LlavaForConditionalGeneration", "original", "consecutive positions"),
+        ("Qwen2_5_VLForConditionalGeneration", "compact", "their original positions"),
+        ("Qwen3VLForConditionalGeneration", "compact", "their original positions"),
+    ],
+)
+def test_positions_must_be_the_architectures_own(architecture, positions, message):
+    registry = Registry()
+    for served in (positions, None):
+        override = {"method": "divprune", "budget": 7}
+        if served is not None:
+            override["positions"] = served
+        config = model_config(visprune=override)
+        if served is None:
+            check_served(registry, architecture, config)  # the model's own mode
+        else:
+            with pytest.raises(ValueError, match=message):
+                check_served(registry, architecture, config)
+
+
+def test_the_override_and_vllms_own_video_pruning_are_refused_together():
+    registry = Registry()
+    config = model_config(visprune={"method": "divprune", "budget": 7})
+    for rate in (0.0, 0.5):
+        config.multimodal_config = Config(is_multimodal_pruning_enabled=lambda rate=rate: rate > 0)
+        if rate:
+            with pytest.raises(ValueError, match="video_pruning_rate"):
+                check_served(registry, "Qwen2_5_VLForConditionalGeneration", config)
+        else:
+            check_served(registry, "Qwen2_5_VLForConditionalGeneration", config)
 
 
 def test_importing_the_plugin_imports_no_vllm():

@@ -16,9 +16,11 @@ Text-conditioned methods read the prompt's tokens after the last image, which tr
 image (and are part of its cache identity, so cached encodings are never reused across prompts).
 
 Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5 and its
-relatives) and ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
-"vision"-stage ones). An override on any other architecture, an unknown method or a bad budget
-raises at engine start.
+relatives), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
+"vision"-stage ones), ``Qwen2_5_VLForConditionalGeneration`` and
+``Qwen3VLForConditionalGeneration`` (images and video, the budget per video temporal patch group,
+kept tokens at their M-RoPE positions: see :mod:`.mrope`). An override on any other
+architecture, an unknown method or a bad budget raises at engine start.
 """
 
 from __future__ import annotations
@@ -31,6 +33,20 @@ SERVED_ARCHITECTURES = {
     "LlavaNextForConditionalGeneration": (
         "visprune.integrations.vllm.llava_next:PrunedLlavaNextForConditionalGeneration"
     ),
+    "Qwen2_5_VLForConditionalGeneration": (
+        "visprune.integrations.vllm.qwen2_5_vl:PrunedQwen2_5_VLForConditionalGeneration"
+    ),
+    "Qwen3VLForConditionalGeneration": (
+        "visprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration"
+    ),
+}
+
+
+#: The position mode of the kept tokens, where not "compact" (consecutive positions): Qwen-VL
+#: kept tokens keep their M-RoPE positions, as ``visprune.apply`` does (its only mode there).
+SERVED_POSITIONS = {
+    "Qwen2_5_VLForConditionalGeneration": "original",
+    "Qwen3VLForConditionalGeneration": "original",
 }
 
 

@@ -4,12 +4,28 @@ model unpruned."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from typing import Any
 
 from .settings import OVERRIDE_KEY, settings_of
 
 _GUARDED = "_visprune_guarded"
+_BUILDING = threading.local()
+
+
+@contextlib.contextmanager
+def building_served_model():
+    """While a served model builds its parts. Some (Qwen-VL) build their language model through
+    the registry with the model's own config, override included: that language model runs
+    inside the pruned model, so its resolution is not checked."""
+    depth = getattr(_BUILDING, "depth", 0)
+    _BUILDING.depth = depth + 1
+    try:
+        yield
+    finally:
+        _BUILDING.depth = depth
 
 
 def is_served(registry: Any, architecture: str, model_cls: Any = None) -> bool:
@@ -42,11 +58,25 @@ def check_served(
     it resolved to. The override is parsed here too, so a bad method or budget fails before any
     weight loads.
     """
-    from . import SERVED_ARCHITECTURES, UNSERVED_STAGES
+    from . import SERVED_ARCHITECTURES, SERVED_POSITIONS, UNSERVED_STAGES
 
     settings = settings_of(model_config.hf_config)
     if settings is None:
         return
+    multimodal = getattr(model_config, "multimodal_config", None)
+    if multimodal is not None and multimodal.is_multimodal_pruning_enabled():
+        raise ValueError(
+            "visprune: the override and vLLM's own video pruning (video_pruning_rate) are both "
+            "set; serve with one of them."
+        )
+    served = SERVED_POSITIONS.get(architecture, "compact")
+    if settings.positions not in (None, served):
+        kind = "consecutive positions" if served == "compact" else "their original positions"
+        raise ValueError(
+            f"visprune: vLLM serves {architecture}'s kept tokens at {kind} "
+            f'(positions="{served}"); positions={settings.positions!r} is not available there '
+            f'(omit it or pass "{served}").'
+        )
     why = UNSERVED_STAGES.get(architecture, {}).get(settings.method.stage)
     if why is not None:
         raise ValueError(
@@ -85,6 +115,8 @@ def guard_registry(registry: Any) -> None:
             **kwargs,
         ):
             result = _original(architectures, model_config, *args, **kwargs)
+            if getattr(_BUILDING, "depth", 0):
+                return result
             # inspect_model_cls returns vLLM's model info, which names no class.
             model_cls = result[0] if _class and isinstance(result[0], type) else None
             check_served(registry, result[1], model_config, model_cls)

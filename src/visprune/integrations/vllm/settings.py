@@ -29,6 +29,9 @@ class ServingSettings:
     """
 
     method: Method
+    #: The position mode the override asked for (``None``: the architecture's own, see
+    #: ``SERVED_POSITIONS``); checked against the architecture at engine start.
+    positions: str | None = None
 
     @property
     def uses_text(self) -> bool:
@@ -47,8 +50,9 @@ def parse_settings(raw: Any) -> ServingSettings:
     ----------
     raw : dict or str
         ``{"method": name, "budget": int | float, **hyperparameters}``, or the same as JSON text.
-        ``"positions"``, if present, must be ``"compact"``: vLLM gives the kept tokens
-        consecutive positions (the placeholders are sized to the budget).
+        ``"positions"``, if present, must be the served architecture's mode (checked at engine
+        start): ``"compact"`` (consecutive positions) for LLaVA models, ``"original"`` (M-RoPE
+        positions of the full prompt) for Qwen-VL models.
 
     Raises
     ------
@@ -78,11 +82,11 @@ def parse_settings(raw: Any) -> ServingSettings:
         raise ValueError(
             f'visprune: no budget for {name!r}; add "budget": <tokens per image> or <fraction>.'
         )
-    positions = params.pop("positions", "compact")
-    if positions != "compact":
+    positions = params.pop("positions", None)
+    if positions not in (None, "compact", "original"):
         raise ValueError(
-            f"visprune: vLLM serves kept tokens at consecutive positions; positions={positions!r} "
-            'is not available there (omit it or pass "compact").'
+            f'visprune: positions must be "compact" or "original" (or left out for the model\'s '
+            f"own), got {positions!r}."
         )
     try:
         method = get_method(name, **params)
@@ -103,7 +107,7 @@ def parse_settings(raw: Any) -> ServingSettings:
             "tower, which the vLLM plugin does not capture; serve a method that selects from "
             "the image features alone (e.g. divprune, cdpruner)."
         )
-    return ServingSettings(method)
+    return ServingSettings(method, positions)
 
 
 def settings_of(hf_config: Any) -> ServingSettings | None:

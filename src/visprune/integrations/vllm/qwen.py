@@ -1,0 +1,292 @@
+"""What the pruned Qwen2.5-VL and Qwen3-VL models share in vLLM: placeholders sized to the kept
+tokens of each image and video frame, the selection, and the M-RoPE positions of the kept tokens
+(:mod:`.mrope`). Imports vLLM (engine processes only).
+
+A family module supplies ``runs(modality, grid_thw, merge, t_step)``: the :class:`~.mrope.Run`
+list of one image or video, in prompt order. The budget applies per frame (per temporal patch
+group), as in ``visprune.apply``; every method scores the language model's input embeddings of
+the frame (the patch merger's output: it leaves no per-token features before the projector, so
+"vision"-stage methods run on it too, as in transformers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from vllm.multimodal.inputs import MultiModalBatchedField, MultiModalFieldElem
+from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
+
+from .mrope import OFFSET_COLUMNS, Run, decode_offsets, encode_offsets, media_runs, prompt_positions
+from .processing import PromptTextMixin
+from .selection import select_rows
+from .settings import ServingSettings, settings_of
+from .text import TEXT_FIELD, text_after_images
+
+RunsOf = Callable[[str, Sequence[int], int, float], list[Run]]
+
+
+def _token_id(config, modality: str) -> int:
+    return config.image_token_id if modality == "image" else config.video_token_id
+
+
+class QwenPrunedInfoMixin:
+    """For a vLLM Qwen-VL processing info: kept-token counts for images and videos, so vLLM
+    budgets (and profiles) only the kept ones."""
+
+    @property
+    def settings(self) -> ServingSettings:
+        return settings_of(self.get_hf_config())
+
+    def get_num_image_tokens(self, **kwargs) -> int:
+        return self.settings.num_keep(super().get_num_image_tokens(**kwargs))
+
+    def get_num_video_tokens(
+        self, *, image_width, image_height, num_frames, image_processor, mm_kwargs
+    ) -> int:
+        size, full = self._get_vision_info(
+            image_width=image_width,
+            image_height=image_height,
+            num_frames=num_frames,
+            image_processor=image_processor,
+            mm_kwargs=mm_kwargs,
+            modality="video",
+        )
+        vision = self.get_hf_config().vision_config
+        unit = vision.patch_size * vision.spatial_merge_size
+        per_frame = (size.height // unit) * (size.width // unit)
+        return full // per_frame * self.settings.num_keep(per_frame)
+
+
+class QwenPrunedProcessorMixin(PromptTextMixin):
+    """For a vLLM Qwen-VL multimodal processor: each media run of the family's replacement holds
+    only its kept tokens, and text-conditioned methods get the prompt after its last image or
+    video with every image and video item."""
+
+    runs: RunsOf
+
+    def _visual_ids(self) -> list[int]:
+        config = self.info.get_hf_config()
+        return [config.image_token_id, config.video_token_id]
+
+    def _text_of(self, prompt: list[int]) -> list[int]:
+        """The part of the unexpanded prompt an item's cache identity holds: from its last image
+        or video placeholder on, which fixes the method's text in the expanded prompt."""
+        visual = set(self._visual_ids())
+        last = max((i for i, token in enumerate(prompt) if token in visual), default=0)
+        return list(prompt[last:])
+
+    def apply(self, inputs, timing_ctx):
+        # The method reads the text after the last visual token of the expanded prompt, as in
+        # transformers: after a Qwen3-VL video it starts with the last frame's vision-end token.
+        result = super(PromptTextMixin, self).apply(inputs, timing_ctx)
+        if self.info.settings.uses_text:
+            ids = text_after_images(result["prompt_token_ids"], self._visual_ids())
+            text = torch.tensor(ids, dtype=torch.long)
+            for modality in ("image", "video"):
+                for item in result["mm_kwargs"].get(modality, []):
+                    if item is not None:  # items the engine holds keep their identity's text
+                        item[TEXT_FIELD] = MultiModalFieldElem(
+                            data=text, field=MultiModalBatchedField()
+                        )
+        return result
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        return [
+            PromptReplacement(
+                modality=update.modality,
+                target=update.target,
+                replacement=self._kept_replacement(update, out_mm_kwargs),
+            )
+            for update in updates
+        ]
+
+    def _kept_replacement(self, update, out_mm_kwargs):
+        config = self.info.get_hf_config()
+        modality = update.modality
+        token = _token_id(config, modality)
+        merge = config.vision_config.spatial_merge_size
+        num_keep = self.info.settings.num_keep
+
+        def replacement(item_idx: int):
+            full = (
+                update.replacement(item_idx) if callable(update.replacement) else update.replacement
+            )
+            ids = list(full.full if isinstance(full, PromptUpdateDetails) else full)
+            grid = out_mm_kwargs[modality][item_idx][f"{modality}_grid_thw"].data.tolist()
+            runs = self.runs(modality, grid, merge, 1.0)
+            found = media_runs(ids, 0, len(ids), [token])
+            if [count for _, count in found] != [run.candidates for run in runs]:
+                raise ValueError(
+                    f"visprune: the {modality} placeholder runs {found} do not match the grid "
+                    f"{grid}; this processor is not one the plugin knows."
+                )
+            kept, last = [], 0
+            for (start, count), run in zip(found, runs, strict=True):
+                kept += ids[last:start] + [token] * run.kept(num_keep)
+                last = start + count
+            return PromptUpdateDetails.select_token_id(kept + ids[last:], token)
+
+        return replacement
+
+
+class QwenPrunedModelMixin:
+    """For a vLLM Qwen-VL model: the kept rows of each image and video frame, and their M-RoPE
+    positions, when the override is set (vLLM's own code otherwise).
+
+    ``embed_multimodal`` returns each item's kept rows with their grid offsets appended
+    (:func:`~.mrope.encode_offsets`); ``embed_input_ids`` strips them and ``forward`` adds them
+    to the placeholders' positions, which :meth:`get_mrope_input_positions` set to each run's
+    start. vLLM's Qwen3-VL passes deepstack features from ``embed_input_ids`` to ``forward`` the
+    same way.
+    """
+
+    runs: RunsOf
+    #: Columns of an item's embedding that the method scores (all; Qwen3-VL: the main features,
+    #: not the deepstack levels that follow them).
+    candidate_columns: int | None = None
+
+    def _init_visprune(self) -> None:
+        self.visprune = settings_of(self.config)
+        # Kept tokens' (rows, offsets) of the step, from embed_input_ids to forward. vLLM's own
+        # video pruning, whose position columns these would collide with, is refused with the
+        # override at engine start (guard.py).
+        self._pending_offsets: tuple[Tensor, Tensor] | None = None
+
+    # -------------------------------------------------------------------------- positions
+    def _t_step(self, modality: str, data) -> float:
+        """Temporal position step between a video's frames (1 unless the family says so)."""
+        return 1.0
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        if self.visprune is None:
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        merge = self.config.vision_config.spatial_merge_size
+        located = []
+        for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            modality, data = feature.modality, feature.data
+            grid = data[f"{modality}_grid_thw"].data.tolist()
+            runs = self.runs(modality, grid, merge, self._t_step(modality, data))
+            start = feature.mm_position.offset
+            found = media_runs(
+                input_tokens,
+                start,
+                start + feature.mm_position.length,
+                [_token_id(self.config, modality)],
+            )
+            expected = [run.kept(self.visprune.num_keep) for run in runs]
+            if [count for _, count in found] != expected:
+                raise ValueError(
+                    f"visprune: a {modality} of grid {grid} has placeholder runs {found}, "
+                    f"expected {expected} kept tokens per run."
+                )
+            located += [(at, count, run) for (at, count), run in zip(found, runs, strict=True)]
+        return prompt_positions(len(input_tokens), located)
+
+    def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
+        if self.visprune is None:
+            return super().embed_input_ids(
+                input_ids, multimodal_embeddings, is_multimodal=is_multimodal
+            )
+        self._pending_offsets = None
+        if multimodal_embeddings is not None and len(multimodal_embeddings):
+            offsets = decode_offsets(
+                torch.cat([rows[:, -OFFSET_COLUMNS:] for rows in multimodal_embeddings])
+            )
+            rows = is_multimodal.nonzero().squeeze(-1)
+            if rows.numel() != offsets.shape[0]:
+                raise ValueError(
+                    f"visprune: {rows.numel()} placeholder tokens for {offsets.shape[0]} kept "
+                    "visual tokens in this step."
+                )
+            self._pending_offsets = (rows, offsets)
+            multimodal_embeddings = [rows[:, :-OFFSET_COLUMNS] for rows in multimodal_embeddings]
+        return super().embed_input_ids(
+            input_ids, multimodal_embeddings, is_multimodal=is_multimodal
+        )
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kw):
+        pending, self._pending_offsets = self._pending_offsets, None
+        if pending is not None:
+            rows, offsets = pending
+            positions = positions.clone()
+            positions[:, rows.to(positions.device)] += offsets.T.to(positions)
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kw)
+
+    # -------------------------------------------------------------------------- selection
+    def embed_multimodal(self, **kwargs: object):
+        if self.visprune is None:
+            return super().embed_multimodal(**kwargs)
+        text_ids = kwargs.pop(TEXT_FIELD, None)
+        inputs = {
+            m: i for m, i in self._parse_and_validate_multimodal_inputs(**kwargs).items() if i
+        }
+        if not inputs:
+            return []
+        if text_ids is not None and len(inputs) > 1:
+            raise ValueError("visprune: one encoder batch holds images and videos with texts.")
+        kept: list[Tensor] = []
+        for modality, media in inputs.items():
+            if not media["type"].startswith("pixel_values"):
+                raise ValueError(
+                    "visprune: images or videos given as ready embeddings cannot be pruned (the "
+                    "method needs the encoder's tokens); send pixels, or serve without the "
+                    "visprune override."
+                )
+            if modality == "image":
+                embeddings = self._process_image_input(media)
+            else:
+                embeddings = self._process_video_input(media)
+            grids = media[f"{modality}_grid_thw"].tolist()
+            steps = self._t_steps(modality, media, len(grids))
+            kept += self._kept_items(list(embeddings), grids, steps, modality, text_ids)
+        return tuple(kept)
+
+    def _t_steps(self, modality: str, media, count: int) -> list[float]:
+        return [1.0] * count
+
+    def _kept_items(self, embeddings, grids, steps, modality, text_ids) -> list[Tensor]:
+        """Per item ``(kept, d + OFFSET_COLUMNS)``: kept rows (in token order) with offsets."""
+        merge = self.config.vision_config.spatial_merge_size
+        texts = self._texts(text_ids, len(embeddings))
+        candidates, rows, frame_texts, frames_of = [], [], [], []
+        for number, (item, grid, step) in enumerate(zip(embeddings, grids, steps, strict=True)):
+            runs = self.runs(modality, grid, merge, step)
+            offsets = torch.cat([run.offsets() for run in runs]).to(item.device)
+            if offsets.shape[0] != item.shape[0]:
+                raise ValueError(
+                    f"visprune: a {modality} of grid {grid} encoded to {item.shape[0]} tokens, "
+                    f"its runs hold {offsets.shape[0]}."
+                )
+            with_offsets = torch.cat([item, encode_offsets(offsets, item.dtype)], dim=-1)
+            sizes = [run.per_frame for run in runs for _ in range(run.frames)]
+            for frame in with_offsets.split(sizes):
+                rows.append(frame)
+                candidates.append(frame[:, : self.candidate_columns or item.shape[-1]])
+                frame_texts.append(None if texts is None else texts[number])
+            frames_of.append(len(sizes))
+        selected = select_rows(
+            self.visprune, candidates, rows, None if texts is None else frame_texts
+        )
+        items, start = [], 0
+        for count in frames_of:
+            items.append(torch.cat(selected[start : start + count]))
+            start += count
+        return items
+
+    def _texts(self, text_ids, items: int) -> list[Tensor] | None:
+        if not self.visprune.uses_text:
+            return None
+        if text_ids is None:
+            raise ValueError(
+                f"visprune: {self.visprune.method.name} reads the prompt, but the images or "
+                "videos arrived without it; they must come through visprune's processor."
+            )
+        ids = list(text_ids)
+        if len(ids) != items:
+            raise ValueError(f"visprune: {len(ids)} prompt texts for {items} images or videos.")
+        embed = self.language_model.embed_input_ids
+        device = next(self.language_model.parameters()).device
+        return [embed(row.reshape(-1).to(device)) for row in ids]

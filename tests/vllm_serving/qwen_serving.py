@@ -1,0 +1,109 @@
+"""Serve requests with images or videos on a tiny Qwen-VL checkpoint through vLLM, and the same
+requests through transformers with ``visprune.apply``, for the Qwen serving tests."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+import visprune
+from serving import ENGINE
+
+
+def _mm_data(request: dict) -> dict:
+    if "video" in request:
+        return {"video": (request["video"], request["metadata"])}
+    return {"image": request["image"]}
+
+
+def serve_qwen(model_dir, requests: list[dict], settings: dict | None, steps: int, **engine):
+    """vLLM greedy continuations: per request ``answer`` ids, ``prompt_tokens`` (as vLLM reports
+    it) and the first step's top-5 ``logprobs`` ({id: logprob})."""
+    from vllm import LLM, SamplingParams
+
+    extra = {} if settings is None else {"hf_overrides": {"visprune": settings}}
+    options = {
+        **ENGINE,
+        "max_model_len": 1024,
+        "limit_mm_per_prompt": {"image": 1, "video": 1},
+        **extra,
+        **engine,
+    }
+    llm = LLM(model=str(model_dir), **options)
+    try:
+        outputs = llm.generate(
+            [{"prompt": r["prompt"], "multi_modal_data": _mm_data(r)} for r in requests],
+            SamplingParams(temperature=0.0, max_tokens=steps, logprobs=5, ignore_eos=True),
+            use_tqdm=False,
+        )
+        return [
+            {
+                "answer": list(output.outputs[0].token_ids),
+                "prompt_tokens": len(output.prompt_token_ids),
+                "logprobs": {t: p.logprob for t, p in output.outputs[0].logprobs[0].items()},
+            }
+            for output in outputs
+        ]
+    finally:
+        del llm
+        gc.collect()
+
+
+def qwen_inputs(processor, request: dict) -> dict:
+    """The processor's inputs for one request (a video with its frame rate, frames as given)."""
+    if "video" in request:
+        from transformers.video_utils import VideoMetadata
+
+        metadata = {k: v for k, v in request["metadata"].items() if k != "do_sample_frames"}
+        return processor(
+            text=request["prompt"],
+            videos=[request["video"]],
+            video_metadata=[VideoMetadata(**metadata)],
+            return_tensors="pt",
+        )
+    return processor(text=request["prompt"], images=request["image"], return_tensors="pt")
+
+
+def reference_qwen(model_dir, requests: list[dict], settings: dict | None, steps: int):
+    """The same through transformers, one request at a time, and ``visprune.apply`` at the
+    family's default positions: ``answer``, ``prompt_tokens`` (the full prompt), ``visual`` and
+    ``kept`` visual tokens and the first step's ``logprobs``."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    config = AutoConfig.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    handle = None
+    if settings is not None:
+        params = {k: v for k, v in settings.items() if k != "method"}
+        handle = visprune.apply(model, settings["method"], **params)
+    visual_ids = torch.tensor([config.image_token_id, config.video_token_id])
+    results = []
+    try:
+        for request in requests:
+            inputs = qwen_inputs(processor, request)
+            with torch.no_grad():
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=steps,
+                    do_sample=False,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+            length = inputs["input_ids"].shape[1]
+            visual = int(torch.isin(inputs["input_ids"], visual_ids).sum())
+            kept = visual if handle is None else sum(len(s.kept) for s in handle.selections)
+            results.append(
+                {
+                    "answer": out.sequences[0, length:].tolist(),
+                    "prompt_tokens": length,
+                    "visual": visual,
+                    "kept": kept,
+                    "logprobs": torch.log_softmax(out.scores[0][0].double(), -1),
+                }
+            )
+    finally:
+        if handle is not None:
+            handle.remove()
+    return results
