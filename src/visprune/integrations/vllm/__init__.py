@@ -16,9 +16,11 @@ Text-conditioned methods read the prompt's tokens after the last image, which tr
 image (and are part of its cache identity, so cached encodings are never reused across prompts).
 
 Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5 and its
-relatives) and ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
-"vision"-stage ones). An override on any other architecture, an unknown method or a bad budget
-raises at engine start.
+relatives), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
+"vision"-stage ones), ``InternVLForConditionalGeneration`` (InternVL 3 / 3.5 ``-hf``, images),
+``Gemma3ForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration`` (images and
+video; every method but the "vision"-stage ones). An override on any other architecture, an
+unknown method or a bad budget raises at engine start.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ SERVED_ARCHITECTURES = {
     "LlavaNextForConditionalGeneration": (
         "visprune.integrations.vllm.llava_next:PrunedLlavaNextForConditionalGeneration"
     ),
+    "InternVLForConditionalGeneration": (
+        "visprune.integrations.vllm.internvl:PrunedInternVLForConditionalGeneration"
+    ),
+    "Gemma3ForConditionalGeneration": (
+        "visprune.integrations.vllm.gemma3:PrunedGemma3ForConditionalGeneration"
+    ),
+    "LlavaOnevisionForConditionalGeneration": (
+        "visprune.integrations.vllm.llava_onevision:PrunedLlavaOnevisionForConditionalGeneration"
+    ),
 }
 
 
@@ -39,6 +50,10 @@ UNSERVED_STAGES = {
     "LlavaNextForConditionalGeneration": {
         "vision": "vLLM's LLaVA-NeXT keeps no per-token features before the projector that "
         "line up with its packed tokens (its newline tokens have none)",
+    },
+    "LlavaOnevisionForConditionalGeneration": {
+        "vision": "vLLM's LLaVA-OneVision keeps no per-token features before the projector "
+        "that line up with its packed image tokens (its newline tokens have none)",
     },
 }
 
