@@ -7,7 +7,9 @@ functions that create an ``LLM`` are called from tests only.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,9 +57,12 @@ FAMILIES = {
 }
 
 
-def make_requests(family: str, count: int, videos: int = 0, seed: int = 0) -> list[dict]:
+def make_requests(
+    family: str, count: int, videos: int = 0, frames: tuple = (2, 3, 4), seed: int = 0
+) -> list[dict]:
     """``count`` prompts ``text <image> text`` of several image sizes and prompt lengths, then
-    ``videos`` prompts ``text <video> text`` of 2-4 frames (families with video)."""
+    ``videos`` prompts ``text <video> text`` with ``frames`` frames in turn (families with
+    video)."""
     from PIL import Image
 
     spec = FAMILIES[family]
@@ -72,21 +77,62 @@ def make_requests(family: str, count: int, videos: int = 0, seed: int = 0) -> li
             media = {"image": Image.fromarray(pixels)}
             mark = spec.image_mark
         else:
-            frames = 2 + number % 3
-            media = {"video": rng.integers(0, 256, (frames, 84, 84, 3), dtype=np.uint8)}
+            shape = (frames[number % len(frames)], 84, 84, 3)
+            media = {"video": rng.integers(0, 256, shape, dtype=np.uint8)}
             mark = spec.video_mark
         requests.append({"prompt": f"{before} {mark} {after}", **media})
     return requests
 
 
-def serve(directory, family: str, requests: list[dict], settings: dict | None, steps: int):
-    """vLLM's greedy continuation of each request: ``answer`` ids, ``prompt_tokens`` and the
-    first step's top-5 ``logprobs`` ({id: logprob})."""
-    from vllm import LLM, SamplingParams
+#: vLLM's switch between an engine in its own processes and one in the caller's.
+IN_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
+
+@contextlib.contextmanager
+def engine_in_this_process():
+    """vLLM's engine core and worker in the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``
+    and the "uni" executor): it starts in seconds instead of the minute or two that spawning
+    its two processes takes here. The environment variable and vLLM's cache of it (which the
+    in-process engine turns on) are restored after, so later engines spawn as usual."""
+    from vllm import envs
+
+    envs.disable_envs_cache()
+    before = os.environ.get(IN_PROCESS)
+    os.environ[IN_PROCESS] = "0"
+    try:
+        yield {"distributed_executor_backend": "uni"}
+    finally:
+        envs.disable_envs_cache()
+        if before is None:
+            os.environ.pop(IN_PROCESS)
+        else:
+            os.environ[IN_PROCESS] = before
+
+
+def serve(
+    directory,
+    family: str,
+    requests: list[dict],
+    settings: dict | None,
+    steps: int,
+    in_process: bool = True,
+):
+    """vLLM's greedy continuation of each request: ``answer`` ids, ``prompt_tokens`` and the
+    first step's top-5 ``logprobs`` ({id: logprob}). ``in_process=False``: the engine runs in
+    its own processes, as served (the multimodal items, the prompt text among them, then cross
+    a process boundary)."""
     extra = {} if settings is None else {"hf_overrides": {"visprune": settings}}
     engine = {**ENGINE, "max_model_len": 512, "limit_mm_per_prompt": FAMILIES[family].limits}
-    llm = LLM(model=str(directory), **engine, **extra)
+    if not in_process:
+        return _generate(directory, requests, steps, **engine, **extra)
+    with engine_in_this_process() as executor:
+        return _generate(directory, requests, steps, **engine, **extra, **executor)
+
+
+def _generate(directory, requests: list[dict], steps: int, **engine) -> list[dict]:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(directory), **engine)
     try:
         outputs = llm.generate(
             [
