@@ -139,6 +139,7 @@ def _generate(directory, requests: list[dict], steps: int, **engine) -> list[dic
                 {
                     "prompt": r["prompt"],
                     "multi_modal_data": {k: v for k, v in r.items() if k in ("image", "video")},
+                    "mm_processor_kwargs": r.get("options", {}),
                 }
                 for r in requests
             ],
@@ -194,7 +195,9 @@ def reference(directory, family: str, requests: list[dict], settings: dict | Non
                 media["images"] = r["image"]
             if "video" in r:
                 media["videos"] = r["video"]
-            inputs = processor(text=r["prompt"], return_tensors="pt", **media)
+            inputs = processor(
+                text=r["prompt"], return_tensors="pt", **media, **r.get("options", {})
+            )
             if family == "gemma3" and not vllm_attends_images_both_ways():
                 inputs.pop("token_type_ids")
             with torch.no_grad():

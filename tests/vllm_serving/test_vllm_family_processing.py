@@ -44,7 +44,11 @@ def processed(directory, requests, override):
     for request in requests:
         ids = tokenizer(request["prompt"], add_special_tokens=False)["input_ids"]
         media = {k: [v] for k, v in request.items() if k in ("image", "video")}
-        inputs = ProcessorInputs(ids, processor.info.parse_mm_data(media))
+        inputs = ProcessorInputs(
+            ids,
+            processor.info.parse_mm_data(media),
+            hf_processor_mm_kwargs=request.get("options", {}),
+        )
         outputs.append(processor.apply(inputs, TimingContext()))
     return outputs
 
@@ -67,6 +71,29 @@ def test_placeholders_are_sized_to_the_kept_count(checkpoints, family):
         assert [t for t in full_ids if t != token] == [t for t in kept_ids if t != token]
         (span,) = kept["mm_placeholders"]["image"]
         assert span.get_num_embeds() == kept_ids.count(token)
+
+
+def test_gemma3_pan_and_scan_crops_each_keep_their_budget(checkpoints):
+    """transformers writes each pan-and-scan crop as one more image with its own budget: so
+    does the plugin, one run of kept soft tokens per crop, in one image item. (vLLM's own
+    pan-and-scan prompt differs from transformers' by a token here, pruned or not, so this is
+    checked on the prompt alone.)"""
+    requests = make_requests("gemma3", 3)
+    for request in requests:
+        request["options"] = {
+            "do_pan_and_scan": True,
+            "pan_and_scan_min_crop_size": 20,
+            "pan_and_scan_min_ratio_to_activate": 1.2,
+        }
+    unpruned = processed(checkpoints["gemma3"], requests, {})
+    pruned = processed(checkpoints["gemma3"], requests, {"visprune": SETTINGS})
+    keep = parse_settings(SETTINGS).num_keep(16)
+    crops = [len(runs(output["prompt_token_ids"], PLACEHOLDER["gemma3"])) for output in unpruned]
+    assert crops == [1, 3, 3]  # square: the image alone; 2:1 and 1:2: it and two crops
+    for count, output in zip(crops, pruned, strict=True):
+        assert runs(output["prompt_token_ids"], PLACEHOLDER["gemma3"]) == [keep] * count
+        (span,) = output["mm_placeholders"]["image"]
+        assert span.get_num_embeds() == keep * count
 
 
 def test_gemma3_bidirectional_span_is_the_kept_tokens(checkpoints):
