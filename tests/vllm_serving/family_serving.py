@@ -35,10 +35,10 @@ FAMILIES = {
     "internvl": Family(
         write_internvl,
         "<IMG_CONTEXT>",
-        None,
+        "<video>",
         # 1 tile; 2 tiles + thumbnail; 3 + thumbnail; 4 + thumbnail
         ((30, 30), (64, 32), (32, 96), (64, 64), (40, 70), (90, 35)),
-        {"image": 1, "video": 0},
+        {"image": 1, "video": 1},
     ),
     "gemma3": Family(
         write_gemma3,

@@ -8,11 +8,13 @@ HF format. An image is its tiles (plus a thumbnail when there are several), each
 selection from ``tiles * image_seq_length`` candidates), so the run of ``<IMG_CONTEXT>`` shrinks
 to the kept count. "vision"-stage methods score each token's projector input (its tile's ViT
 tokens after the pixel shuffle, CLS dropped), an image's tiles concatenated in order.
-Video is not pruned here: the pruned model accepts images only.
+A video's frames are one-tile images there (transformers writes each as ``Frame<i>: <img> ...
+</img>``, vLLM the same with ``<video>`` tokens): one selection per frame, the budget per frame.
 """
 
 from __future__ import annotations
 
+import torch
 from vllm.model_executor.models.interns1 import (
     InternS1DummyInputsBuilder,
     InternS1ForConditionalGeneration,
@@ -28,30 +30,30 @@ from .processing import (
     PrunedModelMixin,
     projector_inputs,
 )
+from .selection import select_in_parts
 from .settings import settings_of
+from .text import TEXT_FIELD
 
 
 class PrunedInternVLProcessingInfo(PrunedInfoMixin, InternS1ProcessingInfo):
-    """``num_keep(tiles * image_seq_length)`` tokens per image; images only."""
-
-    def get_supported_mm_limits(self):
-        return {"image": None}
+    """``num_keep(tiles * image_seq_length)`` tokens per image."""
 
 
 class PrunedInternVLMultiModalProcessor(
     KeptPlaceholdersMixin, PromptTextMixin, InternS1MultiModalProcessor
 ):
-    """vLLM's InternVL processor with each image's ``<IMG_CONTEXT>`` run cut to its kept count,
-    carrying the prompt text for text-conditioned methods."""
-
-    def _context_id(self) -> int:
-        return self.info.get_hf_processor().image_token_id
+    """vLLM's InternVL processor with each image's ``<IMG_CONTEXT>`` run, and each video frame's
+    run of ``<video>`` tokens, cut to its kept count, carrying the prompt text for
+    text-conditioned methods."""
 
     def _media_marks(self) -> list[int]:
-        return [self._context_id()]  # the request's prompt holds one <IMG_CONTEXT> per image
+        # The request's prompt holds one <IMG_CONTEXT> per image and one <video> per video;
+        # vLLM expands them into runs of the same ids.
+        processor = self.info.get_hf_processor()
+        video = self.info.get_tokenizer().get_vocab()[processor.video_token]
+        return [processor.image_token_id, video]
 
-    def _placeholder_ids(self) -> list[int]:
-        return [self._context_id()]
+    _placeholder_ids = _media_marks
 
 
 def build_info(ctx):
@@ -80,14 +82,25 @@ class PrunedInternVLForConditionalGeneration(PrunedModelMixin, InternS1ForCondit
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:
             return super().embed_multimodal(**kwargs)
-        image_input, text_ids = self._pixel_input(kwargs)
-        if image_input is None:
-            return []
-        with projector_inputs(self.multi_modal_projector) as captured:
-            tiles = self.extract_feature(image_input["pixel_values"])  # (tiles, n, d)
-        counts = [int(count) for count in image_input["num_patches"]]
-        embeddings = [image.flatten(0, 1) for image in tiles.split(counts)]
-        candidates = embeddings
-        if self.visprune.method.stage == "vision":  # (tiles, n, 4 c) after the pixel shuffle
-            candidates = [image.flatten(0, 1) for image in captured[0].split(counts)]
-        return self._kept_rows(candidates, embeddings, text_ids)
+        text_ids = kwargs.pop(TEXT_FIELD, None)
+        kept: list[torch.Tensor] = []
+        for modality, media in self._parse_and_validate_multimodal_inputs(**kwargs).items():
+            if media is None:
+                continue
+            self._require_pixels(media)
+            with projector_inputs(self.multi_modal_projector) as captured:
+                tiles = self.extract_feature(media["pixel_values"])  # (tiles, n, d)
+            candidates = tiles
+            if self.visprune.method.stage == "vision":  # (tiles, n, 4 c): after the shuffle
+                candidates = captured[0]
+            counts = [int(count) for count in media["num_patches"]]
+            if modality == "images":  # one selection per image, from all its tiles
+                kept += self._kept_rows(
+                    [image.flatten(0, 1) for image in candidates.split(counts)],
+                    [image.flatten(0, 1) for image in tiles.split(counts)],
+                    text_ids,
+                )
+            else:  # a video's frames: one-tile images, one selection each
+                texts = self._texts(text_ids, len(counts))
+                kept += select_in_parts(self.visprune, list(candidates), list(tiles), texts, counts)
+        return kept
