@@ -17,10 +17,10 @@ image (and are part of its cache identity, so cached encodings are never reused 
 
 Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5 and its
 relatives), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
-"vision"-stage ones), ``InternVLForConditionalGeneration`` (InternVL 3 / 3.5 ``-hf``, images and video),
-``Gemma3ForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration`` (images and
-video; every method but the "vision"-stage ones). An override on any other architecture, an
-unknown method or a bad budget raises at engine start.
+"vision"-stage ones), ``InternVLForConditionalGeneration`` (InternVL 3 / 3.5 ``-hf``: images and
+video), ``Gemma3ForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration``
+(images and video; every method but the "vision"-stage ones). An override on any other
+architecture, an unknown method or a bad budget raises at engine start.
 """
 
 from __future__ import annotations
