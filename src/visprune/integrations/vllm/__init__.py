@@ -19,7 +19,10 @@ Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5
 relatives), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
 "vision"-stage ones), ``Qwen2_5_VLForConditionalGeneration`` and
 ``Qwen3VLForConditionalGeneration`` (images and video, the budget per video temporal patch group,
-kept tokens at their M-RoPE positions: see :mod:`.mrope`). An override on any other
+kept tokens at their M-RoPE positions: see :mod:`.mrope`),
+``InternVLForConditionalGeneration`` (InternVL 3 / 3.5 ``-hf``: images and video),
+``Gemma3ForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration`` (images and
+video; every method but the "vision"-stage ones). An override on any other
 architecture, an unknown method or a bad budget raises at engine start.
 """
 
@@ -39,6 +42,15 @@ SERVED_ARCHITECTURES = {
     "Qwen3VLForConditionalGeneration": (
         "visprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration"
     ),
+    "InternVLForConditionalGeneration": (
+        "visprune.integrations.vllm.internvl:PrunedInternVLForConditionalGeneration"
+    ),
+    "Gemma3ForConditionalGeneration": (
+        "visprune.integrations.vllm.gemma3:PrunedGemma3ForConditionalGeneration"
+    ),
+    "LlavaOnevisionForConditionalGeneration": (
+        "visprune.integrations.vllm.llava_onevision:PrunedLlavaOnevisionForConditionalGeneration"
+    ),
 }
 
 
@@ -55,6 +67,10 @@ UNSERVED_STAGES = {
     "LlavaNextForConditionalGeneration": {
         "vision": "vLLM's LLaVA-NeXT keeps no per-token features before the projector that "
         "line up with its packed tokens (its newline tokens have none)",
+    },
+    "LlavaOnevisionForConditionalGeneration": {
+        "vision": "vLLM's LLaVA-OneVision keeps no per-token features before the projector "
+        "that line up with its packed image tokens (its newline tokens have none)",
     },
 }
 

@@ -3,56 +3,105 @@ the prompt text, its model selects the kept rows. Imports vLLM (engine processes
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import replace
+
 import torch
 from vllm.multimodal.inputs import MultiModalBatchedField, MultiModalFieldElem
+from vllm.multimodal.processing import PromptUpdateDetails
 
+from .placeholders import shrink_runs
 from .selection import select_rows
 from .settings import ServingSettings, settings_of
 from .text import TEXT_FIELD, text_after_images, with_text
 
 
 class PrunedInfoMixin:
-    """For a vLLM ``BaseLlavaProcessingInfo``: ``budget`` placeholder tokens per image, so vLLM
-    reserves (and schedules, and reports) only the kept ones."""
+    """For a vLLM processing info: ``num_keep(n)`` placeholder tokens for an image vLLM would
+    give ``n``, so vLLM reserves (and schedules, and reports) only the kept ones."""
 
     @property
     def settings(self) -> ServingSettings:
         return settings_of(self.get_hf_config())
 
-    def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
-        candidates = super().get_num_image_tokens(
-            image_width=image_width, image_height=image_height
-        )
-        return self.settings.num_keep(candidates)
+    def get_num_image_tokens(self, **kwargs) -> int:
+        return self.settings.num_keep(super().get_num_image_tokens(**kwargs))
 
 
 class PromptTextMixin:
     """For a vLLM multimodal processor: text-conditioned methods get the prompt's tokens after
-    its last image with every image item, and that text becomes part of the item's identity
-    (processor cache, encoder cache and prefix cache key on it)."""
+    its last placeholder with every image (and video) item, and that text becomes part of the
+    item's identity (processor cache, encoder cache and prefix cache key on it).
 
-    def _text_of(self, prompt: list[int]) -> list[int]:
-        return text_after_images(prompt, [self.info.get_hf_config().image_token_index])
+    The text is read from the expanded prompt, after the last placeholder token, which is where
+    ``visprune.apply`` reads it in transformers (after InternVL's ``</img>``, Gemma 3's
+    ``<end_of_image>``, ...). The identity is computed before the expansion, from the request's
+    prompt after its last media mark; the expanded text is a function of it.
+    """
+
+    def _media_marks(self) -> list[int]:
+        """The ids that stand for one media item in a request's prompt."""
+        return [self.info.get_hf_config().image_token_index]
+
+    def _placeholder_ids(self) -> list[int]:
+        """The ids of the expanded placeholders (one per embedding row)."""
+        return [self.info.get_hf_config().image_token_index]
 
     def _get_mm_hashes(self, inputs):
         hashes = super()._get_mm_hashes(inputs)
         if not self.info.settings.uses_text:
             return hashes
-        text = self._text_of(inputs.prompt)
+        text = text_after_images(inputs.prompt, self._media_marks())
         return {modality: [with_text(h, text) for h in items] for modality, items in hashes.items()}
 
     def apply(self, inputs, timing_ctx):
         result = super().apply(inputs, timing_ctx)
         if self.info.settings.uses_text:
-            text = torch.tensor(self._text_of(inputs.prompt), dtype=torch.long)
+            text = text_after_images(result["prompt_token_ids"], self._placeholder_ids())
+            text = torch.tensor(text, dtype=torch.long)
             # Items the engine already holds arrive as None and keep the text they were sent
             # with: their identity includes it, so it is this prompt's text.
-            for item in result["mm_kwargs"].get("image", []):
-                if item is not None:
-                    item[TEXT_FIELD] = MultiModalFieldElem(
-                        data=text, field=MultiModalBatchedField()
-                    )
+            for items in result["mm_kwargs"].values():
+                for item in items:
+                    if item is not None:
+                        item[TEXT_FIELD] = MultiModalFieldElem(
+                            data=text, field=MultiModalBatchedField()
+                        )
         return result
+
+
+class KeptPlaceholdersMixin:
+    """For a vLLM multimodal processor whose prompt replacements write the placeholder tokens
+    themselves: every run of placeholders in a replacement shrinks to its kept count."""
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        placeholders = set(self._placeholder_ids())
+        keep = self.info.settings.num_keep
+
+        def shrunk(content):
+            if isinstance(content, PromptUpdateDetails):
+                return replace(content, full=shrink_runs(content.full, placeholders, keep))
+            return shrink_runs(content, placeholders, keep)
+
+        def replacement(content):
+            if callable(content):
+                return lambda item: shrunk(content(item))
+            return shrunk(content)
+
+        return [replace(update, replacement=replacement(update.replacement)) for update in updates]
+
+
+@contextlib.contextmanager
+def projector_inputs(projector: torch.nn.Module):
+    """Collect the inputs of ``projector`` while the block runs: the per-token features before
+    projection that "vision"-stage methods score (a list, one tensor per call)."""
+    captured: list[torch.Tensor] = []
+    handle = projector.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 class PrunedModelMixin:
@@ -67,12 +116,16 @@ class PrunedModelMixin:
         image_input = self._parse_and_validate_image_input(**kwargs)
         if image_input is None:
             return None, None
-        if image_input["type"] != "pixel_values":
+        self._require_pixels(image_input)
+        return image_input, text_ids
+
+    @staticmethod
+    def _require_pixels(media_input) -> None:
+        if not media_input["type"].startswith("pixel_values"):
             raise ValueError(
                 "visprune: images given as ready embeddings cannot be pruned (the method needs "
                 "the encoder's tokens); send pixels, or serve without the visprune override."
             )
-        return image_input, text_ids
 
     def _kept_rows(self, candidates, embeddings, text_ids) -> list[torch.Tensor]:
         return select_rows(
