@@ -45,3 +45,22 @@ def once_per_tensor(texts: list[Tensor], function: Callable[[Tensor], Tensor]) -
         if id(text) not in done:
             done[id(text)] = function(text)
     return [done[id(text)] for text in texts]
+
+
+def padded_rows(texts: list[Tensor], device: torch.device) -> Tensor:
+    """Per-item ``(m_i, d)`` texts as one ``(b, max m_i, d)`` float32 tensor on ``device``.
+
+    Rows past an item's own text are zero. A text shared by every item is expanded, not copied;
+    otherwise the texts are packed with one concatenation and one indexed copy, so the ops do
+    not grow with the items.
+    """
+    first = texts[0]
+    if all(text is first for text in texts):
+        return first.float().to(device).unsqueeze(0).expand(len(texts), -1, -1)
+    lengths = [len(text) for text in texts]
+    longest = max(lengths)
+    packed = torch.cat(texts).float().to(device)
+    where = [item * longest + at for item, length in enumerate(lengths) for at in range(length)]
+    padded = packed.new_zeros(len(texts) * longest, packed.shape[-1])
+    padded.index_copy_(0, torch.tensor(where, device=device), packed)
+    return padded.view(len(texts), longest, -1)
