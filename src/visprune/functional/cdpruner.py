@@ -80,36 +80,32 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
     # The published operations in their order (C[:, j]ᵀ C, subtract from the kernel row, divide
     # by sqrt, subtract the square) and dtypes (the Cholesky rows are stored in float32 even for
     # a float64 kernel): an exact tie of d² there is an exact tie here, and argmax takes the
-    # lowest index of both. Each step's d² lands in its own row of `history`, so the step that
-    # exhausts the rank can be told apart afterwards without a host read (`_frozen_picks`).
-    chol = kernel.new_zeros(b, k, 1, n, dtype=torch.float32)
-    rows, slots = chol.view(b, k, n), chol.unbind(1)
-    history = kernel.new_empty(b, k, 1, n)
-    residuals, flat_residuals = history.unbind(1), history.view(b, k, n).unbind(1)
-    flat_residuals[0].copy_(kernel.diagonal(dim1=-2, dim2=-1))
+    # lowest index of both. Each step's d² is kept, so the step that exhausts the rank can be
+    # told apart afterwards without a host read (`_frozen_picks`).
+    residual = kernel.diagonal(dim1=-2, dim2=-1).reshape(b, 1, n)
     batch = torch.arange(b, device=kernel.device).view(b, 1)
+    zero = torch.zeros_like(batch)
     excluded = torch.full((), -torch.inf, dtype=kernel.dtype, device=kernel.device)
-    fused = kernel.dtype == torch.float32
-    picks, pivots = [], []
+    rows: list[Tensor] = []  # float32 Cholesky rows, (b, 1, n) each
+    picks, pivots, history = [], [], [residual]
     for step in range(k):
-        d2, pick = residuals[step].max(dim=-1)  # (b, 1) each
+        d2, pick = residual.max(dim=-1)  # (b, 1) each
         picks.append(pick)
         pivots.append(d2)
         if step == k - 1:
             break
-        done = rows[:, :step]
-        e = kernel[batch, pick] - torch.bmm(done[batch, :, pick], done)  # (b, 1, n)
+        e = kernel[batch, pick]  # (b, 1, n)
+        if rows:
+            done = torch.cat(rows, dim=1)
+            e = e - torch.bmm(done[batch, :, pick], done)
         # Past an exhausted rank (d² <= 0) the root is NaN or zero: the row is garbage there,
         # and _frozen_picks replaces every later pick of that item.
-        root = d2.sqrt().view(b, 1, 1)
-        if fused:
-            e = torch.div(e, root, out=slots[step])
-        else:
-            e = e / root
-            slots[step].copy_(e)
-        torch.sub(residuals[step], e.square(), out=residuals[step + 1])
-        flat_residuals[step + 1].index_put_((batch, pick), excluded)
-    return _frozen_picks(torch.cat(picks, -1), torch.cat(pivots, -1), history.view(b, k, n))
+        e = e / d2.sqrt().view(b, 1, 1)
+        rows.append(e if e.dtype == torch.float32 else e.float())
+        residual = residual - e.square()
+        residual.index_put_((batch, zero, pick), excluded)
+        history.append(residual)
+    return _frozen_picks(torch.cat(picks, -1), torch.cat(pivots, -1), torch.cat(history, 1))
 
 
 def _frozen_picks(picks: Tensor, pivots: Tensor, history: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ kernel ``K``, the Cholesky rows ``C`` of the picks and the residual diagonal
 
 On a GPU every dispatched op is a kernel launch, so a step here is a handful of ops on the whole
 batch: one index for the pivot's kernel row, one for its Cholesky coefficients, one ``baddbmm``
-for the new row, written in place, and no host read. The shapes of a step depend only on
+for the new row, and no host read. The shapes of a step depend only on
 ``(b, n, k)`` and the step number, so the loop unrolls into one static graph
 (``torch.compile(fullgraph=True)``, CUDA graphs).
 """
@@ -33,7 +33,7 @@ class PivotedCholesky:
         ``(b, n)`` the kernel's diagonal ``d²``; reduced in place (picked tokens become
         ``-inf``), and exposed as :attr:`scores`.
     k : int
-        Rows to make room for.
+        Rows it will hold (the picks of the greedy).
     floor : float, optional
         Pivots ``d²`` below ``floor`` are divided as ``floor`` (a guard against a zero pivot).
 
@@ -42,21 +42,23 @@ class PivotedCholesky:
     scores : Tensor
         ``(b, n)`` the current ``d²``; ``-inf`` for picked tokens.
     rows : Tensor
-        ``(b, k, n)`` the Cholesky rows ``C``; rows ``>= step`` are zero.
+        ``(b, step, n)`` the Cholesky rows ``C`` so far.
     """
 
     def __init__(self, residual: Tensor, k: int, floor: float | None = None) -> None:
         b, n = residual.shape
         self.scores = residual
         self.floor = floor
-        self.step = 0
-        chol = residual.new_zeros(b, k, 1, n)
-        self.rows = chol.view(b, k, n)
-        # One view per row, made by one op: a step writes its row without slicing.
-        self._slots = chol.unbind(1)
+        self._rows: list[Tensor] = []
         self._scores = residual.view(b, 1, n)
         self._batch = torch.arange(b, device=residual.device).view(b, 1)
         self._excluded = torch.full((), -torch.inf, dtype=residual.dtype, device=residual.device)
+
+    @property
+    def rows(self) -> Tensor:
+        """``(b, step, n)`` the Cholesky rows ``C`` so far."""
+        b, n = self.scores.shape
+        return torch.cat(self._rows, dim=1) if self._rows else self.scores.new_zeros(b, 0, n)
 
     def best(self) -> tuple[Tensor, Tensor]:
         """The largest ``d²`` and its token per item (ties: the lowest index): ``(b, 1)`` each."""
@@ -75,16 +77,18 @@ class PivotedCholesky:
             ``(b, 1)`` its ``d²`` (a value of :meth:`best`).
         """
         b = pick.shape[0]
-        step = self.step
-        slot = self._slots[step]
-        done = self.rows[:, :step]
-        # e = K[pick, :] - C[:, pick]ᵀ C, written straight into row `step` of C.
-        torch.baddbmm(row, done[self._batch, :, pick], done, alpha=-1.0, out=slot)
         pivot = pivot if self.floor is None else pivot.clamp_min(self.floor)
-        slot.mul_(pivot.rsqrt().view(b, 1, 1))
-        self._scores.addcmul_(slot, slot, value=-1.0)
+        scale = pivot.rsqrt().view(b, 1, 1)
+        if self._rows:
+            # e = K[pick, :] - C[:, pick]ᵀ C: one batched GEMM. The rows are concatenated, not
+            # written into a preallocated buffer: torch.compile captures no strided `out=`.
+            done = torch.cat(self._rows, dim=1)
+            e = torch.baddbmm(row, done[self._batch, :, pick], done, alpha=-1.0).mul_(scale)
+        else:
+            e = row * scale
+        self._rows.append(e)
+        self._scores.addcmul_(e, e, value=-1.0)
         self.scores.index_put_((self._batch, pick), self._excluded)
-        self.step += 1
 
 
 def cholesky_greedy(

@@ -154,19 +154,44 @@ class ResPrune(Method):
         return torch.where(flat, ones, scaled).pow(self.alpha)
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        d = tokens.shape[-1]
         weights = self.weights(tokens, ctx)
         prior = weights * torch.linalg.vector_norm(tokens, dim=-1).square_()
         threshold = EXHAUSTED * prior.amax(dim=-1)
-        # Picks beyond half the width can drive residuals to zero, where only the feature-space
-        # form keeps them exact; below that the Gram form is faster (one GEMM, then O(k²n)).
-        state_type = _FeatureResiduals if 2 * k > d else _GramResiduals
-        state = state_type(tokens, weights, prior, k)
-        picks, pivots = [], []
-        for step in range(k):
-            pivot, pick = state.best()
-            picks.append(pick)
-            pivots.append(pivot)
-            if step < k - 1:
-                state.update(pick, pivot)
-        return fill_exhausted(torch.cat(picks, -1), torch.cat(pivots, -1), prior, threshold)
+        return residual_energy_greedy(tokens, weights, prior, threshold, k)
+
+
+def residual_energy_greedy(
+    tokens: Tensor, weights: Tensor, prior: Tensor, threshold: Tensor, k: int
+) -> Tensor:
+    """ResPrune's greedy: ``k`` picks of ``argmax_{i ∉ S} g_i ‖x_i - P_S x_i‖²``.
+
+    Parameters
+    ----------
+    tokens : Tensor
+        ``(b, n, d)`` float32 tokens ``x``.
+    weights : Tensor
+        ``(b, n)`` relevance weights ``g``.
+    prior : Tensor
+        ``(b, n)`` ``g_i ‖x_i‖²``, the first scores and the fill order once the span is exhausted.
+    threshold : Tensor
+        ``(b,)`` the score at or below which the span counts as exhausted.
+    k : int
+        Picks per item.
+
+    Returns
+    -------
+    Tensor
+        ``(b, k)`` int64 picks in pick order.
+    """
+    # Picks beyond half the width can drive residuals to zero, where only the feature-space
+    # form keeps them exact; below that the Gram form is faster (one GEMM, then O(k²n)).
+    state_type = _FeatureResiduals if 2 * k > tokens.shape[-1] else _GramResiduals
+    state = state_type(tokens, weights, prior, k)
+    picks, pivots = [], []
+    for step in range(k):
+        pivot, pick = state.best()
+        picks.append(pick)
+        pivots.append(pivot)
+        if step < k - 1:
+            state.update(pick, pivot)
+    return fill_exhausted(torch.cat(picks, -1), torch.cat(pivots, -1), prior, threshold)
