@@ -49,7 +49,11 @@ def dart(
     -----
     Pivots are visited in CPython ``set`` iteration order of their absolute positions (inserted
     image pivots first, each by descending norm), as published: the order decides which pivot
-    claims a token first, so it is kept for parity. It is deterministic.
+    claims a token first, so it is kept for parity. It is deterministic, and the host reads the
+    pivot positions once per call (not per pivot or per row); the claiming runs on the device
+    for the whole batch (:func:`claim_least_duplicated`). Deliberate difference: tokens of equal
+    similarity to a pivot are claimed lowest index first (the published ``topk`` leaves their
+    order to the platform).
     """
     b, s, _ = hidden_states.shape
     end = image_start + image_length

@@ -172,12 +172,27 @@ def check_all_finite(tensors: list[Tensor], what: str, method: str) -> None:
     tensors = [tensor for tensor in tensors if tensor.numel()]
     if not tensors:
         return
-    if len({tensor.device for tensor in tensors}) == 1:
+    if _stackable(tensors):
+        # One concatenation and one sum: the ops do not grow with the tensors either.
+        if bool(torch.isfinite(torch.cat(tensors).sum(dtype=torch.float32))):
+            return
+    elif len({tensor.device for tensor in tensors}) == 1:
         sums = torch.stack([tensor.sum(dtype=torch.float32) for tensor in tensors])
         if bool(torch.isfinite(sums.sum())):
             return
     for tensor in tensors:  # rare: name the count of the first bad tensor
         check_finite(tensor, what, method)
+
+
+def _stackable(tensors: list[Tensor]) -> bool:
+    """Whether ``tensors`` concatenate along their first dimension (same device, dtype, rest)."""
+    first = tensors[0]
+    return all(
+        tensor.device == first.device
+        and tensor.dtype == first.dtype
+        and tensor.shape[1:] == first.shape[1:]
+        for tensor in tensors
+    )
 
 
 #: Vision-tower context a method may require, and what it is (for the error messages).
@@ -303,8 +318,7 @@ class Method:
         b, n, d = batch.shape
         if n == 0 or d == 0 or b == 0:
             raise ValueError(f"{self.name}: tokens are empty (shape {tuple(tokens.shape)}).")
-        batch = power_of_two_scaled(batch, dims=(-2, -1))
-        check_finite(batch, "tokens", self.name)
+        batch = finite_power_of_two_scaled(batch, "tokens", self.name)
         k = self.num_keep(n) if k is None else resolve_budget(k, n, self.name)
         if tokens.dim() == 2:
             ctx = _with_batch_dim(ctx)
@@ -392,6 +406,29 @@ def power_of_two_scaled(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return all_power_of_two_scaled([x], dims)[0]
 
 
+def finite_power_of_two_scaled(x: Tensor, what: str, method: str) -> Tensor:
+    """:func:`power_of_two_scaled` of ``(b, n, d)`` tokens per item, and :func:`check_finite`.
+
+    Both read one peak per item: a finite largest and smallest value mean every value is finite
+    (NaN spreads into both), so the tokens are read twice in all (not four times) and the host
+    once (not twice).
+    """
+    work = x.double() if x.dtype == torch.float64 else x.float()
+    peak = _peak(work, (-2, -1))
+    exponent = _exponent(peak)
+    finite, scaled = torch.stack([torch.isfinite(peak).all(), exponent.any()]).tolist()
+    if not finite:
+        check_finite(work, what, method)  # raises, naming the count
+    if scaled:
+        return torch.ldexp(work.double(), -exponent.double()).float()
+    return work.float()
+
+
+def _peak(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``|x|.amax(dims)`` (kept dims) without the temporary ``|x|``: two reductions, no copy."""
+    return torch.maximum(x.amax(dim=dims, keepdim=True), x.amin(dim=dims, keepdim=True).neg())
+
+
 def all_power_of_two_scaled(tensors: list[Tensor], dims: tuple[int, ...]) -> list[Tensor]:
     """:func:`power_of_two_scaled` for each of ``tensors``, with one host read for them all.
 
@@ -399,15 +436,13 @@ def all_power_of_two_scaled(tensors: list[Tensor], dims: tuple[int, ...]) -> lis
     per item.
     """
     works = [x.double() if x.dtype == torch.float64 else x.float() for x in tensors]
+    if len(works) > 1 and dims == (-2, -1) and all(w.dim() == 2 for w in works):
+        if _stackable(works):
+            return _rows_power_of_two_scaled(works)
     exponents = {}
     for index, work in enumerate(works):
         if work.numel():
-            peak = work.abs().amax(dim=dims, keepdim=True)
-            finite = torch.where(torch.isfinite(peak), peak, torch.ones_like(peak))
-            _, exponent = torch.frexp(finite)
-            exponents[index] = torch.where(
-                exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent)
-            )
+            exponents[index] = _exponent(_peak(work, dims))
     if not exponents or not _any_nonzero(list(exponents.values())):
         return [work.float() for work in works]
     return [
@@ -416,6 +451,39 @@ def all_power_of_two_scaled(tensors: list[Tensor], dims: tuple[int, ...]) -> lis
         else work.float()
         for index, work in enumerate(works)
     ]
+
+
+def _exponent(peak: Tensor) -> Tensor:
+    """The power of two that brings ``peak`` into [0.5, 1), or 0 where it is within range."""
+    finite = torch.where(torch.isfinite(peak), peak, torch.ones_like(peak))
+    _, exponent = torch.frexp(finite)
+    return torch.where(exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent))
+
+
+def _rows_power_of_two_scaled(works: list[Tensor]) -> list[Tensor]:
+    """:func:`all_power_of_two_scaled` of ``(m_i, d)`` matrices, as one packed batch.
+
+    The matrices are concatenated once and each row knows its matrix, so the ops (and the GPU
+    launches) do not grow with the number of matrices; the values are those of the per-matrix
+    rule.
+    """
+    lengths = [len(work) for work in works]
+    packed = torch.cat(works)
+    if not packed.numel():
+        return [work.float() for work in works]
+    owner = torch.tensor(
+        [item for item, length in enumerate(lengths) for _ in range(length)],
+        device=packed.device,
+    )
+    # Absolute values are >= 0, so the zeros the peaks start from never win (NaN propagates).
+    peaks = packed.new_zeros(len(works)).scatter_reduce(
+        0, owner, _peak(packed, (-1,)).squeeze(-1), "amax", include_self=True
+    )
+    exponents = _exponent(peaks)
+    if not bool(exponents.any()):
+        return [work.float() for work in works]
+    scaled = torch.ldexp(packed.double(), -exponents[owner].double().unsqueeze(-1)).float()
+    return list(scaled.split(lengths))
 
 
 def _any_nonzero(tensors: list[Tensor]) -> bool:
