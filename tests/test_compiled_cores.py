@@ -11,6 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import visprune
+import visprune.methods.otprune as otprune_module
+from visprune import Context
 from visprune.functional.cdpruner import conditional_dpp
 from visprune.functional.dart import claim_least_duplicated
 from visprune.functional.vispruner import vispruner
@@ -114,3 +117,31 @@ def test_core_compiles_whole_and_picks_as_eager(core):
     eager = core(inputs())
     compiled = torch.compile(core, fullgraph=True)(inputs())
     assert torch.equal(compiled, eager), (compiled.tolist(), eager.tolist())
+
+
+#: Methods whose ``_select`` is one greedy (or claiming) core plus device-side preparation.
+SELECTING = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator", "cdpruner"]
+SELECTING += ["vispruner", "dart"]
+
+
+@pytest.mark.parametrize("name", SELECTING)
+def test_select_after_prepare_traces_whole(name, monkeypatch):
+    """``Method._select`` reads the host nowhere once ``_prepare`` has run: it traces into one
+    graph (``aot_eager``: the capture without inductor's code generation, seconds) and picks as
+    eager, for items with prompts of different lengths."""
+    monkeypatch.setattr(otprune_module, "LAZY_ROW_DEVICES", frozenset())  # the CUDA path
+    x = inputs()
+    texts = [x["tokens"][0, :5] * 0.5, x["tokens"][1, 7:10] - 1.0]
+    method = visprune.get_method(name, budget=K)
+    ctx = Context(
+        text=texts,
+        cls_attention=x["attention"],
+        scores=x["weights"],
+        text_scores=[text.sum(-1) for text in texts],
+    )
+    method._check_context(ctx, B, D)
+    ctx = method._prepare(ctx, x["tokens"])
+    torch._dynamo.reset()
+    eager = method._select(x["tokens"], K, ctx)
+    compiled = torch.compile(method._select, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x["tokens"], K, ctx), eager)

@@ -327,7 +327,7 @@ class Method:
         if k >= n:
             keep = torch.arange(n, device=tokens.device).expand(b, n).clone()
         else:
-            keep = self._select(batch, k, ctx)
+            keep = self._select(batch, k, self._prepare(ctx, batch))
             keep = keep.sort(dim=-1).values
         return keep[0] if tokens.dim() == 2 else keep
 
@@ -369,6 +369,15 @@ class Method:
                     f"{self.name}: query has {query.shape[0]} rows but the batch has {batch} items."
                 )
             check_finite(query.float(), "query", self.name)
+
+    def _prepare(self, ctx: Context, tokens: Tensor) -> Context:
+        """The context :meth:`_select` reads, with every check that reads the host done here.
+
+        ``_select`` then runs on the device alone, with shapes fixed by ``(b, n, k)``: it can be
+        compiled whole (``torch.compile(fullgraph=True)``) and captured in a CUDA graph.
+        ``tokens`` is the validated ``(b, n, d)`` float32 batch. Default: ``ctx`` unchanged.
+        """
+        return ctx
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         """Pick ``k < n`` tokens per item.

@@ -7,6 +7,7 @@ Matters More" (arXiv 2502.11494). The pure core with the published quirks is
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -71,27 +72,37 @@ class DART(LayerMethod):
     def prune_layers(self, num_layers: int) -> list[int]:
         return [self.layer]
 
-    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+    def _prepare(self, ctx: Context, tokens: Tensor) -> Context:
         b, n, d = tokens.shape
-        device = tokens.device
-        norms = scores_batch(ctx.scores, b, n, "scores", self.name).to(device)
         texts = ctx.texts_for(b, self.name) or [tokens.new_zeros(0, d)] * b
         lengths = [len(text) for text in texts]
-        p_img = min(self.image_pivots, k)
-        p_txt = min(self.text_pivots, max(lengths))
-        if p_txt and ctx.text_scores is None:
+        if self.text_pivots and max(lengths) and ctx.text_scores is None:
             raise ValueError(
                 f"{self.name}: text pivots need text_scores=(m,) key norms of the text tokens."
             )
+        text_scores = None
+        if ctx.text_scores is not None:
+            text_scores = padded_scores(ctx.text_scores, lengths, "text_scores", self.name)
+            text_scores = text_scores.to(tokens.device)
+        scores = scores_batch(ctx.scores, b, n, "scores", self.name).to(tokens.device)
+        return dataclasses.replace(ctx, text=texts, scores=scores, text_scores=text_scores)
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        # From _prepare: scores (b, n), text a list of b (m_i, d), text_scores (b, max m_i) with
+        # -inf past each item's text (or None without text).
+        b, n, d = tokens.shape
+        device = tokens.device
+        norms, texts, text_norms = ctx.scores, ctx.text, ctx.text_scores
+        lengths = [len(text) for text in texts]
+        p_img = min(self.image_pivots, k)
+        p_txt = min(self.text_pivots, max(lengths))
         image = top_scores(norms, p_img)  # (b, p_img)
         unit = unit_rows(tokens)
         pivots = unit.gather(1, image.unsqueeze(-1).expand(b, p_img, d))
-        if ctx.text_scores is not None:
-            text_norms = padded_scores(ctx.text_scores, lengths, "text_scores", self.name)
         if p_txt:
             text = padded_rows(texts, device)  # (b, m, d), zero rows past each item's text
             # Padding sorts last: an item with fewer text tokens has fewer text pivots.
-            chosen = top_scores(text_norms.to(device), p_txt)
+            chosen = top_scores(text_norms, p_txt)
             text_pivots = unit_rows(text.gather(1, chosen.unsqueeze(-1).expand(b, p_txt, d)))
             pivots = torch.cat([pivots, text_pivots], dim=1)
         # Each item's shares, from the text lengths the host already knows: k - p_img tokens
