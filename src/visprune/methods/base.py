@@ -550,50 +550,6 @@ def _scaled_context(ctx: Context) -> Context:
     return dataclasses.replace(ctx, text=text, query=query)
 
 
-def cholesky_step(
-    chol: Tensor,
-    step: int,
-    pick: Tensor,
-    row: Tensor,
-    scale: Tensor,
-    residual: Tensor,
-    batch: Tensor,
-) -> None:
-    """One step of a pivoted partial Cholesky (greedy log-det / residual-energy selection).
-
-    Writes ``e = (row - C[:, pick]ᵀ C) * scale`` as row ``step`` of ``C``, then ``d² -= e²`` and
-    excludes the pick, all in place and batched.
-
-    Parameters
-    ----------
-    chol : Tensor
-        ``(b, k, n)`` Cholesky rows ``C``; rows ``< step`` are filled.
-    step : int
-        The row to write.
-    pick : Tensor
-        ``(b,)`` pivot per item.
-    row : Tensor
-        ``(b, n)`` the pivot's kernel row ``K[pick, :]``.
-    scale : Tensor
-        ``(b,)`` ``1 / sqrt(d²_pick)`` (0 freezes an item).
-    residual : Tensor
-        ``(b, n)`` the diagonal ``d²`` being reduced.
-    batch : Tensor
-        ``arange(b)``, made once by the caller's loop.
-    """
-    b = pick.shape[0]
-    e = chol[:, step]
-    if step:
-        done = chol[:, :step]
-        coeff = done.gather(2, pick.view(b, 1, 1).expand(b, step, 1))
-        torch.baddbmm(row.unsqueeze(1), coeff.mT, done, alpha=-1.0, out=chol[:, step : step + 1])
-    else:
-        e.copy_(row)
-    e.mul_(scale.unsqueeze(-1))
-    residual.addcmul_(e, e, value=-1.0)
-    residual[batch, pick] = -torch.inf
-
-
 def batch_rows(matrix: Tensor, index: Tensor) -> Tensor:
     """Return ``matrix[i, index[i], :]`` for every batch item: ``(b, n, m), (b,) -> (b, m)``."""
     return matrix[torch.arange(matrix.shape[0], device=matrix.device), index]
