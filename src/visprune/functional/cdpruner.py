@@ -86,7 +86,7 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
     batch = torch.arange(b, device=kernel.device).view(b, 1)
     zero = torch.zeros_like(batch)
     excluded = torch.full((), -torch.inf, dtype=kernel.dtype, device=kernel.device)
-    rows: list[Tensor] = []  # float32 Cholesky rows, (b, 1, n) each
+    done = None  # the float32 Cholesky rows so far, (b, step, n)
     picks, pivots, history = [], [], [residual]
     for step in range(k):
         d2, pick = residual.max(dim=-1)  # (b, 1) each
@@ -95,13 +95,13 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
         if step == k - 1:
             break
         e = kernel[batch, pick]  # (b, 1, n)
-        if rows:
-            done = torch.cat(rows, dim=1)
+        if done is not None:
             e = e - torch.bmm(done[batch, :, pick], done)
         # Past an exhausted rank (d² <= 0) the root is NaN or zero: the row is garbage there,
         # and _frozen_picks replaces every later pick of that item.
         e = e / d2.sqrt().view(b, 1, 1)
-        rows.append(e if e.dtype == torch.float32 else e.float())
+        row = e if e.dtype == torch.float32 else e.float()
+        done = row if done is None else torch.cat([done, row], dim=1)
         residual = residual - e.square()
         residual.index_put_((batch, zero, pick), excluded)
         history.append(residual)

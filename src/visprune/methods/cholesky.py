@@ -49,7 +49,7 @@ class PivotedCholesky:
         b, n = residual.shape
         self.scores = residual
         self.floor = floor
-        self._rows: list[Tensor] = []
+        self._done: Tensor | None = None
         self._scores = residual.view(b, 1, n)
         self._batch = torch.arange(b, device=residual.device).view(b, 1)
         self._excluded = torch.full((), -torch.inf, dtype=residual.dtype, device=residual.device)
@@ -58,7 +58,7 @@ class PivotedCholesky:
     def rows(self) -> Tensor:
         """``(b, step, n)`` the Cholesky rows ``C`` so far."""
         b, n = self.scores.shape
-        return torch.cat(self._rows, dim=1) if self._rows else self.scores.new_zeros(b, 0, n)
+        return self.scores.new_zeros(b, 0, n) if self._done is None else self._done
 
     def best(self) -> tuple[Tensor, Tensor]:
         """The largest ``d²`` and its token per item (ties: the lowest index): ``(b, 1)`` each."""
@@ -79,14 +79,15 @@ class PivotedCholesky:
         b = pick.shape[0]
         pivot = pivot if self.floor is None else pivot.clamp_min(self.floor)
         scale = pivot.rsqrt().view(b, 1, 1)
-        if self._rows:
-            # e = K[pick, :] - C[:, pick]ᵀ C: one batched GEMM. The rows are concatenated, not
-            # written into a preallocated buffer: torch.compile captures no strided `out=`.
-            done = torch.cat(self._rows, dim=1)
-            e = torch.baddbmm(row, done[self._batch, :, pick], done, alpha=-1.0).mul_(scale)
-        else:
+        done = self._done
+        if done is None:
             e = row * scale
-        self._rows.append(e)
+            self._done = e
+        else:
+            # e = K[pick, :] - C[:, pick]ᵀ C: one batched GEMM. The new row is concatenated, not
+            # written into a preallocated buffer: torch.compile captures no strided `out=`.
+            e = torch.baddbmm(row, done[self._batch, :, pick], done, alpha=-1.0).mul_(scale)
+            self._done = torch.cat([done, e], dim=1)
         self._scores.addcmul_(e, e, value=-1.0)
         self.scores.index_put_((self._batch, pick), self._excluded)
 
