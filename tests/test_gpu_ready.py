@@ -11,35 +11,33 @@ from __future__ import annotations
 import pytest
 import torch
 
+import visprune
 import visprune.methods.otprune as otprune
-from conftest import METHOD_NAMES, NO_BUDGET, make_tokens, run, text_kwargs
+from conftest import (
+    METHOD_NAMES,
+    NO_BUDGET,
+    cls_attention_of,
+    layer_kwargs,
+    make_text,
+    make_tokens,
+    needs_cls_attention,
+    run,
+    text_kwargs,
+    uses_text,
+)
 from dispatch_counting import DispatchCounts
 from visprune.methods.otprune import column_normalise, logdet_greedy
 
-#: Methods whose core loops per claiming pivot, with one host read per pivot (DART's published
-#: pivot order is CPython set order, a host-side decision).
-PER_PIVOT_SYNCS = frozenset({"dart"})
+BUDGETED = [name for name in METHOD_NAMES if name not in NO_BUDGET]
 
-#: Methods whose core runs item by item (DART's published pivot order is decided per item).
-PER_ITEM_SYNCS = frozenset({"dart"})
+#: Methods whose text handling still runs once per distinct prompt: ReDiPrune pools each prompt
+#: into its query with the published matrix products, whose float32 rounding follows the
+#: prompt's length, so prompts of different lengths are not padded into one batch.
+PER_PROMPT_OPS = frozenset({"rediprune"})
 
-BUDGETED = [
-    pytest.param(
-        name, marks=pytest.mark.xfail(strict=True, reason="one host read per claiming pivot")
-    )
-    if name in PER_PIVOT_SYNCS
-    else name
-    for name in METHOD_NAMES
-    if name not in NO_BUDGET
-]
-
-BATCHED = [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="runs item by item"))
-    if name in PER_ITEM_SYNCS
-    else name
-    for name in METHOD_NAMES
-    if name not in NO_BUDGET
-]
+#: Dispatched ops a greedy pick may add (a kernel launch each on a GPU): the fused Cholesky or
+#: distance update of a step, never chains of views, indexing and in-place updates.
+OPS_PER_PICK = 12
 
 
 @pytest.fixture(autouse=True)
@@ -96,18 +94,57 @@ def test_no_host_sync_per_pick(name, d):
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["text-per-item", "shared-text"])
-@pytest.mark.parametrize("name", BATCHED)
+@pytest.mark.parametrize("name", BUDGETED)
 def test_no_host_sync_per_item(name, shared):
     """The host syncs of a call do not grow with the images (or frames) in the batch."""
     one = host_syncs(name, (1, 64, 24), 8, shared)
     assert host_syncs(name, (4, 64, 24), 8, shared) == one
 
 
-@pytest.mark.parametrize("name", BATCHED)
+@pytest.mark.parametrize("name", BUDGETED)
 def test_shared_prompt_ops_do_not_grow_with_frames(name):
     """Frames sharing one prompt launch the same ops as one frame: the prompt is read once."""
     one = counted(name, (1, 64, 24), 8, shared=True).ops
     assert counted(name, (4, 64, 24), 8, shared=True).ops == one
+
+
+def per_item_text_ops(name: str, batch: int) -> int:
+    """Ops of one ``select`` on ``batch`` items, each with its own prompt (lengths 3 and 5 in
+    turn, so the longest prompt is the same for every batch of two or more)."""
+    tokens = make_tokens((batch, 64, 24), seed=batch)
+    kwargs = {}
+    if uses_text(name):
+        kwargs["text"] = [make_text(name, 24, rows=3 + 2 * (i % 2), seed=i) for i in range(batch)]
+    if needs_cls_attention(name):
+        kwargs["cls_attention"] = cls_attention_of(tokens)
+    kwargs = layer_kwargs(name, tokens, **kwargs)
+    with DispatchCounts() as counts:
+        visprune.select(name, tokens, 8, **kwargs)
+    return counts.ops
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name, marks=pytest.mark.xfail(strict=True, reason="pools the query once per prompt")
+        )
+        if name in PER_PROMPT_OPS
+        else name
+        for name in BUDGETED
+    ],
+)
+def test_per_item_prompts_ops_do_not_grow_with_items(name):
+    """Items with prompts of their own launch the same ops for 2 items as for 4: the texts are
+    packed and handled as one batch, never item by item."""
+    assert per_item_text_ops(name, 4) == per_item_text_ops(name, 2)
+
+
+@pytest.mark.parametrize("name", BUDGETED)
+def test_few_ops_per_pick(name):
+    """Each further pick launches at most :data:`OPS_PER_PICK` ops (``k = 16`` against ``8``)."""
+    per_pick = (counted(name, (64, 48), 16).ops - counted(name, (64, 48), 8).ops) / 8
+    assert per_pick <= OPS_PER_PICK
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -154,11 +154,11 @@ def test_resprune_residual_energy_never_grows_with_a_pick(tokens, state_type, da
     picks: list[int] = []
     previous = prior[0].clone()
     for _ in range(k):
-        best, pick = state.scores.max(dim=-1)
+        best, pick = state.best()
         picks.append(int(pick))
         if len(picks) == k:
             break
-        state.update(pick, best, None)
+        state.update(pick, best)
         exact = weights[0].double() * residual_energy(tokens, picks)
         free = torch.ones(n, dtype=torch.bool)
         free[picks] = False

@@ -77,22 +77,63 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
     b, n, _ = similarity.shape
     kernel = relevance.unsqueeze(-1) * similarity * relevance.unsqueeze(-2)
     kernel = kernel.to(relevance.dtype)
-    residual = kernel.diagonal(dim1=-2, dim2=-1).clone()
-    # The published operations in their order (einsum, divide by sqrt, subtract the square)
-    # and dtypes (the Cholesky rows are stored in float32 even for a float64 kernel): an exact
-    # tie of d² there is an exact tie here, and argmax takes the lowest index of both.
-    chol = kernel.new_zeros(k, b, n, dtype=torch.float32)
-    batch = torch.arange(b, device=kernel.device)
-    picks = torch.empty(b, k, dtype=torch.long, device=kernel.device)
+    # The published operations in their order (C[:, j]ᵀ C, subtract from the kernel row, divide
+    # by sqrt, subtract the square) and dtypes (the Cholesky rows are stored in float32 even for
+    # a float64 kernel): an exact tie of d² there is an exact tie here, and argmax takes the
+    # lowest index of both. Each step's d² is kept, so the step that exhausts the rank can be
+    # told apart afterwards without a host read (`_frozen_picks`).
+    residual = kernel.diagonal(dim1=-2, dim2=-1).reshape(b, 1, n)
+    batch = torch.arange(b, device=kernel.device).view(b, 1)
+    zero = torch.zeros_like(batch)
+    excluded = torch.full((), -torch.inf, dtype=kernel.dtype, device=kernel.device)
+    done = None  # the float32 Cholesky rows so far, (b, step, n)
+    picks, pivots, history = [], [], [residual]
     for step in range(k):
-        pick = residual.argmax(dim=-1)
-        picks[:, step] = pick
-        d2 = residual[batch, pick]
-        done = chol[:step]
-        e = kernel[batch, pick] - torch.einsum("tb,tbn->bn", done[:, batch, pick], done)
-        # Once the rank is exhausted (d² <= 0) the item freezes instead of taking a NaN root.
-        e = torch.where((d2 > 0).unsqueeze(-1), e / d2.clamp_min(0).sqrt().unsqueeze(-1), 0.0)
-        chol[step] = e
-        residual -= e.square()
-        residual[batch, pick] = -torch.inf
-    return picks
+        d2, pick = residual.max(dim=-1)  # (b, 1) each
+        picks.append(pick)
+        pivots.append(d2)
+        if step == k - 1:
+            break
+        e = kernel[batch, pick]  # (b, 1, n)
+        if done is not None:
+            e = e - torch.bmm(done[batch, :, pick], done)
+        # Past an exhausted rank (d² <= 0) the root is NaN or zero: the row is garbage there,
+        # and _frozen_picks replaces every later pick of that item.
+        e = e / d2.sqrt().view(b, 1, 1)
+        row = e if e.dtype == torch.float32 else e.float()
+        done = row if done is None else torch.cat([done, row], dim=1)
+        residual = residual - e.square()
+        residual.index_put_((batch, zero, pick), excluded)
+        history.append(residual)
+    return _frozen_picks(torch.cat(picks, -1), torch.cat(pivots, -1), torch.cat(history, 1))
+
+
+def _frozen_picks(picks: Tensor, pivots: Tensor, history: Tensor) -> Tensor:
+    """The picks of a greedy that freezes once its rank is exhausted.
+
+    From the first pick with ``d² <= 0`` on, the published rule (with the NaN guarded) leaves
+    ``d²`` as it was, so the later picks are the remaining tokens in descending ``d²`` of that
+    step (ties: the lowest index). They replace whatever the unguarded greedy picked there.
+
+    Parameters
+    ----------
+    picks, pivots : Tensor
+        ``(b, k)`` the greedy's picks and their ``d²``.
+    history : Tensor
+        ``(b, k, n)`` ``d²`` at the start of each step (picked tokens ``-inf``).
+
+    Returns
+    -------
+    Tensor
+        ``(b, k)`` int64 picks.
+    """
+    b, k, n = history.shape
+    exhausted = pivots <= 0
+    # The first exhausted step (0 where none: nothing is replaced then).
+    first = exhausted.long().argmax(dim=-1, keepdim=True)
+    frozen = history.gather(1, first.unsqueeze(-1).expand(b, 1, n)).squeeze(1)
+    frozen = frozen.scatter(1, picks.gather(1, first), -torch.inf)
+    order = frozen.sort(dim=-1, descending=True, stable=True).indices
+    later = exhausted.cumsum(dim=-1) - exhausted.long() > 0
+    steps = torch.arange(k, device=picks.device) - first - 1
+    return torch.where(later, order.gather(1, steps.clamp_min(0)), picks)

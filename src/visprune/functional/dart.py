@@ -49,7 +49,11 @@ def dart(
     -----
     Pivots are visited in CPython ``set`` iteration order of their absolute positions (inserted
     image pivots first, each by descending norm), as published: the order decides which pivot
-    claims a token first, so it is kept for parity. It is deterministic.
+    claims a token first, so it is kept for parity. It is deterministic, and the host reads the
+    pivot positions once per call (not per pivot or per row); the claiming runs on the device
+    for the whole batch (:func:`claim_least_duplicated`). Deliberate difference: tokens of equal
+    similarity to a pivot are claimed lowest index first (the published ``topk`` leaves their
+    order to the platform).
     """
     b, s, _ = hidden_states.shape
     end = image_start + image_length
@@ -65,56 +69,65 @@ def dart(
     flat = keys.permute(0, 2, 1, 3).reshape(b, s, -1)
     norms = flat.norm(p=1, dim=-1)  # (B, S)
     unit = hidden_states / hidden_states.norm(dim=-1, keepdim=True)
-    rows = []
-    for row in range(b):
-        image = norms[row, image_start:end].topk(image_pivots).indices + image_start
-        text = norms[row, end:].topk(text_pivots).indices + end
-        pool = torch.ones(s, dtype=torch.bool, device=hidden_states.device)
-        pool[:image_start] = False
-        pool[end:] = False
-        pool[image] = False
-        pivots = list(set(image.tolist() + text.tolist()))
-        kept = [image, *least_duplicated(unit[row], pool, pivots, [per_pivot] * len(pivots))]
-        rows.append(torch.cat(kept).sort().values)
-    return torch.stack(rows)
+    image = norms[:, image_start:end].topk(image_pivots).indices  # (B, p_img), image positions
+    text = norms[:, end:].topk(text_pivots).indices + end  # (B, p_txt), absolute
+    positions = torch.cat([image + image_start, text], dim=-1)
+    # The published visiting order is CPython set order, a host-side decision: one host read
+    # for the whole batch, never one per pivot or per row.
+    order = torch.tensor(
+        [[row.index(p) for p in set(row)] for row in positions.tolist()], device=image.device
+    )
+    pivots = unit.gather(1, positions.gather(1, order).unsqueeze(-1).expand(-1, -1, unit.shape[-1]))
+    pool = torch.ones(b, image_length, dtype=torch.bool, device=unit.device)
+    pool.scatter_(1, image, False)
+    shares = torch.full_like(order, per_pivot)
+    claimed = claim_least_duplicated(unit[:, image_start:end], pool, pivots, shares)
+    kept = claimed.scatter(1, image, True)
+    count = min(image_length, image_pivots + positions.shape[-1] * per_pivot)
+    return true_positions(kept, count) + image_start
 
 
-def least_duplicated(
-    unit: Tensor, pool: Tensor, pivots: list[int], shares: list[int], stable: bool = False
-) -> list[Tensor]:
+def claim_least_duplicated(unit: Tensor, pool: Tensor, pivots: Tensor, shares: Tensor) -> Tensor:
     """DART's greedy step: each pivot in turn claims the pool tokens least similar to it.
+
+    Batched over items, with every decision on the device: pivot ``j`` of item ``i`` claims the
+    ``min(shares[i, j], |pool|)`` pool tokens of lowest cosine similarity (ties: the lowest
+    index), which leave the pool before pivot ``j + 1`` claims.
 
     Parameters
     ----------
     unit : Tensor
-        ``(S, D)`` unit-norm hidden states.
+        ``(B, N, D)`` unit-norm hidden states of the candidate tokens.
     pool : Tensor
-        ``(S,)`` bool, the tokens that may still be kept; changed in place.
-    pivots : list of int
-        Pivot rows of ``unit``, in the order they claim.
-    shares : list of int
-        Tokens each pivot claims (fewer when the pool runs out).
-    stable : bool
-        Break equal similarities towards the lowest index (``topk``'s order otherwise, as
-        published).
+        ``(B, N)`` bool, the candidates that may be claimed; changed in place.
+    pivots : Tensor
+        ``(B, P)`` unit-norm pivot states ``(B, P, D)``, in the order they claim.
+    shares : Tensor
+        ``(B, P)`` int64 tokens each pivot claims (0 for a pivot an item does not have).
 
     Returns
     -------
-    list of Tensor
-        The claimed rows, one int64 tensor per pivot that claimed any.
+    Tensor
+        ``(B, N)`` bool, the claimed tokens.
     """
-    claimed = []
-    for pivot, share in zip(pivots, shares, strict=True):
-        valid = pool.nonzero().squeeze(-1)
-        take = min(share, len(valid))
-        if take == 0:
-            break
-        similarity = unit[valid] @ unit[pivot]
-        if stable:
-            order = torch.sort(similarity, stable=True).indices[:take]
-        else:
-            order = (-similarity).topk(take).indices
-        chosen = valid[order]
-        pool[chosen] = False
-        claimed.append(chosen)
+    n = unit.shape[1]
+    similarity = unit @ pivots.mT  # (B, N, P)
+    ranks = torch.arange(n, device=unit.device)
+    claimed = torch.zeros_like(pool)
+    for slot in range(pivots.shape[1]):
+        # Tokens outside the pool sort last; a stable sort puts equal similarities in index order.
+        key = similarity[:, :, slot].masked_fill(~pool, torch.inf)
+        order = key.sort(dim=-1, stable=True).indices
+        take = torch.minimum(shares[:, slot : slot + 1], pool.sum(dim=-1, keepdim=True))
+        claim = torch.zeros_like(pool).scatter_(1, order, ranks < take)
+        claimed |= claim
+        pool &= ~claim
     return claimed
+
+
+def true_positions(mask: Tensor, count: int) -> Tensor:
+    """The positions of the ``count`` true entries of each row, ascending: ``(B, N) -> (B, count)``.
+
+    Each row must hold ``count`` true entries (no host read checks it).
+    """
+    return (~mask).to(torch.uint8).sort(dim=-1, stable=True).indices[:, :count]

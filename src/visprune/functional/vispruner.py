@@ -50,7 +50,11 @@ def vispruner(
     ``k`` distinct tokens, and wherever the published code returns ``k`` tokens the picks are
     the same. Each round multiplies its own ``a`` and ``b`` as published (the same float
     rounding, which decides near-ties); equal scores keep the lower index first (the published
-    unstable sort orders ties by platform).
+    unstable sort orders ties by platform). That costs about ``Σ_rounds R² d / 4`` multiply-adds,
+    some five Grams ``X Xᵀ`` for ``N = 576, k = 64``: one Gram computed up front and read by
+    every round would cost one, but a GEMM's rounding follows its shape, and the parity vectors
+    hold a float32 near-tie (``N = 256, C = 1024``) that only each round's own product
+    reproduces, so the rounds keep their own products.
     """
     n = image_features.shape[1]
     if not 1 <= k <= n:

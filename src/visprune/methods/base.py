@@ -172,12 +172,27 @@ def check_all_finite(tensors: list[Tensor], what: str, method: str) -> None:
     tensors = [tensor for tensor in tensors if tensor.numel()]
     if not tensors:
         return
-    if len({tensor.device for tensor in tensors}) == 1:
+    if _stackable(tensors):
+        # One concatenation and one sum: the ops do not grow with the tensors either.
+        if bool(torch.isfinite(torch.cat(tensors).sum(dtype=torch.float32))):
+            return
+    elif len({tensor.device for tensor in tensors}) == 1:
         sums = torch.stack([tensor.sum(dtype=torch.float32) for tensor in tensors])
         if bool(torch.isfinite(sums.sum())):
             return
     for tensor in tensors:  # rare: name the count of the first bad tensor
         check_finite(tensor, what, method)
+
+
+def _stackable(tensors: list[Tensor]) -> bool:
+    """Whether ``tensors`` concatenate along their first dimension (same device, dtype, rest)."""
+    first = tensors[0]
+    return all(
+        tensor.device == first.device
+        and tensor.dtype == first.dtype
+        and tensor.shape[1:] == first.shape[1:]
+        for tensor in tensors
+    )
 
 
 #: Vision-tower context a method may require, and what it is (for the error messages).
@@ -303,8 +318,7 @@ class Method:
         b, n, d = batch.shape
         if n == 0 or d == 0 or b == 0:
             raise ValueError(f"{self.name}: tokens are empty (shape {tuple(tokens.shape)}).")
-        batch = power_of_two_scaled(batch, dims=(-2, -1))
-        check_finite(batch, "tokens", self.name)
+        batch = finite_power_of_two_scaled(batch, "tokens", self.name)
         k = self.num_keep(n) if k is None else resolve_budget(k, n, self.name)
         if tokens.dim() == 2:
             ctx = _with_batch_dim(ctx)
@@ -313,7 +327,7 @@ class Method:
         if k >= n:
             keep = torch.arange(n, device=tokens.device).expand(b, n).clone()
         else:
-            keep = self._select(batch, k, ctx)
+            keep = self._select(batch, k, self._prepare(ctx, batch))
             keep = keep.sort(dim=-1).values
         return keep[0] if tokens.dim() == 2 else keep
 
@@ -356,6 +370,15 @@ class Method:
                 )
             check_finite(query.float(), "query", self.name)
 
+    def _prepare(self, ctx: Context, tokens: Tensor) -> Context:
+        """The context :meth:`_select` reads, with every check that reads the host done here.
+
+        ``_select`` then runs on the device alone, with shapes fixed by ``(b, n, k)``: it can be
+        compiled whole (``torch.compile(fullgraph=True)``) and captured in a CUDA graph.
+        ``tokens`` is the validated ``(b, n, d)`` float32 batch. Default: ``ctx`` unchanged.
+        """
+        return ctx
+
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         """Pick ``k < n`` tokens per item.
 
@@ -392,6 +415,29 @@ def power_of_two_scaled(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return all_power_of_two_scaled([x], dims)[0]
 
 
+def finite_power_of_two_scaled(x: Tensor, what: str, method: str) -> Tensor:
+    """:func:`power_of_two_scaled` of ``(b, n, d)`` tokens per item, and :func:`check_finite`.
+
+    Both read one peak per item: a finite largest and smallest value mean every value is finite
+    (NaN spreads into both), so the tokens are read twice in all (not four times) and the host
+    once (not twice).
+    """
+    work = x.double() if x.dtype == torch.float64 else x.float()
+    peak = _peak(work, (-2, -1))
+    exponent = _exponent(peak)
+    finite, scaled = torch.stack([torch.isfinite(peak).all(), exponent.any()]).tolist()
+    if not finite:
+        check_finite(work, what, method)  # raises, naming the count
+    if scaled:
+        return torch.ldexp(work.double(), -exponent.double()).float()
+    return work.float()
+
+
+def _peak(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``|x|.amax(dims)`` (kept dims) without the temporary ``|x|``: two reductions, no copy."""
+    return torch.maximum(x.amax(dim=dims, keepdim=True), x.amin(dim=dims, keepdim=True).neg())
+
+
 def all_power_of_two_scaled(tensors: list[Tensor], dims: tuple[int, ...]) -> list[Tensor]:
     """:func:`power_of_two_scaled` for each of ``tensors``, with one host read for them all.
 
@@ -399,15 +445,13 @@ def all_power_of_two_scaled(tensors: list[Tensor], dims: tuple[int, ...]) -> lis
     per item.
     """
     works = [x.double() if x.dtype == torch.float64 else x.float() for x in tensors]
+    if len(works) > 1 and dims == (-2, -1) and all(w.dim() == 2 for w in works):
+        if _stackable(works):
+            return _rows_power_of_two_scaled(works)
     exponents = {}
     for index, work in enumerate(works):
         if work.numel():
-            peak = work.abs().amax(dim=dims, keepdim=True)
-            finite = torch.where(torch.isfinite(peak), peak, torch.ones_like(peak))
-            _, exponent = torch.frexp(finite)
-            exponents[index] = torch.where(
-                exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent)
-            )
+            exponents[index] = _exponent(_peak(work, dims))
     if not exponents or not _any_nonzero(list(exponents.values())):
         return [work.float() for work in works]
     return [
@@ -416,6 +460,39 @@ def all_power_of_two_scaled(tensors: list[Tensor], dims: tuple[int, ...]) -> lis
         else work.float()
         for index, work in enumerate(works)
     ]
+
+
+def _exponent(peak: Tensor) -> Tensor:
+    """The power of two that brings ``peak`` into [0.5, 1), or 0 where it is within range."""
+    finite = torch.where(torch.isfinite(peak), peak, torch.ones_like(peak))
+    _, exponent = torch.frexp(finite)
+    return torch.where(exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent))
+
+
+def _rows_power_of_two_scaled(works: list[Tensor]) -> list[Tensor]:
+    """:func:`all_power_of_two_scaled` of ``(m_i, d)`` matrices, as one packed batch.
+
+    The matrices are concatenated once and each row knows its matrix, so the ops (and the GPU
+    launches) do not grow with the number of matrices; the values are those of the per-matrix
+    rule.
+    """
+    lengths = [len(work) for work in works]
+    packed = torch.cat(works)
+    if not packed.numel():
+        return [work.float() for work in works]
+    owner = torch.tensor(
+        [item for item, length in enumerate(lengths) for _ in range(length)],
+        device=packed.device,
+    )
+    # Absolute values are >= 0, so the zeros the peaks start from never win (NaN propagates).
+    peaks = packed.new_zeros(len(works)).scatter_reduce(
+        0, owner, _peak(packed, (-1,)).squeeze(-1), "amax", include_self=True
+    )
+    exponents = _exponent(peaks)
+    if not bool(exponents.any()):
+        return [work.float() for work in works]
+    scaled = torch.ldexp(packed.double(), -exponents[owner].double().unsqueeze(-1)).float()
+    return list(scaled.split(lengths))
 
 
 def _any_nonzero(tensors: list[Tensor]) -> bool:
@@ -471,50 +548,6 @@ def _scaled_context(ctx: Context) -> Context:
         query = power_of_two_scaled(query, dims=(-1,))
     # The vision-tower context is read as scale-free scores (cosines, ranks), so it passes as is.
     return dataclasses.replace(ctx, text=text, query=query)
-
-
-def cholesky_step(
-    chol: Tensor,
-    step: int,
-    pick: Tensor,
-    row: Tensor,
-    scale: Tensor,
-    residual: Tensor,
-    batch: Tensor,
-) -> None:
-    """One step of a pivoted partial Cholesky (greedy log-det / residual-energy selection).
-
-    Writes ``e = (row - C[:, pick]ᵀ C) * scale`` as row ``step`` of ``C``, then ``d² -= e²`` and
-    excludes the pick, all in place and batched.
-
-    Parameters
-    ----------
-    chol : Tensor
-        ``(b, k, n)`` Cholesky rows ``C``; rows ``< step`` are filled.
-    step : int
-        The row to write.
-    pick : Tensor
-        ``(b,)`` pivot per item.
-    row : Tensor
-        ``(b, n)`` the pivot's kernel row ``K[pick, :]``.
-    scale : Tensor
-        ``(b,)`` ``1 / sqrt(d²_pick)`` (0 freezes an item).
-    residual : Tensor
-        ``(b, n)`` the diagonal ``d²`` being reduced.
-    batch : Tensor
-        ``arange(b)``, made once by the caller's loop.
-    """
-    b = pick.shape[0]
-    e = chol[:, step]
-    if step:
-        done = chol[:, :step]
-        coeff = done.gather(2, pick.view(b, 1, 1).expand(b, step, 1))
-        torch.baddbmm(row.unsqueeze(1), coeff.mT, done, alpha=-1.0, out=chol[:, step : step + 1])
-    else:
-        e.copy_(row)
-    e.mul_(scale.unsqueeze(-1))
-    residual.addcmul_(e, e, value=-1.0)
-    residual[batch, pick] = -torch.inf
 
 
 def batch_rows(matrix: Tensor, index: Tensor) -> Tensor:

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from ..functional.cdpruner import conditional_dpp
 from ..registry import METHODS
-from .base import Context, Method, check_all_finite, per_item, unit_rows
-from .text import once_per_tensor
+from .base import Context, Method, check_all_finite, per_item
+from .text import unit_means
 
 
 @METHODS.register("cdpruner")
@@ -78,20 +78,10 @@ class CDPruner(Method):
             texts = self._clip_texts(ctx, b, embeds.shape[-1])
         else:
             embeds = tokens
-            texts = [text.float() for text in ctx.texts_for(b, self.name)]
+            texts = ctx.texts_for(b, self.name)
         # mean_m cos(e, t_m) = (e · t̄) / ‖e‖ with t̄ the mean of the unit text rows: one
         # matrix-vector product instead of an (n x m) similarity matrix.
-        present = torch.tensor([text.shape[0] > 0 for text in texts], device=tokens.device)
-        directions = torch.stack(
-            once_per_tensor(
-                texts,
-                lambda text: (
-                    unit_rows(text.to(tokens.device)).mean(0)
-                    if text.shape[0]
-                    else embeds.new_zeros(embeds.shape[-1])
-                ),
-            )
-        )
+        directions, present = unit_means(texts, tokens.device)
         norms = embeds.norm(dim=-1).clamp_min(torch.finfo(embeds.dtype).tiny)
         # Row by row (not a matrix-vector product, whose tail rows round differently), so
         # equal tokens get equal relevance.

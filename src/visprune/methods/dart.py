@@ -7,16 +7,18 @@ Matters More" (arXiv 2502.11494). The pure core with the published quirks is
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ..functional.dart import least_duplicated
+from ..functional.dart import claim_least_duplicated, true_positions
 from ..registry import METHODS
 from .base import Context, unit_rows
-from .layer import LayerMethod, check_layer, scores_per_item, top_scores
+from .layer import LayerMethod, check_layer, padded_scores, scores_batch, top_scores
+from .text import padded_rows
 
 
 @METHODS.register("dart")
@@ -70,42 +72,47 @@ class DART(LayerMethod):
     def prune_layers(self, num_layers: int) -> list[int]:
         return [self.layer]
 
-    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        b, n, _ = tokens.shape
-        norms = scores_per_item(ctx.scores, b, n, "scores", self.name)
-        texts = ctx.texts_for(b, self.name) or [tokens.new_zeros(0, tokens.shape[-1])] * b
-        text_norms = [torch.zeros(0)] * b
-        if ctx.text_scores is not None:
-            lengths = {len(text) for text in texts}
-            m = lengths.pop() if len(lengths) == 1 else None
-            if m is None:  # texts of different lengths: one score tensor per item
-                text_norms = [
-                    scores_per_item([s], 1, len(t), "text_scores", self.name)[0]
-                    for s, t in zip(ctx.text_scores, texts, strict=True)
-                ]
-            else:
-                text_norms = scores_per_item(ctx.text_scores, b, m, "text_scores", self.name)
-        elif any(len(text) for text in texts) and self.text_pivots:
+    def _prepare(self, ctx: Context, tokens: Tensor) -> Context:
+        b, n, d = tokens.shape
+        texts = ctx.texts_for(b, self.name) or [tokens.new_zeros(0, d)] * b
+        lengths = [len(text) for text in texts]
+        if self.text_pivots and max(lengths) and ctx.text_scores is None:
             raise ValueError(
                 f"{self.name}: text pivots need text_scores=(m,) key norms of the text tokens."
             )
-        rows = []
-        for item in range(b):
-            text = texts[item].float().to(tokens.device)
-            unit = unit_rows(torch.cat([tokens[item], text]))
-            p_img = min(self.image_pivots, k)
-            image = top_scores(norms[item].to(tokens.device)[None], p_img)[0]
-            p_txt = min(self.text_pivots, len(text))
-            pivots = image.tolist()
-            if p_txt:
-                pivots += (
-                    top_scores(text_norms[item].to(tokens.device)[None], p_txt)[0] + n
-                ).tolist()
-            pool = torch.zeros(len(unit), dtype=torch.bool, device=tokens.device)
-            pool[:n] = True
-            pool[image] = False
-            rest, count = divmod(k - p_img, len(pivots))
-            shares = [rest + (slot < count) for slot in range(len(pivots))]
-            claimed = least_duplicated(unit, pool, pivots, shares, stable=True)
-            rows.append(torch.cat([image, *claimed]))
-        return torch.stack(rows)
+        text_scores = None
+        if ctx.text_scores is not None:
+            text_scores = padded_scores(ctx.text_scores, lengths, "text_scores", self.name)
+            text_scores = text_scores.to(tokens.device)
+        scores = scores_batch(ctx.scores, b, n, "scores", self.name).to(tokens.device)
+        return dataclasses.replace(ctx, text=texts, scores=scores, text_scores=text_scores)
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        # From _prepare: scores (b, n), text a list of b (m_i, d), text_scores (b, max m_i) with
+        # -inf past each item's text (or None without text).
+        b, n, d = tokens.shape
+        device = tokens.device
+        norms, texts, text_norms = ctx.scores, ctx.text, ctx.text_scores
+        lengths = [len(text) for text in texts]
+        p_img = min(self.image_pivots, k)
+        p_txt = min(self.text_pivots, max(lengths))
+        image = top_scores(norms, p_img)  # (b, p_img)
+        unit = unit_rows(tokens)
+        pivots = unit.gather(1, image.unsqueeze(-1).expand(b, p_img, d))
+        if p_txt:
+            text = padded_rows(texts, device)  # (b, m, d), zero rows past each item's text
+            # Padding sorts last: an item with fewer text tokens has fewer text pivots.
+            chosen = top_scores(text_norms, p_txt)
+            text_pivots = unit_rows(text.gather(1, chosen.unsqueeze(-1).expand(b, p_txt, d)))
+            pivots = torch.cat([pivots, text_pivots], dim=1)
+        # Each item's shares, from the text lengths the host already knows: k - p_img tokens
+        # spread over its pivots, the first (k - p_img) mod P_i pivots claiming one more.
+        shares, slots = [], pivots.shape[1]
+        for length in lengths:
+            count = p_img + min(self.text_pivots, length)
+            rest, extra = divmod(k - p_img, count)
+            shares.append([rest + (slot < extra) if slot < count else 0 for slot in range(slots)])
+        pool = torch.ones(b, n, dtype=torch.bool, device=device).scatter_(1, image, False)
+        shares = torch.tensor(shares, device=device)
+        claimed = claim_least_duplicated(unit, pool, pivots, shares)
+        return true_positions(claimed.scatter_(1, image, True), k)

@@ -50,20 +50,17 @@ def max_min_greedy(distance: Tensor, first: Tensor, k: int, bonus: Tensor | None
         ``(b, k)`` int64 picks in pick order.
     """
     b = distance.shape[0]
-    picks = torch.empty(b, k, dtype=torch.long, device=distance.device)
     rows = torch.arange(b, device=distance.device)
-    pick = first
+    excluded = torch.full((), -torch.inf, dtype=distance.dtype, device=distance.device)
+    picks = [first]
     nearest = None
-    for step in range(k):
-        picks[:, step] = pick
-        if step == k - 1:
-            break
-        row = batch_rows(distance, pick)
+    for _ in range(k - 1):
+        row = batch_rows(distance, picks[-1])
         nearest = row.clone() if nearest is None else torch.minimum(nearest, row, out=nearest)
-        nearest[rows, pick] = -torch.inf
+        nearest.index_put_((rows, picks[-1]), excluded)
         score = nearest if bonus is None else nearest + bonus
-        pick = score.argmax(dim=-1)
-    return picks
+        picks.append(score.argmax(dim=-1))
+    return torch.stack(picks, dim=-1)
 
 
 @METHODS.register("divprune")

@@ -51,6 +51,72 @@ def scores_per_item(scores: object, batch: int, n: int, what: str, method: str) 
     return out
 
 
+def scores_batch(scores: object, batch: int, n: int, what: str, method: str) -> Tensor:
+    """``scores`` as one ``(batch, n)`` float32 tensor, validated with one host read.
+
+    ``scores`` is ``(n,)`` (shared), ``(batch, n)``, or a list of ``batch`` ``(n,)`` tensors.
+    """
+    if isinstance(scores, Tensor) and scores.dim() == 2:
+        if scores.shape[0] != batch:
+            raise ValueError(
+                f"{method}: {what} have {scores.shape[0]} rows but the batch has {batch} items."
+            )
+        rows = [scores[0]] if batch else []
+    elif isinstance(scores, Tensor):
+        rows = [scores]
+    else:
+        rows = list(scores)
+        if len(rows) != batch:
+            raise ValueError(
+                f"{method}: {what} have {len(rows)} rows but the batch has {batch} items."
+            )
+    for row in rows:
+        if not isinstance(row, Tensor) or row.dim() != 1 or row.shape[0] != n:
+            raise ValueError(
+                f"{method}: each row of {what} must be a tensor of shape ({n},), one score per "
+                f"token, got {getattr(row, 'shape', type(row))}."
+            )
+    if isinstance(scores, Tensor):
+        stacked = scores.float().expand(batch, n)
+    else:
+        stacked = torch.stack([row.float() for row in rows])
+    check_all_finite([stacked], what, method)
+    return stacked
+
+
+def padded_scores(scores: object, lengths: list[int], what: str, method: str) -> Tensor:
+    """Per-item scores of ``lengths[i]`` tokens each as ``(b, max(lengths))`` float32, ``-inf``
+    past each item's own length (so a descending sort puts the padding last).
+
+    ``scores`` is one ``(m,)`` tensor shared by items of ``m`` tokens each, ``(b, m)``, or a list
+    of ``b`` tensors of ``(lengths[i],)``. Validated with one host read; the ops do not grow
+    with the items.
+    """
+    batch, longest = len(lengths), max(lengths, default=0)
+    if isinstance(scores, Tensor) or len(set(lengths)) == 1:
+        if isinstance(scores, Tensor) and scores.dim() == 2 and scores.shape[-1] != longest:
+            raise ValueError(
+                f"{method}: each row of {what} must be a tensor of shape ({longest},), one score "
+                f"per token, got {tuple(scores.shape[1:])}."
+            )
+        return scores_batch(scores, batch, longest, what, method)
+    rows = list(scores)
+    if len(rows) != batch:
+        raise ValueError(f"{method}: {what} have {len(rows)} rows but the batch has {batch} items.")
+    for row, length in zip(rows, lengths, strict=True):
+        if not isinstance(row, Tensor) or row.dim() != 1 or row.shape[0] != length:
+            raise ValueError(
+                f"{method}: each row of {what} must be a tensor of shape ({length},), one score "
+                f"per token, got {getattr(row, 'shape', type(row))}."
+            )
+    packed = torch.cat(rows).float()
+    check_all_finite([packed], what, method)
+    where = [item * longest + at for item, length in enumerate(lengths) for at in range(length)]
+    padded = packed.new_full((batch * longest,), -torch.inf)
+    padded.index_copy_(0, torch.tensor(where, device=packed.device), packed)
+    return padded.view(batch, longest)
+
+
 def top_scores(scores: Tensor, k: int) -> Tensor:
     """``(b, n) -> (b, k)`` the ``k`` highest scores' indices; ties go to the lowest index."""
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ..registry import METHODS
-from .base import Context, Method, check_param, cholesky_step
+from .base import Context, Method, check_param
+from .cholesky import cholesky_greedy
 
 # Rows of K are computed lazily in blocks of this many tokens: the greedy only ever needs the rows
 # of the tokens it picks, and a block GEMM runs near peak speed where one row at a time (GEMV) is
@@ -48,10 +49,10 @@ class _KernelRows:
         self.rows = torch.empty_like(similarity)
         self.cached = torch.zeros(b, n, dtype=torch.bool, device=similarity.device)
         self.block = min(n, _ROW_BLOCK)
-        self.batch = torch.arange(b, device=similarity.device)
+        self.batch = torch.arange(b, device=similarity.device).view(b, 1)
 
     def row(self, pick: Tensor, priority: Tensor) -> Tensor:
-        """``K[i, pick[i], :]`` for every item ``i``: ``(b,) -> (b, n)``.
+        """``K[i, pick[i], :]`` for every item ``i``: ``(b, 1) -> (b, 1, n)``.
 
         On a cache miss, computes the rows of the ``block`` uncached tokens with the highest
         ``priority`` (``(b, n)``, the current greedy gains), which are the likeliest next picks.
@@ -76,10 +77,10 @@ class _KernelMatrix:
     def __init__(self, similarity: Tensor, gamma: float) -> None:
         self.kernel = torch.bmm(similarity, similarity).mul_(gamma)
         self.kernel.diagonal(dim1=-2, dim2=-1).add_(1.0)
-        self.batch = torch.arange(similarity.shape[0], device=similarity.device)
+        self.batch = torch.arange(similarity.shape[0], device=similarity.device).view(-1, 1)
 
     def row(self, pick: Tensor, priority: Tensor) -> Tensor:
-        """``K[i, pick[i], :]`` for every item ``i``: ``(b,) -> (b, n)``."""
+        """``K[i, pick[i], :]`` for every item ``i``: ``(b, 1) -> (b, 1, n)``."""
         return self.kernel[self.batch, pick]
 
 
@@ -108,23 +109,12 @@ def logdet_greedy(
     Tensor
         ``(b, k)`` int64 picks in pick order.
     """
-    b, n, _ = similarity.shape
     if lazy_rows is None:
         lazy_rows = similarity.device.type in LAZY_ROW_DEVICES
-    device = similarity.device
-    batch = torch.arange(b, device=device)
     # diag(K)_i = 1 + γ ‖S_i‖²: no need to form K.
     gains = torch.linalg.vector_norm(similarity, dim=-1).square_().mul_(gamma).add_(1.0)
     kernel = (_KernelRows if lazy_rows else _KernelMatrix)(similarity, gamma)
-    chol = torch.zeros(b, k, n, dtype=similarity.dtype, device=device)
-    picks = torch.empty(b, k, dtype=torch.long, device=device)
-    gain, pick = gains.max(dim=-1)  # ties: the lowest index
-    for step in range(k):
-        picks[:, step] = pick
-        if step == k - 1:
-            break
-        cholesky_step(chol, step, pick, kernel.row(pick, gains), gain.rsqrt(), gains, batch)
-        gain, pick = gains.max(dim=-1)
+    picks, _ = cholesky_greedy(lambda pick: kernel.row(pick, gains), gains, k)
     return picks
 
 

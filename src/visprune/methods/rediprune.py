@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -142,9 +143,13 @@ class ReDiPrune(Method):
         check_finite(query, "pooled text query", self.name)
         return query
 
+    def _prepare(self, ctx: Context, tokens: Tensor) -> Context:
+        b, _, d = tokens.shape
+        return dataclasses.replace(ctx, query=self.queries(ctx, b, d).to(tokens.device))
+
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        b, n, d = tokens.shape
-        query = self.queries(ctx, b, d).to(tokens.device)
+        n, d = tokens.shape[1:]
+        query = ctx.query  # (b, d), from _prepare
         unit = unit_rows(tokens)
         relevance = (unit @ unit_rows(query).unsqueeze(-1)).squeeze(-1)
         if self.tau > 0 and k < n // 2:
@@ -158,11 +163,11 @@ class ReDiPrune(Method):
         candidates = None
         if self.tau > 0:
             candidates = relevance >= self.tau
+            # Items with fewer than k candidates take the top k; decided on the device.
             short = candidates.sum(-1) < k
-            if bool(short.any()):
-                top = relevance.topk(k, dim=-1).indices
-                fallback = torch.zeros_like(candidates).scatter_(1, top, True)
-                candidates = torch.where(short.unsqueeze(-1), fallback, candidates)
+            top = relevance.topk(k, dim=-1).indices
+            fallback = torch.zeros_like(candidates).scatter_(1, top, True)
+            candidates = torch.where(short.unsqueeze(-1), fallback, candidates)
         return self._greedy(unit, relevance, candidates, k)
 
     def _greedy(self, unit: Tensor, relevance: Tensor, candidates: Tensor | None, k: int):

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ..registry import METHODS
-from .base import Context, Method, check_param, cholesky_step, unit_rows
+from .base import Context, Method, check_param, unit_rows
+from .cholesky import PivotedCholesky
 from .text import mean_text_direction
 
 #: The greedy stops when the best remaining score falls to this fraction of the largest
@@ -29,46 +30,75 @@ class _FeatureResiduals:
     """
 
     def __init__(self, tokens: Tensor, weights: Tensor, scores: Tensor, k: int) -> None:
+        b = tokens.shape[0]
         self.residuals = tokens.clone()
         self.weights = weights
         self.scores = scores.clone()
         self.taken = torch.zeros_like(scores, dtype=torch.bool)
-        self.batch = torch.arange(tokens.shape[0], device=tokens.device)
+        self.batch = torch.arange(b, device=tokens.device).view(b, 1)
 
-    def update(self, pick: Tensor, pivot: Tensor, active: Tensor | None) -> None:
-        direction = self.residuals[self.batch, pick]
+    def best(self) -> tuple[Tensor, Tensor]:
+        """The best score and its token per item (ties: the lowest index): ``(b, 1)`` each."""
+        return self.scores.max(dim=-1, keepdim=True)
+
+    def update(self, pick: Tensor, pivot: Tensor) -> None:
+        """Project the residual of ``pick`` (``(b, 1)``) out of every token."""
+        direction = self.residuals[self.batch, pick]  # (b, 1, d)
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        if active is not None:
-            direction = direction * active.unsqueeze(-1)
-        coefficients = self.residuals @ direction.unsqueeze(-1)
-        self.residuals.sub_(coefficients * direction.unsqueeze(1))
+        coefficients = self.residuals @ direction.mT
+        self.residuals.sub_(coefficients * direction)
         self.taken[self.batch, pick] = True
         energy = (self.residuals * self.residuals).sum(-1)
         self.scores = (self.weights * energy).masked_fill_(self.taken, -torch.inf)
 
 
-class _GramResiduals:
+class _GramResiduals(PivotedCholesky):
     """Pivoted partial Cholesky of ``G = diag(√g) X Xᵀ diag(√g)``: the same picks in O(n²d + k²n).
 
     The Cholesky diagonal ``d²_i`` equals ``g_i ‖x_i - P_S x_i‖²``, the greedy score.
     """
 
     def __init__(self, tokens: Tensor, weights: Tensor, scores: Tensor, k: int) -> None:
-        b, n, _ = tokens.shape
+        super().__init__(scores.clone(), k, floor=1e-30)
         root = weights.sqrt()
         self.gram = (tokens @ tokens.mT).mul_(root.unsqueeze(-1)).mul_(root.unsqueeze(-2))
-        self.scores = scores.clone()
-        self.chol = tokens.new_zeros(b, k, n)
-        self.batch = torch.arange(b, device=tokens.device)
-        self.step = 0
 
-    def update(self, pick: Tensor, pivot: Tensor, active: Tensor | None) -> None:
-        scale = pivot.clamp_min(1e-30).rsqrt()
-        if active is not None:
-            scale = scale * active
-        row = self.gram[self.batch, pick]
-        cholesky_step(self.chol, self.step, pick, row, scale, self.scores, self.batch)
-        self.step += 1
+    def update(self, pick: Tensor, pivot: Tensor) -> None:
+        """Add the Cholesky row of ``pick`` (``(b, 1)``; ``pivot`` its score)."""
+        super().update(pick, self.gram[self._batch, pick], pivot)
+
+
+def fill_exhausted(picks: Tensor, pivots: Tensor, prior: Tensor, threshold: Tensor) -> Tensor:
+    """Give the picks from the first with a score ``<= threshold`` on to the largest priors.
+
+    Once the best score of an item falls to the threshold, its span is exhausted: that pick and
+    every later one go to the largest ``prior`` not picked before, in descending order (ties:
+    the lowest index). The greedy runs all ``k`` steps regardless (what it picks after the
+    exhaustion is discarded here), so no step asks the host whether an item is exhausted.
+
+    Parameters
+    ----------
+    picks, pivots : Tensor
+        ``(b, k)`` the greedy's picks and their scores when picked.
+    prior : Tensor
+        ``(b, n)`` the fill order's scores.
+    threshold : Tensor
+        ``(b,)`` the exhaustion threshold.
+
+    Returns
+    -------
+    Tensor
+        ``(b, k)`` int64 picks.
+    """
+    k = picks.shape[-1]
+    exhausted = (pivots <= threshold.unsqueeze(-1)).cumsum(dim=-1) > 0
+    kept = (~exhausted).long()
+    # A count, not a boolean scatter: discarded picks may repeat a kept one.
+    taken = torch.zeros_like(prior, dtype=torch.long).scatter_add_(1, picks, kept) > 0
+    order = prior.masked_fill(taken, -torch.inf).sort(dim=-1, descending=True, stable=True)
+    steps = torch.arange(k, device=picks.device) - kept.sum(dim=-1, keepdim=True)
+    fill = order.indices.gather(1, steps.clamp_min(0))
+    return torch.where(exhausted, fill, picks)
 
 
 @METHODS.register("resprune")
@@ -124,27 +154,44 @@ class ResPrune(Method):
         return torch.where(flat, ones, scaled).pow(self.alpha)
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        b, _, d = tokens.shape
         weights = self.weights(tokens, ctx)
         prior = weights * torch.linalg.vector_norm(tokens, dim=-1).square_()
         threshold = EXHAUSTED * prior.amax(dim=-1)
-        # Picks beyond half the width can drive residuals to zero, where only the feature-space
-        # form keeps them exact; below that the Gram form is faster (one GEMM, then O(k²n)).
-        state_type = _FeatureResiduals if 2 * k > d else _GramResiduals
-        state = state_type(tokens, weights, prior, k)
-        batch = torch.arange(b, device=tokens.device)
-        picks = torch.empty(b, k, dtype=torch.long, device=tokens.device)
-        fill_order = prior.clone()  # -inf once taken: the fill order of what is left
-        exhausted = torch.zeros(b, dtype=torch.bool, device=tokens.device)
-        # Exhausted items are handled by masks, never by Python branches on their count: on a GPU
-        # reading that count would stall the stream once per pick. A frozen item's update is a
-        # zero row, which changes nothing it still uses.
-        for step in range(k):
-            best_score, pick = state.scores.max(dim=-1)  # ties: the lowest index
-            exhausted |= best_score <= threshold
-            pick = torch.where(exhausted, fill_order.argmax(dim=-1), pick)
-            picks[:, step] = pick
-            fill_order[batch, pick] = -torch.inf
-            if step < k - 1:
-                state.update(pick, best_score, ~exhausted)
-        return picks
+        return residual_energy_greedy(tokens, weights, prior, threshold, k)
+
+
+def residual_energy_greedy(
+    tokens: Tensor, weights: Tensor, prior: Tensor, threshold: Tensor, k: int
+) -> Tensor:
+    """ResPrune's greedy: ``k`` picks of ``argmax_{i ∉ S} g_i ‖x_i - P_S x_i‖²``.
+
+    Parameters
+    ----------
+    tokens : Tensor
+        ``(b, n, d)`` float32 tokens ``x``.
+    weights : Tensor
+        ``(b, n)`` relevance weights ``g``.
+    prior : Tensor
+        ``(b, n)`` ``g_i ‖x_i‖²``, the first scores and the fill order once the span is exhausted.
+    threshold : Tensor
+        ``(b,)`` the score at or below which the span counts as exhausted.
+    k : int
+        Picks per item.
+
+    Returns
+    -------
+    Tensor
+        ``(b, k)`` int64 picks in pick order.
+    """
+    # Picks beyond half the width can drive residuals to zero, where only the feature-space
+    # form keeps them exact; below that the Gram form is faster (one GEMM, then O(k²n)).
+    state_type = _FeatureResiduals if 2 * k > tokens.shape[-1] else _GramResiduals
+    state = state_type(tokens, weights, prior, k)
+    picks, pivots = [], []
+    for step in range(k):
+        pivot, pick = state.best()
+        picks.append(pick)
+        pivots.append(pivot)
+        if step < k - 1:
+            state.update(pick, pivot)
+    return fill_exhausted(torch.cat(picks, -1), torch.cat(pivots, -1), prior, threshold)

@@ -25,13 +25,55 @@ def mean_text_direction(
     texts = ctx.texts_for(batch, method)
     if texts is None:
         return None
+    return unit_means(texts, torch.device("cpu") if not texts else texts[0].device)
 
-    def mean(text: Tensor) -> Tensor:
-        unit = unit_rows(text.float())
-        return unit.mean(0) if text.shape[0] else unit.new_zeros(width)
 
-    means = once_per_tensor(texts, mean)
-    return torch.stack(means), torch.tensor([text.shape[0] > 0 for text in texts])
+def unit_means(texts: list[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Mean of each text's unit-normalised rows, for the whole batch at once.
+
+    Parameters
+    ----------
+    texts : list of Tensor
+        ``b`` texts ``(m_i, d)``; one tensor repeated is read once.
+    device : torch.device
+        Where the results go.
+
+    Returns
+    -------
+    mean : Tensor
+        ``(b, d)`` float32; a zero row for an empty text.
+    present : Tensor
+        ``(b,)`` bool: which texts have rows.
+
+    Notes
+    -----
+    The sum runs as a fixed pairwise tree over the rows (:func:`padded_sum`), so an item's mean
+    does not depend on the other items' lengths: a batch gives each item's mean alone, exactly.
+    """
+    lengths = [len(text) for text in texts]
+    shared = all(text is texts[0] for text in texts)
+    unit = unit_rows(padded_rows(texts[:1] if shared else texts, device))
+    counts = torch.tensor(lengths[:1] if shared else lengths, device=device)
+    mean = padded_sum(unit) / counts.clamp_min(1).unsqueeze(-1)
+    present = counts > 0
+    if shared:
+        return mean.expand(len(texts), -1), present.expand(len(texts))
+    return mean, present
+
+
+def padded_sum(rows: Tensor) -> Tensor:
+    """``(b, m, d) -> (b, d)``: the sum over ``m`` as a pairwise tree of neighbours.
+
+    Zero rows appended to an item leave its sum exactly as it was (each extra node adds a
+    zero), unlike a library reduction, whose grouping follows the length it is given.
+    """
+    b, m, d = rows.shape
+    size = 1 << max(m - 1, 0).bit_length()
+    if size != m:
+        rows = torch.cat([rows, rows.new_zeros(b, size - m, d)], dim=1)
+    while rows.shape[1] > 1:
+        rows = rows[:, 0::2] + rows[:, 1::2]
+    return rows[:, 0] if m else rows.new_zeros(b, d)
 
 
 def once_per_tensor(texts: list[Tensor], function: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -45,3 +87,22 @@ def once_per_tensor(texts: list[Tensor], function: Callable[[Tensor], Tensor]) -
         if id(text) not in done:
             done[id(text)] = function(text)
     return [done[id(text)] for text in texts]
+
+
+def padded_rows(texts: list[Tensor], device: torch.device) -> Tensor:
+    """Per-item ``(m_i, d)`` texts as one ``(b, max m_i, d)`` float32 tensor on ``device``.
+
+    Rows past an item's own text are zero. A text shared by every item is expanded, not copied;
+    otherwise the texts are packed with one concatenation and one indexed copy, so the ops do
+    not grow with the items.
+    """
+    first = texts[0]
+    if all(text is first for text in texts):
+        return first.float().to(device).unsqueeze(0).expand(len(texts), -1, -1)
+    lengths = [len(text) for text in texts]
+    longest = max(lengths)
+    packed = torch.cat(texts).float().to(device)
+    where = [item * longest + at for item, length in enumerate(lengths) for at in range(length)]
+    padded = packed.new_zeros(len(texts) * longest, packed.shape[-1])
+    padded.index_copy_(0, torch.tensor(where, device=device), packed)
+    return padded.view(len(texts), longest, packed.shape[-1])

@@ -75,7 +75,6 @@ class TrimTokenator(Method):
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         b, n, d = tokens.shape
-        batch = torch.arange(b, device=tokens.device)
         unit = unit_rows(tokens)
         text = mean_text_direction(ctx, b, d, self.name)
         if text is None:
@@ -86,15 +85,36 @@ class TrimTokenator(Method):
         distance = cosine_distance(unit, normalised=True)
         # Σ_{j ∈ A} δ(i, j): how representative token i is of the whole aligned set.
         spread = (distance @ aligned.to(distance.dtype).unsqueeze(-1)).squeeze(-1)
-        picks = torch.empty(b, k, dtype=torch.long, device=tokens.device)
-        pick = spread.masked_fill(~aligned, -torch.inf).argmax(dim=-1)
-        total = torch.zeros(b, n, dtype=tokens.dtype, device=tokens.device)
-        excluded = ~aligned
-        for step in range(k):
-            picks[:, step] = pick
-            if step == k - 1:
-                break
-            excluded[batch, pick] = True
-            total += batch_rows(distance, pick)
-            pick = total.masked_fill(excluded, -torch.inf).argmax(dim=-1)
-        return picks
+        return repmax_greedy(distance, spread.masked_fill(~aligned, -torch.inf), ~aligned, k)
+
+
+def repmax_greedy(distance: Tensor, spread: Tensor, excluded: Tensor, k: int) -> Tensor:
+    """RepMax's greedy: ``argmax spread``, then ``argmax_{i ∉ S} Σ_{s ∈ S} δ(i, s)``.
+
+    Parameters
+    ----------
+    distance : Tensor
+        ``(b, n, n)`` cosine distances ``δ``.
+    spread : Tensor
+        ``(b, n)`` the first pick's score (``-inf`` where excluded).
+    excluded : Tensor
+        ``(b, n)`` bool, tokens never picked (outside the aligned set); not changed.
+    k : int
+        Picks per item.
+
+    Returns
+    -------
+    Tensor
+        ``(b, k)`` int64 picks in pick order.
+    """
+    b = distance.shape[0]
+    batch = torch.arange(b, device=distance.device)
+    # Excluded tokens score -inf; picked ones too, set on the running total itself.
+    total = torch.zeros_like(spread).masked_fill_(excluded, -torch.inf)
+    never = torch.full((), -torch.inf, dtype=total.dtype, device=total.device)
+    picks = [spread.argmax(dim=-1)]
+    for _ in range(k - 1):
+        total.index_put_((batch, picks[-1]), never)
+        total += batch_rows(distance, picks[-1])
+        picks.append(total.argmax(dim=-1))
+    return torch.stack(picks, dim=-1)

@@ -6,6 +6,7 @@ in VLMs" (VisPruner, ICCV 2025, arXiv 2412.01818).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -66,7 +67,11 @@ class VisPruner(Method):
                 f"{self.name}: important_ratio must be in [0, 1], got {self.important_ratio!r}."
             )
 
-    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+    def _prepare(self, ctx: Context, tokens: Tensor) -> Context:
         b, n, _ = tokens.shape
         attention = head_attention(ctx.cls_attention, b, n, self.name).to(tokens.device)
-        return vispruner(tokens, attention, k, float(self.important_ratio))
+        return dataclasses.replace(ctx, cls_attention=attention)
+
+    def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
+        # ctx.cls_attention: (b, H, n) float32, from _prepare.
+        return vispruner(tokens, ctx.cls_attention, k, float(self.important_ratio))
