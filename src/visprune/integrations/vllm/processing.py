@@ -47,11 +47,16 @@ class PromptTextMixin:
         """The ids of the expanded placeholders (one per embedding row)."""
         return [self.info.get_hf_config().image_token_index]
 
+    def _identity_text(self, prompt: list[int]) -> list[int]:
+        """The part of the request's prompt an item's cache identity holds: enough to fix the
+        method's text in the expanded prompt."""
+        return text_after_images(prompt, self._media_marks())
+
     def _get_mm_hashes(self, inputs):
         hashes = super()._get_mm_hashes(inputs)
         if not self.info.settings.uses_text:
             return hashes
-        text = text_after_images(inputs.prompt, self._media_marks())
+        text = self._identity_text(inputs.prompt)
         return {modality: [with_text(h, text) for h in items] for modality, items in hashes.items()}
 
     def apply(self, inputs, timing_ctx):

@@ -15,14 +15,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from vllm.multimodal.inputs import MultiModalBatchedField, MultiModalFieldElem
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 from .mrope import OFFSET_COLUMNS, Run, decode_offsets, encode_offsets, media_runs, prompt_positions
 from .processing import PromptTextMixin
 from .selection import select_rows
 from .settings import ServingSettings, settings_of
-from .text import TEXT_FIELD, text_after_images
+from .text import TEXT_FIELD
 
 RunsOf = Callable[[str, Sequence[int], int, float], list[Run]]
 
@@ -70,27 +69,17 @@ class QwenPrunedProcessorMixin(PromptTextMixin):
         config = self.info.get_hf_config()
         return [config.image_token_id, config.video_token_id]
 
-    def _text_of(self, prompt: list[int]) -> list[int]:
-        """The part of the unexpanded prompt an item's cache identity holds: from its last image
-        or video placeholder on, which fixes the method's text in the expanded prompt."""
+    # The method reads the text after the last visual token of the expanded prompt, as in
+    # transformers: after a Qwen3-VL video it starts with the last frame's vision-end token.
+    _media_marks = _visual_ids
+    _placeholder_ids = _visual_ids
+
+    def _identity_text(self, prompt: list[int]) -> list[int]:
+        """From the request's last image or video placeholder on: the placeholder's kind and the
+        text after it fix the method's text in the expanded prompt."""
         visual = set(self._visual_ids())
         last = max((i for i, token in enumerate(prompt) if token in visual), default=0)
         return list(prompt[last:])
-
-    def apply(self, inputs, timing_ctx):
-        # The method reads the text after the last visual token of the expanded prompt, as in
-        # transformers: after a Qwen3-VL video it starts with the last frame's vision-end token.
-        result = super(PromptTextMixin, self).apply(inputs, timing_ctx)
-        if self.info.settings.uses_text:
-            ids = text_after_images(result["prompt_token_ids"], self._visual_ids())
-            text = torch.tensor(ids, dtype=torch.long)
-            for modality in ("image", "video"):
-                for item in result["mm_kwargs"].get(modality, []):
-                    if item is not None:  # items the engine holds keep their identity's text
-                        item[TEXT_FIELD] = MultiModalFieldElem(
-                            data=text, field=MultiModalBatchedField()
-                        )
-        return result
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
