@@ -74,6 +74,7 @@ class Adapter:
         *,
         positions: str | None = None,
         newlines: str = "candidates",
+        compile: bool | str = False,
     ) -> None:
         if method.stage == "layer":
             positions = layer_positions(model.config.model_type, positions)
@@ -83,6 +84,8 @@ class Adapter:
         self.method = method
         self.positions = positions
         self.newlines = newlines
+        #: Passed on to ``Method.select`` (``visprune.apply(..., compile=...)``).
+        self.compile = compile
         self.base = model.model
         self.language_model = model.model.language_model
         self._local = threading.local()
@@ -433,7 +436,7 @@ class Adapter:
         if self.method.uses & {"text", "query"}:
             texts = self._texts_for_prefill(call, input_ids, embeds, mask, visual, continues)
         check_item_scores(self.method, self.model.config.model_type, items)
-        run_method(self.method, items, embeds, texts)
+        run_method(self.method, items, embeds, texts, compile=self.compile)
         embeds = place_merged(items, embeds, self.project_vision)
         keep = keep_mask(items, batch, length, embeds.device)
         call.selections = self._last_selections = selections_of(items)

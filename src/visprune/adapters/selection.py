@@ -22,7 +22,11 @@ _SCORE_FIELDS = ("cls_attention", "vision_keys", "cls_state")
 
 
 def run_method(
-    method: Method, items: list[Item], embeds: Tensor, texts: list[Tensor] | None
+    method: Method,
+    items: list[Item],
+    embeds: Tensor,
+    texts: list[Tensor] | None,
+    compile: bool | str = False,
 ) -> None:
     """Fill ``item.kept`` (and ``item.merged``) for every item; equal shapes run as one batch.
 
@@ -37,6 +41,8 @@ def run_method(
         ``(B, L, d)`` the language model's input embeddings.
     texts : list of Tensor or None
         Per sample, the prompt text after its last visual token.
+    compile : bool or str
+        ``Method.select``'s ``compile`` (selection methods only).
     """
     groups: dict[tuple, list[Item]] = {}
     for item in items:
@@ -52,7 +58,7 @@ def run_method(
         if method.merges:
             kept, merged = method.reduce(tokens, k, ctx)
         else:
-            kept, merged = method.select(tokens, k, ctx), None
+            kept, merged = method.select(tokens, k, ctx, compile=compile), None
         for number, (item, row) in enumerate(zip(group, kept, strict=True)):
             item.kept = row.to(item.positions.device)
             item.vision = None
