@@ -93,6 +93,10 @@ class _ReadCounter(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in UNDISPATCHED_READS:
             self.counts.sync_ops[f"Tensor.{name}"] += 1
+        elif name == "cpu" and args and args[0].device.type == "cpu":
+            # A no-op here, a device-to-host copy where the tensor lives on a GPU (there the
+            # copy op is dispatched and counted by the op counter instead).
+            self.counts.sync_ops["Tensor.cpu"] += 1
         return func(*args, **(kwargs or {}))
 
 

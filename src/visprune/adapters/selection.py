@@ -125,20 +125,40 @@ def keep_mask(items: list[Item], batch: int, length: int, device: torch.device) 
 
 
 def selections_of(items: list[Item]) -> list[Selection]:
-    """The records of what each item kept, on the CPU."""
-    return [
-        Selection(
-            sample=item.sample,
-            image=item.image,
-            frame=item.frame,
-            kept=item.kept.cpu(),
-            n=len(item.positions),
-            grid=item.grid,
-            positions=item.positions[item.kept].cpu(),
-            kind=item.kind,
-            candidates=item.positions.cpu(),
-            merged_positions=None if item.merged_positions is None else item.merged_positions.cpu(),
-            merged=None if item.merged is None else item.merged.detach().cpu(),
+    """The records of what each item kept, on the CPU.
+
+    Every item's indices travel to the host in one copy (and the merged tokens in one more):
+    on a GPU each copy waits for the stream, so a batch pays once, not once per image.
+    """
+    if not items:
+        return []
+    device = items[0].positions.device
+    indices, lengths = [], []
+    for item in items:
+        parts = [item.kept, item.positions[item.kept], item.positions]
+        if item.merged_positions is not None:
+            parts.append(item.merged_positions)
+        indices.extend(part.to(device) for part in parts)
+        lengths.extend(len(part) for part in parts)
+    host = iter(torch.cat(indices).cpu().split(lengths))
+    merging = [item.merged.detach().to(device) for item in items if item.merged is not None]
+    merged_host = iter(torch.cat(merging).cpu().split([len(m) for m in merging]) if merging else ())
+    records = []
+    for item in items:
+        kept, positions, candidates = next(host), next(host), next(host)
+        records.append(
+            Selection(
+                sample=item.sample,
+                image=item.image,
+                frame=item.frame,
+                kept=kept,
+                n=len(item.positions),
+                grid=item.grid,
+                positions=positions,
+                kind=item.kind,
+                candidates=candidates,
+                merged_positions=None if item.merged_positions is None else next(host),
+                merged=None if item.merged is None else next(merged_host),
+            )
         )
-        for item in items
-    ]
+    return records
