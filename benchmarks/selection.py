@@ -127,8 +127,8 @@ def launch_counts(run, half_run, k: int) -> dict:
 def compiled_timing(method: str, tokens, text, case: Case, context, repeats: int, eager) -> dict:
     """Compile time (the first call) and the median compiled call, timed alternately with the
     eager call; ``{"compiled": reason}`` when the core does not compile."""
-    run = runner(method, tokens, text, case.k, context, compile=True)
     try:
+        run = runner(method, tokens, text, case.k, context, compile=True)
         compile_s = clock(run)
     except SelectionNotCompilable as error:
         return {"compiled": "no: " + str(error).split(": ", 1)[-1].split(".")[0]}
