@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -124,6 +125,14 @@ def launch_counts(run, half_run, k: int) -> dict:
     }
 
 
+def graph_break(error: Exception) -> str:
+    """Where a core breaks the graph (``file:line in function``), from the error's message."""
+    message = str(error)
+    if " At " in message:
+        return "breaks at " + message.split(" At ", 1)[1].split(": `", 1)[0]
+    return message.split(": ", 1)[-1].split(". ")[0]
+
+
 def compiled_timing(method: str, tokens, text, case: Case, context, repeats: int, eager) -> dict:
     """Compile time (the first call) and the median compiled call, timed alternately with the
     eager call; ``{"compiled": reason}`` when the core does not compile."""
@@ -131,7 +140,7 @@ def compiled_timing(method: str, tokens, text, case: Case, context, repeats: int
         run = runner(method, tokens, text, case.k, context, compile=True)
         compile_s = clock(run)
     except SelectionNotCompilable as error:
-        return {"compiled": "no: " + str(error).split(": ", 1)[-1].split(".")[0]}
+        return {"compiled": "no: " + graph_break(error)}
     same = torch.equal(run(), eager())
     eager_times, compiled_times = [], []
     for _ in range(repeats):
@@ -270,6 +279,10 @@ def render(rows: list[dict], command: str, repeats: int, compile_max_k: int | No
         f"Command: `{command}`",
         "",
         f"Machine: {machine_description()}",
+        "",
+        f"Load average at the end of the run: {os.getloadavg()[0]:.1f} (1 minute) on "
+        f"{os.cpu_count()} CPUs; above the threads used, other processes shared the CPUs and "
+        "the timings (not the counts) are noisy.",
         "",
         f"Medians of {repeats} repeats; the Gram time is one `X @ X.T` (a batched `X @ X.mT` for "
         "video) on the same float32 tokens, timed alternately with the method in the same "
