@@ -26,7 +26,7 @@ PY_VLLM := $(VENV_VLLM)/bin/python
 VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py
 
 .PHONY: install install-oldest install-vllm demo test test-newest test-oldest test-vllm lint \
-	format bench clean check-transformers test-hf-identity test-hf-identity-quick
+	format bench bench-gpu clean check-transformers test-hf-identity test-hf-identity-quick
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
@@ -132,6 +132,12 @@ test-hf-identity-quick:
 
 bench: install
 	$(PY) benchmarks/selection.py
+
+# On a CUDA machine: selection (eager, compiled, CUDA-graphed) and prefill of a random-weight
+# LLaVA-1.5-7B-shaped model in bf16 (benchmarks/results/gpu.md); without one, small shapes on
+# the CPU (benchmarks/results/gpu-small.md).
+bench-gpu: install
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) $(VENV_NEXT) $(HF_TESTS) build dist src/*.egg-info \

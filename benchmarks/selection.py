@@ -10,15 +10,24 @@ row, or every token's key norm); their rows time that recomputation plus the sel
 LLaVA-1.5-7B-sized Llama layer (hidden 4096, 32 heads, MLP 11008) over the image's 576 tokens
 and a 40-token prompt, against the same Gram and against one forward of that layer.
 
+Every row also counts, in the same run, what a call costs a GPU apart from arithmetic
+(:mod:`visprune.dispatch`): the ops it dispatches (each a kernel launch there), the marginal ops
+per greedy pick (from a second count at half the budget) and the host syncs. Where the method's
+core compiles (``compile=True``: one ``torch.compile(fullgraph=True)`` graph), the compiled
+call is timed too, its one-off compile time apart; cases with a budget above
+``--compile-max-k`` skip it (the greedy loop is unrolled into the graph, so compile time grows
+with the budget).
+
 Usage::
 
-    python benchmarks/selection.py [--repeats 7] [--threads 1] \\
+    python benchmarks/selection.py [--repeats 7] [--threads 1] [--no-compile] \\
         [--out benchmarks/results/selection.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -29,6 +38,8 @@ import torch
 
 import visprune
 from visprune.bench import machine_description
+from visprune.compiled import SelectionNotCompilable
+from visprune.dispatch import DispatchCounts
 
 PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
 BASELINES = ["random", "uniform"]
@@ -83,14 +94,64 @@ def vision_context(case: Case, seed: int = 2) -> visprune.Context:
     )
 
 
-def runner(method: str, tokens: torch.Tensor, text: torch.Tensor, k: int, context):
+def runner(
+    method: str, tokens: torch.Tensor, text: torch.Tensor, k: int, context, compile: bool = False
+):
     """One call of ``method``: ``visprune.select`` with what it needs, or ``reduce`` for a
     merging method (its kept indices are returned, to compare batched and per-frame runs)."""
     chosen = visprune.get_method(method, budget=k)
     if chosen.merges:
+        if compile:
+            raise SelectionNotCompilable(f"{method} merges tokens; only selection compiles.")
         return lambda: chosen.reduce(tokens, None, context).kept
     extra = {"cls_attention": context.cls_attention} if "cls_attention" in chosen.uses else {}
-    return lambda: visprune.select(chosen, tokens, k, text=text, **extra)
+    return lambda: visprune.select(chosen, tokens, k, text=text, compile=compile, **extra)
+
+
+def counted(run) -> DispatchCounts:
+    """The dispatched ops and host syncs of one call of ``run``."""
+    with DispatchCounts() as counts:
+        run()
+    return counts
+
+
+def launch_counts(run, half_run, k: int) -> dict:
+    """Ops and host syncs per call, and the marginal ops per pick between ``k // 2`` and ``k``."""
+    full, half = counted(run), counted(half_run)
+    return {
+        "ops": full.ops,
+        "ops_per_pick": (full.ops - half.ops) / (k - k // 2),
+        "syncs": full.syncs,
+    }
+
+
+def graph_break(error: Exception) -> str:
+    """Where a core breaks the graph (``file:line in function``), from the error's message."""
+    message = str(error)
+    if " At " in message:
+        return "breaks at " + message.split(" At ", 1)[1].split(": `", 1)[0]
+    return message.split(": ", 1)[-1].split(". ")[0]
+
+
+def compiled_timing(method: str, tokens, text, case: Case, context, repeats: int, eager) -> dict:
+    """Compile time (the first call) and the median compiled call, timed alternately with the
+    eager call; ``{"compiled": reason}`` when the core does not compile."""
+    try:
+        run = runner(method, tokens, text, case.k, context, compile=True)
+        compile_s = clock(run)
+    except SelectionNotCompilable as error:
+        return {"compiled": "no: " + graph_break(error)}
+    same = torch.equal(run(), eager())
+    eager_times, compiled_times = [], []
+    for _ in range(repeats):
+        eager_times.append(clock(eager))
+        compiled_times.append(clock(run))
+    return {
+        "compiled": "yes" if same else "DIFFERENT PICKS",
+        "compile_s": compile_s,
+        "compiled_ms": 1e3 * statistics.median(compiled_times),
+        "eager_alt_ms": 1e3 * statistics.median(eager_times),
+    }
 
 
 def frame_context(context, frame: int):
@@ -102,10 +163,11 @@ def frame_context(context, frame: int):
     )
 
 
-def measure(case: Case, method: str, repeats: int) -> dict:
+def measure(case: Case, method: str, repeats: int, compile_max_k: int | None) -> dict:
     tokens, text = inputs(case)
     context = vision_context(case)
     run = runner(method, tokens, text, case.k, context)
+    counts = launch_counts(run, runner(method, tokens, text, case.k // 2, context), case.k)
     gram = lambda: tokens @ tokens.mT  # noqa: E731
     run(), gram()  # warm-up
     method_times, gram_times = [], []
@@ -120,6 +182,9 @@ def measure(case: Case, method: str, repeats: int) -> dict:
         "gram_ms": 1e3 * statistics.median(gram_times),
     }
     row["ratio"] = row["ms"] / row["gram_ms"]
+    row.update(counts)
+    if compile_max_k is not None and case.k <= compile_max_k:
+        row.update(compiled_timing(method, tokens, text, case, context, repeats, run))
     if case.frames > 1:
         singles = [
             runner(method, frame, text, case.k, frame_context(context, number))
@@ -166,7 +231,7 @@ def measure_in_llm(method: str, repeats: int, layer_and_rotary) -> dict:
     mask = torch.ones(1, length, dtype=torch.bool)
     query = torch.tensor([length - 1])
 
-    def run():
+    def run(k: int = k):
         with torch.no_grad():
             if chosen.signal == "attention":
                 scores = layer_signals.last_token_attention(layer, hidden, cos, sin, query, mask)
@@ -178,6 +243,8 @@ def measure_in_llm(method: str, repeats: int, layer_and_rotary) -> dict:
             return visprune.select(
                 chosen, states[image], k, scores=norms[image], text=text, text_scores=text_scores
             )
+
+    counts = launch_counts(run, lambda: run(k // 2), k)
 
     visual = hidden[0, image]
     gram = lambda: visual @ visual.T  # noqa: E731
@@ -201,16 +268,21 @@ def measure_in_llm(method: str, repeats: int, layer_and_rotary) -> dict:
         "layer_ms": 1e3 * statistics.median(layer_times),
     }
     row["ratio"] = row["ms"] / row["gram_ms"]
+    row.update(counts)
     return row
 
 
-def render(rows: list[dict], command: str, repeats: int) -> str:
+def render(rows: list[dict], command: str, repeats: int, compile_max_k: int | None) -> str:
     lines = [
         "# Selection speed",
         "",
         f"Command: `{command}`",
         "",
         f"Machine: {machine_description()}",
+        "",
+        f"Load average at the end of the run: {os.getloadavg()[0]:.1f} (1 minute) on "
+        f"{os.cpu_count()} CPUs; above the threads used, other processes shared the CPUs and "
+        "the timings (not the counts) are noisy.",
         "",
         f"Medians of {repeats} repeats; the Gram time is one `X @ X.T` (a batched `X @ X.mT` for "
         "video) on the same float32 tokens, timed alternately with the method in the same "
@@ -225,9 +297,15 @@ def render(rows: list[dict], command: str, repeats: int) -> str:
         "on the whole 616-token sequence (a 32-layer model's prefill is about 32 such "
         "forwards).",
         "",
+        "Counted in the same run with `visprune.dispatch.DispatchCounts` (exact, the same on any "
+        "device): `ops` = ops one call dispatches (each a kernel launch on a GPU; in-LLM rows "
+        "include the layer's score recomputation), `ops/pick` = the marginal ops of one more "
+        "greedy pick (the count at the budget minus the count at half of it, per pick), "
+        "`syncs` = host syncs per call (each stalls a GPU stream until it drains).",
+        "",
         "| case | method | time (ms) | spread (ms) | Gram (ms) | ratio to Gram | "
-        "per-frame loop (ms) | same | share of one layer |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "per-frame loop (ms) | same | share of one layer | ops | ops/pick | syncs |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         loop = f"{row['loop_ms']:.1f}" if "loop_ms" in row else ""
@@ -235,8 +313,36 @@ def render(rows: list[dict], command: str, repeats: int) -> str:
         same = ("yes" if row["identical"] else "NO") if "identical" in row else ""
         lines.append(
             f"| {row['case']} | {row['method']} | {row['ms']:.1f} | {row['spread']:.1f} | "
-            f"{row['gram_ms']:.1f} | {row['ratio']:.2f}x | {loop} | {same} | {share} |"
+            f"{row['gram_ms']:.1f} | {row['ratio']:.2f}x | {loop} | {same} | {share} | "
+            f"{row['ops']} | {row['ops_per_pick']:.1f} | {row['syncs']} |"
         )
+    compiled = [row for row in rows if "compiled" in row]
+    if compiled:
+        lines += [
+            "",
+            "## Eager and compiled",
+            "",
+            "`compile=True`: the method's selection core as one `torch.compile(fullgraph=True, "
+            "dynamic=False)` graph (Inductor, CPU code). `compile` = the first call, which "
+            "compiles (once per method, shapes and budget); eager and compiled calls are then "
+            f"timed alternately ({repeats} repeats each, medians). `compiles` says whether the "
+            "core runs as one graph (and picks what eager picks), or why not. Cases with a budget "
+            f"above {compile_max_k} are left out: the greedy loop is unrolled into the graph, so "
+            "compile time grows with the budget.",
+            "",
+            "| case | method | compiles | compile (s) | eager (ms) | compiled (ms) | "
+            "eager / compiled |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for row in compiled:
+            if "compiled_ms" in row:
+                timing = (
+                    f"{row['compile_s']:.1f} | {row['eager_alt_ms']:.1f} | "
+                    f"{row['compiled_ms']:.1f} | {row['eager_alt_ms'] / row['compiled_ms']:.2f}x"
+                )
+            else:
+                timing = " |  |  | "
+            lines.append(f"| {row['case']} | {row['method']} | {row['compiled']} | {timing} |")
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +356,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
     )
+    parser.add_argument(
+        "--compile-max-k",
+        type=int,
+        default=64,
+        help="time compile=True for cases with at most this budget (compile grows with it)",
+    )
+    parser.add_argument("--no-compile", action="store_true", help="time eager calls only")
     args = parser.parse_args(argv)
+    compile_max_k = None if args.no_compile else args.compile_max_k
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows = []
@@ -258,11 +372,12 @@ def main(argv: list[str] | None = None) -> None:
     outside = [m for m in args.methods if m not in in_llm]
     for case in CASES:
         for method in outside:
-            row = measure(case, method, args.repeats)
+            row = measure(case, method, args.repeats, compile_max_k)
             loop = f"  loop {row['loop_ms']:.1f} ms" if "loop_ms" in row else ""
+            compiled = f"  compiled {row['compiled_ms']:.1f} ms" if "compiled_ms" in row else ""
             print(
                 f"{row['case']:<20} {row['method']:<14} {row['ms']:9.1f} ms "
-                f"{row['ratio']:6.2f}x Gram{loop}",
+                f"{row['ratio']:6.2f}x Gram  {row['ops']} ops {row['syncs']} syncs{loop}{compiled}",
                 flush=True,
             )
             rows.append(row)
@@ -277,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, command, args.repeats))
+    args.out.write_text(render(rows, command, args.repeats, compile_max_k))
     print(f"wrote {args.out}")
 
 

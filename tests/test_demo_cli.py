@@ -164,6 +164,8 @@ def test_generate_says_when_it_cannot_draw_the_picture(checkpoint, tmp_path, mon
     "argv,message",
     [
         (["--budget", "4"], "need --method"),
+        (["--compile"], "need --method"),
+        (["--method", "random", "--budget", "4", "--compile"], "random's selection cannot run"),
         (["--method", "nope"], "unknown method"),
         (["--method", "divprune", "--budget", "0"], "must be positive"),
         (["--method", "random", "--budget", "4", "--expected", "cyan"], "add --viz"),
@@ -177,6 +179,21 @@ def test_generate_rejects_bad_arguments(checkpoint, tmp_path, capsys, argv, mess
         main(base + argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_generate_compile_selects_as_eager(checkpoint, tmp_path, monkeypatch, capsys):
+    """``--compile`` reaches ``visprune.apply``: the same answer and kept tokens as eager
+    (torch's graph capture, with the captured graph run as is instead of Inductor's code)."""
+    monkeypatch.setattr(visprune.compiled, "BACKEND", "eager")
+    image_path = tmp_path / "q.png"
+    _banner(64, 64).save(image_path)
+    argv = ["generate", "--model", str(checkpoint), "--image", str(image_path), "--prompt", "x"]
+    argv += ["--method", "divprune", "--budget", "4", "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    eager = capsys.readouterr()
+    assert main([*argv, "--compile"]) == 0
+    compiled = capsys.readouterr()
+    assert compiled.out == eager.out and "kept 4 of 64" in compiled.err
 
 
 def test_demo_positions_option_reaches_the_adapter(checkpoint, tmp_path, monkeypatch):

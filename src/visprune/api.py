@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .compiled import compile_mode
 from .methods import Context, Method
 from .registry import METHODS
 
@@ -67,6 +68,7 @@ def select(
     text_embeds: Tensor | Sequence[Tensor] | None = None,
     scores: Tensor | Sequence[Tensor] | None = None,
     text_scores: Tensor | Sequence[Tensor] | None = None,
+    compile: bool | str = False,
     **params: object,
 ) -> Tensor:
     """Select the visual tokens to keep, without any model.
@@ -96,6 +98,11 @@ def select(
         required there): per-token scores ``(n,)`` / ``(b, n)`` that their layer measures (the
         attention each token receives, DART's key norms), and DART's ``(m,)`` scores of the text
         tokens. Ignored by the other methods.
+    compile : bool or str
+        Run the method's selection core under ``torch.compile(fullgraph=True, dynamic=False)``
+        (:mod:`visprune.compiled`): the first call per hyperparameters, shapes, device and dtype
+        compiles (seconds), later calls reuse it. A string picks the torch.compile mode, e.g.
+        ``"reduce-overhead"`` to capture CUDA graphs. Same picks as eager.
     **params
         Hyperparameters of the method (``gamma``, ``alpha``, ``tau``, ``seed`` ...).
 
@@ -103,6 +110,12 @@ def select(
     -------
     Tensor
         int64 indices ``(k,)`` or ``(b, k)``, unique and ascending, on the input's device.
+
+    Raises
+    ------
+    visprune.compiled.SelectionNotCompilable
+        With ``compile``, for a method whose core does not run as one graph (it names the
+        method; call it without ``compile`` instead).
 
     Examples
     --------
@@ -136,7 +149,7 @@ def select(
         scores=scores,
         text_scores=text_scores,
     )
-    return chosen.select(tokens, None, context)
+    return chosen.select(tokens, None, context, compile=compile)
 
 
 class Handle:
@@ -260,6 +273,7 @@ def apply(
     *,
     positions: str | None = None,
     newlines: str = "candidates",
+    compile: bool | str = False,
     **params: object,
 ) -> Handle:
     """Prune the visual tokens of a Hugging Face multimodal model, in place and reversibly.
@@ -289,6 +303,11 @@ def apply(
     newlines : {"candidates", "keep"}
         LLaVA-NeXT / OneVision: whether newline tokens compete for the budget (as published) or
         are always kept.
+    compile : bool or str
+        Run the method's selection under ``torch.compile(fullgraph=True, dynamic=False)``, as
+        in :func:`select`: each new image size (and budget) compiles once, at its first call.
+        A method whose core does not run as one graph raises
+        :class:`visprune.compiled.SelectionNotCompilable` at that call.
     **params
         Hyperparameters of the method (``gamma``, ``alpha``, ``tau``, ``seed`` ...).
 
@@ -335,11 +354,16 @@ def apply(
         params["budget"] = budget
     chosen = get_method(method, **params)
     chosen.num_keep(1)  # validate the budget now, not at the first call
+    if compile_mode(compile) is not None and chosen.merges:
+        raise ValueError(
+            f"{chosen.name} merges tokens, and compile=True compiles selection methods only; "
+            "apply it without compile."
+        )
     adapter_type.check_options(model_type, positions, newlines)  # fail before touching the model
     check_method(adapter_type, model, chosen)  # e.g. CLS attention on a tower without CLS
 
     def build(current: Method):
-        return adapter_type(model, current, positions=positions, newlines=newlines)
+        return adapter_type(model, current, positions=positions, newlines=newlines, compile=compile)
 
     stack = _stack(model)
     if stack:

@@ -155,9 +155,12 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
+    # The vector instructions torch's CPU kernels use (AVX2, AVX512 ...): CPUs of one name
+    # differ in them, and fast GEMM changes which share of a selection is per-pick overhead.
+    capability = torch.backends.cpu.get_cpu_capability()
     gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
-        f"{cpu}{gpu}; {torch.get_num_threads()} torch threads; Python "
+        f"{cpu} ({capability}){gpu}; {torch.get_num_threads()} torch threads; Python "
         f"{platform.python_version()}; torch {torch.__version__}; {platform.system()} "
         f"{platform.release()}"
     )

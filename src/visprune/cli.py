@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ANSWER",
         help="the right answer: the --viz picture marks the model's answer right or wrong",
     )
+    generate.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the method's selection as one torch.compile graph (visprune.apply's compile)",
+    )
     return parser
 
 
@@ -278,8 +283,8 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             get_method(args.method, **params).num_keep(1)
         except (KeyError, ValueError) as error:
             parser.error(str(error).strip("'\""))
-    elif args.budget is not None or params or args.viz or args.positions:
-        parser.error("--budget, --param, --positions and --viz need --method")
+    elif args.budget is not None or params or args.viz or args.positions or args.compile:
+        parser.error("--budget, --param, --positions, --compile and --viz need --method")
     if args.expected is not None and not args.viz:
         parser.error("--expected marks the answer in the --viz picture; add --viz PNG")
     try:
@@ -297,15 +302,21 @@ def _generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     handle = None
     if args.method:
         try:
-            handle = apply(model, args.method, positions=args.positions, **params)
+            handle = apply(
+                model, args.method, positions=args.positions, compile=args.compile, **params
+            )
         except (KeyError, ValueError) as error:  # e.g. a method this model's family cannot run
             parser.error(first_line(error))
     try:
         import torch
 
+        from .compiled import SelectionNotCompilable
+
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         selections = handle.selections if handle else []
+    except SelectionNotCompilable as error:
+        parser.error(first_line(error))
     finally:
         if handle is not None:
             handle.remove()

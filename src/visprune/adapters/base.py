@@ -74,6 +74,7 @@ class Adapter:
         *,
         positions: str | None = None,
         newlines: str = "candidates",
+        compile: bool | str = False,
     ) -> None:
         if method.stage == "layer":
             positions = layer_positions(model.config.model_type, positions)
@@ -83,6 +84,8 @@ class Adapter:
         self.method = method
         self.positions = positions
         self.newlines = newlines
+        #: Passed on to ``Method.select`` (``visprune.apply(..., compile=...)``).
+        self.compile = compile
         self.base = model.model
         self.language_model = model.model.language_model
         self._local = threading.local()
@@ -292,7 +295,7 @@ class Adapter:
         call.token_types = compat.token_types(kwargs)
         call.positions_supplied = False
         call.prefill_seen = False
-        call.placeholders = self._placeholder_kinds(input_ids)  # one device sync per kind
+        call.placeholders = self._placeholder_kinds(input_ids, call.brought)
         # A call that carries no pixels and no encoder output encodes nothing: its placeholder
         # ids are text (as in a decode step that generated one), and it runs as the unpatched
         # model runs it.
@@ -330,12 +333,18 @@ class Adapter:
                 "model.model.language_model"
             )
 
-    def _placeholder_kinds(self, input_ids: Tensor | None) -> set[str]:
-        if not isinstance(input_ids, Tensor):
+    def _placeholder_kinds(self, input_ids: Tensor | None, brought: set[str]) -> set[str]:
+        """Which of the kinds the call brought pixels for have placeholders in ``input_ids``.
+
+        Only those matter (a placeholder without pixels is text), so a decode step, which
+        brings none, reads nothing from the device; a prefill reads once for all its kinds.
+        """
+        kinds = [kind for kind in self.token_ids() if kind in brought]
+        if not isinstance(input_ids, Tensor) or not kinds:
             return set()
-        return {
-            kind for kind, token in self.token_ids().items() if bool((input_ids == token).any())
-        }
+        ids = self.token_ids()
+        present = torch.stack([(input_ids == ids[kind]).any() for kind in kinds]).tolist()
+        return {kind for kind, found in zip(kinds, present, strict=True) if found}
 
     # ------------------------------------------------------------------------------ prefill
     def _before_language_model(self, module, args, kwargs):
@@ -433,12 +442,12 @@ class Adapter:
         if self.method.uses & {"text", "query"}:
             texts = self._texts_for_prefill(call, input_ids, embeds, mask, visual, continues)
         check_item_scores(self.method, self.model.config.model_type, items)
-        run_method(self.method, items, embeds, texts)
+        run_method(self.method, items, embeds, texts, compile=self.compile)
         embeds = place_merged(items, embeds, self.project_vision)
-        keep = keep_mask(items, batch, length, embeds.device)
         call.selections = self._last_selections = selections_of(items)
-        if bool(keep.all()):
+        if all(item.keeps_all() for item in items):
             return
+        keep = keep_mask(items, batch, length, embeds.device)
         call.prefill = sequence.shorten(kwargs, embeds, keep, mask, self.positions == "compact")
         self.shorten_family_inputs(kwargs, keep, call.prefill.index)
 

@@ -75,6 +75,7 @@ class LayerPruner:
     def __init__(self, adapter: Any) -> None:
         self.adapter = adapter
         self.method = adapter.method
+        self.compile = adapter.compile
         self.language_model = adapter.language_model
         self.layers = compat.decoder_layers(self.language_model)
         self.prune_at = self.method.check_layers(len(self.layers))
@@ -203,7 +204,9 @@ class LayerPruner:
                     text=None if texts is None else [texts[item.sample]],
                     text_scores=None if text_scores is None else [text_scores[item.sample]],
                 )
-                kept = self.method.select(tokens_of[item.sample, columns][None], k, ctx)[0]
+                kept = self.method.select(
+                    tokens_of[item.sample, columns][None], k, ctx, compile=self.compile
+                )[0]
                 plan.keep[item.sample, item.positions[alive]] = False
                 alive = alive[kept.to(alive.device)]
                 plan.keep[item.sample, item.positions[alive]] = True

@@ -111,6 +111,12 @@ class Item:
     #: Positions of the slots that carry them.
     merged_positions: Tensor | None = None
 
+    def keeps_all(self) -> bool:
+        """Whether every candidate stays (kept, or the slot of a new token), from the shapes
+        alone (no read of the device)."""
+        slots = 0 if self.merged_positions is None else len(self.merged_positions)
+        return len(self.kept) + slots == len(self.positions)
+
 
 @dataclass
 class Prefill:

@@ -22,7 +22,11 @@ _SCORE_FIELDS = ("cls_attention", "vision_keys", "cls_state")
 
 
 def run_method(
-    method: Method, items: list[Item], embeds: Tensor, texts: list[Tensor] | None
+    method: Method,
+    items: list[Item],
+    embeds: Tensor,
+    texts: list[Tensor] | None,
+    compile: bool | str = False,
 ) -> None:
     """Fill ``item.kept`` (and ``item.merged``) for every item; equal shapes run as one batch.
 
@@ -37,6 +41,8 @@ def run_method(
         ``(B, L, d)`` the language model's input embeddings.
     texts : list of Tensor or None
         Per sample, the prompt text after its last visual token.
+    compile : bool or str
+        ``Method.select``'s ``compile`` (selection methods only).
     """
     groups: dict[tuple, list[Item]] = {}
     for item in items:
@@ -52,7 +58,7 @@ def run_method(
         if method.merges:
             kept, merged = method.reduce(tokens, k, ctx)
         else:
-            kept, merged = method.select(tokens, k, ctx), None
+            kept, merged = method.select(tokens, k, ctx, compile=compile), None
         for number, (item, row) in enumerate(zip(group, kept, strict=True)):
             item.kept = row.to(item.positions.device)
             item.vision = None
@@ -119,20 +125,40 @@ def keep_mask(items: list[Item], batch: int, length: int, device: torch.device) 
 
 
 def selections_of(items: list[Item]) -> list[Selection]:
-    """The records of what each item kept, on the CPU."""
-    return [
-        Selection(
-            sample=item.sample,
-            image=item.image,
-            frame=item.frame,
-            kept=item.kept.cpu(),
-            n=len(item.positions),
-            grid=item.grid,
-            positions=item.positions[item.kept].cpu(),
-            kind=item.kind,
-            candidates=item.positions.cpu(),
-            merged_positions=None if item.merged_positions is None else item.merged_positions.cpu(),
-            merged=None if item.merged is None else item.merged.detach().cpu(),
+    """The records of what each item kept, on the CPU.
+
+    Every item's indices travel to the host in one copy (and the merged tokens in one more):
+    on a GPU each copy waits for the stream, so a batch pays once, not once per image.
+    """
+    if not items:
+        return []
+    device = items[0].positions.device
+    indices, lengths = [], []
+    for item in items:
+        parts = [item.kept, item.positions[item.kept], item.positions]
+        if item.merged_positions is not None:
+            parts.append(item.merged_positions)
+        indices.extend(part.to(device) for part in parts)
+        lengths.extend(len(part) for part in parts)
+    host = iter(torch.cat(indices).cpu().split(lengths))
+    merging = [item.merged.detach().to(device) for item in items if item.merged is not None]
+    merged_host = iter(torch.cat(merging).cpu().split([len(m) for m in merging]) if merging else ())
+    records = []
+    for item in items:
+        kept, positions, candidates = next(host), next(host), next(host)
+        records.append(
+            Selection(
+                sample=item.sample,
+                image=item.image,
+                frame=item.frame,
+                kept=kept,
+                n=len(item.positions),
+                grid=item.grid,
+                positions=positions,
+                kind=item.kind,
+                candidates=candidates,
+                merged_positions=None if item.merged_positions is None else next(host),
+                merged=None if item.merged is None else next(merged_host),
+            )
         )
-        for item in items
-    ]
+    return records

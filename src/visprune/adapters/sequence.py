@@ -43,8 +43,11 @@ def shorten(
     """
     batch, length, width = embeds.shape
     device = embeds.device
-    index = packed_index(keep if mask is None else keep & mask.bool().to(keep.device))
-    longest = index.shape[1]
+    present = keep if mask is None else keep & mask.bool().to(keep.device)
+    # The one read of the device: the longest and shortest row of what stays.
+    counts = present.sum(-1)
+    longest, shortest = torch.stack([counts.max(), counts.min()]).tolist()
+    index = packed_index(present, longest)
     padded = index < 0
     safe = index.clamp_min(0)
     dropped_before = (~keep).long().cumsum(-1)
@@ -64,7 +67,7 @@ def shorten(
     new_mask = None
     if mask is not None:
         new_mask = mask.gather(1, safe).masked_fill(padded, 0)
-    elif bool(padded.any()) or not compact or stale:
+    elif shortest < longest or not compact or stale:
         # Gapped positions without a mask would read as packed sequences, and a mask built
         # for the unpruned length must go: pass one.
         new_mask = (~padded).long()
@@ -77,17 +80,19 @@ def shorten(
     )
 
 
-def packed_index(keep: Tensor) -> Tensor:
-    """``(B, L)`` bool -> ``(B, L')`` the kept positions per row, left re-padded with -1."""
-    batch = keep.shape[0]
-    longest = int(keep.sum(-1).max())
-    # Left re-padding: rank of each kept token counted from the right end of the row.
-    rank = keep.flip(-1).cumsum(-1).flip(-1)
-    slot = longest - rank
-    index = torch.full((batch, longest), -1, dtype=torch.long, device=keep.device)
-    rows, cols = keep.nonzero(as_tuple=True)
-    index[rows, slot[rows, cols]] = cols
-    return index
+def packed_index(keep: Tensor, longest: int | None = None) -> Tensor:
+    """``(B, L)`` bool -> ``(B, L')`` the kept positions per row, left re-padded with -1.
+
+    ``longest`` is ``L'``, the most positions a row keeps (read from the device when not
+    given): the only read, whatever the batch. A stable sort puts each row's removed positions
+    first and its kept ones last, in order, so the last ``L'`` columns are the kept positions
+    behind the removed ones that re-pad the row.
+    """
+    length = keep.shape[1]
+    if longest is None:
+        longest = int(keep.sum(-1).max())
+    order = keep.to(torch.uint8).sort(dim=-1, stable=True).indices[:, length - longest :]
+    return order.masked_fill(~keep.gather(1, order), -1)
 
 
 def continue_decode(

@@ -91,21 +91,30 @@ def locate_items(
         Pre-projector features per layout (``None`` entries when the method needs none).
     """
     items: list[Item] = []
-    for kind, is_visual in visual.items():
-        counts = is_visual.sum(-1).tolist()
+    # One read of the device for the whole batch: every row's placeholder count per kind.
+    kinds = list(visual)
+    all_counts = torch.stack([visual[kind].sum(-1) for kind in kinds]).tolist()
+    with_items = 0
+    for kind, counts in zip(kinds, all_counts, strict=True):
         if sum(counts) == 0:
             continue  # layouts of this kind belong to an earlier call
+        with_items += 1
+        is_visual = visual[kind]
         features = dict(zip(map(id, layouts[kind]), vision[kind], strict=True))
         ordered = expand_layouts(layouts[kind], counts, kind)
         queue = iter(ordered)
-        for sample in range(input_ids.shape[0]):
-            positions = is_visual[sample].nonzero().squeeze(-1)
+        rows = row_positions(is_visual, counts)
+        host_rows = None  # the positions on the host, read once if tiles need their runs
+        for sample, positions in enumerate(rows):
             start = image = 0
-            while start < len(positions):
+            while start < counts[sample]:
                 layout = next(queue)
                 features_of_layout = features[id(layout)]
                 if layout.tile:
-                    length = _run_length(positions, start)
+                    if host_rows is None:
+                        flat = torch.cat(rows).tolist()
+                        host_rows = _split_list(flat, counts)
+                    length = _run_length(host_rows[sample], start)
                     layout, features_of_layout = join_tiles(
                         layout, queue, features, length, sample, kind
                     )
@@ -114,17 +123,41 @@ def locate_items(
                 )
                 start += layout.count
                 image += 1
-    items.sort(
-        key=lambda item: (item.sample, int(item.positions[0]) if len(item.positions) else -1)
-    )
+    if with_items > 1 or any(len(item.positions) == 0 for item in items):
+        # Items are in prompt order within a kind; several kinds interleave by position.
+        present = [item for item in items if len(item.positions)]
+        firsts = torch.stack([item.positions[0] for item in present]).tolist() if present else []
+        first = dict(zip(map(id, present), firsts, strict=True))
+        items.sort(key=lambda item: (item.sample, first.get(id(item), -1)))
     return items
 
 
-def _run_length(positions: Tensor, start: int) -> int:
+def row_positions(is_visual: Tensor, counts: list[int]) -> list[Tensor]:
+    """Per row, the positions of its placeholder tokens, ascending: ``(B, L) -> [(count_r,)]``.
+
+    ``counts`` are the rows' placeholder counts (read once by the caller); a stable sort puts
+    each row's placeholders first, in order, so no per-row read of the device is needed.
+    """
+    order = (~is_visual).to(torch.uint8).sort(dim=-1, stable=True).indices
+    return [order[row, :count] for row, count in enumerate(counts)]
+
+
+def _split_list(values: list[int], counts: list[int]) -> list[list[int]]:
+    rows, start = [], 0
+    for count in counts:
+        rows.append(values[start : start + count])
+        start += count
+    return rows
+
+
+def _run_length(positions: list[int], start: int) -> int:
     """Placeholder tokens in the contiguous run that begins at ``positions[start]``."""
-    run = positions[start:]
-    breaks = (run.diff() != 1).nonzero()
-    return int(breaks[0]) + 1 if len(breaks) else len(run)
+    length = 1
+    while start + length < len(positions) and positions[start + length] == (
+        positions[start + length - 1] + 1
+    ):
+        length += 1
+    return length
 
 
 def join_tiles(
@@ -199,12 +232,13 @@ def _fixed_of(tile: Layout) -> Tensor:
 
 def _frame_items(layout, vision, positions, start, sample, image, kind) -> list[Item]:
     span = positions[start : start + layout.count]
-    candidates = torch.ones(layout.count, dtype=torch.bool, device=span.device)
-    if layout.fixed is not None:
-        candidates &= ~layout.fixed.to(span.device)
+    # Tokens that are never candidates; a boolean index reads the device, so only with them.
+    candidates = None if layout.fixed is None else ~layout.fixed.to(span.device)
     items, offset = [], 0
     for frame, (low, high) in enumerate(layout.frames):
-        frame_positions = span[low:high][candidates[low:high]]
+        frame_positions = span[low:high]
+        if candidates is not None:
+            frame_positions = frame_positions[candidates[low:high]]
         frame_vision = None
         if vision is not None:
             frame_vision = vision[offset : offset + len(frame_positions)]
@@ -235,13 +269,16 @@ def prompt_texts(embeds: Tensor, mask: Tensor | None, visual: dict[str, Tensor])
     any_visual = torch.zeros_like(next(iter(visual.values())))
     for is_visual in visual.values():
         any_visual |= is_visual
-    texts = []
-    for sample in range(embeds.shape[0]):
-        last = int(any_visual[sample].nonzero().max()) if bool(any_visual[sample].any()) else -1
-        tail = torch.arange(last + 1, embeds.shape[1], device=embeds.device)
-        if mask is not None:
-            tail = tail[mask[sample, tail].bool()]
-        texts.append(embeds[sample, tail])
+    columns = torch.arange(any_visual.shape[1], device=any_visual.device)
+    last = torch.where(any_visual, columns, -1).amax(-1, keepdim=True)  # -1: no visual token
+    is_text = columns > last
+    if mask is not None:
+        is_text &= mask.to(is_text.device).bool()
+    # One read of the device for the batch: each row's text length. A stable sort puts each
+    # row's text positions first, in order.
+    counts = is_text.sum(-1).tolist()
+    order = (~is_text).to(torch.uint8).sort(dim=-1, stable=True).indices.to(embeds.device)
+    texts = [embeds[sample, order[sample, :count]] for sample, count in enumerate(counts)]
     if any(text.shape[0] == 0 for text in texts):
         warnings.warn(EMPTY_PROMPT_TAIL, UserWarning, stacklevel=2)
     return texts

@@ -19,6 +19,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from ..compiled import compile_mode, compiled_core
+
 Stage = Literal["vision", "llm", "layer"]
 Budget = int | float
 
@@ -265,7 +267,14 @@ class Method:
         return resolve_budget(self.budget if budget is None else budget, n, self.name)
 
     @torch.no_grad()
-    def select(self, tokens: Tensor, k: int | None = None, ctx: Context | None = None) -> Tensor:
+    def select(
+        self,
+        tokens: Tensor,
+        k: int | None = None,
+        ctx: Context | None = None,
+        *,
+        compile: bool | str = False,
+    ) -> Tensor:
         """Select which visual tokens to keep.
 
         Parameters
@@ -277,6 +286,11 @@ class Method:
             Tokens to keep per item; default: resolved from ``self.budget``.
         ctx : Context, optional
             Prompt text or query for text-conditioned methods.
+        compile : bool or str
+            Run the selection core compiled with ``torch.compile(fullgraph=True,
+            dynamic=False)``, once per hyperparameters, shapes, device and dtype
+            (:mod:`visprune.compiled`); a string picks the torch.compile mode (e.g.
+            ``"reduce-overhead"`` for CUDA graphs). Same picks as eager.
 
         Returns
         -------
@@ -291,8 +305,14 @@ class Method:
         scaled by a power of two, which is exact, so |x| ~ 1e30 or 1e-30 picks what |x| ~ 1
         picks (every method's objective is scale-free; unscaled, squares would overflow or
         underflow float32).
+
+        Raises
+        ------
+        visprune.compiled.SelectionNotCompilable
+            With ``compile``, when the method's core does not run as one graph.
         """
         self.validate()
+        mode = compile_mode(compile)
         if self.merges:
             raise ValueError(
                 f"{self.name} merges tokens, so it is not a pure selection: call "
@@ -327,8 +347,8 @@ class Method:
         if k >= n:
             keep = torch.arange(n, device=tokens.device).expand(b, n).clone()
         else:
-            keep = self._select(batch, k, self._prepare(ctx, batch))
-            keep = keep.sort(dim=-1).values
+            core = self._select if mode is None else compiled_core(self, mode)
+            keep = core(batch, k, self._prepare(ctx, batch)).sort(dim=-1).values
         return keep[0] if tokens.dim() == 2 else keep
 
     def _check_context(self, ctx: Context, batch: int, width: int) -> None:

@@ -102,7 +102,8 @@ def logdet_greedy(
         Picks per item.
     lazy_rows : bool, optional
         Form only the rows of ``K`` the greedy needs (one host read per pick) instead of all of
-        ``K`` up front (no host read). Default: lazy on :data:`LAZY_ROW_DEVICES`.
+        ``K`` up front (no host read). Default: lazy on :data:`LAZY_ROW_DEVICES`, except
+        under ``torch.compile``.
 
     Returns
     -------
@@ -110,7 +111,9 @@ def logdet_greedy(
         ``(b, k)`` int64 picks in pick order.
     """
     if lazy_rows is None:
-        lazy_rows = similarity.device.type in LAZY_ROW_DEVICES
+        # A compiled graph cannot hold the lazy rows' host read: it forms K up front.
+        compiling = torch.compiler.is_compiling()
+        lazy_rows = similarity.device.type in LAZY_ROW_DEVICES and not compiling
     # diag(K)_i = 1 + γ ‖S_i‖²: no need to form K.
     gains = torch.linalg.vector_norm(similarity, dim=-1).square_().mul_(gamma).add_(1.0)
     kernel = (_KernelRows if lazy_rows else _KernelMatrix)(similarity, gamma)
