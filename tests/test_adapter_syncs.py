@@ -32,14 +32,14 @@ CASES = [
 ]
 
 
-def added_syncs(model, method: str, batch: int, new_tokens: int = 1) -> int:
+def added_syncs(model, method: str, batch: int, new_tokens: int = 1, **params) -> int:
     """Host syncs that ``visprune.apply`` adds to one ``generate`` call."""
     given = inputs(model.config.model_type, model, batch=batch)
     settings = dict(GENERATE, max_new_tokens=new_tokens)
     with torch.no_grad():
         with DispatchCounts() as unpruned:
             model.generate(**given, **settings)
-        with visprune.apply(model, method, budget=2), DispatchCounts() as pruned:
+        with visprune.apply(model, method, budget=2, **params), DispatchCounts() as pruned:
             model.generate(**given, **settings)
     return pruned.syncs - unpruned.syncs
 
@@ -48,6 +48,14 @@ def added_syncs(model, method: str, batch: int, new_tokens: int = 1) -> int:
 def test_prefill_syncs_do_not_grow_with_the_images_in_the_batch(family, method, expected):
     model = tiny(family)
     assert [added_syncs(model, method, batch) for batch in (1, 2, 4)] == [expected] * 3
+
+
+def test_pruning_inside_the_language_model_syncs_once_per_batch():
+    """FastV selects every image of the batch in one call at its layer: 14 added syncs (its
+    scores, the shortened hidden states and positions, and the method's own checks)."""
+    model = tiny("llava")
+    counts = [added_syncs(model, "fastv", batch, layer=1) for batch in (1, 2, 4)]
+    assert counts == [14] * 3
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next", "internvl"])

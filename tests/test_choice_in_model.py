@@ -123,11 +123,13 @@ def test_fastv_scores_are_the_eager_attention_row_of_the_last_prompt_token(monke
         model(**data)
         records = handle.selections
     k = budget if isinstance(budget, int) else round(budget * N)
-    assert len(records) == len(seen) == 2
-    for record, (_, got_k, ctx) in zip(records, seen, strict=True):
+    # The batch's images select in one call: one row of scores per image.
+    per_image = [(got_k, scores) for _, got_k, ctx in seen for scores in ctx.scores]
+    assert len(records) == len(per_image) == 2
+    for record, (got_k, scores) in zip(records, per_image, strict=True):
         want = want_scores[record.sample, record.candidates]
         assert got_k == k
-        torch.testing.assert_close(ctx.scores.reshape(-1), want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(scores.reshape(-1), want, atol=1e-6, rtol=1e-5)
         assert torch.equal(record.kept, top(want, k))
 
 

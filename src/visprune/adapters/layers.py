@@ -38,6 +38,7 @@ from ..methods import Context
 from . import layer_signals, sequence
 from .records import Item, Prefill, Selection
 from .selection import selections_of
+from .spans import tail_positions
 
 
 def layer_positions(model_type: str, positions: str | None) -> str:
@@ -111,14 +112,7 @@ class LayerPruner:
         if mask is not None:
             attended = mask.bool().to(device)
         last = length - 1 - attended.flip(-1).int().argmax(-1)
-        any_visual = torch.zeros_like(attended)
-        for is_visual in visual.values():
-            any_visual |= is_visual
-        texts = []
-        for row in range(batch):
-            spots = any_visual[row].nonzero()
-            after = torch.arange(int(spots.max()) + 1 if len(spots) else 0, length, device=device)
-            texts.append(after[attended[row, after]])
+        texts = tail_positions(visual, attended)
         return LayerPlan(
             items=items,
             length=length,
@@ -193,25 +187,36 @@ class LayerPruner:
         tokens_of, scores_of, texts, text_scores = self.signals(
             plan, layer, source, hidden, entering, cos, sin, current, column
         )
-        kept_now = []
+        # Items with as many tokens alive and to keep select as one batch: one call of the
+        # method (and its reads of the device) per group, not per image.
+        groups: dict[tuple[int, int], list[int]] = {}
         for number, item in enumerate(plan.items):
-            alive = plan.alive[number]
             k = self.method.keep_count(len(item.positions), plan.step)
-            if k < len(alive):
-                columns = column[item.sample, item.positions[alive]]
-                ctx = Context(
-                    scores=scores_of[item.sample, columns][None],
-                    text=None if texts is None else [texts[item.sample]],
-                    text_scores=None if text_scores is None else [text_scores[item.sample]],
-                )
-                kept = self.method.select(
-                    tokens_of[item.sample, columns][None], k, ctx, compile=self.compile
-                )[0]
+            if k < len(plan.alive[number]):
+                groups.setdefault((len(plan.alive[number]), k), []).append(number)
+        for (_, k), numbers in groups.items():
+            items = [plan.items[number] for number in numbers]
+            columns = [
+                column[item.sample, item.positions[plan.alive[number]]]
+                for number, item in zip(numbers, items, strict=True)
+            ]
+            pairs = list(zip(items, columns, strict=True))
+            ctx = Context(
+                scores=torch.stack([scores_of[item.sample, cols] for item, cols in pairs]),
+                text=None if texts is None else [texts[item.sample] for item in items],
+                text_scores=None
+                if text_scores is None
+                else [text_scores[item.sample] for item in items],
+            )
+            tokens = torch.stack([tokens_of[item.sample, cols] for item, cols in pairs])
+            kept = self.method.select(tokens, k, ctx, compile=self.compile)
+            for number, item, row in zip(numbers, items, kept, strict=True):
+                alive = plan.alive[number]
                 plan.keep[item.sample, item.positions[alive]] = False
-                alive = alive[kept.to(alive.device)]
+                alive = alive[row.to(alive.device)]
                 plan.keep[item.sample, item.positions[alive]] = True
                 plan.alive[number] = alive
-            kept_now.append(alive.clone())
+        kept_now = [alive.clone() for alive in plan.alive]
         plan.stages.append((layer, kept_now))
         plan.step += 1
         if plan.index is not None or not bool(plan.keep.all()):
@@ -291,8 +296,15 @@ class LayerPruner:
     def _record(self, call, plan: LayerPlan) -> None:
         for number, item in enumerate(plan.items):
             item.kept = plan.alive[number]
+        # Every stage's kept indices reach the host in one copy (each copy waits for a GPU).
+        flat = [kept for _, stage in plan.stages for kept in stage]
+        host = iter(torch.cat(flat).cpu().split([len(kept) for kept in flat]) if flat else ())
+        per_stage = [[next(host) for _ in stage] for _, stage in plan.stages]
         records: list[Selection] = []
         for number, record in enumerate(selections_of(plan.items)):
-            stages = tuple((layer, kept[number].cpu()) for layer, kept in plan.stages)
+            stages = tuple(
+                (layer, kept[number])
+                for (layer, _), kept in zip(plan.stages, per_stage, strict=True)
+            )
             records.append(dataclasses.replace(record, layer=stages[-1][0], stages=stages))
         call.selections = self.adapter._last_selections = records

@@ -266,22 +266,31 @@ def prompt_texts(embeds: Tensor, mask: Tensor | None, visual: dict[str, Tensor])
     tokens gets an empty ``(0, d)`` tensor and a warning (once: Python's default warning
     filter), since the text-conditioned method then selects without the prompt.
     """
+    tails = tail_positions(visual, mask)
+    texts = [embeds[sample, tail.to(embeds.device)] for sample, tail in enumerate(tails)]
+    if any(text.shape[0] == 0 for text in texts):
+        warnings.warn(EMPTY_PROMPT_TAIL, UserWarning, stacklevel=2)
+    return texts
+
+
+def tail_positions(visual: dict[str, Tensor], mask: Tensor | None) -> list[Tensor]:
+    """Per row, the positions after its last visual token, padding (``mask == 0``) left out.
+
+    ``visual`` holds ``(B, L)`` bool placeholder masks; a row without any visual token gets
+    all its positions. One read of the device for the batch (each row's count): a stable sort
+    puts each row's tail positions first, in order.
+    """
     any_visual = torch.zeros_like(next(iter(visual.values())))
     for is_visual in visual.values():
         any_visual |= is_visual
     columns = torch.arange(any_visual.shape[1], device=any_visual.device)
     last = torch.where(any_visual, columns, -1).amax(-1, keepdim=True)  # -1: no visual token
-    is_text = columns > last
+    in_tail = columns > last
     if mask is not None:
-        is_text &= mask.to(is_text.device).bool()
-    # One read of the device for the batch: each row's text length. A stable sort puts each
-    # row's text positions first, in order.
-    counts = is_text.sum(-1).tolist()
-    order = (~is_text).to(torch.uint8).sort(dim=-1, stable=True).indices.to(embeds.device)
-    texts = [embeds[sample, order[sample, :count]] for sample, count in enumerate(counts)]
-    if any(text.shape[0] == 0 for text in texts):
-        warnings.warn(EMPTY_PROMPT_TAIL, UserWarning, stacklevel=2)
-    return texts
+        in_tail &= mask.to(in_tail.device).bool()
+    counts = in_tail.sum(-1).tolist()
+    order = (~in_tail).to(torch.uint8).sort(dim=-1, stable=True).indices
+    return [order[row, :count] for row, count in enumerate(counts)]
 
 
 #: The warning for a prompt whose text all comes before its images.
