@@ -77,10 +77,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) -e '.[plot]'
 	touch $@
 
-# Measured on an idle 2-core CPU: about 1 minute for both demos, plus the install (about 1
-# minute from a fresh clone); `visprune demo --quick` takes about 10 s.
+# Measured on an idle 2-core CPU: about 30 s for both demos, plus the install (about 50 s from a
+# fresh clone); `visprune demo --quick` takes about 5 s.
 demo: $(VENV)/.installed
-	@echo "make demo: the image, then the video demo model, about 1 minute on an idle 2-core CPU (visprune demo --quick: about 10 s)"
+	@echo "make demo: the image, then the video demo model, about 30 s on an idle 2-core CPU (visprune demo --quick: about 5 s)"
 	$(VENV)/bin/visprune demo
 	$(VENV)/bin/visprune demo --video
 

@@ -157,19 +157,20 @@ def test_the_version_warning_comes_before_any_progress_bar(monkeypatch, tmp_path
 
 
 def test_the_demo_times_are_stated_alike_in_the_cli_readme_and_makefile(capsys, monkeypatch):
-    """Measured on an idle 2-core CPU: both demos about 1 minute, --quick about 10 s."""
+    """Measured on an idle 2-core CPU: both demos about 30 s, --quick about 5 s."""
     from pathlib import Path
 
     from visprune.cli import DEMO_TIMES
 
     root = Path(__file__).parent.parent
-    assert "about 1 minute" in DEMO_TIMES and "--quick takes about 10 s" in DEMO_TIMES
+    assert "about 30 s together" in DEMO_TIMES and "--quick takes about 5 s" in DEMO_TIMES
     readme = " ".join((root / "README.md").read_text().split())
     assert "demo models (image and video): every method at 3 budgets (about 2" not in readme
-    assert "take about 1 minute together (33 s and 23 s), plus the install" in readme
+    assert "take about 30 s together (20 s and 12 s), plus the install" in readme
     makefile = (root / "Makefile").read_text()
-    assert "about 1 minute" in makefile and "visprune demo --quick: about 10 s" in makefile
+    assert "about 30 s for both demos" in makefile
+    assert "visprune demo --quick: about 5 s" in makefile
     monkeypatch.setenv("COLUMNS", "300")
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
-    assert "--quick takes about 10 s" in capsys.readouterr().out
+    assert "--quick takes about 5 s" in capsys.readouterr().out

@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: ``visprune demo``'s running times, measured on an idle 2-core CPU (as in the README).
 DEMO_TIMES = (
-    "On an idle 2-core CPU the image and the video demo take about 1 minute together (make "
-    "demo); --quick takes about 10 s."
+    "On an idle 2-core CPU the image and the video demo take about 30 s together (make "
+    "demo); --quick takes about 5 s."
 )
 
 
