@@ -82,7 +82,9 @@ class PrunedGemma3ForConditionalGeneration(PrunedModelMixin, Gemma3ForConditiona
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune()
+        self._init_visprune(
+            vllm_config, PrunedGemma3ProcessingInfo, PrunedGemma3MultiModalProcessor
+        )
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:

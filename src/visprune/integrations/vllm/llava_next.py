@@ -56,7 +56,9 @@ class PrunedLlavaNextForConditionalGeneration(PrunedModelMixin, LlavaNextForCond
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune()
+        self._init_visprune(
+            vllm_config, PrunedLlavaNextProcessingInfo, PrunedLlavaNextMultiModalProcessor
+        )
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:

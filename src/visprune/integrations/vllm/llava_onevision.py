@@ -75,7 +75,9 @@ class PrunedLlavaOnevisionForConditionalGeneration(
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune()
+        self._init_visprune(
+            vllm_config, PrunedLlavaOnevisionProcessingInfo, PrunedLlavaOnevisionMultiModalProcessor
+        )
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:

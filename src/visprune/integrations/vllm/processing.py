@@ -10,6 +10,7 @@ import torch
 from vllm.multimodal.inputs import MultiModalBatchedField, MultiModalFieldElem
 from vllm.multimodal.processing import PromptUpdateDetails
 
+from .compat import require_servable
 from .placeholders import shrink_runs
 from .selection import select_rows
 from .settings import ServingSettings, settings_of
@@ -112,8 +113,11 @@ def projector_inputs(projector: torch.nn.Module):
 class PrunedModelMixin:
     """For a vLLM LLaVA-style model: ``self.visprune`` from the config, and the kept rows."""
 
-    def _init_visprune(self) -> None:
+    def _init_visprune(self, vllm_config, info_cls: type, processor_cls: type) -> None:
+        """Read the override; with it, check the engine fits the plugin (before weights load)."""
         self.visprune = settings_of(self.config)
+        if self.visprune is not None:
+            require_servable(type(self), vllm_config, info_cls, processor_cls)
 
     def _pixel_input(self, kwargs: dict):
         """``(image input, prompt token ids per image)``, or ``(None, None)`` without images."""

@@ -11,12 +11,15 @@ the frame (the patch merger's output: it leaves no per-token features before the
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
+from .compat import require_servable
 from .mrope import OFFSET_COLUMNS, Run, decode_offsets, encode_offsets, media_runs, prompt_positions
 from .processing import PromptTextMixin
 from .selection import select_rows
@@ -28,6 +31,18 @@ RunsOf = Callable[[str, Sequence[int], int, float], list[Run]]
 
 def _token_id(config, modality: str) -> int:
     return config.image_token_id if modality == "image" else config.video_token_id
+
+
+@functools.cache
+def _warn_skipped_forward() -> None:
+    """Once per process: kept tokens of a step went without their M-RoPE offsets."""
+    logging.getLogger(__name__).warning(
+        "visprune: vLLM ran a step's kept visual tokens without calling the model's forward "
+        "(a full CUDA graph replayed a one-token prefill chunk), so those tokens sat at their "
+        "media's start position; answers of the requests in that step may differ from "
+        'visprune.apply. Serve with --compilation-config \'{"cudagraph_mode": "PIECEWISE"}\' '
+        "(or --enforce-eager) to rule it out."
+    )
 
 
 class QwenPrunedInfoMixin:
@@ -130,6 +145,13 @@ class QwenPrunedModelMixin:
     to the placeholders' positions, which :meth:`get_mrope_input_positions` set to each run's
     start. vLLM's Qwen3-VL passes deepstack features from ``embed_input_ids`` to ``forward`` the
     same way.
+
+    The offsets are added in place, into the positions tensor the model runner passed: it is the
+    runner's per-step buffer, rewritten every step, and the one whose address vLLM's CUDA graphs
+    captured (a graph replays reading that address, so positions in a new tensor would be
+    ignored on a GPU). A step that vLLM replays as one full CUDA graph (decode batches, which on
+    vLLM 0.32-0.34 include one-token prefill chunks) never calls ``forward``: if such a chunk
+    held a kept token, it ran without its offset, and the next step logs a warning.
     """
 
     runs: RunsOf
@@ -137,8 +159,11 @@ class QwenPrunedModelMixin:
     #: not the deepstack levels that follow them).
     candidate_columns: int | None = None
 
-    def _init_visprune(self) -> None:
+    def _init_visprune(self, vllm_config, info_cls: type, processor_cls: type) -> None:
+        """Read the override; with it, check the engine fits the plugin (before weights load)."""
         self.visprune = settings_of(self.config)
+        if self.visprune is not None:
+            require_servable(type(self), vllm_config, info_cls, processor_cls)
         # Kept tokens' (rows, offsets) of the step, from embed_input_ids to forward. vLLM's own
         # video pruning, whose position columns these would collide with, is refused with the
         # override at engine start (guard.py).
@@ -179,6 +204,8 @@ class QwenPrunedModelMixin:
             return super().embed_input_ids(
                 input_ids, multimodal_embeddings, is_multimodal=is_multimodal
             )
+        if self._pending_offsets is not None:
+            _warn_skipped_forward()
         self._pending_offsets = None
         if multimodal_embeddings is not None and len(multimodal_embeddings):
             offsets = decode_offsets(
@@ -200,7 +227,7 @@ class QwenPrunedModelMixin:
         pending, self._pending_offsets = self._pending_offsets, None
         if pending is not None:
             rows, offsets = pending
-            positions = positions.clone()
+            # In place (see the class docstring): a copy would be invisible to a CUDA graph.
             positions[:, rows.to(positions.device)] += offsets.T.to(positions)
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kw)
 

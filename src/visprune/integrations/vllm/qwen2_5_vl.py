@@ -67,7 +67,9 @@ class PrunedQwen2_5_VLForConditionalGeneration(
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         with building_served_model():  # its language model resolves with this config
             super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune()
+        self._init_visprune(
+            vllm_config, PrunedQwen2_5_VLProcessingInfo, PrunedQwen2_5_VLMultiModalProcessor
+        )
 
     def _seconds_step(self) -> float:
         return float(getattr(self.config.vision_config, "tokens_per_second", 1.0))

@@ -66,4 +66,6 @@ class PrunedQwen3VLForConditionalGeneration(QwenPrunedModelMixin, Qwen3VLForCond
         with building_served_model():  # its language model resolves with this config
             super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.candidate_columns = self.visual_dim
-        self._init_visprune()
+        self._init_visprune(
+            vllm_config, PrunedQwen3VLProcessingInfo, PrunedQwen3VLMultiModalProcessor
+        )
