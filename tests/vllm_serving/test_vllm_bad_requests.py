@@ -17,13 +17,16 @@ what clients really send wrongly arrives at the same time:
 - refused with a 4xx that says what is wrong: one image but two placeholders, three images (the
   server allows two), bad base64, truncated PNG bytes, an image URL on localhost that answers
   404, a 10000x20 image (aspect ratio above the processor's 200), a prompt over the context
-  length;
+  length, and an image that the request's ``mm_processor_kwargs`` (the server trusts them)
+  enlarge to 2500 tokens: pruned, its 20 placeholders would pass vLLM's checks and the whole
+  image would reach the vision tower, so the plugin refuses it;
 - a streamed request dropped after its first chunk: the engine aborts it.
 
 Every good request answers exactly as it did alone, and afterwards the server is alive, has
 nothing left running and answers a good request. Without the override vLLM answers every one of
 these requests with the same status and message (checked by hand against the same server
-unpruned); none is a 500, so no case needs an exception for vLLM's own behaviour.
+unpruned), but for the enlarged image, which it refuses as longer than the context (400); none
+is a 500, so no case needs an exception for vLLM's own behaviour.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ SERVER_OPTIONS = [
     "--max-model-len", str(MAX_MODEL_LEN),
     "--limit-mm-per-prompt", json.dumps({"image": MAX_IMAGES, "video": 0}),
     "--hf-overrides", json.dumps({"visprune": SETTINGS}),
+    # Clients may change the image processor's settings per request (resizing their images).
+    "--trust-request-mm-kwargs",
 ]  # fmt: skip
 #: Image sides of the good requests: each resizes to 36 merged tokens (of which 20 are kept).
 GOOD_SIZES = [(168, 168), (196, 168), (168, 196), (180, 170)]
@@ -132,10 +137,12 @@ def as_text_cases() -> dict[str, tuple[list[dict], int]]:
     }
 
 
-def refused_cases(missing_url: str) -> dict[str, tuple[list[dict], int, str]]:
-    """Bad requests that get a client error: ``(content, status, part of the message)``."""
+def refused_cases(missing_url: str) -> dict[str, tuple[list[dict], int, str, dict]]:
+    """Bad requests that get a client error: ``(content, status, part of the message, more of
+    the request's body)``."""
     image = data_url(png_bytes(168, 168, seed=11))
-    return {
+    large = data_url(png_bytes(1400, 1400, noise=False))
+    cases = {
         "fewer images than placeholders": (
             [image_part(image), text(f"{PLACEHOLDER} w5 {PLACEHOLDER} w6")],
             400,
@@ -168,6 +175,16 @@ def refused_cases(missing_url: str) -> dict[str, tuple[list[dict], int, str]]:
             "maximum context length",
         ),
     }
+    cases = {name: (*case, {}) for name, case in cases.items()}
+    # 2500 tokens before pruning: unpruned, the context length refuses it; pruned, only 20
+    # placeholders would hold it, and the whole image would reach the vision tower.
+    cases["image enlarged by the request's mm_processor_kwargs"] = (
+        [image_part(large), text("w5")],
+        400,
+        "visprune: this image has 2500 tokens before pruning, more than the 36",
+        {"mm_processor_kwargs": {"max_pixels": 1400 * 1400}},
+    )
+    return cases
 
 
 @contextlib.contextmanager
@@ -242,7 +259,8 @@ def test_bad_requests_get_client_errors_or_answers_and_the_server_keeps_serving(
                 if kind == "served":
                     return answer(server.url, payload["content"], ANSWER_TOKENS)
                 if kind == "refused":
-                    return post_chat(server.url, chat_body(payload[0], ANSWER_TOKENS))
+                    content, _, _, extra = payload
+                    return post_chat(server.url, chat_body(content, ANSWER_TOKENS, **extra))
                 if kind == "as text":
                     return answer(server.url, payload[0], ANSWER_TOKENS)
                 return stream_first_chunk_then_close(
@@ -275,7 +293,7 @@ def test_bad_requests_get_client_errors_or_answers_and_the_server_keeps_serving(
                 if result != {"tokens": want["answer"], "prompt_tokens": kept}:
                     problems.append(f"{name}: served {result}, transformers {want}, {kept} tokens")
             elif kind == "refused":
-                _, status, message = refused[name]
+                _, status, message, _ = refused[name]
                 if result.status_code != status or message not in error_of(result):
                     problems.append(
                         f"{name}: {result.status_code} {error_of(result)!r}, "
@@ -307,3 +325,27 @@ def test_bad_requests_get_client_errors_or_answers_and_the_server_keeps_serving(
         log = server.logs(tail=10**7)
         assert "Traceback" not in log and "EngineDeadError" not in log
     assert time.monotonic() - started < 120  # a bound on the requests, not a speed claim
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_an_image_enlarged_past_the_servers_largest_is_refused_before_encoding(tmp_path, family):
+    """Without an engine: vLLM's Qwen-VL processor with the override refuses an image whose
+    request settings make it larger (before pruning) than the largest the server's own settings
+    make, and serves that largest one with its kept count of placeholders."""
+    from PIL import Image
+
+    from test_vllm_family_processing import processed
+    from tiny_qwen import SPECIALS, write_tiny_qwen
+    from visprune.integrations.vllm.settings import parse_settings
+
+    write_tiny_qwen(family, tmp_path)
+    prompt = f"w5 {PLACEHOLDER} w6"
+    image = Image.new("RGB", (1400, 1400), (200, 90, 30))
+    (largest,) = processed(tmp_path, [{"prompt": prompt, "image": image}], {"visprune": SETTINGS})
+    kept = largest["prompt_token_ids"].count(SPECIALS["<|image_pad|>"])
+    assert kept == parse_settings(SETTINGS).num_keep(36) == 20  # 36 tokens at most, unpruned
+    enlarged = {"prompt": prompt, "image": image, "options": {"max_pixels": 1400 * 1400}}
+    with pytest.raises(ValueError, match=r"this image has \d+ tokens before pruning, more than"):
+        processed(tmp_path, [enlarged], {"visprune": SETTINGS})
+    (unpruned,) = processed(tmp_path, [enlarged], {})  # vLLM's own check is the context length
+    assert unpruned["prompt_token_ids"].count(SPECIALS["<|image_pad|>"]) > 36
