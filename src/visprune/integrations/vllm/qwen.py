@@ -56,6 +56,17 @@ class QwenPrunedInfoMixin:
     def get_num_image_tokens(self, **kwargs) -> int:
         return self.settings.num_keep(super().get_num_image_tokens(**kwargs))
 
+    def get_max_image_candidates(self) -> int:
+        """Tokens before pruning of the largest image the server's processor settings make: the
+        image size vLLM reserves memory for, and the largest it would accept unpruned."""
+        width, height = self.get_image_size_with_most_features()
+        return super().get_num_image_tokens(
+            image_width=width,
+            image_height=height,
+            image_processor=self.get_image_processor(),
+            mm_kwargs={},
+        )
+
     def get_num_video_tokens(
         self, *, image_width, image_height, num_frames, image_processor, mm_kwargs
     ) -> int:
@@ -113,6 +124,7 @@ class QwenPrunedProcessorMixin(PromptTextMixin):
         token = _token_id(config, modality)
         merge = config.vision_config.spatial_merge_size
         num_keep = self.info.settings.num_keep
+        limit = self.info.get_max_image_candidates() if modality == "image" else None
 
         def replacement(item_idx: int):
             full = (
@@ -121,6 +133,17 @@ class QwenPrunedProcessorMixin(PromptTextMixin):
             ids = list(full.full if isinstance(full, PromptUpdateDetails) else full)
             grid = out_mm_kwargs[modality][item_idx][f"{modality}_grid_thw"].data.tolist()
             runs = self.runs(modality, grid, merge, 1.0)
+            candidates = sum(run.candidates for run in runs)
+            if limit is not None and candidates > limit:
+                # vLLM bounds an image by its placeholder count, which pruning makes small: an
+                # image enlarged by the request's mm_processor_kwargs would reach the vision
+                # tower at any size (unpruned, the context length refuses it).
+                raise ValueError(
+                    f"visprune: this image has {candidates} tokens before pruning, more than the "
+                    f"{limit} of the largest image the server's processor settings make (and "
+                    "vLLM reserved memory for); the request's mm_processor_kwargs enlarge it. "
+                    "Send the image without them, or with a smaller max_pixels."
+                )
             found = media_runs(ids, 0, len(ids), [token])
             if [count for _, count in found] != [run.candidates for run in runs]:
                 raise ValueError(
