@@ -159,23 +159,23 @@ class Server:
             time.sleep(1)
         raise TimeoutError(f"vllm serve did not come up in {timeout} s; see {self.log.name}")
 
-    def engine_times(self) -> dict[str, float]:
-        """Mean seconds per request the engine spent queued and in prefill (its Prometheus
-        histograms, over every request it served), and the requests counted."""
+    def engine_totals(self) -> dict[str, float]:
+        """Seconds the engine has spent on all requests so far, queued, in prefill (vision
+        tower, selection and language-model prefill) and in decode (sums of its Prometheus
+        histograms), and the requests counted."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            for name in ("request_queue_time_seconds", "request_prefill_time_seconds"):
-                for part in ("sum", "count"):
-                    if line.startswith(f"vllm:{name}_{part}{{"):
-                        key = f"{name}_{part}"
-                        values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-        count = values.get("request_prefill_time_seconds_count", 0.0)
-        return {
-            "queue": values.get("request_queue_time_seconds_sum", 0.0) / max(count, 1),
-            "prefill": values.get("request_prefill_time_seconds_sum", 0.0) / max(count, 1),
-            "count": count,
+        metrics = {
+            "request_queue_time_seconds_sum": "queue",
+            "request_prefill_time_seconds_sum": "prefill",
+            "request_decode_time_seconds_sum": "decode",
+            "request_prefill_time_seconds_count": "count",
         }
+        totals = dict.fromkeys(metrics.values(), 0.0)
+        for line in text.splitlines():
+            for metric, key in metrics.items():
+                if line.startswith(f"vllm:{metric}{{"):
+                    totals[key] += float(line.rsplit(" ", 1)[1])
+        return totals
 
     def binding(self) -> str:
         """What vLLM's CPU worker says about its thread binding (cores used and reserved)."""
@@ -381,6 +381,32 @@ def predicted_gains(model_dir: Path, setup: Setup, budget: int, text_tokens: int
     return full[0] / pruned[0], full[1] / pruned[1]
 
 
+def engine_table(engine: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+    """Mean engine seconds per request, per workload and server, from :meth:`Server.engine_totals`
+    differences over each workload's windows."""
+    rows = [
+        "Where a request's time goes in the engine (vLLM's own histograms, mean over the "
+        "requests each server handled during a workload): queued, prefill (vision tower, "
+        "selection and language-model prefill) and decode; prefill gain = unpruned / pruned "
+        "prefill seconds per request.",
+        "",
+        "| output tokens | config | queued (s) | prefill (s) | decode (s) | requests "
+        "| prefill gain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for steps, servers in engine.items():
+        base = servers["unpruned"]["prefill"] / max(servers["unpruned"]["count"], 1)
+        for name, totals in servers.items():
+            count = max(totals["count"], 1)
+            prefill = totals["prefill"] / count
+            gain = "—" if name == "unpruned" or not prefill else f"{base / prefill:.2f}x"
+            rows.append(
+                f"| {steps} | {name} | {totals['queue'] / count:.3f} | {prefill:.3f} | "
+                f"{totals['decode'] / count:.3f} | {totals['count']:.0f} | {gain} |"
+            )
+    return [*rows, ""]
+
+
 def write_section(path: Path, title: str, body: list[str]) -> str:
     """Replace (or add, at the end) the ``## title`` section of the results file, keeping the
     other sections; returns the whole file."""
@@ -507,20 +533,26 @@ def serve_and_report(
     }
     images = Images(setup.image_size)
     samples = {steps: {name: [] for name in configs} for steps in args.max_tokens}
-    engine: dict[str, dict[str, float]] = {}
+    engine: dict[int, dict[str, dict[str, float]]] = {}  # per workload, per server
     load_before = os.getloadavg()[1]
     try:
         for server in servers.values():
             server.wait()
         for server in servers.values():  # warm-up: first requests pay one-off costs
             window(server.url, args.clients, 10.0, images, max(args.max_tokens))
+        before = {name: server.engine_totals() for name, server in servers.items()}
         for steps in args.max_tokens:
             for round_number in range(args.rounds):
                 for name, server in servers.items():
                     result = window(server.url, args.clients, args.window, images, steps)
                     samples[steps][name].append(result)
                     print(f"{steps} tokens, round {round_number + 1}, {name}: {result}", flush=True)
-        engine = {name: server.engine_times() for name, server in servers.items()}
+            after = {name: server.engine_totals() for name, server in servers.items()}
+            engine[steps] = {
+                name: {key: after[name][key] - before[name][key] for key in after[name]}
+                for name in servers
+            }
+            before = after
         binding = servers["unpruned"].binding()
         load_after = os.getloadavg()[1]
     finally:
@@ -553,19 +585,7 @@ def serve_and_report(
     for steps in args.max_tokens:
         prediction = predicted_gains(model_dir, setup, args.budget, text_tokens, steps)
         lines += table(samples[steps], prediction, steps)
-    lines += [
-        "Where a request's time goes in the engine (vLLM's own histograms, mean over every "
-        "request each server handled, all workloads): queued / prefill (vision tower, "
-        "selection and language-model prefill).",
-        "",
-        "| config | queued (s) | prefill (s) | requests |",
-        "|---|---|---|---|",
-        *(
-            f"| {name} | {times['queue']:.3f} | {times['prefill']:.3f} | {times['count']:.0f} |"
-            for name, times in engine.items()
-        ),
-        "",
-    ]
+    lines += engine_table(engine)
     print(write_section(args.out, setup.title, lines))
 
 
