@@ -518,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
         serve_and_report(args, setup, model_dir, work, command)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
+        if not any(work.iterdir()):  # stopped before any server wrote a log
+            work.rmdir()
 
 
 def serve_and_report(
