@@ -45,7 +45,7 @@ timing is a median with its min/max over the repeats):
     :func:`visprune.flops.model_flops` per batch row, summed: ``prefill`` (``logits="last"``) and
     ``decode`` (``new_tokens - 1`` steps), vision tower and projector included for images and
     videos of every family. Each row's images, videos, tiles and Qwen grids come from
-    :func:`visprune.flops_inputs.describe_rows`.
+    :func:`visprune.flops.describe_rows`.
 
 On CUDA, timings use ``torch.cuda.Event`` pairs read after a synchronize; on CPU,
 ``time.perf_counter``. Everything runs under ``torch.no_grad()``.
@@ -290,8 +290,7 @@ def _flops(
     new_tokens: int,
     per_layer: list[list[int]] | None = None,
 ) -> dict[str, Any]:
-    from .flops import model_flops
-    from .flops_inputs import describe_rows
+    from .flops import describe_rows, model_flops
 
     config = model.config
     ids = inputs["input_ids"]
