@@ -19,9 +19,9 @@ import pytest
 
 import visprune
 from tiny_vlms import tiny_demo_model
+from visprune.demo import evaluate, task
 from visprune.demo import model as demo_model
 from visprune.demo import run as demo_run
-from visprune.demo import task, train
 from visprune.integrations import LMMS_EVAL_TASKS, lmms_eval_demo
 from visprune.registry import UnknownNameError
 
@@ -76,10 +76,10 @@ def demo_answers(checkpoint) -> dict:
         checkpoint, samples=SAMPLES, budgets=[BUDGET], methods=[METHOD], progress=False
     )
     model, processor = demo_model.load(checkpoint)
-    encoder = train.Encoder(processor.tokenizer)
+    encoder = evaluate.Encoder(processor.tokenizer)
     questions = task.make_split(0, "test", SAMPLES)
     with visprune.apply(model, METHOD, budget=BUDGET):
-        predicted = train.predict(model, questions, encoder)
+        predicted = evaluate.predict(model, questions, encoder)
     hits = [p == q.answer for p, q in zip(predicted, questions, strict=True)]
     accuracy = next(row["accuracy"] for row in rows if row["method"] == METHOD)
     assert accuracy == pytest.approx(sum(hits) / SAMPLES)
