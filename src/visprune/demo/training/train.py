@@ -190,6 +190,45 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def step_samples(cfg: TrainConfig, step: int, types: Sequence[str]) -> list[task.Sample]:
+    """The ``cfg.batch`` training questions of step ``step``, cycling through ``types``."""
+    return [
+        task.make_sample(
+            cfg.seed,
+            "train",
+            step * cfg.batch + i,
+            qtype=types[(step * cfg.batch + i) % len(types)],
+        )
+        for i in range(cfg.batch)
+    ]
+
+
+def _schedule_length(
+    cfg: TrainConfig, step: int, seconds: float, log: Callable[[str], None]
+) -> int:
+    """Steps that fit ``cfg.minutes`` at the speed of the first ``step`` steps (8 % spare)."""
+    per_step = seconds / step
+    total = max(step + 1, int(60 * cfg.minutes / (per_step * 1.08)))
+    log(f"estimated {per_step:.2f} s/step -> schedule of {total} steps (--steps {total})")
+    return total
+
+
+def _forward(model, cfg: TrainConfig, batch: dict, samples, probe_pair, projected, image_token):
+    """The model's output on ``batch`` and the probes' loss: the cell probes on the projector
+    output ``projected`` captured by the forward hook, plus the named-object probe."""
+    probes, named_probe = probe_pair
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        output = model(**batch, output_hidden_states=cfg.target_probe_weight > 0)
+        probe_loss = probes(projected[0], cell_targets(samples))
+        if cfg.target_probe_weight > 0:
+            hidden = output.hidden_states[cfg.target_probe_layer]
+            named_loss = named_probe_loss(
+                named_probe, hidden, batch["input_ids"], samples, image_token
+            )
+            probe_loss = probe_loss + cfg.target_probe_weight * named_loss
+    return output, probe_loss
+
+
 def train(
     cfg: TrainConfig,
     out: str,
@@ -248,34 +287,16 @@ def train(
     stage, stage_steps, running = 0, 0, 0.0
     while step < total and time.time() < deadline:
         if step == 20 and cfg.steps is None:  # estimate the schedule length from measured speed
-            per_step = (time.time() - start) / step
-            total = max(step + 1, int(60 * cfg.minutes / (per_step * 1.08)))
-            info["steps"] = total
-            log(f"estimated {per_step:.2f} s/step -> schedule of {total} steps (--steps {total})")
+            total = info["steps"] = _schedule_length(cfg, step, time.time() - start, log)
         lr = _lr_at(step, total if total < 10**9 else 10**6, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        types = STAGES[stage]
-        samples = [
-            task.make_sample(
-                cfg.seed,
-                "train",
-                step * cfg.batch + i,
-                qtype=types[(step * cfg.batch + i) % len(types)],
-            )
-            for i in range(cfg.batch)
-        ]
+        samples = step_samples(cfg, step, STAGES[stage])
         batch = train_batch(samples, enc)
         projected.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            output = model(**batch, output_hidden_states=cfg.target_probe_weight > 0)
-            probe_loss = probes(projected[0], cell_targets(samples))
-            if cfg.target_probe_weight > 0:
-                hidden = output.hidden_states[cfg.target_probe_layer]
-                named_loss = named_probe_loss(
-                    named_probe, hidden, batch["input_ids"], samples, enc.image
-                )
-                probe_loss = probe_loss + cfg.target_probe_weight * named_loss
+        output, probe_loss = _forward(
+            model, cfg, batch, samples, (probes, named_probe), projected, enc.image
+        )
         loss = output.loss + cfg.probe_weight * probe_loss
         stage_steps += 1
         running = 0.95 * running + 0.05 * answer_accuracy(output.logits, batch["labels"])
