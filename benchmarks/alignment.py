@@ -66,8 +66,8 @@ def demo_cases(model_dir: Path | None, samples: int) -> tuple[list, dict]:
     """
     from visprune.demo import model as demo_model
     from visprune.demo import task
+    from visprune.demo.evaluate import Encoder, prompt_batch
     from visprune.demo.run import bundled_checkpoint
-    from visprune.demo.train import Encoder, prompt_batch
 
     model, processor = demo_model.load(model_dir or bundled_checkpoint())
     encoder = Encoder(processor.tokenizer)

@@ -2,8 +2,8 @@
 
     python scripts/train_demo_model.py --out src/visprune/demo/checkpoint --minutes 65 --seed 0
 
-``--recipe llava`` runs LLaVA's three stages instead (:mod:`visprune.demo.recipe`: text, then
-captions with the language model frozen, then questions), sized by ``--text-steps``,
+``--recipe llava`` runs LLaVA's three stages instead (:mod:`visprune.demo.training.recipe`: text,
+then captions with the language model frozen, then questions), sized by ``--text-steps``,
 ``--caption-steps`` and ``--question-steps``.
 
 Logs validation accuracy per question type with timestamps to stdout and OUT/train_log.txt, keeps
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe == "llava" and args.question_steps == 0 and args.aligned:
         p.error("--question-steps 0 with --aligned trains nothing: give stage 3 some steps")
 
-    from visprune.demo import train as demo_train
+    from visprune.demo.training import train as demo_train
 
     os.makedirs(args.out, exist_ok=True)
     logfile = open(os.path.join(args.out, "train_log.txt"), "a", buffering=1)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"command: {' '.join(sys.argv)}")
     sizes = {} if args.text_layers is None else {"text_layers": args.text_layers}
     if args.recipe == "video":
-        from visprune.demo import video_train
+        from visprune.demo.training import video_train
 
         cfg = video_train.VideoConfig(seed=args.seed, threads=args.threads)
         cfg.questions.steps = args.question_steps
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         video_train.train(cfg, args.out, log, sizes=sizes)
         return report_video(args, log, logfile)
     if args.recipe == "llava":
-        from visprune.demo import recipe
+        from visprune.demo.training import recipe
 
         cfg = recipe.RecipeConfig(seed=args.seed, threads=args.threads)
         cfg.text.steps = args.text_steps
@@ -156,18 +156,17 @@ def report(args, log, logfile) -> int:
     token's rank by text relevance."""
     import torch
 
+    from visprune.demo import evaluate, relevance, task
     from visprune.demo import model as demo_model
-    from visprune.demo import relevance, task
-    from visprune.demo import train as demo_train
 
     torch.set_num_threads(args.threads)
     model, _ = demo_model.load(args.out)
-    enc = demo_train.Encoder()
+    enc = evaluate.Encoder()
     test = task.make_split(args.seed, "test", args.test_size)
-    acc = demo_train.accuracy(model, test, enc)
-    log(f"test (best checkpoint, {len(test)} samples) unpruned: {demo_train.fmt(acc)}")
-    rnd = demo_train.pruned_accuracy(model, test, enc, "random", 0.111)
-    log(f"test random 11 %: {demo_train.fmt(rnd)}")
+    acc = evaluate.accuracy(model, test, enc)
+    log(f"test (best checkpoint, {len(test)} samples) unpruned: {evaluate.fmt(acc)}")
+    rnd = evaluate.pruned_accuracy(model, test, enc, "random", 0.111)
+    log(f"test random 11 %: {evaluate.fmt(rnd)}")
     log(f"random-pruning drop: {100 * (acc['all'] - rnd['all']):.1f} points")
     stats = relevance.summary(relevance.answer_ranks(model, test, enc))
     log(
@@ -183,17 +182,17 @@ def report_video(args, log, logfile) -> int:
     import torch
 
     import visprune
-    from visprune.demo import video_model, video_task, video_train
+    from visprune.demo import video_evaluate, video_model, video_task
 
     torch.set_num_threads(args.threads)
     model, tokenizer = video_model.load(args.out)
-    enc = video_train.VideoEncoder(tokenizer)
+    enc = video_evaluate.VideoEncoder(tokenizer)
     test = video_task.make_split(args.seed, "test", args.test_size)
-    acc = video_train.accuracy(model, test, enc)
-    log(f"test (best checkpoint, {len(test)} clips) unpruned: {video_train.fmt(acc)}")
+    acc = video_evaluate.accuracy(model, test, enc)
+    log(f"test (best checkpoint, {len(test)} clips) unpruned: {video_evaluate.fmt(acc)}")
     with visprune.apply(model, "random", budget=0.111):
-        rnd = video_train.accuracy(model, test, enc)
-    log(f"test random 11 % per frame: {video_train.fmt(rnd)}")
+        rnd = video_evaluate.accuracy(model, test, enc)
+    log(f"test random 11 % per frame: {video_evaluate.fmt(rnd)}")
     log(f"random-pruning drop: {100 * (acc['all'] - rnd['all']):.1f} points")
     logfile.close()
     return 0

@@ -12,9 +12,8 @@ from PIL import Image
 
 import visprune
 from visprune.cli import main
+from visprune.demo import evaluate, relevance, task
 from visprune.demo import model as demo_model
-from visprune.demo import relevance, task
-from visprune.demo import train as demo_train
 from visprune.demo.run import bundled_checkpoint
 from visprune.methods import Context, Method
 
@@ -25,7 +24,7 @@ SUBSET = 200
 @pytest.fixture(scope="module")
 def bundled():
     model, processor = demo_model.load(bundled_checkpoint())
-    return model, demo_train.Encoder(processor.tokenizer), task.make_split(0, "test", SUBSET)
+    return model, evaluate.Encoder(processor.tokenizer), task.make_split(0, "test", SUBSET)
 
 
 def test_bundled_checkpoint_is_small_and_loads_with_from_pretrained():
@@ -80,16 +79,16 @@ def test_save_writes_the_hub_layout(tmp_path):
 
 def test_bundled_model_scores_at_least_97_percent_unpruned(bundled):
     model, encoder, questions = bundled
-    scores = demo_train.accuracy(model, questions, encoder)
-    assert scores["all"] >= 0.97, demo_train.fmt(scores)
+    scores = evaluate.accuracy(model, questions, encoder)
+    assert scores["all"] >= 0.97, evaluate.fmt(scores)
 
 
 def test_random_pruning_at_11_percent_loses_at_least_15_points(bundled):
     """The task makes pruning matter: the answer lives in one or two of the 64 tokens."""
     model, encoder, questions = bundled
-    full = demo_train.accuracy(model, questions, encoder)["all"]
+    full = evaluate.accuracy(model, questions, encoder)["all"]
     with visprune.apply(model, "random", budget=0.111):
-        pruned = demo_train.accuracy(model, questions, encoder)["all"]
+        pruned = evaluate.accuracy(model, questions, encoder)["all"]
     assert full - pruned >= 0.15, (full, pruned)
 
 
@@ -123,14 +122,14 @@ def test_the_answer_lives_in_the_target_tokens(bundled):
     for q in picks:
         empty = sorted(set(range(task.NUM_CELLS)) - {cell for cell, _, _ in q.objects})
         with visprune.apply(model, KeepCells(cells=(*q.targets, *empty)), budget=0.111):
-            hits += demo_train.predict(model, [q], encoder)[0] == q.answer
+            hits += evaluate.predict(model, [q], encoder)[0] == q.answer
     assert hits / len(picks) >= 0.9
 
 
 def test_generate_answers_a_question_on_the_bundled_model(bundled, tmp_path, capsys):
     """The CLI path (processor + chat template + generate) gives the evaluation's answers."""
     model, encoder, questions = bundled
-    predictions = demo_train.predict(model, questions[:10], encoder)
+    predictions = evaluate.predict(model, questions[:10], encoder)
     right = [q for q, p in zip(questions[:10], predictions, strict=True) if p == q.answer]
     assert right
     sample = right[0]
@@ -163,6 +162,6 @@ def test_position_questions_read_the_kept_tokens_original_positions(bundled):
     scores = {}
     for positions in ("compact", "original"):
         with visprune.apply(model, "divprune", budget=0.333, positions=positions):
-            predictions = demo_train.predict(model, picks, encoder)
+            predictions = evaluate.predict(model, picks, encoder)
         scores[positions] = sum(p == q.answer for p, q in zip(predictions, picks, strict=True))
     assert scores["original"] >= scores["compact"] + 0.2 * len(picks), scores

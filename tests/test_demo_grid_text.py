@@ -1,4 +1,4 @@
-"""Stage 1 of the v2 recipe on scenes written cell by cell (visprune.demo.grid_text)."""
+"""Stage 1 of the v2 recipe on scenes written cell by cell (visprune.demo.training.grid_text)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from tiny_vlms import tiny_demo_model
-from visprune.demo import corpus, grid_text, recipe, task
+from visprune.demo import evaluate, task
 from visprune.demo import model as demo_model
-from visprune.demo import train as demo_train
+from visprune.demo.training import corpus, grid_text, recipe, stages
 
 
 def test_cell_words_name_each_objects_colour_and_shape_in_its_cell():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     samples = task.make_split(0, "text", 3, objects=(2, 6))
     words = grid_text.cell_words(samples, encoder.vocab, encoder.image)
     assert words.shape == (3, 2, task.NUM_CELLS)
@@ -26,7 +26,7 @@ def test_cell_words_name_each_objects_colour_and_shape_in_its_cell():
 
 
 def test_scene_embeds_put_the_two_words_mean_at_each_image_position():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     embedding = torch.nn.Embedding(len(encoder.vocab), 8)
     samples = task.make_split(0, "text", 2, objects=(3, 3))
     prompt = encoder.prompt(samples[0])
@@ -46,7 +46,7 @@ def test_scene_embeds_put_the_two_words_mean_at_each_image_position():
 
 
 def test_scene_embeds_refuse_a_row_without_a_whole_image():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     embedding = torch.nn.Embedding(len(encoder.vocab), 8)
     sample = task.make_sample(0, "text", 0, objects=(3, 3))
     ids = torch.tensor([encoder.prompt(sample)])
@@ -57,7 +57,7 @@ def test_scene_embeds_refuse_a_row_without_a_whole_image():
 
 
 def test_grid_batch_puts_the_loss_on_answers_and_captions_and_trains_the_embeddings():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     model = tiny_demo_model().train()
     samples = task.make_split(0, "text", 4, objects=(1, 5))
     kinds = [grid_text.kind_of(i) for i in range(4)]
@@ -79,12 +79,12 @@ def test_align_runs_the_text_stage_on_grid_scenes(tmp_path):
     """Stages 1-2 with the grid layout: stage 1 trains the language model only (the vision
     side is not used), reports grid-scene accuracies, and the aligned model is saved."""
     model = tiny_demo_model()
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     vision = {n: p.detach().clone() for n, p in model.named_parameters() if "vision" in n}
     embeddings = model.get_input_embeddings().weight.detach().clone()
     cfg = recipe.RecipeConfig(eval_every=2, eval_size=10)
-    cfg.text = recipe.StageConfig(steps=2, lr=1e-2, batch=4, warmup=1)
-    cfg.captions = recipe.StageConfig(steps=0, lr=1e-2, batch=4, warmup=1)
+    cfg.text = stages.StageConfig(steps=2, lr=1e-2, batch=4, warmup=1)
+    cfg.captions = stages.StageConfig(steps=0, lr=1e-2, batch=4, warmup=1)
     lines: list[str] = []
     val = task.make_split(0, "validation", 10)
     processor = demo_model.build_processor(encoder.tokenizer)
@@ -100,7 +100,7 @@ def test_align_runs_the_text_stage_on_grid_scenes(tmp_path):
 def test_an_unknown_scene_layout_is_refused():
     cfg = recipe.RecipeConfig(text_scenes="table")
     with pytest.raises(ValueError, match="choose 'grid' or 'words'"):
-        recipe.align(tiny_demo_model(), cfg, demo_train.Encoder(), [], "/nonexistent", None, print)
+        recipe.align(tiny_demo_model(), cfg, evaluate.Encoder(), [], "/nonexistent", None, print)
 
 
 def test_the_default_scene_counts_follow_the_layout():
@@ -112,9 +112,9 @@ def test_the_default_scene_counts_follow_the_layout():
 def test_zero_question_steps_stop_after_stages_1_and_2(tmp_path):
     """``questions.steps == 0``: the aligned model is saved, no stage-3 model is written."""
     cfg = recipe.RecipeConfig(eval_size=10, threads=1, eval_every=1)
-    cfg.text = recipe.StageConfig(steps=1, lr=1e-3, batch=2, warmup=1)
-    cfg.captions = recipe.StageConfig(steps=1, lr=1e-3, batch=2, warmup=1)
-    cfg.questions = recipe.StageConfig(steps=0, lr=1e-3)
+    cfg.text = stages.StageConfig(steps=1, lr=1e-3, batch=2, warmup=1)
+    cfg.captions = stages.StageConfig(steps=1, lr=1e-3, batch=2, warmup=1)
+    cfg.questions = stages.StageConfig(steps=0, lr=1e-3)
     sizes = {"text_hidden": 16, "text_intermediate": 32, "text_layers": 1, "vision_hidden": 16}
     lines: list[str] = []
     recipe.train(cfg, str(tmp_path / "m"), lines.append, sizes=sizes)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tiny_vlms import tiny_demo_model
-from visprune.demo import corpus, recipe, relevance, task
-from visprune.demo import train as demo_train
+from visprune.demo import evaluate, relevance, task
+from visprune.demo.training import corpus, recipe, rows, stages
+from visprune.demo.training import train as demo_train
 
 
 def test_descriptions_name_every_object_in_reading_order():
@@ -29,7 +30,7 @@ def test_text_samples_put_the_scene_where_the_image_goes():
 
 
 def test_every_corpus_word_is_in_the_tokenizer():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     for index in range(40):
         sample = corpus.text_sample(0, index)
         assert encoder.tokenizer.unk_token_id not in encoder.words(sample.text)
@@ -37,10 +38,10 @@ def test_every_corpus_word_is_in_the_tokenizer():
 
 
 def test_caption_batch_puts_the_loss_on_the_caption_only():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     samples = task.make_split(0, "train", 3, objects=(2, 5))
-    batch = recipe.caption_batch(samples, encoder)
-    prompt = recipe.caption_prompt(encoder)
+    batch = rows.caption_batch(samples, encoder)
+    prompt = rows.caption_prompt(encoder)
     assert prompt.count(encoder.image) == task.NUM_CELLS
     for row, sample in enumerate(samples):
         ids = batch["input_ids"][row].tolist()
@@ -53,9 +54,9 @@ def test_caption_batch_puts_the_loss_on_the_caption_only():
 
 
 def test_text_batch_models_every_token():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     samples = [corpus.text_sample(0, i) for i in range(4)]
-    batch = recipe.text_batch(samples, encoder)
+    batch = rows.text_batch(samples, encoder)
     for row, sample in enumerate(samples):
         expected = [*encoder.words(sample.text), encoder.eos]
         labels = batch["labels"][row]
@@ -68,18 +69,18 @@ def test_caption_stage_trains_the_vision_side_only():
     of the language model (embeddings and head included)."""
     model = tiny_demo_model().train()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    config = recipe.StageConfig(steps=2, lr=1e-2, batch=4, warmup=1)
-    encoder = demo_train.Encoder()
+    config = stages.StageConfig(steps=2, lr=1e-2, batch=4, warmup=1)
+    encoder = evaluate.Encoder()
     samples = task.make_split(0, "caption", 4, objects=(2, 4))
-    recipe.run_stage(
+    stages.run_stage(
         "captions",
         model,
-        recipe.vision_parameters(model),
+        stages.vision_parameters(model),
         config,
-        lambda step: recipe.caption_batch(samples, encoder),
+        lambda step: rows.caption_batch(samples, encoder),
         log=lambda message: None,
     )
-    language = {id(p) for p in recipe.language_parameters(model)}
+    language = {id(p) for p in stages.language_parameters(model)}
     for name, parameter in model.named_parameters():
         if id(parameter) in language:
             assert torch.equal(before[name], parameter.detach()), name
@@ -119,7 +120,7 @@ class _WordFeatures(torch.nn.Module):
 
 
 def test_answer_ranks_find_a_token_equal_to_the_question():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     samples = [s for s in task.make_split(0, "test", 30) if relevance.single_object(s)]
     ranks = relevance.answer_ranks(_WordFeatures(encoder, samples), samples, encoder)
     assert ranks.tolist() == [1] * len(samples)
@@ -128,7 +129,7 @@ def test_answer_ranks_find_a_token_equal_to_the_question():
 
 @pytest.mark.parametrize("objects", [(1, 1), (8, 14)])
 def test_answer_ranks_are_ranks(objects):
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     model = tiny_demo_model()
     samples = task.make_split(0, "test", 20, objects=objects)
     ranks = relevance.answer_ranks(model, samples, encoder, batch=7)
@@ -137,10 +138,10 @@ def test_answer_ranks_are_ranks(objects):
 
 
 def test_question_batches_mix_in_caption_rows_after_the_questions():
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     questions = task.make_split(0, "train", 3)
     captioned = task.make_split(0, "caption", 2, objects=(1, 4))
-    batch = recipe.question_batch(questions, encoder, captioned)
+    batch = rows.question_batch(questions, encoder, captioned)
     assert batch["input_ids"].shape[0] == 5
     for row, sample in enumerate(questions):
         labels = batch["labels"][row]
@@ -183,9 +184,9 @@ def test_caption_samples_never_repeat_across_steps():
 def test_named_probe_loss_labels_the_named_objects_tokens():
     """The probe sees each row's image tokens with the label of its own cell: a probe that
     reads a one-hot "named" feature planted in those tokens drives the loss to zero."""
-    encoder = demo_train.Encoder()
+    encoder = evaluate.Encoder()
     samples = [s for s in task.make_split(0, "train", 12) if s.qtype in ("colour", "shape")]
-    ids = recipe.question_batch(samples, encoder)["input_ids"]
+    ids = rows.question_batch(samples, encoder)["input_ids"]
     hidden = torch.zeros(*ids.shape, 2)
     named = demo_train.named_targets(samples).reshape(len(samples), task.NUM_CELLS)
     for row in range(len(samples)):
@@ -194,14 +195,14 @@ def test_named_probe_loss_labels_the_named_objects_tokens():
     probe = torch.nn.Linear(2, 2, bias=False)
     with torch.no_grad():
         probe.weight.copy_(50 * torch.eye(2))
-    loss = recipe.named_probe_loss(probe, hidden, ids, samples, encoder.image)
+    loss = demo_train.named_probe_loss(probe, hidden, ids, samples, encoder.image)
     assert loss.item() < 1e-6
-    swapped = recipe.named_probe_loss(probe, hidden.flip(-1), ids, samples, encoder.image)
+    swapped = demo_train.named_probe_loss(probe, hidden.flip(-1), ids, samples, encoder.image)
     assert swapped.item() > 10
     short = ids.clone()
     short[0, (short[0] == encoder.image).nonzero()[0, 0]] = encoder.pad
     with pytest.raises(ValueError, match="image tokens"):
-        recipe.named_probe_loss(probe, hidden, short, samples, encoder.image)
+        demo_train.named_probe_loss(probe, hidden, short, samples, encoder.image)
 
 
 def test_the_object_count_curriculum_grows_the_scenes_to_the_full_range():

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tiny_vlms import tiny_demo_model
+from visprune.demo import evaluate, task
 from visprune.demo import model as demo_model
-from visprune.demo import task
-from visprune.demo import train as demo_train
+from visprune.demo.training import train as demo_train
 
 
 def test_generator_is_deterministic_per_seed():
@@ -96,7 +96,7 @@ def test_tokenizer_and_processor_round_trip(tmp_path):
     tok = demo_model.build_tokenizer()
     processor = demo_model.build_processor(tok)
     sample = task.make_sample(0, "test", 7)
-    enc = demo_train.Encoder(tok)
+    enc = evaluate.Encoder(tok)
     out = processor(images=sample.pil(), text=sample.prompt, return_tensors="pt")
     assert out["input_ids"][0].tolist() == enc.prompt(sample)
     assert tok.decode(enc.words(sample.question)) == sample.question
@@ -119,20 +119,20 @@ def test_tiny_model_forward_save_load_and_prune(tiny_model, tmp_path):
     import visprune
 
     samples = task.make_split(0, "test", 5)
-    enc = demo_train.Encoder()
+    enc = evaluate.Encoder()
     batch = demo_train.train_batch(samples, enc)
     assert torch.isfinite(tiny_model(**batch).loss)
-    before = demo_train.predict(tiny_model, samples, enc)
+    before = evaluate.predict(tiny_model, samples, enc)
     demo_model.save(tiny_model, tmp_path, extra={"note": "test"})
     loaded, processor = demo_model.load(tmp_path)
-    assert demo_train.predict(loaded, samples, enc) == before
+    assert evaluate.predict(loaded, samples, enc) == before
     # The greedy prediction of the evaluation protocol equals generate's first token.
     out = processor(images=samples[0].pil(), text=samples[0].prompt, return_tensors="pt")
     gen = loaded.generate(**out, max_new_tokens=1, do_sample=False)
     assert processor.tokenizer.convert_ids_to_tokens(gen[0, -1:].tolist()) == [before[0]]
     for method in ("random", "divprune"):
         with visprune.apply(loaded, method, budget=0.111) as handle:
-            preds = demo_train.predict(loaded, samples, enc)
+            preds = evaluate.predict(loaded, samples, enc)
             assert len(preds) == 5
             kept = handle.selections[-1]
         assert kept is not None
@@ -156,8 +156,8 @@ def test_curriculum_adds_one_type_per_stage_and_ends_with_all():
 def test_prompt_asks_the_question_before_and_after_the_image():
     sample = task.make_sample(0, "test", 3)
     assert sample.prompt == f"{sample.question} <image> {sample.question}"
-    ids = demo_train.Encoder().prompt(sample)
-    q = len(demo_train.Encoder().words(sample.question))
+    ids = evaluate.Encoder().prompt(sample)
+    q = len(evaluate.Encoder().words(sample.question))
     assert ids[:q] == ids[-q:] and len(ids) == 2 * q + task.NUM_CELLS
 
 

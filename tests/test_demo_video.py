@@ -10,8 +10,9 @@ import torch
 
 import visprune
 from visprune.cli import main
-from visprune.demo import task, video_task, video_train
+from visprune.demo import task, video_evaluate, video_task
 from visprune.demo import video_model as vmodel
+from visprune.demo.training import video_train
 
 
 def _cells_of(objects):
@@ -73,7 +74,7 @@ def test_clips_are_deterministic_balanced_and_split_apart():
 
 
 def test_tokenizer_covers_every_question_and_answer():
-    enc = video_train.VideoEncoder()
+    enc = video_evaluate.VideoEncoder()
     for clip in video_task.make_split(0, "validation", 60):
         ids = enc.prompt(clip)
         assert ids.count(enc.video) == video_task.NUM_TOKENS
@@ -95,9 +96,9 @@ def test_saved_model_is_a_stock_llava_next_video_with_one_token_per_patch(untrai
     model = LlavaNextVideoForConditionalGeneration.from_pretrained(untrained).eval()
     tokenizer = AutoTokenizer.from_pretrained(untrained)
     assert tokenizer.convert_tokens_to_ids("<video>") == model.config.video_token_id
-    enc = video_train.VideoEncoder(tokenizer)
+    enc = video_evaluate.VideoEncoder(tokenizer)
     clips = video_task.make_split(0, "test", 2)
-    batch = video_train.prompt_batch(clips, enc)
+    batch = video_evaluate.prompt_batch(clips, enc)
     with torch.no_grad():
         features = model.model.get_video_features(batch["pixel_values_videos"])
     features = getattr(features, "pooler_output", features)
@@ -110,11 +111,11 @@ def test_saved_model_is_a_stock_llava_next_video_with_one_token_per_patch(untrai
 
 def test_pruning_keeps_the_budget_in_every_frame(untrained):
     model, tokenizer = vmodel.load(untrained)
-    enc = video_train.VideoEncoder(tokenizer)
+    enc = video_evaluate.VideoEncoder(tokenizer)
     clips = video_task.make_split(0, "test", 3)
     for method in ("divprune", "random", "fastv"):
         with visprune.apply(model, method, budget=0.25) as handle, torch.no_grad():
-            model(**video_train.prompt_batch(clips, enc), logits_to_keep=1)
+            model(**video_evaluate.prompt_batch(clips, enc), logits_to_keep=1)
             picks = handle.selections
         assert sorted((s.sample, s.frame) for s in picks) == [
             (c, f) for c in range(3) for f in range(video_task.FRAMES)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import visprune
-from visprune.demo import video_model, video_task, video_train
+from visprune.demo import video_evaluate, video_model, video_task
 from visprune.demo.video_run import bundled_checkpoint
 
 #: A fixed subset of the test split, the same on every run.
@@ -18,7 +18,7 @@ SUBSET = 150
 def bundled():
     model, tokenizer = video_model.load(bundled_checkpoint())
     clips = video_task.make_split(0, "test", SUBSET)
-    return model, video_train.VideoEncoder(tokenizer), clips
+    return model, video_evaluate.VideoEncoder(tokenizer), clips
 
 
 def test_bundled_video_checkpoint_is_small_and_a_stock_llava_next_video():
@@ -36,16 +36,16 @@ def test_bundled_video_checkpoint_is_small_and_a_stock_llava_next_video():
 
 def test_bundled_video_model_scores_at_least_95_percent_unpruned(bundled):
     model, encoder, clips = bundled
-    scores = video_train.accuracy(model, clips, encoder)
-    assert scores["all"] >= 0.95, video_train.fmt(scores)
-    assert min(scores[t] for t in video_task.QUESTION_TYPES) >= 0.9, video_train.fmt(scores)
+    scores = video_evaluate.accuracy(model, clips, encoder)
+    assert scores["all"] >= 0.95, video_evaluate.fmt(scores)
+    assert min(scores[t] for t in video_task.QUESTION_TYPES) >= 0.9, video_evaluate.fmt(scores)
 
 
 def test_random_pruning_at_11_percent_per_frame_loses_at_least_30_points(bundled):
     """The answer lives in one or two frames' tokens: random 2-of-16 per frame misses it."""
     model, encoder, clips = bundled
-    full = video_train.accuracy(model, clips, encoder)
+    full = video_evaluate.accuracy(model, clips, encoder)
     with visprune.apply(model, "random", budget=0.111):
-        pruned = video_train.accuracy(model, clips, encoder)
+        pruned = video_evaluate.accuracy(model, clips, encoder)
     for qtype in video_task.QUESTION_TYPES:
         assert full[qtype] - pruned[qtype] >= 0.3, (qtype, full, pruned)

@@ -16,8 +16,7 @@ from transformers import (
 )
 
 from tiny_vlms import FAMILIES, QWEN, collate, sample, tiny, token_counts
-from visprune.flops import FlopsBreakdown, model_flops, prefill_flops
-from visprune.flops_qwen import window_lengths
+from visprune.flops import FlopsBreakdown, model_flops, prefill_flops, window_lengths
 
 
 def _grouped_mm_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:

@@ -14,8 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tiny_vlms import CASES, collate, ragged_samples, tiny, visual_mask
-from visprune.flops import model_flops
-from visprune.flops_inputs import describe_rows
+from visprune.flops import describe_rows, model_flops
 
 
 def _grouped_mm_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:

@@ -19,9 +19,9 @@ import pytest
 
 import visprune
 from tiny_vlms import tiny_demo_model
+from visprune.demo import evaluate, task
 from visprune.demo import model as demo_model
 from visprune.demo import run as demo_run
-from visprune.demo import task, train
 from visprune.integrations import LMMS_EVAL_TASKS, lmms_eval_demo
 from visprune.registry import UnknownNameError
 
@@ -30,6 +30,7 @@ pytest.importorskip("lmms_eval", reason="install the eval extra: make install")
 from lmms_eval.models import get_model
 
 from visprune.integrations import lmms_eval as wrappers
+from visprune.integrations.lmms_eval import failures, prompts
 
 #: Questions per command-line run: enough to tell methods apart, quick on a CPU.
 SAMPLES = 40
@@ -75,10 +76,10 @@ def demo_answers(checkpoint) -> dict:
         checkpoint, samples=SAMPLES, budgets=[BUDGET], methods=[METHOD], progress=False
     )
     model, processor = demo_model.load(checkpoint)
-    encoder = train.Encoder(processor.tokenizer)
+    encoder = evaluate.Encoder(processor.tokenizer)
     questions = task.make_split(0, "test", SAMPLES)
     with visprune.apply(model, METHOD, budget=BUDGET):
-        predicted = train.predict(model, questions, encoder)
+        predicted = evaluate.predict(model, questions, encoder)
     hits = [p == q.answer for p, q in zip(predicted, questions, strict=True)]
     accuracy = next(row["accuracy"] for row in rows if row["method"] == METHOD)
     assert accuracy == pytest.approx(sum(hits) / SAMPLES)
@@ -177,13 +178,13 @@ def test_a_failing_request_fails_the_command_line(monkeypatch, capsys):
     """Under lmms-eval's command line a failure mid-run ends it with status 1 and the
     traceback; called from Python the exception itself propagates."""
 
-    @wrappers._stops_the_run_on_failure
+    @failures.stops_the_run_on_failure
     def failing(self, requests):
         raise RuntimeError("out of memory")
 
     with pytest.raises(RuntimeError, match="out of memory"):
         failing(None, [])
-    monkeypatch.setattr(wrappers, "_under_lmms_eval_command_line", lambda: True)
+    monkeypatch.setattr(failures, "under_lmms_eval_command_line", lambda: True)
     with pytest.raises(SystemExit) as exit_info:
         failing(None, [])
     assert exit_info.value.code == 1
@@ -235,7 +236,7 @@ def test_demo_task_asks_the_demo_prompt(wrapper, index):
     doc = {"seed": 0, "index": index}
     sample = task.make_sample(0, "test", index)
     chat = wrapper._render(lmms_eval_demo.doc_to_messages(doc), generation=True)
-    simple = wrappers._user_turn(lmms_eval_demo.doc_to_text(doc), [sample.pil()], doc).messages
+    simple = prompts.user_turn(lmms_eval_demo.doc_to_text(doc), [sample.pil()], doc).messages
     expected = wrapper.hf_processor(
         text=[sample.prompt], images=[sample.pil()], return_tensors="pt"
     )["input_ids"]

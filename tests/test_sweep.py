@@ -11,8 +11,8 @@ from PIL import Image
 import visprune
 from conftest import refused
 from visprune.cli import main
+from visprune.demo import evaluate, task
 from visprune.demo import model as demo_model
-from visprune.demo import task, train
 from visprune.demo.run import bundled_checkpoint
 from visprune.sweep import demo_runner, grid, records, table
 from visprune.sweep.plots import pareto_front
@@ -77,14 +77,14 @@ def test_every_configuration_is_one_record_with_the_listed_fields(finished):
 def test_accuracies_are_what_the_demo_scores(finished):
     """Each record's accuracy is the demo's arg-max scoring of the same questions."""
     model, processor = demo_model.load(bundled_checkpoint())
-    encoder = train.Encoder(processor.tokenizer)
+    encoder = evaluate.Encoder(processor.tokenizer)
     questions = task.make_split(0, "test", LIMIT)
     found = {(r["method"], r["budget"]): r for r in records.load(finished)}
     assert found[("unpruned", None)]["metrics"]["accuracy"] == pytest.approx(
-        train.accuracy(model, questions, encoder)["all"]
+        evaluate.accuracy(model, questions, encoder)["all"]
     )
     with visprune.apply(model, "divprune", budget=7):
-        expected = train.accuracy(model, questions, encoder)
+        expected = evaluate.accuracy(model, questions, encoder)
     metrics = found[("divprune", 7)]["metrics"]
     assert metrics["accuracy"] == pytest.approx(expected["all"])
     for qtype in task.QUESTION_TYPES:

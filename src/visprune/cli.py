@@ -358,12 +358,13 @@ def _kept_summary(selections: Sequence[Any]) -> str:
 
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .bench import _resolve, format_table, measure
+    from .bench import format_table, measure, resolve_method
 
     check_paths(parser, args)
     params = dict(args.param)
     try:
-        _resolve(args.method, args.budget, params)  # fail on a bad method/parameter before loading
+        # Fail on a bad method or parameter before loading the model.
+        resolve_method(args.method, args.budget, params)
     except (KeyError, ValueError) as error:
         parser.error(str(error).strip("'\""))
     try:

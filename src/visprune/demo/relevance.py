@@ -37,7 +37,7 @@ def answer_ranks(model, samples: Sequence[task.Sample], encoder, batch: int = 10
         The demo model.
     samples : sequence of task.Sample
         Test questions; those that are not single-object (:func:`single_object`) are skipped.
-    encoder : visprune.demo.train.Encoder
+    encoder : visprune.demo.evaluate.Encoder
 
     Returns
     -------

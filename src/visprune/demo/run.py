@@ -167,7 +167,7 @@ def overlays(
     )
     from visprune.viz.text import BLACK, GREY
 
-    from .train import Encoder, prompt_batch
+    from .evaluate import Encoder, prompt_batch
 
     model, processor = demo_model.load(model_dir or bundled_checkpoint())
     encoder = Encoder(processor.tokenizer)
@@ -226,7 +226,7 @@ def relevance_line(model_dir: str | Path | None, samples: int, seed: int = 0) ->
     and top-7 share by text relevance (:mod:`.relevance`) on the single-object questions among
     the first ``samples`` test questions."""
     from . import relevance
-    from .train import Encoder
+    from .evaluate import Encoder
 
     model, processor = demo_model.load(model_dir or bundled_checkpoint())
     questions = task.make_split(seed, "test", samples)

@@ -75,7 +75,7 @@ def frames_picture(
     from visprune.viz.text import BLACK
 
     from . import video_model
-    from .video_train import VideoEncoder, prompt_batch
+    from .video_evaluate import VideoEncoder, prompt_batch
 
     model, tokenizer = video_model.load(model_dir or bundled_checkpoint())
     encoder = VideoEncoder(tokenizer)

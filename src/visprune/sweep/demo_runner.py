@@ -68,7 +68,7 @@ class DemoRunner:
             directory = self.model_dir or bundled_checkpoint(self.task)
             if self.video:
                 from ..demo import video_model, video_task
-                from ..demo.video_train import VideoEncoder, accuracy
+                from ..demo.video_evaluate import VideoEncoder, accuracy
 
                 model, tokenizer = video_model.load(directory)
                 encoder = VideoEncoder(tokenizer)
@@ -76,7 +76,7 @@ class DemoRunner:
             else:
                 from ..demo import model as demo_model
                 from ..demo import task
-                from ..demo.train import Encoder, accuracy
+                from ..demo.evaluate import Encoder, accuracy
 
                 model, processor = demo_model.load(directory)
                 encoder = Encoder(processor.tokenizer)

@@ -73,7 +73,7 @@ class PrefillMeter:
         self._hook.remove()
 
     def _after_call(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        from ..bench import _flops, _kept_per_layer, _placeholders
+        from ..flops.batch import batch_flops, kept_per_layer, kept_per_row, placeholder_mask
 
         inputs = dict(kwargs)
         if args:
@@ -81,18 +81,15 @@ class PrefillMeter:
         ids = inputs.get("input_ids")
         if not isinstance(ids, torch.Tensor):
             return
-        visual = _placeholders(module, ids)
+        visual = placeholder_mask(module, ids)
         if not bool(visual.any()):
             return  # a decoding step or a text-only call
         before = [int(v) for v in visual.sum(dim=1)]
-        kept = list(before)
         selections = self.handle.selections if self.handle is not None else []
-        for s in selections:
-            merged = 0 if s.merged_positions is None else len(s.merged_positions)
-            kept[s.sample] -= int(s.n) - len(s.kept) - merged
-        per_layer = _kept_per_layer(module, visual, selections) if selections else None
-        pruned = _flops(module, inputs, visual, kept, 1, per_layer)
-        full = _flops(module, inputs, visual, before, 1, None)
+        kept = kept_per_row(visual, selections)
+        per_layer = kept_per_layer(module, visual, selections) if selections else None
+        pruned = batch_flops(module, inputs, visual, kept, 1, per_layer)
+        full = batch_flops(module, inputs, visual, before, 1, None)
         counts = self.counts
         counts.rows += sum(1 for count in before if count)
         counts.visual_tokens += sum(kept)

@@ -115,30 +115,11 @@ def table(
     if row_heads is not None and len(row_heads) != len(rows):
         raise ValueError(f"got {len(row_heads)} row heads for {len(rows)} rows.")
     pad = BORDER + 1  # room for the frame outside the image
-
-    def caption_size(panel: Panel, width: int) -> tuple[int, int]:
-        return block_size(panel.caption, width) if panel.caption else (0, 0)
-
-    widths = []
-    for c in range(ncols):
-        width = max(row[c].image.width + 2 * pad for row in rows)
-        # a caption or head wraps to the column; one word wider than it widens the column
-        width = max([width] + [caption_size(row[c], width)[0] for row in rows])
-        if column_heads is not None:
-            width = max(width, block_size(column_heads[c], width)[0])
-        widths.append(width)
+    widths = _column_widths(rows, column_heads, pad)
     head_width = 0
     if row_heads is not None:
         head_width = max(block_size(head, ROW_HEAD_WIDTH)[0] for head in row_heads) + GAP
-    heights = []
-    for r, row in enumerate(rows):
-        height = max(
-            panel.image.height + 2 * pad + caption_size(panel, widths[c])[1]
-            for c, panel in enumerate(row)
-        )
-        if row_heads is not None:
-            height = max(height, block_size(row_heads[r], ROW_HEAD_WIDTH)[1])
-        heights.append(height)
+    heights = _row_heights(rows, widths, row_heads, pad)
     body_width = head_width + sum(widths) + GAP * (ncols - 1)
     title_width = max(body_width, TITLE_MIN_WIDTH)
     title_width = max(title_width, block_size(title, title_width)[0])
@@ -182,6 +163,44 @@ def table(
         boxes.append(row_boxes)
         top += heights[r] + GAP
     return Sheet(picture, boxes)
+
+
+def _caption_size(panel: Panel, width: int) -> tuple[int, int]:
+    return block_size(panel.caption, width) if panel.caption else (0, 0)
+
+
+def _column_widths(
+    rows: list[list[Panel]], column_heads: Sequence[Sequence[Line]] | None, pad: int
+) -> list[int]:
+    """Each column's width: its widest framed panel, or a wider word of a caption or head."""
+    widths = []
+    for c in range(len(rows[0])):
+        width = max(row[c].image.width + 2 * pad for row in rows)
+        # a caption or head wraps to the column; one word wider than it widens the column
+        width = max([width] + [_caption_size(row[c], width)[0] for row in rows])
+        if column_heads is not None:
+            width = max(width, block_size(column_heads[c], width)[0])
+        widths.append(width)
+    return widths
+
+
+def _row_heights(
+    rows: list[list[Panel]],
+    widths: list[int],
+    row_heads: Sequence[Sequence[Line]] | None,
+    pad: int,
+) -> list[int]:
+    """Each row's height: its tallest framed panel with its caption, or its row head."""
+    heights = []
+    for r, row in enumerate(rows):
+        height = max(
+            panel.image.height + 2 * pad + _caption_size(panel, widths[c])[1]
+            for c, panel in enumerate(row)
+        )
+        if row_heads is not None:
+            height = max(height, block_size(row_heads[r], ROW_HEAD_WIDTH)[1])
+        heights.append(height)
+    return heights
 
 
 def stack(pictures: Sequence[Image.Image], *, rule: bool = True) -> Image.Image:

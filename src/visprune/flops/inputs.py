@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .flops_qwen import QWEN_TYPES
+from .families import ANYRES_MODEL_TYPES, QWEN_TYPES
 
 _IMAGE_IDS = ("image_token_id", "image_token_index")
 _VIDEO_IDS = ("video_token_id", "video_token_index")
@@ -121,7 +121,7 @@ def describe_rows(config: Any, inputs: dict) -> list[dict[str, Any]]:
             entry["frames"] = frames
         if model_type == "internvl":
             entry["images"] = int(image_rows[row].sum()) // config.image_seq_length
-        elif model_type in ("llava_next", "llava_next_video", "llava_onevision"):
+        elif model_type in ANYRES_MODEL_TYPES:
             if per_row is not None:
                 entry["images"] = int(per_row[row])
             count = entry["images"]

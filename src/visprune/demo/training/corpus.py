@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import task
+from .. import task
 
 #: The question the captioning stage asks (prompt ``DESCRIBE <image> DESCRIBE``).
 DESCRIBE = "describe the image ?"

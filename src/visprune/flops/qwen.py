@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-#: ``model_type`` values whose vision tower this module counts.
-QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+from .visual import VisualInputs
 
 
 def check_grids(grids: Sequence[Sequence[int]], merge: int) -> list[tuple[int, int, int]]:
@@ -148,3 +147,35 @@ def qwen_grids_from_tokens(config: Any, visual_tokens: int, images: int) -> list
             "grids=[(t, h, w), ...] (image_grid_thw / video_grid_thw rows) instead."
         )
     return [(1, merge, visual_tokens // images * merge)] * images
+
+
+def vision_flops(config: Any, visual: VisualInputs) -> tuple[float, float]:
+    """``(vision, projector)`` FLOPs of every image and video of one prompt, from its grids.
+
+    Without ``grids``, Qwen2-VL / Qwen3-VL images are taken as equal single frames
+    (:func:`qwen_grids_from_tokens`); Qwen2.5-VL's windows and every video need the grids.
+    """
+    grids, images, videos = visual.grids, visual.images, visual.videos
+    if grids is None:
+        if config.model_type == "qwen2_5_vl":
+            raise ValueError(
+                "Qwen2.5-VL's windowed vision tower depends on each image's shape: pass "
+                "grids=[(t, h, w), ...] (the image_grid_thw / video_grid_thw rows)."
+            )
+        if videos:
+            raise ValueError("Qwen videos: pass grids=[(t, h, w), ...] (the video_grid_thw rows).")
+        grids = qwen_grids_from_tokens(config, visual.visual_tokens, images)
+    elif len(grids) != images + videos:
+        raise ValueError(
+            f"grids has {len(grids)} rows for {images} images and {videos} videos; give "
+            "one (t, h, w) per image and per video."
+        )
+    else:
+        merge = config.vision_config.spatial_merge_size
+        tokens = sum(t * h * w for t, h, w in check_grids(grids, merge)) // merge**2
+        if tokens != visual.visual_tokens:
+            raise ValueError(
+                f"grids make {tokens} visual tokens (t*h*w / spatial_merge_size², summed), "
+                f"not visual_tokens={visual.visual_tokens}."
+            )
+    return qwen_vision_flops(config, grids)

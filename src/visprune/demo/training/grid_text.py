@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import corpus, task
+from .. import task
+from . import corpus
 from .rows import caption_prompt, sequences
 
 

@@ -1,7 +1,8 @@
-"""Training of the demo video model on :mod:`video_task` (CPU), and its evaluation helpers.
+"""Training of the demo video model on :mod:`visprune.demo.video_task` (CPU); its evaluation is
+:mod:`visprune.demo.video_evaluate`.
 
 One stage of questions (answer loss), one question type added at a time, with the image demo's
-training-only probes (:mod:`visprune.demo.train`): per-token colour / shape / row / column
+training-only probes (:mod:`visprune.demo.training.train`): per-token colour / shape / row / column
 probes on the projector output of every frame, and a probe on the language model's hidden
 states marking the tokens that hold the answer (the event's frame and cell). The probes are
 not part of the saved model.
@@ -10,15 +11,17 @@ not part of the saved model.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from . import recipe, video_task
-from . import video_model as vmodel
+from .. import video_model as vmodel
+from .. import video_task
+from ..video_evaluate import VideoEncoder, accuracy, fmt, pixels
+from .rows import sequences
+from .stages import Curriculum, StageConfig, run_stage
 from .train import CellProbes, answer_accuracy
 
 #: Question types of each curriculum stage, one more type per stage (as the image demo's).
@@ -27,80 +30,18 @@ STAGES: tuple[tuple[str, ...], ...] = tuple(
 )
 
 
-class VideoEncoder:
-    """Token ids of prompts and answers (the clip expanded to its ``NUM_TOKENS`` tokens)."""
-
-    def __init__(self, tokenizer=None) -> None:
-        self.tokenizer = tokenizer or vmodel.build_tokenizer()
-        self.vocab = self.tokenizer.get_vocab()
-        self.video = self.vocab[vmodel.VIDEO]
-        self.pad = self.vocab[self.tokenizer.pad_token]
-        self.eos = self.vocab[self.tokenizer.eos_token]
-
-    def words(self, text: str) -> list[int]:
-        return [self.vocab[w] for w in text.replace("?", " ?").split()]
-
-    def prompt(self, clip: video_task.Clip) -> list[int]:
-        question = self.words(clip.question)
-        return question + [self.video] * video_task.NUM_TOKENS + question
-
-
-def _pixels(clips: Sequence[video_task.Clip]) -> torch.Tensor:
-    return torch.from_numpy(video_task.normalize(np.stack([c.frames for c in clips])))
-
-
 def train_batch(clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str, torch.Tensor]:
     """Right-padded ``prompt answer </s>``, loss on the answer and ``</s>``."""
     rows = [(enc.prompt(c), [*enc.words(c.answer), enc.eos]) for c in clips]
-    batch = recipe.sequences(rows, enc.pad)
-    batch["pixel_values_videos"] = _pixels(clips)
+    batch = sequences(rows, enc.pad)
+    batch["pixel_values_videos"] = pixels(clips)
     return batch
-
-
-def prompt_batch(clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str, torch.Tensor]:
-    """Left-padded prompts (what a left-padding processor gives)."""
-    rows = [enc.prompt(c) for c in clips]
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), enc.pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = torch.tensor(r)
-        mask[i, length - len(r) :] = 1
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": _pixels(clips)}
-
-
-@torch.no_grad()
-def predict(model, clips: Sequence[video_task.Clip], enc: VideoEncoder, batch: int = 50):
-    """Greedy first answer word per clip (what ``generate(max_new_tokens=1)`` returns)."""
-    was_training = model.training
-    model.eval()
-    inverse = {i: w for w, i in enc.vocab.items()}
-    out: list[str] = []
-    for i in range(0, len(clips), batch):
-        logits = model(**prompt_batch(clips[i : i + batch], enc), logits_to_keep=1).logits
-        out += [inverse[int(t)] for t in logits[:, -1].argmax(-1)]
-    model.train(was_training)
-    return out
-
-
-def accuracy(model, clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str, float]:
-    """Accuracy per question type and ``"all"``."""
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for clip, word in zip(clips, predict(model, clips, enc), strict=True):
-        hits[clip.qtype].append(word == clip.answer)
-        hits["all"].append(word == clip.answer)
-    return {k: float(np.mean(v)) for k, v in hits.items()}
-
-
-def fmt(acc: dict[str, float]) -> str:
-    keys = ["all", *video_task.QUESTION_TYPES]
-    return " ".join(f"{k}={100 * acc[k]:.1f}" for k in keys if k in acc)
 
 
 def cell_targets(clips: Sequence[video_task.Clip]) -> dict[str, torch.Tensor]:
     """Per frame token (clips x frames x cells, flattened): colour / shape index of the object
     in the cell (``len(COLOUR_NAMES)`` / ``len(SHAPE_NAMES)`` when empty), row and column."""
-    from . import task
+    from .. import task
 
     shape = (len(clips), video_task.FRAMES, video_task.CELLS)
     colour = np.full(shape, len(task.COLOUR_NAMES), np.int64)
@@ -131,8 +72,8 @@ def answer_targets(clips: Sequence[video_task.Clip]) -> torch.Tensor:
 class VideoConfig:
     seed: int = 0
     threads: int = 2
-    questions: recipe.StageConfig = field(
-        default_factory=lambda: recipe.StageConfig(steps=6000, lr=2e-3, warmup=150)
+    questions: StageConfig = field(
+        default_factory=lambda: StageConfig(steps=6000, lr=2e-3, warmup=150)
     )
     #: Weights of the per-token probes and of the answer-token probe (0 disables either).
     probe_weight: float = 1.0
@@ -163,11 +104,13 @@ def train(cfg: VideoConfig, out: str, log: Callable[[str], None] = print, sizes=
         lambda module, args, output: projected.append(output)
     )
     began = time.time()
-    curriculum = {"stage": 0, "steps": 0, "running": 0.0}
+    curriculum = Curriculum(
+        STAGES, cfg.stage_accuracy, cfg.stage_min_steps, cfg.stage_max_steps, log
+    )
     current: dict[str, list] = {"clips": []}
 
     def make_batch(step: int):
-        types = STAGES[curriculum["stage"]]
+        types = curriculum.types
         base = step * cfg.questions.batch
         clips = [
             video_task.make_clip(cfg.seed, "train", base + i, qtype=types[(base + i) % len(types)])
@@ -191,15 +134,7 @@ def train(cfg: VideoConfig, out: str, log: Callable[[str], None] = print, sizes=
         return loss
 
     def advance(step: int, output, batch) -> None:
-        curriculum["steps"] += 1
-        right = answer_accuracy(output.logits, batch["labels"])
-        run = curriculum["running"] = 0.95 * curriculum["running"] + 0.05 * right
-        ready = curriculum["steps"] >= cfg.stage_min_steps and run >= cfg.stage_accuracy
-        if (ready or curriculum["steps"] >= cfg.stage_max_steps) and curriculum["stage"] + 1 < len(
-            STAGES
-        ):
-            curriculum.update(stage=curriculum["stage"] + 1, steps=0, running=0.0)
-            log(f"step {step + 1}: question types {STAGES[curriculum['stage']]} ({run:.2f})")
+        curriculum.update(step, answer_accuracy(output.logits, batch["labels"]))
 
     best = {"all": -1.0}
 
@@ -219,7 +154,7 @@ def train(cfg: VideoConfig, out: str, log: Callable[[str], None] = print, sizes=
             log(f"  saved to {out}")
 
     try:
-        recipe.run_stage(
+        run_stage(
             "video",
             model,
             [*model.parameters(), *probes.parameters(), *answer_probe.parameters()],

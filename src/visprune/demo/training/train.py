@@ -1,19 +1,22 @@
-"""Training and evaluation loops of the demo model (CPU, on-the-fly data)."""
+"""The training loop of the demo model (CPU, on-the-fly data), with its training-only probes.
+
+Evaluation (prompts, greedy answers, accuracy) is what the demo runs: :mod:`visprune.demo.evaluate`.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import model as demo_model
-from . import task
+from .. import model as demo_model
+from .. import task
+from ..evaluate import Encoder, accuracy, fmt
 
 
 @dataclass
@@ -43,30 +46,6 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     bf16: bool = False  # bfloat16 autocast for the forward pass (fp32 weights and optimizer)
-
-
-class Encoder:
-    """Token ids of prompts and answers without the processor (same ids as the processor)."""
-
-    def __init__(self, tokenizer=None) -> None:
-        self.tokenizer = tokenizer or demo_model.build_tokenizer()
-        vocab = self.tokenizer.get_vocab()
-        self.vocab = vocab
-        self.image = vocab[demo_model.IMAGE]
-        self.pad = vocab[demo_model.PAD]
-        self.eos = vocab[demo_model.EOS]
-        self._cache: dict[str, list[int]] = {}
-
-    def words(self, text: str) -> list[int]:
-        ids = self._cache.get(text)
-        if ids is None:
-            ids = self._cache[text] = [self.vocab[w] for w in text.replace("?", " ?").split()]
-        return ids
-
-    def prompt(self, sample: task.Sample) -> list[int]:
-        """Ids of :func:`task.prompt_text` with the image expanded to its visual tokens."""
-        question = self.words(sample.question)
-        return question + [self.image] * task.NUM_CELLS + question
 
 
 class CellProbes(torch.nn.Module):
@@ -186,51 +165,6 @@ def train_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
 
 
-def prompt_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
-    """Left-padded prompts (as the processor with ``padding_side="left"`` gives)."""
-    rows = [enc.prompt(s) for s in samples]
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), enc.pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = torch.tensor(r)
-        mask[i, length - len(r) :] = 1
-    pixels = torch.from_numpy(task.normalize(np.stack([s.image for s in samples])))
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
-
-
-@torch.no_grad()
-def predict(model, samples: Sequence[task.Sample], enc: Encoder, batch: int = 100) -> list[str]:
-    """Greedy first answer word: argmax of the next-token logits over the whole vocabulary
-    (what ``generate(max_new_tokens=1)`` returns)."""
-    was_training = model.training
-    model.eval()
-    inv = {i: w for w, i in enc.vocab.items()}
-    out: list[str] = []
-    for i in range(0, len(samples), batch):
-        logits = model(**prompt_batch(samples[i : i + batch], enc), logits_to_keep=1).logits
-        out += [inv[int(t)] for t in logits[:, -1].argmax(-1)]
-    model.train(was_training)
-    return out
-
-
-def accuracy(model, samples: Sequence[task.Sample], enc: Encoder) -> dict[str, float]:
-    """Accuracy per question type and ``"all"`` (mean over samples)."""
-    preds = predict(model, samples, enc)
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for s, p in zip(samples, preds, strict=True):
-        hits[s.qtype].append(p == s.answer)
-        hits["all"].append(p == s.answer)
-    return {k: float(np.mean(v)) for k, v in hits.items()}
-
-
-def pruned_accuracy(model, samples, enc, method: str = "random", budget: float = 0.111, **kw):
-    import visprune
-
-    with visprune.apply(model, method, budget=budget, **kw):
-        return accuracy(model, samples, enc)
-
-
 #: Question types of each curriculum stage, one more type per stage; every stage is at full
 #: difficulty (8-14 objects): with the cell probes the features are learned from the start, and a
 #: model that learned one type on few objects does not carry it over to many. Mixing every type
@@ -256,9 +190,43 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def fmt(acc: dict[str, float]) -> str:
-    keys = ["all", *task.QUESTION_TYPES]
-    return " ".join(f"{k}={100 * acc[k]:.1f}" for k in keys if k in acc)
+def step_samples(cfg: TrainConfig, step: int, types: Sequence[str]) -> list[task.Sample]:
+    """The ``cfg.batch`` training questions of step ``step``, cycling through ``types``."""
+    return [
+        task.make_sample(
+            cfg.seed,
+            "train",
+            step * cfg.batch + i,
+            qtype=types[(step * cfg.batch + i) % len(types)],
+        )
+        for i in range(cfg.batch)
+    ]
+
+
+def _schedule_length(
+    cfg: TrainConfig, step: int, seconds: float, log: Callable[[str], None]
+) -> int:
+    """Steps that fit ``cfg.minutes`` at the speed of the first ``step`` steps (8 % spare)."""
+    per_step = seconds / step
+    total = max(step + 1, int(60 * cfg.minutes / (per_step * 1.08)))
+    log(f"estimated {per_step:.2f} s/step -> schedule of {total} steps (--steps {total})")
+    return total
+
+
+def _forward(model, cfg: TrainConfig, batch: dict, samples, probe_pair, projected, image_token):
+    """The model's output on ``batch`` and the probes' loss: the cell probes on the projector
+    output ``projected`` captured by the forward hook, plus the named-object probe."""
+    probes, named_probe = probe_pair
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        output = model(**batch, output_hidden_states=cfg.target_probe_weight > 0)
+        probe_loss = probes(projected[0], cell_targets(samples))
+        if cfg.target_probe_weight > 0:
+            hidden = output.hidden_states[cfg.target_probe_layer]
+            named_loss = named_probe_loss(
+                named_probe, hidden, batch["input_ids"], samples, image_token
+            )
+            probe_loss = probe_loss + cfg.target_probe_weight * named_loss
+    return output, probe_loss
 
 
 def train(
@@ -319,34 +287,16 @@ def train(
     stage, stage_steps, running = 0, 0, 0.0
     while step < total and time.time() < deadline:
         if step == 20 and cfg.steps is None:  # estimate the schedule length from measured speed
-            per_step = (time.time() - start) / step
-            total = max(step + 1, int(60 * cfg.minutes / (per_step * 1.08)))
-            info["steps"] = total
-            log(f"estimated {per_step:.2f} s/step -> schedule of {total} steps (--steps {total})")
+            total = info["steps"] = _schedule_length(cfg, step, time.time() - start, log)
         lr = _lr_at(step, total if total < 10**9 else 10**6, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        types = STAGES[stage]
-        samples = [
-            task.make_sample(
-                cfg.seed,
-                "train",
-                step * cfg.batch + i,
-                qtype=types[(step * cfg.batch + i) % len(types)],
-            )
-            for i in range(cfg.batch)
-        ]
+        samples = step_samples(cfg, step, STAGES[stage])
         batch = train_batch(samples, enc)
         projected.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            output = model(**batch, output_hidden_states=cfg.target_probe_weight > 0)
-            probe_loss = probes(projected[0], cell_targets(samples))
-            if cfg.target_probe_weight > 0:
-                hidden = output.hidden_states[cfg.target_probe_layer]
-                named_loss = named_probe_loss(
-                    named_probe, hidden, batch["input_ids"], samples, enc.image
-                )
-                probe_loss = probe_loss + cfg.target_probe_weight * named_loss
+        output, probe_loss = _forward(
+            model, cfg, batch, samples, (probes, named_probe), projected, enc.image
+        )
         loss = output.loss + cfg.probe_weight * probe_loss
         stage_steps += 1
         running = 0.95 * running + 0.05 * answer_accuracy(output.logits, batch["labels"])

@@ -10,7 +10,7 @@
    them (LLaVA's feature alignment; its vision tower is a pre-trained CLIP, the demo's is trained
    here, in this stage).
 3. **questions**: everything tuned on the task's questions (answer loss only), one question
-   type added at a time as in :mod:`visprune.demo.train`.
+   type added at a time as in :mod:`visprune.demo.training.train`.
 
 No loss looks at pruning or at text-visual similarity: the only losses are next-token
 cross-entropies on text, captions and answers.
@@ -18,30 +18,26 @@ cross-entropies on text, captions and answers.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from . import corpus, grid_text, relevance, task
-from . import model as demo_model
-from .rows import caption_prompt, sequences
-from .train import STAGES, Encoder, accuracy, answer_accuracy, fmt, named_probe_loss
-
-
-@dataclass
-class StageConfig:
-    """One stage: ``steps`` optimizer steps of ``batch`` samples at peak rate ``lr``."""
-
-    steps: int
-    lr: float
-    batch: int = 32
-    warmup: int = 100
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.05
+from .. import model as demo_model
+from .. import task
+from ..evaluate import Encoder, accuracy, fmt
+from . import corpus, grid_text
+from .checks import caption_accuracy, grid_accuracy, relevance_line, text_accuracy
+from .rows import caption_batch, question_batch, text_batch
+from .stages import (
+    Curriculum,
+    StageConfig,
+    language_parameters,
+    run_stage,
+    vision_parameters,
+)
+from .train import STAGES, answer_accuracy, named_probe_loss
 
 
 @dataclass
@@ -102,31 +98,6 @@ class RecipeConfig:
     eval_size: int = 500
 
 
-def text_batch(samples: Sequence[corpus.TextSample], enc: Encoder) -> dict[str, torch.Tensor]:
-    """Stage 1: plain language modelling on every token of each text (and ``</s>``)."""
-    rows = [([*enc.words(s.text), enc.eos], []) for s in samples]
-    return sequences(rows, enc.pad, loss_on_prompt=True)
-
-
-def caption_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
-    """Stage 2: the caption after the prompt, loss on the caption and ``</s>``."""
-    return question_batch((), enc, samples)
-
-
-def question_batch(
-    samples: Sequence[task.Sample], enc: Encoder, captioned: Sequence[task.Sample] = ()
-) -> dict[str, torch.Tensor]:
-    """Stage 3: the task's prompt, loss on the answer and ``</s>``; then the ``captioned``
-    images' caption rows (as :func:`caption_batch`), if any."""
-    rows = [(enc.prompt(s), [*enc.words(s.answer), enc.eos]) for s in samples]
-    prompt = caption_prompt(enc)
-    rows += [(prompt, [*enc.words(corpus.caption(s)), enc.eos]) for s in captioned]
-    batch = sequences(rows, enc.pad)
-    images = [s.image for s in [*samples, *captioned]]
-    batch["pixel_values"] = torch.from_numpy(task.normalize(np.stack(images)))
-    return batch
-
-
 def question_objects_at(cfg: RecipeConfig, step: int) -> tuple[int, int]:
     """Object counts (min, max) of question-stage step ``step``'s images
     (``cfg.question_objects``, the largest count ramped over ``cfg.question_objects_ramp``)."""
@@ -165,173 +136,11 @@ def caption_samples(cfg: RecipeConfig, step: int, count: int) -> list[task.Sampl
     ]
 
 
-def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of labelled tokens predicted exactly (teacher forcing)."""
-    predicted = logits[:, :-1].argmax(-1)
-    target = labels[:, 1:]
-    labelled = target != -100
-    return float((predicted[labelled] == target[labelled]).float().mean())
-
-
-def exact_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of rows whose every labelled token is predicted exactly (teacher forcing)."""
-    predicted = logits[:, :-1].argmax(-1)
-    target = labels[:, 1:]
-    wrong = (predicted != target) & (target != -100)
-    return float((~wrong.any(-1)).float().mean())
-
-
 def text_objects(cfg: RecipeConfig) -> tuple[int, int]:
     """Object counts (min, max) of stage 1's scenes (``cfg.text_objects`` or its default)."""
     if cfg.text_objects is not None:
         return cfg.text_objects
     return (1, task.MAX_OBJECTS) if cfg.text_scenes == "grid" else (1, 4)
-
-
-def _lr_at(step: int, cfg: StageConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def language_parameters(model) -> list[torch.nn.Parameter]:
-    """The language model's parameters: embeddings, decoder layers, final norm, head."""
-    return [*model.model.language_model.parameters(), *model.lm_head.parameters()]
-
-
-def vision_parameters(model) -> list[torch.nn.Parameter]:
-    """The vision tower's and the projector's parameters."""
-    return [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
-
-
-def set_trainable(model, parameters: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
-    """Freeze every parameter of ``model`` except ``parameters`` (returned as a list)."""
-    chosen = list(parameters)
-    keep = {id(p) for p in chosen}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in keep)
-    return chosen
-
-
-def run_stage(
-    name: str,
-    model,
-    parameters: list[torch.nn.Parameter],
-    cfg: StageConfig,
-    make_batch: Callable[[int], dict[str, torch.Tensor]],
-    log: Callable[[str], None],
-    *,
-    evaluate: Callable[[int], None] | None = None,
-    every: int = 500,
-    on_step: Callable[[int, object, dict], None] | None = None,
-    slower: Sequence[torch.nn.Parameter] = (),
-    slower_ratio: float = 1.0,
-    extra_loss: Callable[[object, dict], torch.Tensor] | None = None,
-) -> None:
-    """``cfg.steps`` AdamW steps on ``parameters`` (warm-up then cosine decay).
-
-    ``make_batch(step)`` builds the step's batch; ``on_step(step, output, batch)`` sees every
-    step's output (curricula); ``evaluate(step)`` runs every ``every`` steps and at the end.
-    The ``slower`` parameters (a subset of ``parameters``) learn at ``slower_ratio`` times the
-    rate. ``extra_loss(output, batch)``, if given, is added to the model's loss (training-only
-    probes; their parameters belong in ``parameters``).
-    """
-    set_trainable(model, parameters)
-    model.train()
-    slow = {id(p) for p in slower}
-    groups = [
-        {"params": [p for p in parameters if id(p) not in slow], "ratio": 1.0},
-        {"params": [p for p in parameters if id(p) in slow], "ratio": slower_ratio},
-    ]
-    groups = [g for g in groups if g["params"]]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    start = time.time()
-    running = 0.0
-    for step in range(cfg.steps):
-        lr = _lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr * group["ratio"]
-        batch = make_batch(step)
-        output = model(**batch)
-        loss = output.loss if extra_loss is None else output.loss + extra_loss(output, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        opt.step()
-        running = 0.95 * running + 0.05 * token_accuracy(output.logits, batch["labels"])
-        if on_step is not None:
-            on_step(step, output, batch)
-        if (step + 1) % 50 == 0:
-            elapsed = time.time() - start
-            log(
-                f"[{name} {elapsed / 60:6.2f} min] step {step + 1}/{cfg.steps} "
-                f"loss {output.loss.item():.4f} token-acc {running:.3f} lr {lr:.2e}"
-            )
-        if evaluate is not None and ((step + 1) % every == 0 or step + 1 == cfg.steps):
-            model.eval()
-            evaluate(step + 1)
-            model.train()
-    set_trainable(model, model.parameters())
-
-
-@torch.no_grad()
-def text_accuracy(model, enc: Encoder, seed: int, count: int, objects) -> dict[str, float]:
-    """Stage-1 check on validation scenes: answers right (questions) and whole repeated
-    descriptions right (teacher forcing)."""
-    samples = [
-        corpus.text_sample(seed, i, split="validation", objects=objects) for i in range(count)
-    ]
-    out = {}
-    for kind in ("question", "describe"):
-        chosen = [s for s in samples if s.kind == kind]
-        rows = []
-        for s in chosen:
-            words = [*enc.words(s.text), enc.eos]
-            if kind == "question":  # the answer word and </s>
-                cut = len(words) - 2
-            else:  # the repeated description and </s>
-                cut = len(words) - len(enc.words(s.text.split(corpus.DESCRIBE)[-1])) - 1
-            rows.append((words[:cut], words[cut:]))
-        batch = sequences(rows, enc.pad)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out[kind] = exact_accuracy(logits, batch["labels"])
-    return out
-
-
-@torch.no_grad()
-def grid_accuracy(model, enc: Encoder, seed: int, count: int, objects) -> dict[str, float]:
-    """Stage-1 check on validation scenes written cell by cell (:mod:`grid_text`): answers
-    right (questions) and whole captions right (teacher forcing)."""
-    out = {}
-    for kind in ("question", "describe"):
-        indices = [i for i in range(count) if grid_text.kind_of(i) == kind]
-        samples = [task.make_sample(seed, "validation", i, objects=objects) for i in indices]
-        batch = grid_text.grid_batch(model, samples, [kind] * len(samples), enc)
-        out[kind] = exact_accuracy(model(**batch).logits, batch["labels"])
-    return out
-
-
-@torch.no_grad()
-def caption_accuracy(model, enc: Encoder, seed: int, count: int, objects) -> dict[str, float]:
-    """Stage-2 check on validation images: caption tokens and whole captions right."""
-    samples = [task.make_sample(seed, "validation", i, objects=objects) for i in range(count)]
-    batch = caption_batch(samples, enc)
-    logits = model(**batch).logits
-    return {
-        "token": token_accuracy(logits, batch["labels"]),
-        "caption": exact_accuracy(logits, batch["labels"]),
-    }
-
-
-def relevance_line(model, enc: Encoder, samples: Sequence[task.Sample]) -> str:
-    """Median rank and top-7 share of the answer token by text relevance (single-object)."""
-    ranks = relevance.answer_ranks(model, samples, enc)
-    stats = relevance.summary(ranks)
-    return (
-        f"answer token by text relevance: median rank {stats['median']:.0f} of {task.NUM_CELLS}, "
-        f"top-7 {100 * stats['top7']:.1f} % ({len(ranks)} questions)"
-    )
 
 
 def align(model, cfg: RecipeConfig, enc: Encoder, val, out: str, processor, log) -> None:
@@ -426,7 +235,25 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
     if cfg.questions.steps == 0:  # stages 1-2 only: stage 3 starts later from <out>-aligned
         return model
 
-    curriculum = {"stage": 0, "steps": 0, "running": 0.0}
+    questions_stage(model, cfg, enc, val, out, processor, log, params=params, began=began)
+
+
+def questions_stage(
+    model,
+    cfg: RecipeConfig,
+    enc: Encoder,
+    val: Sequence[task.Sample],
+    out: str,
+    processor,
+    log: Callable[[str], None],
+    *,
+    params: int,
+    began: float,
+) -> None:
+    """Stage 3: everything tuned on the task's questions, one question type added at a time
+    (:data:`~visprune.demo.training.train.STAGES`), with captions mixed in; saves the best model
+    by validation accuracy under ``out`` (``params`` and ``began`` go into its metadata)."""
+    curriculum = Curriculum(STAGES, cfg.type_accuracy, cfg.type_min_steps, cfg.type_max_steps, log)
     captions = round(cfg.questions.batch * cfg.caption_share)
     questions = cfg.questions.batch - captions
     width = model.config.text_config.hidden_size
@@ -434,9 +261,7 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
     current: dict[str, list[task.Sample]] = {}
 
     def question_step(step: int):
-        samples = current["samples"] = question_samples(
-            cfg, step, STAGES[curriculum["stage"]], questions
-        )
+        samples = current["samples"] = question_samples(cfg, step, curriculum.types, questions)
         batch = question_batch(samples, enc, caption_samples(cfg, step, captions))
         if cfg.named_probe_weight > 0:
             batch["output_hidden_states"] = True
@@ -449,15 +274,8 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
         return cfg.named_probe_weight * loss
 
     def advance(step: int, output, batch) -> None:
-        curriculum["steps"] += 1
         right = answer_accuracy(output.logits[:questions], batch["labels"][:questions])
-        run = curriculum["running"] = 0.95 * curriculum["running"] + 0.05 * right
-        ready = curriculum["steps"] >= cfg.type_min_steps and run >= cfg.type_accuracy
-        if (ready or curriculum["steps"] >= cfg.type_max_steps) and curriculum["stage"] + 1 < len(
-            STAGES
-        ):
-            curriculum.update(stage=curriculum["stage"] + 1, steps=0, running=0.0)
-            log(f"step {step + 1}: question types {STAGES[curriculum['stage']]} ({run:.2f})")
+        curriculum.update(step, right)
 
     best = {"all": -1.0}
 
@@ -480,13 +298,7 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
             )
             log(f"  saved to {out}")
 
-    vision = list(model.model.multi_modal_projector.parameters())
-    if cfg.tune_vision_tower:
-        vision += list(model.model.vision_tower.parameters())
-    tuned = [*language_parameters(model), *vision]
-    if not cfg.tune_embeddings:
-        frozen = {id(p) for p in model.get_input_embeddings().parameters()}
-        tuned = [p for p in tuned if id(p) not in frozen]
+    tuned, vision = questions_parameters(model, cfg)
     probed = cfg.named_probe_weight > 0
     run_stage(
         "questions",
@@ -503,3 +315,16 @@ def train(cfg: RecipeConfig, out: str, log: Callable[[str], None] = print, sizes
         extra_loss=probe_loss if probed else None,
     )
     return model
+
+
+def questions_parameters(model, cfg: RecipeConfig) -> tuple[list, list]:
+    """The parameters stage 3 tunes, and the vision side among them (projector, and the tower
+    if ``cfg.tune_vision_tower``), which learns at ``cfg.vision_lr_ratio`` times the rate."""
+    vision = list(model.model.multi_modal_projector.parameters())
+    if cfg.tune_vision_tower:
+        vision += list(model.model.vision_tower.parameters())
+    tuned = [*language_parameters(model), *vision]
+    if not cfg.tune_embeddings:
+        frozen = {id(p) for p in model.get_input_embeddings().parameters()}
+        tuned = [p for p in tuned if id(p) not in frozen]
+    return tuned, vision

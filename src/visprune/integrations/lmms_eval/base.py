@@ -1,76 +1,34 @@
-"""lmms-eval models that run a visprune method: lmms-eval's own Hugging Face wrappers, pruned.
-
-Each wrapper subclasses an lmms-eval model class, lets it load the checkpoint exactly as the
-unpruned baseline does, and then calls :func:`visprune.apply` on the loaded model. The method and
-its parameters come from ``--model_args``::
-
-    python -m lmms_eval --model visprune_llava_hf \\
-        --model_args pretrained=llava-hf/llava-1.5-7b-hf,method=otprune,budget=64,gamma=0.01 \\
-        --tasks gqa --batch_size 8 --log_samples --output_path results/
-
-``method`` is required (``method=keepall`` is the unpruned baseline through the same code);
-``budget``, ``positions``, ``newlines`` and every other argument that the lmms-eval class does
-not take go to visprune, whose errors (unknown method or parameter, bad budget) stop the run
-before the model is loaded.
-
-lmms-eval's command line reports an exception of its model class and then exits with status 0;
-so when a wrapper fails under that command line (``python -m lmms_eval`` or ``lmms-eval``), the
-run stops with a non-zero status instead: 2 and one line for a bad ``--model_args``, 1 and the
-traceback for any other failure. Called from Python, the wrappers raise as usual.
-
-``generate_until`` and ``loglikelihood`` are implemented here once for every family, batched
-(``--batch_size``, left padding), because the lmms-eval LLaVA classes refuse batches and score
-loglikelihoods from logit positions that pruning shifts. Each result carries the sample's token
-counts (:class:`PrunedTokenCounts`: ``visual_tokens`` before pruning, ``visual_tokens_kept``,
-``input_tokens`` the language model prefilled), which lmms-eval writes into every logged sample;
-the model time and mean counts of each request type go to the ``throughput`` section of the
-results file.
-
-Prompts follow lmms-eval's chat conventions: a chat task's messages, or for simple tasks the
-visuals followed by the text (or placed at ``<image>`` marks in it), rendered with the
-processor's chat template. A processor without a chat template gets the message parts
-concatenated in order, an image as the processor's image token.
-"""
+"""The visprune part of every lmms-eval wrapper: :class:`Pruned`, mixed in before an lmms-eval
+model class, applies the method after that class loaded the checkpoint and answers
+``generate_until`` and ``loglikelihood`` batched, with each sample's token counts."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import inspect
 import itertools
-import os
-import re
-import sys
 import time
-import traceback
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
-from lmms_eval.models.chat.internvl_hf import InternVLHf as _InternVLHfChat
-from lmms_eval.models.chat.llava_hf import LlavaHf as _LlavaHfChat
-from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VLChat
-from lmms_eval.models.chat.qwen3_vl import Qwen3_VL as _Qwen3_VLChat
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
-from lmms_eval.models.simple.gemma3 import Gemma3 as _Gemma3Simple
-from lmms_eval.models.simple.llava_hf import LlavaHf as _LlavaHfSimple
-from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VLSimple
-from lmms_eval.models.simple.qwen3_vl import Qwen3_VL as _Qwen3_VLSimple
 from lmms_eval.protocol import ChatMessages
 from loguru import logger
-from PIL import Image
 from tqdm import tqdm
 
 import visprune
 from visprune.compat import cache_argument, output_cache
 
-#: The placeholder lmms-eval tasks write where an image goes in a simple task's text.
-IMAGE_MARK = "<image>"
-#: ``--model_args`` keys that configure the visprune adapter rather than the method.
-ADAPTER_OPTIONS = ("positions", "newlines")
+from .arguments import ADAPTER_OPTIONS, init_parameters, method_from_arguments, single_process
+from .failures import failure_stops_the_run, stops_the_run_on_failure
+from .generation import (
+    cut_at_stops,
+    gen_kwargs,
+    generated_length,
+    generation_settings,
+    request_batches,
+)
+from .prompts import IMAGE_MARK, Prompt, continuation_ids, user_turn
 
 
 @dataclass
@@ -96,62 +54,7 @@ class PrunedTokenCounts(TokenCounts):
         return counts
 
 
-@dataclass
-class _Prompt:
-    """One request made ready for the processor."""
-
-    messages: list[dict]
-    images: list
-    videos: list
-    doc: dict
-    context: str
-
-
-def _under_lmms_eval_command_line() -> bool:
-    """Whether lmms-eval's command line (``cli_evaluate``, which reports a model's exception and
-    then exits with status 0) is running this call."""
-    suffix = os.path.join("lmms_eval", "__main__.py")
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "cli_evaluate" and code.co_filename.endswith(suffix):
-            return True
-        frame = frame.f_back
-    return False
-
-
-@contextlib.contextmanager
-def _failure_stops_the_run(status: int) -> Iterator[None]:
-    """Under lmms-eval's command line, turn an exception into an exit with ``status``.
-
-    ``status`` 2 (a bad argument) prints one line; any other status prints the traceback first.
-    ``SystemExit`` is not an ``Exception``, so lmms-eval's handler lets it through. Elsewhere
-    the exception propagates unchanged.
-    """
-    try:
-        yield
-    except Exception as error:
-        if not _under_lmms_eval_command_line():
-            raise
-        if status != 2:
-            traceback.print_exc()
-        print(f"visprune: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(status) from error
-
-
-def _stops_the_run_on_failure(request_method):
-    """A request method (``generate_until``, ``loglikelihood``) whose failure under lmms-eval's
-    command line ends the run with status 1 rather than 0."""
-
-    @functools.wraps(request_method)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with _failure_stops_the_run(status=1):
-            return request_method(*args, **kwargs)
-
-    return run
-
-
-class _Pruned:
+class Pruned:
     """The visprune part of every wrapper; mixed in before an lmms-eval model class."""
 
     #: Attribute of the lmms-eval class that holds the Hugging Face processor.
@@ -166,20 +69,22 @@ class _Pruned:
         device: str | None = None,
         **kwargs: Any,
     ) -> None:
-        accepted = _init_parameters(super().__init__)
+        accepted = init_parameters(super().__init__)
         base = {key: value for key, value in kwargs.items() if key in accepted}
         options = {key: kwargs.pop(key) for key in ADAPTER_OPTIONS if key in kwargs}
         params = {key: value for key, value in kwargs.items() if key not in accepted}
-        with _failure_stops_the_run(status=2):
-            self.visprune_method = _method(type(self), method, budget, params, accepted)
+        with failure_stops_the_run(status=2):
+            self.visprune_method = method_from_arguments(
+                type(self), method, budget, params, accepted
+            )
         if device is None:  # lmms-eval's classes default to CUDA; run where the machine can
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if base.get("device_map", accepted.get("device_map")) == "" and _single_process():
+        if base.get("device_map", accepted.get("device_map")) == "" and single_process():
             # llava_hf's default device_map "" is rejected by transformers 5 in one process
             base["device_map"] = device
-        with _failure_stops_the_run(status=2):
+        with failure_stops_the_run(status=2):
             self._check_checkpoint({**accepted, **base})
-        with _failure_stops_the_run(status=1):
+        with failure_stops_the_run(status=1):
             super().__init__(device=device, **base)
             self.visprune_handle = visprune.apply(self.model, self.visprune_method, **options)
         self.hf_processor.tokenizer.padding_side = "left"  # batched generation appends on the right
@@ -219,7 +124,7 @@ class _Pruned:
         """The Hugging Face processor the lmms-eval class loaded."""
         return getattr(self, self.processor_attribute)
 
-    def _prompt(self, request: Instance) -> _Prompt:
+    def _prompt(self, request: Instance) -> Prompt:
         """Messages, images and videos of one generation request, chat or simple."""
         args = request.args
         if callable(args[1]):  # chat task: (ctx, doc_to_messages, gen_kwargs, doc_id, task, split)
@@ -227,10 +132,10 @@ class _Pruned:
             doc = self.task_dict[task][split][doc_id]
             chat = ChatMessages(messages=doc_to_messages(doc))
             images, videos, _ = chat.extract_media()
-            return _Prompt(chat.model_dump()["messages"], images, videos, doc, context)
+            return Prompt(chat.model_dump()["messages"], images, videos, doc, context)
         context, _, doc_to_visual, doc_id, task, split = args[:6]
         doc = self.task_dict[task][split][doc_id]
-        return _user_turn(context, doc_to_visual(doc) if doc_to_visual else [], doc)
+        return user_turn(context, doc_to_visual(doc) if doc_to_visual else [], doc)
 
     def _render(self, messages: list[dict], *, generation: bool) -> str:
         """The prompt text: the chat template, or the parts in order without one."""
@@ -321,7 +226,7 @@ class _Pruned:
         )
 
     # ---------------------------------------------------------------------------- requests
-    @_stops_the_run_on_failure
+    @stops_the_run_on_failure
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         """Greedy or sampled generation, ``batch_size`` requests per ``generate`` call.
 
@@ -331,9 +236,9 @@ class _Pruned:
         results: list[GenerationResult | None] = [None] * len(requests)
         all_counts: list[dict[str, int]] = []
         seconds, generated = 0.0, 0
-        batches = _batches(requests, self.batch_size, key=lambda r: repr(_gen_kwargs(r)))
+        batches = request_batches(requests, self.batch_size, key=lambda r: repr(gen_kwargs(r)))
         for batch in tqdm(batches, disable=self.rank != 0, desc="visprune generate"):
-            settings, until = _generation_settings(_gen_kwargs(requests[batch[0]]))
+            settings, until = generation_settings(gen_kwargs(requests[batch[0]]))
             prompts = [self._prompt(requests[i]) for i in batch]
             texts = [self._render(p.messages, generation=True) for p in prompts]
             images = [image for p in prompts for image in p.images]
@@ -356,9 +261,9 @@ class _Pruned:
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for row, index in enumerate(batch):
-                length = _generated_length(new_tokens[row].tolist(), {eos, pad})
+                length = generated_length(new_tokens[row].tolist(), {eos, pad})
                 generated += length
-                text = _cut(decoded[row], until)
+                text = cut_at_stops(decoded[row], until)
                 results[index] = GenerationResult(
                     text=text,
                     token_counts=PrunedTokenCounts(
@@ -369,7 +274,7 @@ class _Pruned:
                     ),
                 )
                 self.cache_hook.add_partial(
-                    "generate_until", (prompts[row].context, _gen_kwargs(requests[index])), text
+                    "generate_until", (prompts[row].context, gen_kwargs(requests[index])), text
                 )
             all_counts += counts
         self._log("generate_until", all_counts, seconds, generated)
@@ -388,7 +293,7 @@ class _Pruned:
         numbered = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
         return {"position_ids": numbered[:, :-steps]}, {"position_ids": numbered[:, -steps:]}
 
-    @_stops_the_run_on_failure
+    @stops_the_run_on_failure
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """Mean negative log-likelihood of each continuation and whether greedy decoding
         reproduces it, ``batch_size`` requests per forward pass.
@@ -408,16 +313,15 @@ class _Pruned:
         all_counts: list[dict[str, int]] = []
         seconds = 0.0
         tokenizer = self.hf_processor.tokenizer
-        for batch in tqdm(
-            _batches(requests, self.batch_size), disable=self.rank != 0, desc="visprune score"
-        ):
+        batches = request_batches(requests, self.batch_size)
+        for batch in tqdm(batches, disable=self.rank != 0, desc="visprune score"):
             contexts, continuations, images, per_text = [], [], [], []
             for index in batch:
                 prompt, continuation = self._scored(requests[index])
                 context = self._render(prompt.messages, generation=True)
                 full = context + continuation  # the answer right after the generation prompt
                 contexts.append(context)
-                continuations.append(_continuation_ids(full, context, tokenizer))
+                continuations.append(continuation_ids(full, context, tokenizer))
                 images += prompt.images
                 per_text.append(len(prompt.images))
             inputs = self._encode(contexts, images, [], per_text)
@@ -467,224 +371,10 @@ class _Pruned:
         self._log("loglikelihood", all_counts, seconds, 0)
         return results
 
-    def _scored(self, request: Instance) -> tuple[_Prompt, str]:
+    def _scored(self, request: Instance) -> tuple[Prompt, str]:
         """The prompt and continuation of a loglikelihood request."""
         context, doc_to_target, doc_to_visual, doc_id, task, split = request.args[:6]
         doc = self.task_dict[task][split][doc_id]
         continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
         visuals = doc_to_visual(doc) if doc_to_visual else []
-        return _user_turn(context, visuals, doc), str(continuation)
-
-
-class VispruneLlavaHf(_Pruned, _LlavaHfChat):
-    """lmms-eval's ``llava_hf`` (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision), pruned; chat tasks."""
-
-    processor_attribute = "_image_processor"
-    is_simple = False
-
-
-class VispruneLlavaHfSimple(_Pruned, _LlavaHfSimple):
-    """lmms-eval's ``llava_hf``, pruned; simple tasks (``--force_simple``, loglikelihood)."""
-
-    processor_attribute = "_image_processor"
-    is_simple = True
-
-
-class VispruneQwen2_5_VL(_Pruned, _Qwen2_5_VLChat):
-    """lmms-eval's ``qwen2_5_vl``, pruned; chat tasks."""
-
-    is_simple = False
-
-
-class VispruneQwen2_5_VLSimple(_Pruned, _Qwen2_5_VLSimple):
-    """lmms-eval's ``qwen2_5_vl``, pruned; simple tasks (``--force_simple``, loglikelihood)."""
-
-    is_simple = True
-
-
-class _Qwen3VLCheckpoint:
-    """lmms-eval's ``qwen3_vl`` picks the dense or the MoE model class from the checkpoint's
-    name (``A3B`` in ``Qwen3-VL-30B-A3B-Instruct``), not from its config; a mismatch would load
-    the other class with freshly initialised MLPs, so it is refused before loading."""
-
-    def _check_checkpoint(self, arguments: dict[str, Any]) -> None:
-        from transformers import AutoConfig
-
-        pretrained = str(arguments["pretrained"])
-        model_type = AutoConfig.from_pretrained(pretrained).model_type
-        named_moe = re.search(r"A\d+B", pretrained) is not None  # lmms-eval's own test
-        if model_type.endswith("_moe") != named_moe:
-            raise ValueError(
-                f"{pretrained} holds a {model_type} model, but lmms-eval's qwen3_vl picks dense "
-                "or mixture-of-experts from the path (A<N>B in it, as in "
-                "Qwen3-VL-30B-A3B-Instruct, means MoE) and would load it as "
-                f"{'MoE' if named_moe else 'dense'}, with freshly initialised weights. Name the "
-                f"checkpoint directory {'without' if named_moe else 'with'} an A<N>B part."
-            )
-
-
-class VispruneQwen3_VL(_Qwen3VLCheckpoint, _Pruned, _Qwen3_VLChat):
-    """lmms-eval's ``qwen3_vl`` (Qwen3-VL, dense and MoE), pruned; chat tasks."""
-
-    is_simple = False
-
-
-class VispruneQwen3_VLSimple(_Qwen3VLCheckpoint, _Pruned, _Qwen3_VLSimple):
-    """lmms-eval's ``qwen3_vl``, pruned; simple tasks (``--force_simple``, loglikelihood)."""
-
-    is_simple = True
-
-
-class VispruneGemma3Simple(_Pruned, _Gemma3Simple):
-    """lmms-eval's ``gemma3`` (a simple class only: lmms-eval runs every task through it)."""
-
-    images_per_text = True
-    is_simple = True
-
-
-class VispruneInternVLHf(_Pruned, _InternVLHfChat):
-    """lmms-eval's ``internvl_hf`` (InternVL3 / 3.5 ``-hf`` checkpoints), pruned; chat tasks.
-
-    lmms-eval's class asserts ``batch_size=1`` (it generates request by request); it loads with
-    that, and visprune's batched generation then uses the ``batch_size`` asked for.
-    """
-
-    is_simple = False
-
-    def __init__(self, batch_size: int | str = 1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.batch_size_per_gpu = int(batch_size)
-
-
-# -------------------------------------------------------------------------------- functions
-def _init_parameters(init) -> dict[str, Any]:
-    """Keyword parameters an lmms-eval ``__init__`` takes (its ``**kwargs`` must stay empty),
-    with their defaults."""
-    return {
-        name: parameter.default
-        for name, parameter in inspect.signature(init).parameters.items()
-        if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
-    }
-
-
-def _single_process() -> bool:
-    """Whether lmms-eval runs in one process (not under ``accelerate launch`` / torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) == 1
-
-
-def _method(
-    wrapper: type, method: Any, budget: Any, params: dict, accepted: dict
-) -> visprune.Method:
-    """The visprune method of ``--model_args``, validated before any checkpoint is loaded.
-
-    ``params`` are the arguments the lmms-eval class does not take (``accepted``); each must be
-    a parameter of the method.
-    """
-    if method is None:
-        raise ValueError(
-            f"{wrapper.__name__} needs method=NAME in --model_args (one of "
-            f"{', '.join(visprune.list_methods())}; method=keepall runs unpruned)."
-        )
-    chosen = visprune.get_method(str(method))  # an unknown name fails here, with suggestions
-    fields = {field.name for field in dataclasses.fields(chosen)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        base = next(c for c in wrapper.__mro__ if c.__module__.startswith("lmms_eval."))
-        raise ValueError(
-            f"{chosen.name} has no parameter(s) {', '.join(unknown)}, and lmms-eval's "
-            f"{base.__module__}.{base.__name__} does not take them either. {chosen.name} "
-            f"accepts: {', '.join(sorted(fields))}; visprune also takes positions, newlines; "
-            f"lmms-eval takes: {', '.join(sorted(accepted))}."
-        )
-    if budget is not None:
-        params = {**params, "budget": budget}
-    chosen = visprune.get_method(chosen, **params)
-    chosen.num_keep(1)  # a bad budget fails here, not after minutes of loading
-    return chosen
-
-
-def _user_turn(context: str, visuals: Sequence | None, doc: dict) -> _Prompt:
-    """A simple task's request as one user message: visuals at the ``<image>`` marks of the
-    text when it has them, else before it (as lmms-eval's chat tasks place them)."""
-    visuals = [v for v in (visuals or []) if v is not None]
-    images = [v for v in visuals if isinstance(v, Image.Image)]
-    videos = [v for v in visuals if not isinstance(v, Image.Image)]
-    parts: list[dict] = []
-    if IMAGE_MARK in context and images:
-        pieces = context.split(IMAGE_MARK)
-        if len(pieces) - 1 != len(images):
-            raise ValueError(
-                f"the prompt has {len(pieces) - 1} {IMAGE_MARK} marks but the document has "
-                f"{len(images)} images; give one mark per image, or none to put images first."
-            )
-        for i, piece in enumerate(pieces):
-            if i:
-                parts.append({"type": "image", "url": images[i - 1]})
-            if piece:
-                parts.append({"type": "text", "text": piece})
-        parts = [{"type": "video", "url": v} for v in videos] + parts
-    else:
-        parts = [{"type": "image", "url": v} for v in images]
-        parts += [{"type": "video", "url": v} for v in videos]
-        parts.append({"type": "text", "text": context})
-    return _Prompt([{"role": "user", "content": parts}], images, videos, doc, context)
-
-
-def _continuation_ids(full: str, context: str, tokenizer: Any) -> list[int]:
-    """Token ids of ``full`` after its prompt ``context``; both hold the same images, whose
-    placeholders the processor expands equally, so the text tokens tell the difference."""
-    ids = tokenizer(full).input_ids
-    length = len(ids) - len(tokenizer(context).input_ids)
-    if length < 1:
-        raise ValueError(
-            f"the continuation of {context!r} encodes to no tokens after the prompt; check the "
-            "task's doc_to_target."
-        )
-    return ids[-length:]
-
-
-def _gen_kwargs(request: Instance) -> dict:
-    args = request.args
-    return dict(args[2] if callable(args[1]) else args[1])
-
-
-def _generation_settings(gen_kwargs: dict) -> tuple[dict, list[str]]:
-    """``generate`` arguments and stop strings from a task's generation kwargs."""
-    until = gen_kwargs.get("until") or []
-    if isinstance(until, str):
-        until = [until]
-    temperature = float(gen_kwargs.get("temperature") or 0.0)
-    settings: dict[str, Any] = {
-        "max_new_tokens": int(gen_kwargs.get("max_new_tokens", 1024)),
-        "num_beams": int(gen_kwargs.get("num_beams") or 1),
-        "do_sample": temperature > 0,
-    }
-    if temperature > 0:
-        settings["temperature"] = temperature
-        if gen_kwargs.get("top_p") is not None:
-            settings["top_p"] = float(gen_kwargs["top_p"])
-    return settings, [stop for stop in until if stop]
-
-
-def _batches(requests: Sequence, size: int, key=None) -> list[list[int]]:
-    """Request indices in batches of ``size``, grouped by ``key`` (in order of appearance)."""
-    groups: dict[Any, list[int]] = {}
-    for index, request in enumerate(requests):
-        groups.setdefault(key(request) if key else None, []).append(index)
-    size = max(1, int(size))
-    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
-
-
-def _generated_length(tokens: list[int], stops: set[int]) -> int:
-    """Generated tokens up to and including the first end-of-sequence (padding excluded)."""
-    for i, token in enumerate(tokens):
-        if token in stops:
-            return i + 1
-    return len(tokens)
-
-
-def _cut(text: str, until: list[str]) -> str:
-    """``text`` up to the first stop string."""
-    for stop in until:
-        text = text.split(stop)[0]
-    return text
+        return user_turn(context, visuals, doc), str(continuation)

@@ -1,0 +1,90 @@
+"""What the demo runs on the demo model: prompts as token ids, the greedy answer, accuracy.
+
+:class:`Encoder` writes the ids the processor would (without it, for speed); :func:`accuracy` is
+what ``visprune demo`` reports per question type.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from . import model as demo_model
+from . import task
+
+
+class Encoder:
+    """Token ids of prompts and answers without the processor (same ids as the processor)."""
+
+    def __init__(self, tokenizer=None) -> None:
+        self.tokenizer = tokenizer or demo_model.build_tokenizer()
+        vocab = self.tokenizer.get_vocab()
+        self.vocab = vocab
+        self.image = vocab[demo_model.IMAGE]
+        self.pad = vocab[demo_model.PAD]
+        self.eos = vocab[demo_model.EOS]
+        self._cache: dict[str, list[int]] = {}
+
+    def words(self, text: str) -> list[int]:
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self._cache[text] = [self.vocab[w] for w in text.replace("?", " ?").split()]
+        return ids
+
+    def prompt(self, sample: task.Sample) -> list[int]:
+        """Ids of :func:`task.prompt_text` with the image expanded to its visual tokens."""
+        question = self.words(sample.question)
+        return question + [self.image] * task.NUM_CELLS + question
+
+
+def prompt_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
+    """Left-padded prompts (as the processor with ``padding_side="left"`` gives)."""
+    rows = [enc.prompt(s) for s in samples]
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), enc.pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r) :] = torch.tensor(r)
+        mask[i, length - len(r) :] = 1
+    pixels = torch.from_numpy(task.normalize(np.stack([s.image for s in samples])))
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+@torch.no_grad()
+def predict(model, samples: Sequence[task.Sample], enc: Encoder, batch: int = 100) -> list[str]:
+    """Greedy first answer word: argmax of the next-token logits over the whole vocabulary
+    (what ``generate(max_new_tokens=1)`` returns)."""
+    was_training = model.training
+    model.eval()
+    inv = {i: w for w, i in enc.vocab.items()}
+    out: list[str] = []
+    for i in range(0, len(samples), batch):
+        logits = model(**prompt_batch(samples[i : i + batch], enc), logits_to_keep=1).logits
+        out += [inv[int(t)] for t in logits[:, -1].argmax(-1)]
+    model.train(was_training)
+    return out
+
+
+def accuracy(model, samples: Sequence[task.Sample], enc: Encoder) -> dict[str, float]:
+    """Accuracy per question type and ``"all"`` (mean over samples)."""
+    preds = predict(model, samples, enc)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for s, p in zip(samples, preds, strict=True):
+        hits[s.qtype].append(p == s.answer)
+        hits["all"].append(p == s.answer)
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+def pruned_accuracy(model, samples, enc, method: str = "random", budget: float = 0.111, **kw):
+    import visprune
+
+    with visprune.apply(model, method, budget=budget, **kw):
+        return accuracy(model, samples, enc)
+
+
+def fmt(acc: dict[str, float]) -> str:
+    keys = ["all", *task.QUESTION_TYPES]
+    return " ".join(f"{k}={100 * acc[k]:.1f}" for k in keys if k in acc)
