@@ -30,11 +30,6 @@ from visprune.methods.otprune import column_normalise, logdet_greedy
 
 BUDGETED = [name for name in METHOD_NAMES if name not in NO_BUDGET]
 
-#: Methods whose text handling still runs once per distinct prompt: ReDiPrune pools each prompt
-#: into its query with the published matrix products, whose float32 rounding follows the
-#: prompt's length, so prompts of different lengths are not padded into one batch.
-PER_PROMPT_OPS = frozenset({"rediprune"})
-
 #: Dispatched ops a greedy pick may add (a kernel launch each on a GPU): the fused Cholesky or
 #: distance update of a step, never chains of views, indexing and in-place updates.
 OPS_PER_PICK = 12
@@ -123,17 +118,7 @@ def per_item_text_ops(name: str, batch: int) -> int:
     return counts.ops
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name, marks=pytest.mark.xfail(strict=True, reason="pools the query once per prompt")
-        )
-        if name in PER_PROMPT_OPS
-        else name
-        for name in BUDGETED
-    ],
-)
+@pytest.mark.parametrize("name", BUDGETED)
 def test_per_item_prompts_ops_do_not_grow_with_items(name):
     """Items with prompts of their own launch the same ops for 2 items as for 4: the texts are
     packed and handled as one batch, never item by item."""
