@@ -66,6 +66,7 @@ from torch import Tensor
 
 from .api import active_handle
 from .compat import output_cache
+from .compiled import compile_mode
 from .methods import Method
 
 __all__ = ["BenchResult", "Stat", "kv_cache_bytes", "measure"]
@@ -115,6 +116,8 @@ class BenchResult:
     flops: dict[str, Any]
     versions: dict[str, str] = field(default_factory=dict)
     alignment: dict[str, float] | None = None
+    #: The torch.compile mode the selection ran under, or ``None`` (eager).
+    compile: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
@@ -367,6 +370,7 @@ def measure(
     progress: bool = True,
     generate_kwargs: dict | None = None,
     positions: str | None = None,
+    compile: bool | str = False,
     **params: object,
 ) -> BenchResult:
     """Benchmark ``model`` on ``inputs``, unpruned or with ``method`` applied temporarily.
@@ -394,6 +398,9 @@ def measure(
     positions : {"compact", "original"}, optional
         :func:`visprune.apply`'s option for the kept tokens' position ids (default: the
         family's).
+    compile : bool or str
+        :func:`visprune.apply`'s option: the selection runs as one ``torch.compile`` graph. The
+        first call per shape compiles; give ``warmup >= 1`` to keep that out of the timings.
     **params
         Hyperparameters of the method.
 
@@ -415,6 +422,9 @@ def measure(
             "the model already has a visprune method applied; call handle.remove() first."
         )
     chosen = _resolve(method, budget, dict(params))
+    mode = compile_mode(compile)  # a bad value fails before the model runs
+    if mode is not None and chosen is None:
+        raise ValueError("compile needs a method: the unpruned model has no selection to compile.")
     device = next(model.parameters()).device
     clock = _Clock(device)
     vision = _Intervals(clock)
@@ -434,7 +444,7 @@ def measure(
         if chosen is not None:
             from .api import apply
 
-            handle = apply(model, chosen, positions=positions)
+            handle = apply(model, chosen, positions=positions, compile=compile)
             # A merging method (VisionZip) runs through reduce instead of select.
             entry = "reduce" if handle.method.merges else "select"
             original: Callable = getattr(handle.method, entry)
@@ -564,6 +574,7 @@ def measure(
         visual_tokens_after=after,
         flops=flops,
         versions=_versions(),
+        compile=mode,
     )
 
 
@@ -592,7 +603,10 @@ def format_table(result: BenchResult) -> str:
         ("time to first token", ms(result.prefill_s)),
         ("decode / token", ms(result.decode_s_per_token)),
         ("vision tower", ms(result.vision_s)),
-        ("selection", ms(result.select_s)),
+        (
+            "selection",
+            ms(result.select_s) + (f"  compiled: {result.compile}" if result.compile else ""),
+        ),
         ("KV cache", f"{result.kv_cache_bytes / 2**20:.3f} MiB ({result.kv_cache_length} pos)"),
         ("peak memory", peak if result.peak_memory_bytes is not None else "- (CPU)"),
         ("prefill GFLOPs", f"{result.flops['prefill_total'] / 1e9:.3f}"),

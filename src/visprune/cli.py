@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive(1), default=5, help="timed rounds")
     bench.add_argument("--warmup", type=_positive(0), default=1, help="untimed rounds first")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the method's selection as one torch.compile graph (visprune.apply's compile); "
+        "the first warmup round compiles",
+    )
     demo = command(
         "demo",
         help="accuracy of every method on the bundled demo model (offline)",
@@ -359,13 +365,16 @@ def _kept_summary(selections: Sequence[Any]) -> str:
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .bench import _resolve, format_table, measure
+    from .compiled import SelectionNotCompilable
 
     check_paths(parser, args)
     params = dict(args.param)
     try:
-        _resolve(args.method, args.budget, params)  # fail on a bad method/parameter before loading
+        chosen = _resolve(args.method, args.budget, params)  # fail before loading the model
     except (KeyError, ValueError) as error:
         parser.error(str(error).strip("'\""))
+    if args.compile and chosen is None:
+        parser.error("--compile needs --method")
     try:
         model, inputs = _load_bench(args)
     except (OSError, ValueError) as error:
@@ -381,9 +390,10 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             repeats=args.repeats,
             progress=not args.json,
             positions=args.positions,
+            compile=args.compile,
             **params,
         )
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, SelectionNotCompilable) as error:
         parser.error(first_line(error))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
