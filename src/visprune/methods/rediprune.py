@@ -111,7 +111,7 @@ def pooled_queries(rows: Tensor, lengths: Tensor) -> Tensor:
       ``D`` between threads, while each item of a larger batch is summed by one thread; two
       halves make every call a batch of at least two, so a prompt alone rounds as in a batch.
 
-    The queries differ from the published arrangement's by float32 rounding only (at most
+    The queries differ from the published arrangement's by float32 rounding only (about
     3e-7 of the largest entry on random prompts); the published pooling vectors of
     ``tests/data`` hold to 1e-5.
     """
@@ -129,8 +129,9 @@ def pooled_queries(rows: Tensor, lengths: Tensor) -> Tensor:
     affinity = affinity.masked_fill(pad.unsqueeze(1), -torch.inf)
     attention = torch.softmax(affinity, dim=-1)  # subtracts each row's maximum itself
     weights = torch.exp(3.0 * steps / (count - 1).clamp_min(1)).masked_fill(pad, 0.0)
-    weights = weights / padded_sum(weights.unsqueeze(-1))  # (b, M) / (b, 1)
-    mixing = padded_sum(weights.unsqueeze(-1) * attention)  # (b, M): Σ_l w_l A_lj
+    # One tree gives Σ_l w_l A_lj and the normaliser Σ_l w_l: the weights ride along as a column.
+    sums = padded_sum(weights.unsqueeze(-1) * F.pad(attention, (0, 1), value=1.0))  # (b, M + 1)
+    mixing = sums[:, :m] / sums[:, m:]  # (b, M): the normalised Σ_l w_l A_lj
     return padded_sum(mixing.unsqueeze(-1) * rows)
 
 
