@@ -102,14 +102,13 @@ def pooled_queries(rows: Tensor, lengths: Tensor) -> Tensor:
     Pad rows get ``-inf`` attention logits and zero recency weight, so they add exact zeros.
     The arithmetic is arranged so that an item's query does not depend on the other items:
 
-    - ``q = (wᵀ A) E`` instead of ``wᵀ (A E)``: both sums over rows are elementwise products
-      summed by a fixed pairwise tree (:func:`~visprune.methods.text.padded_sum`), where a matrix
-      product's grouping would follow the BLAS kernel; it also drops the second ``M x M x D``
-      product.
-    - ``Ê Êᵀ`` is summed over the two halves of ``D`` as a batch of ``2 b`` products: a batch of
-      one runs torch's single-matrix path, which on a multi-threaded CPU splits the sum over
-      ``D`` between threads, while each item of a larger batch is summed by one thread; two
+    - Matrix products run on the two halves of ``D`` as a batch of ``2 b`` products: a batch of
+      one runs torch's single-matrix path, which on a multi-threaded CPU may split a product's
+      sums between threads, while each item of a larger batch is summed by one thread; two
       halves make every call a batch of at least two, so a prompt alone rounds as in a batch.
+    - ``q = (wᵀ A) E`` instead of ``wᵀ (A E)``: the second ``M x M x D`` product becomes a
+      row times a matrix, and ``wᵀ A`` with its normaliser ``Σ w`` is an elementwise product
+      summed by a fixed pairwise tree (:func:`~visprune.methods.text.padded_sum`).
 
     The queries differ from the published arrangement's by float32 rounding only (about
     3e-7 of the largest entry on random prompts); the published pooling vectors of
@@ -121,18 +120,25 @@ def pooled_queries(rows: Tensor, lengths: Tensor) -> Tensor:
     # row of -inf only.
     count = lengths.clamp_min(1).unsqueeze(-1)  # (b, 1)
     pad = steps >= count  # (b, M)
-    unit = unit_rows(rows)
-    if d % 2:
-        unit = F.pad(unit, (0, 1))  # a zero column adds exact zeros
-    halves = unit.unflatten(-1, (2, -1)).transpose(1, 2).flatten(0, 1)  # (2b, M, D/2)
-    affinity = torch.bmm(halves, halves.mT).view(b, 2, m, m).sum(1)
+    unit = _halves(unit_rows(rows))  # (2b, M, D/2)
+    affinity = torch.bmm(unit, unit.mT).view(b, 2, m, m).sum(1)
     affinity = affinity.masked_fill(pad.unsqueeze(1), -torch.inf)
     attention = torch.softmax(affinity, dim=-1)  # subtracts each row's maximum itself
     weights = torch.exp(3.0 * steps / (count - 1).clamp_min(1)).masked_fill(pad, 0.0)
     # One tree gives Σ_l w_l A_lj and the normaliser Σ_l w_l: the weights ride along as a column.
     sums = padded_sum(weights.unsqueeze(-1) * F.pad(attention, (0, 1), value=1.0))  # (b, M + 1)
     mixing = sums[:, :m] / sums[:, m:]  # (b, M): the normalised Σ_l w_l A_lj
-    return padded_sum(mixing.unsqueeze(-1) * rows)
+    # q = mixing E, each half of D as its own item (a batch of 2b row-times-matrix products).
+    mixing = mixing.unsqueeze(1).expand(b, 2, m).reshape(2 * b, 1, m)
+    return torch.bmm(mixing, _halves(rows)).view(b, -1)[:, :d]
+
+
+def _halves(x: Tensor) -> Tensor:
+    """``(b, M, D) -> (2b, M, ceil(D / 2))``: each item's two halves of ``D`` as two items (an odd
+    ``D`` gains a zero column, which adds exact zeros to every product)."""
+    if x.shape[-1] % 2:
+        x = F.pad(x, (0, 1))
+    return x.unflatten(-1, (2, -1)).transpose(1, 2).flatten(0, 1)
 
 
 def match_query_width(query: Tensor, width: int) -> Tensor:
