@@ -130,8 +130,8 @@ def padded_rows(texts: list[Tensor], device: torch.device, rows: int | None = No
     if kept != lengths:  # drop the rows before each text's last ``rows``
         ends = itertools.accumulate(lengths)
         last = [end - keep + at for end, keep in zip(ends, kept, strict=True) for at in range(keep)]
-        packed = packed.index_select(0, torch.tensor(last, device=device))
+        packed = packed.index_select(0, torch.tensor(last, dtype=torch.long, device=device))
     where = [item * width + at for item, keep in enumerate(kept) for at in range(keep)]
     padded = packed.new_zeros(len(texts) * width, packed.shape[-1])
-    padded.index_copy_(0, torch.tensor(where, device=device), packed)
+    padded.index_copy_(0, torch.tensor(where, dtype=torch.long, device=device), packed)
     return padded.view(len(texts), width, packed.shape[-1])
