@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,19 +76,6 @@ def padded_sum(rows: Tensor) -> Tensor:
         # Neighbours summed in pairs: a sum of two values is their one rounding, on any kernel.
         rows = rows.unflatten(1, (-1, 2)).sum(2)
     return rows[:, 0] if m else rows.new_zeros(b, d)
-
-
-def once_per_tensor(texts: list[Tensor], function: Callable[[Tensor], Tensor]) -> list[Tensor]:
-    """``[function(text) for text in texts]``, computed once per distinct tensor.
-
-    A prompt shared by a batch (video frames) is one tensor repeated: its work, and its kernel
-    launches on a GPU, do not grow with the frames.
-    """
-    done: dict[int, Tensor] = {}
-    for text in texts:
-        if id(text) not in done:
-            done[id(text)] = function(text)
-    return [done[id(text)] for text in texts]
 
 
 def padded_rows(texts: list[Tensor], device: torch.device, rows: int | None = None) -> Tensor:
