@@ -135,6 +135,7 @@ def test_cli_bench_missing_model_path(capsys):
         (["bench", "--model", ".", "--method", "nope"], "unknown method"),
         (["bench", "--model", ".", "--method", "divprune", "--param", "zz=1"], "zz"),
         (["bench", "--model", ".", "--image", "/no/such.png"], "no such file"),
+        (["bench", "--model", ".", "--compile"], "--compile needs --method"),
     ],
 )
 def test_cli_bench_argument_errors(argv, message, capsys):
@@ -168,6 +169,59 @@ def test_cli_bench_runs_end_to_end(monkeypatch, capsys, as_json):
         assert result["method"] == "divprune" and result["visual_tokens_after"] == 2
     else:
         assert "time to first token" in out and "4 -> 2" in out
+
+
+def bench_tiny_llava(monkeypatch, *argv: str) -> list[str]:
+    """``visprune bench`` argv on a tiny LLaVA, which replaces the loader (as above)."""
+    model = tiny("llava")
+    model.generation_config.suppress_tokens = list(SPECIAL)
+    monkeypatch.setattr(cli, "_load_bench", lambda args: (model, inputs("llava", model)))
+    return ["bench", "--model", ".", *argv, "--new-tokens", "2", "--repeats", "1", "--json"]
+
+
+def test_cli_bench_compile_runs_the_compiled_selection(monkeypatch, capsys):
+    """``--compile`` reaches ``visprune.apply`` and the selection runs through the compiled
+    core (torch's graph capture, run as is instead of Inductor's code), keeping what eager
+    keeps."""
+    from visprune import api
+    from visprune.methods import base
+
+    monkeypatch.setattr(visprune.compiled, "BACKEND", "eager")
+    applied, compiled = [], []
+    original_apply, original_core = api.apply, base.compiled_core
+
+    def spy_apply(model, method, **kwargs):
+        applied.append(kwargs.get("compile"))
+        return original_apply(model, method, **kwargs)
+
+    def spy_core(method, mode="default"):
+        compiled.append((method.name, mode))
+        return original_core(method, mode)
+
+    monkeypatch.setattr(api, "apply", spy_apply)
+    monkeypatch.setattr(base, "compiled_core", spy_core)
+    argv = bench_tiny_llava(monkeypatch, "--method", "divprune", "--budget", "0.5")
+    assert main(argv) == 0
+    eager = json.loads(capsys.readouterr().out)
+    assert applied == [False] and not compiled and eager["compile"] is None
+    assert main([*argv, "--compile"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert applied == [False, True] and compiled and set(compiled) == {("divprune", "default")}
+    assert result["compile"] == "default"
+    assert result["visual_tokens_after"] == eager["visual_tokens_after"] == 2
+
+
+def test_cli_bench_compile_refuses_a_method_that_does_not_compile(monkeypatch, capsys):
+    """FastV's selection reads the host: one clear line, exit status 2, no traceback."""
+    argv = ["--method", "fastv", "--budget", "0.5", "--param", "layer=1", "--compile"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(bench_tiny_llava(monkeypatch, *argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "fastv's selection cannot run as one torch.compile" in line
+    assert line.endswith("Run it eagerly (compile=False) instead.")
 
 
 def test_alignment_matches_the_metrics_on_the_recorded_selection(runs):

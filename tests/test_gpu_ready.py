@@ -30,11 +30,6 @@ from visprune.methods.otprune import column_normalise, logdet_greedy
 
 BUDGETED = [name for name in METHOD_NAMES if name not in NO_BUDGET]
 
-#: Methods whose text handling still runs once per distinct prompt: ReDiPrune pools each prompt
-#: into its query with the published matrix products, whose float32 rounding follows the
-#: prompt's length, so prompts of different lengths are not padded into one batch.
-PER_PROMPT_OPS = frozenset({"rediprune"})
-
 #: Dispatched ops a greedy pick may add (a kernel launch each on a GPU): the fused Cholesky or
 #: distance update of a step, never chains of views, indexing and in-place updates.
 OPS_PER_PICK = 12
@@ -108,13 +103,15 @@ def test_shared_prompt_ops_do_not_grow_with_frames(name):
     assert counted(name, (4, 64, 24), 8, shared=True).ops == one
 
 
-def per_item_text_ops(name: str, batch: int) -> int:
+def per_item_text_ops(name: str, batch: int, dtype: torch.dtype = torch.float32) -> int:
     """Ops of one ``select`` on ``batch`` items, each with its own prompt (lengths 3 and 5 in
-    turn, so the longest prompt is the same for every batch of two or more)."""
+    turn, so the longest prompt is the same for every batch of two or more) in ``dtype``."""
     tokens = make_tokens((batch, 64, 24), seed=batch)
     kwargs = {}
     if uses_text(name):
-        kwargs["text"] = [make_text(name, 24, rows=3 + 2 * (i % 2), seed=i) for i in range(batch)]
+        kwargs["text"] = [
+            make_text(name, 24, rows=3 + 2 * (i % 2), seed=i).to(dtype) for i in range(batch)
+        ]
     if needs_cls_attention(name):
         kwargs["cls_attention"] = cls_attention_of(tokens)
     kwargs = layer_kwargs(name, tokens, **kwargs)
@@ -123,21 +120,12 @@ def per_item_text_ops(name: str, batch: int) -> int:
     return counts.ops
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name, marks=pytest.mark.xfail(strict=True, reason="pools the query once per prompt")
-        )
-        if name in PER_PROMPT_OPS
-        else name
-        for name in BUDGETED
-    ],
-)
-def test_per_item_prompts_ops_do_not_grow_with_items(name):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", BUDGETED)
+def test_per_item_prompts_ops_do_not_grow_with_items(name, dtype):
     """Items with prompts of their own launch the same ops for 2 items as for 4: the texts are
-    packed and handled as one batch, never item by item."""
-    assert per_item_text_ops(name, 4) == per_item_text_ops(name, 2)
+    packed (and converted, for a bfloat16 model's embeddings) as one batch, never item by item."""
+    assert per_item_text_ops(name, 4, dtype) == per_item_text_ops(name, 2, dtype)
 
 
 @pytest.mark.parametrize("name", BUDGETED)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 import visprune
 from conftest import assert_valid_indices, make_tokens
-from visprune.methods import match_query_width, pool_text_query
+from visprune.methods import match_query_width, pool_text_queries, pool_text_query
 from visprune.methods.otprune import column_normalise
 
 # --- slow references (float64) -------------------------------------------------------------------
@@ -468,6 +468,21 @@ def test_pool_text_query_edge_lengths():
     assert empty.shape == (12,) and bool((empty == 0).all())
     half = pool_text_query(row.half())
     assert half.dtype == torch.float32 and torch.equal(half, row[0].half().float())
+
+
+@pytest.mark.parametrize("width", [12, 7])
+def test_pool_text_queries_pools_each_prompt_as_alone(width):
+    """One batched call over prompts of different lengths (empty, one token, past the 128-row
+    cap, one repeated) gives each prompt exactly its query alone."""
+    texts = [make_tokens((m, width), seed=m) if m else torch.zeros(0, width) for m in (0, 1, 5)]
+    texts += [make_tokens((130, width), seed=130), make_tokens((40, width), seed=40), texts[2]]
+    batch = pool_text_queries(texts)
+    assert batch.shape == (6, width)
+    for row, text in zip(batch, texts, strict=True):
+        assert torch.equal(row, pool_text_query(text))
+    assert not bool(batch[0].any()) and torch.equal(batch[1], texts[1][0])
+    empty = pool_text_queries([torch.zeros(0, width), torch.zeros(0, width)])
+    assert empty.shape == (2, width) and not bool(empty.any())
 
 
 def test_pool_text_query_uses_only_last_128_rows():

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive(1), default=5, help="timed rounds")
     bench.add_argument("--warmup", type=_positive(0), default=1, help="untimed rounds first")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the method's selection as one torch.compile graph (visprune.apply's compile); "
+        "the first warmup round compiles",
+    )
     demo = command(
         "demo",
         help="accuracy of every method on the bundled demo model (offline)",
@@ -359,14 +365,16 @@ def _kept_summary(selections: Sequence[Any]) -> str:
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .bench import format_table, measure, resolve_method
+    from .compiled import SelectionNotCompilable
 
     check_paths(parser, args)
     params = dict(args.param)
     try:
-        # Fail on a bad method or parameter before loading the model.
-        resolve_method(args.method, args.budget, params)
+        chosen = resolve_method(args.method, args.budget, params)  # fail before loading the model
     except (KeyError, ValueError) as error:
         parser.error(str(error).strip("'\""))
+    if args.compile and chosen is None:
+        parser.error("--compile needs --method")
     try:
         model, inputs = _load_bench(args)
     except (OSError, ValueError) as error:
@@ -382,9 +390,10 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             repeats=args.repeats,
             progress=not args.json,
             positions=args.positions,
+            compile=args.compile,
             **params,
         )
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, SelectionNotCompilable) as error:
         parser.error(first_line(error))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..api import active_handle
 from ..compat import output_cache
+from ..compiled import compile_mode
 from ..flops.batch import batch_flops, kept_per_layer, kept_per_row, placeholder_mask
 from ..methods import Method
 from .environment import versions
@@ -28,6 +29,7 @@ def measure(
     progress: bool = True,
     generate_kwargs: dict | None = None,
     positions: str | None = None,
+    compile: bool | str = False,
     **params: object,
 ) -> BenchResult:
     """Benchmark ``model`` on ``inputs``, unpruned or with ``method`` applied temporarily.
@@ -55,6 +57,9 @@ def measure(
     positions : {"compact", "original"}, optional
         :func:`visprune.apply`'s option for the kept tokens' position ids (default: the
         family's).
+    compile : bool or str
+        :func:`visprune.apply`'s option: the selection runs as one ``torch.compile`` graph. The
+        first call per shape compiles; give ``warmup >= 1`` to keep that out of the timings.
     **params
         Hyperparameters of the method.
 
@@ -64,6 +69,9 @@ def measure(
     """
     _check_arguments(model, inputs, new_tokens, warmup, repeats)
     chosen = resolve_method(method, budget, dict(params))
+    mode = compile_mode(compile)  # a bad value fails before the model runs
+    if mode is not None and chosen is None:
+        raise ValueError("compile needs a method: the unpruned model has no selection to compile.")
     device = next(model.parameters()).device
     clock = Clock(device)
     vision, selecting = Intervals(clock), Intervals(clock)
@@ -73,7 +81,7 @@ def measure(
         if chosen is not None:
             from ..api import apply
 
-            handle = apply(model, chosen, positions=positions)
+            handle = apply(model, chosen, positions=positions, compile=compile)
             _time_selection(handle, selecting)
         generate = GenerateTimer(model, inputs, clock, generate_kwargs)
         hooks.append(generate.hook())
@@ -119,6 +127,7 @@ def measure(
         visual_tokens_after=sum(kept),
         flops=flops,
         versions=versions(),
+        compile=mode,
     )
 
 

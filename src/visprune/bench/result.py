@@ -52,6 +52,8 @@ class BenchResult:
     flops: dict[str, Any]
     versions: dict[str, str] = field(default_factory=dict)
     alignment: dict[str, float] | None = None
+    #: The torch.compile mode the selection ran under, or ``None`` (eager).
+    compile: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
@@ -106,7 +108,10 @@ def format_table(result: BenchResult) -> str:
         ("time to first token", ms(result.prefill_s)),
         ("decode / token", ms(result.decode_s_per_token)),
         ("vision tower", ms(result.vision_s)),
-        ("selection", ms(result.select_s)),
+        (
+            "selection",
+            ms(result.select_s) + (f"  compiled: {result.compile}" if result.compile else ""),
+        ),
         ("KV cache", f"{result.kv_cache_bytes / 2**20:.3f} MiB ({result.kv_cache_length} pos)"),
         ("peak memory", peak if result.peak_memory_bytes is not None else "- (CPU)"),
         ("prefill GFLOPs", f"{result.flops['prefill_total'] / 1e9:.3f}"),

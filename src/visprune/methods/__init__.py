@@ -6,7 +6,7 @@
 from .base import Context, Method, resolve_budget
 from .divprune import DivPrune
 from .otprune import OTPrune
-from .rediprune import ReDiPrune, match_query_width, pool_text_query
+from .rediprune import ReDiPrune, match_query_width, pool_text_queries, pool_text_query
 from .resprune import ResPrune
 from .trimtokenator import TrimTokenator
 from .simple import KeepAll, Random, Uniform
@@ -37,6 +37,7 @@ __all__ = [
     "VisPruner",
     "VisionZip",
     "match_query_width",
+    "pool_text_queries",
     "pool_text_query",
     "resolve_budget",
 ]

@@ -375,7 +375,9 @@ class Method:
                     f"{width}; pass the LLM input embeddings of the prompt (the tokens' own space)."
                 )
         if texts:
-            unique = list({id(text): text.float() for text in texts}.values())
+            # As given: the check sums in float32 itself, and a conversion per text would add an
+            # op (a launch on a GPU) per item.
+            unique = list({id(text): text for text in texts}.values())
             check_all_finite(unique, "text embeddings", self.name)
         if ctx.query is not None and "query" in self.uses:
             query = ctx.query
@@ -462,12 +464,18 @@ def all_power_of_two_scaled(tensors: list[Tensor], dims: tuple[int, ...]) -> lis
     """:func:`power_of_two_scaled` for each of ``tensors``, with one host read for them all.
 
     Each host read stalls a GPU stream until it drains, so a batch of texts pays one, not one
-    per item.
+    per item. A tensor repeated (a prompt shared by video frames) is scaled once and stays one
+    tensor repeated.
     """
+    distinct = list({id(x): x for x in tensors}.values())
+    if len(distinct) < len(tensors):
+        scaled = all_power_of_two_scaled(distinct, dims)
+        by_id = {id(x): result for x, result in zip(distinct, scaled, strict=True)}
+        return [by_id[id(x)] for x in tensors]
+    if len(tensors) > 1 and dims == (-2, -1) and all(x.dim() == 2 for x in tensors):
+        if _stackable(tensors):
+            return _rows_power_of_two_scaled(tensors)
     works = [x.double() if x.dtype == torch.float64 else x.float() for x in tensors]
-    if len(works) > 1 and dims == (-2, -1) and all(w.dim() == 2 for w in works):
-        if _stackable(works):
-            return _rows_power_of_two_scaled(works)
     exponents = {}
     for index, work in enumerate(works):
         if work.numel():
@@ -489,28 +497,35 @@ def _exponent(peak: Tensor) -> Tensor:
     return torch.where(exponent.abs() > SAFE_EXPONENT, exponent, torch.zeros_like(exponent))
 
 
-def _rows_power_of_two_scaled(works: list[Tensor]) -> list[Tensor]:
-    """:func:`all_power_of_two_scaled` of ``(m_i, d)`` matrices, as one packed batch.
+def _rows_power_of_two_scaled(tensors: list[Tensor]) -> list[Tensor]:
+    """:func:`all_power_of_two_scaled` of ``(m_i, d)`` matrices of one dtype, as one packed batch.
 
-    The matrices are concatenated once and each row knows its matrix, so the ops (and the GPU
-    launches) do not grow with the number of matrices; the values are those of the per-matrix
-    rule.
+    The matrices are concatenated (and converted) once and each row knows its matrix, so the ops
+    (and the GPU launches) do not grow with the number of matrices; the values are those of the
+    per-matrix rule. Float32 matrices that need no scaling come back as given.
     """
-    lengths = [len(work) for work in works]
-    packed = torch.cat(works)
+    lengths = [len(tensor) for tensor in tensors]
+    packed = torch.cat(tensors)
+    packed = packed.double() if packed.dtype == torch.float64 else packed.float()
+
+    def unscaled() -> list[Tensor]:
+        if tensors[0].dtype == torch.float32:
+            return list(tensors)
+        return list(packed.float().split(lengths))
+
     if not packed.numel():
-        return [work.float() for work in works]
+        return unscaled()
     owner = torch.tensor(
         [item for item, length in enumerate(lengths) for _ in range(length)],
         device=packed.device,
     )
     # Absolute values are >= 0, so the zeros the peaks start from never win (NaN propagates).
-    peaks = packed.new_zeros(len(works)).scatter_reduce(
+    peaks = packed.new_zeros(len(tensors)).scatter_reduce(
         0, owner, _peak(packed, (-1,)).squeeze(-1), "amax", include_self=True
     )
     exponents = _exponent(peaks)
     if not bool(exponents.any()):
-        return [work.float() for work in works]
+        return unscaled()
     scaled = torch.ldexp(packed.double(), -exponents[owner].double().unsqueeze(-1)).float()
     return list(scaled.split(lengths))
 

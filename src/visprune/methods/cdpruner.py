@@ -94,7 +94,7 @@ class CDPruner(Method):
 
     def _clip_texts(self, ctx: Context, batch: int, width: int) -> list[Tensor]:
         given = ctx.text_embeds
-        texts = [given.float()] * batch if isinstance(given, Tensor) else list(given)
+        texts = [given] * batch if isinstance(given, Tensor) else list(given)
         if len(texts) != batch:
             raise ValueError(
                 f"{self.name}: text_embeds is a list of {len(texts)} tensors for {batch} images."
@@ -106,7 +106,8 @@ class CDPruner(Method):
                     f"embeddings of the width of image_embeds), got "
                     f"{getattr(text, 'shape', type(text))}."
                 )
-        texts = [text.float() for text in texts]
+        # Left in their dtype: the check sums in float32, and unit_means packs them into one
+        # float32 tensor, so no op runs per text.
         check_all_finite(
             list({id(text): text for text in texts}.values()), "text_embeds", self.name
         )

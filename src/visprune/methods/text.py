@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Context, unit_rows
@@ -72,37 +73,51 @@ def padded_sum(rows: Tensor) -> Tensor:
     if size != m:
         rows = torch.cat([rows, rows.new_zeros(b, size - m, d)], dim=1)
     while rows.shape[1] > 1:
-        rows = rows[:, 0::2] + rows[:, 1::2]
+        # Neighbours summed in pairs: a sum of two values is their one rounding, on any kernel.
+        rows = rows.unflatten(1, (-1, 2)).sum(2)
     return rows[:, 0] if m else rows.new_zeros(b, d)
 
 
-def once_per_tensor(texts: list[Tensor], function: Callable[[Tensor], Tensor]) -> list[Tensor]:
-    """``[function(text) for text in texts]``, computed once per distinct tensor.
+def padded_rows(texts: list[Tensor], device: torch.device, rows: int | None = None) -> Tensor:
+    """Per-item ``(m_i, d)`` texts as one ``(b, m, d)`` float32 tensor on ``device``.
 
-    A prompt shared by a batch (video frames) is one tensor repeated: its work, and its kernel
-    launches on a GPU, do not grow with the frames.
-    """
-    done: dict[int, Tensor] = {}
-    for text in texts:
-        if id(text) not in done:
-            done[id(text)] = function(text)
-    return [done[id(text)] for text in texts]
+    Parameters
+    ----------
+    texts : list of Tensor
+        ``b`` texts ``(m_i, d)``.
+    device : torch.device
+        Where the result goes.
+    rows : int, optional
+        Keep each text's last ``rows`` rows (all of a shorter text) and make ``m = rows``
+        whatever the lengths, so the shape does not depend on the batch. By default every row is
+        kept and ``m = max m_i``.
 
+    Returns
+    -------
+    Tensor
+        ``(b, m, d)``: item ``i``'s kept rows first, in order, then zero rows.
 
-def padded_rows(texts: list[Tensor], device: torch.device) -> Tensor:
-    """Per-item ``(m_i, d)`` texts as one ``(b, max m_i, d)`` float32 tensor on ``device``.
-
-    Rows past an item's own text are zero. A text shared by every item is expanded, not copied;
-    otherwise the texts are packed with one concatenation and one indexed copy, so the ops do
-    not grow with the items.
+    Notes
+    -----
+    A text shared by every item is expanded, not copied; otherwise the texts are packed with one
+    concatenation and one indexed copy, so the ops do not grow with the items.
     """
     first = texts[0]
     if all(text is first for text in texts):
-        return first.float().to(device).unsqueeze(0).expand(len(texts), -1, -1)
+        shared = first.float().to(device)
+        if rows is not None:
+            tail = shared[-rows:]
+            shared = F.pad(tail, (0, 0, 0, rows - len(tail)))
+        return shared.unsqueeze(0).expand(len(texts), -1, -1)
     lengths = [len(text) for text in texts]
-    longest = max(lengths)
+    kept = lengths if rows is None else [min(length, rows) for length in lengths]
+    width = max(kept) if rows is None else rows
     packed = torch.cat(texts).float().to(device)
-    where = [item * longest + at for item, length in enumerate(lengths) for at in range(length)]
-    padded = packed.new_zeros(len(texts) * longest, packed.shape[-1])
-    padded.index_copy_(0, torch.tensor(where, device=device), packed)
-    return padded.view(len(texts), longest, packed.shape[-1])
+    if kept != lengths:  # drop the rows before each text's last ``rows``
+        ends = itertools.accumulate(lengths)
+        last = [end - keep + at for end, keep in zip(ends, kept, strict=True) for at in range(keep)]
+        packed = packed.index_select(0, torch.tensor(last, dtype=torch.long, device=device))
+    where = [item * width + at for item, keep in enumerate(kept) for at in range(keep)]
+    padded = packed.new_zeros(len(texts) * width, packed.shape[-1])
+    padded.index_copy_(0, torch.tensor(where, dtype=torch.long, device=device), packed)
+    return padded.view(len(texts), width, packed.shape[-1])
