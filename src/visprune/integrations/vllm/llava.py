@@ -19,7 +19,9 @@ from vllm.model_executor.models.llava import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
+from .selection import select_rows
 from .settings import settings_of
+from .vision_scores import ClsScores, per_image
 
 
 class PrunedLlavaProcessingInfo(PrunedInfoMixin, LlavaProcessingInfo):
@@ -63,6 +65,16 @@ class PrunedLlavaForConditionalGeneration(PrunedModelMixin, LlavaForConditionalG
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._init_visprune()
+        self.visprune_scores = None
+        if self.visprune is not None and self.visprune.uses_vision_scores:
+            self.visprune_scores = ClsScores(self.config, self.vision_tower, "visprune_scores")
+
+    def load_weights(self, weights):
+        if self.visprune_scores is None:
+            return super().load_weights(weights)
+        own: set[str] = set()
+        loaded = super().load_weights(self.visprune_scores.take_weights(weights, own))
+        return loaded | own
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:
@@ -70,6 +82,8 @@ class PrunedLlavaForConditionalGeneration(PrunedModelMixin, LlavaForConditionalG
         image_input, text_ids = self._pixel_input(kwargs)
         if image_input is None:
             return []
+        if self.visprune_scores is not None:
+            return self._scored_rows(image_input["pixel_values"], text_ids)
         features = self._process_image_pixels(image_input)
         if isinstance(features, torch.Tensor):  # (images, n, d_v): projected as one batch
             embeddings = list(self.multi_modal_projector(features))
@@ -78,3 +92,16 @@ class PrunedLlavaForConditionalGeneration(PrunedModelMixin, LlavaForConditionalG
         features = list(features)
         vision = self.visprune.method.stage == "vision"
         return self._kept_rows(features if vision else embeddings, embeddings, text_ids)
+
+    def _scored_rows(self, pixels, text_ids):
+        """Kept rows for methods that read the CLS attention (and merge, for VisionZip)."""
+        features, scores = self.visprune_scores.encode(self.vision_tower, pixels)
+        embeddings = list(self.multi_modal_projector(features))
+        return select_rows(
+            self.visprune,
+            list(features),
+            embeddings,
+            self._texts(text_ids, len(embeddings)),
+            scores=[per_image(scores, image) for image in range(len(embeddings))],
+            project=self.multi_modal_projector,
+        )

@@ -5,7 +5,7 @@ Imports no vLLM code: the model classes hand in plain tensors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -19,6 +19,8 @@ def select_rows(
     candidates: Sequence[Tensor],
     embeddings: Sequence[Tensor],
     texts: Sequence[Tensor] | None,
+    scores: Sequence[dict[str, Tensor]] | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> list[Tensor]:
     """The kept rows of each image's embeddings.
 
@@ -33,12 +35,19 @@ def select_rows(
     texts : sequence of Tensor, optional
         Per image, ``(m_i, d)`` embeddings of its prompt's tokens after the last image (for
         text-conditioned methods).
+    scores : sequence of dict, optional
+        Per image, the vision-tower scores of its candidates (methods that read them):
+        ``cls_attention`` ``(H, n_i)``, ``vision_keys`` ``(n_i, hd)``, ``cls_state`` ``(d_c,)``.
+    project : callable, optional
+        Maps a merging method's new tokens ``(c, d_c)`` to embeddings ``(c, d)`` (the projector).
 
     Returns
     -------
     list of Tensor
         Per image, ``(k_i, d)`` with ``k_i = settings.num_keep(n_i)``, rows in their original
-        order. Images with equal shapes are selected in one batched call, as in transformers.
+        order; a merging method's new tokens take the places of the image's last dropped
+        candidates, as ``visprune.apply`` places them. Images with equal shapes are selected in
+        one batched call, as in transformers.
     """
     if len(candidates) != len(embeddings) or (texts is not None and len(texts) != len(candidates)):
         raise ValueError(
@@ -58,10 +67,66 @@ def select_rows(
         tokens = torch.stack([candidates[number] for number in members])
         k = settings.num_keep(tokens.shape[1])
         text = [texts[number] for number in members] if texts is not None else None
-        keep = settings.method.select(tokens, k, Context(text=text))
+        ctx = Context(text=text, **_stacked(scores, members, tokens.device))
+        if settings.method.merges:
+            if project is None:
+                raise ValueError(f"visprune: {settings.method.name} merges but has no projector.")
+            keep, merged = settings.method.reduce(tokens, k, ctx)
+            for number, rows, new in zip(members, keep, merged, strict=True):
+                kept[number] = with_merged(embeddings[number], rows, project(new))
+            continue
+        keep = settings.method.select(tokens, k, ctx)
         for number, rows in zip(members, keep, strict=True):
             kept[number] = embeddings[number][rows.to(embeddings[number].device)]
     return kept  # type: ignore[return-value]
+
+
+def _stacked(scores, members: list[int], device) -> dict[str, Tensor]:
+    """The group's scores as the batched ``Context`` takes them (``cls_attention`` heads first)."""
+    if scores is None:
+        return {}
+    stacked = {
+        name: torch.stack([scores[number][name] for number in members]).to(device)
+        for name in ("cls_attention", "vision_keys", "cls_state")
+    }
+    stacked["cls_attention"] = stacked["cls_attention"].transpose(1, 2)
+    return stacked
+
+
+def with_merged(embeddings: Tensor, kept: Tensor, merged: Tensor) -> Tensor:
+    """One image's kept rows with a merging method's new tokens in the places of its last
+    ``c`` dropped candidates (ascending), all in their original order.
+
+    Parameters
+    ----------
+    embeddings : Tensor
+        ``(n, d)`` the image's embeddings.
+    kept : Tensor
+        ``(m,)`` indices of the candidates that stay.
+    merged : Tensor
+        ``(c, d)`` the projected new tokens, ``m + c <= n``.
+
+    Returns
+    -------
+    Tensor
+        ``(m + c, d)``.
+    """
+    kept = kept.to(embeddings.device)
+    stays = torch.zeros(embeddings.shape[0], dtype=torch.bool, device=embeddings.device)
+    stays[kept] = True
+    slots = (~stays).nonzero().flatten()
+    count = merged.shape[0]
+    if count > len(slots):
+        raise ValueError(
+            f"visprune: {len(kept)} kept and {count} new tokens for an image of "
+            f"{embeddings.shape[0]} candidates."
+        )
+    rows = embeddings.clone()
+    if count:
+        slots = slots[len(slots) - count :]
+        rows[slots] = merged.to(rows.dtype)
+        stays[slots] = True
+    return rows[stays]
 
 
 def select_in_parts(
