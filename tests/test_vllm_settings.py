@@ -270,7 +270,8 @@ def test_select_rows_places_merged_tokens_in_the_last_dropped_slots():
     dropped = [i for i in range(10) if i not in kept.tolist()]
     slots = dropped[-len(merged) :]
     order = sorted(
-        [(int(i), embeddings[i]) for i in kept] + list(zip(slots, merged * 2)), key=lambda p: p[0]
+        [(int(i), embeddings[i]) for i in kept] + list(zip(slots, merged * 2, strict=True)),
+        key=lambda p: p[0],
     )
     assert torch.equal(rows, torch.stack([row for _, row in order]))
 

@@ -5,7 +5,9 @@ The bundled demo checkpoint (LLaVA-1.5 layout; its projector reads the embedding
 scores come from the first encoder layer, which vLLM does not build): vLLM's greedy tokens and
 first-step log-probabilities equal ``visprune.apply(..., positions="compact")`` + ``generate``,
 and each prompt is shorter by exactly the dropped tokens (VisionZip's budget counts its merged
-tokens). Engines run in this process (seconds to start).
+tokens). The same on a random-weight LLaVA-NeXT with images of several anyres grids: each crop's
+patches scored by its own CLS row, one budget per image, the newline tokens always kept. Engines
+run in this process (seconds to start).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 import visprune
 from family_serving import engine_in_this_process
-from serving import ENGINE, prompt_ids, questions
+from serving import ENGINE, next_requests, prompt_ids, questions, write_tiny_llava_next
 from visprune.demo import model as demo_model
 from visprune.demo import task
 from visprune.demo.run import bundled_checkpoint
@@ -36,28 +38,32 @@ def samples():
     return questions(QUESTIONS)
 
 
-def serve(samples, settings: dict) -> list[dict]:
+def demo_prompts(samples) -> list[dict]:
+    encoder = Encoder()
+    return [
+        {
+            "prompt_token_ids": prompt_ids(sample, encoder, expanded=False),
+            "multi_modal_data": {"image": sample.pil()},
+        }
+        for sample in samples
+    ]
+
+
+def serve(model_dir, prompts: list[dict], settings: dict, **engine) -> list[dict]:
     """vLLM's greedy continuation: ``answer`` ids, ``prompt_tokens``, first-step top-5
     ``logprobs``."""
     from vllm import LLM, SamplingParams
 
-    encoder = Encoder()
     with engine_in_this_process() as executor:
         llm = LLM(
-            model=str(bundled_checkpoint()),
-            **ENGINE,
+            model=str(model_dir),
+            **{**ENGINE, **engine},
             **executor,
             hf_overrides={"visprune": settings},
         )
         try:
             outputs = llm.generate(
-                [
-                    {
-                        "prompt_token_ids": prompt_ids(sample, encoder, expanded=False),
-                        "multi_modal_data": {"image": sample.pil()},
-                    }
-                    for sample in samples
-                ],
+                prompts,
                 SamplingParams(temperature=0.0, max_tokens=STEPS, logprobs=5, ignore_eos=True),
                 use_tqdm=False,
             )
@@ -72,6 +78,12 @@ def serve(samples, settings: dict) -> list[dict]:
         }
         for output in outputs
     ]
+
+
+def kept_of(selections) -> tuple[int, int]:
+    """``(kept plus merged, merged)`` tokens of one image's selections."""
+    merged = sum(0 if s.merged is None else len(s.merged) for s in selections)
+    return sum(len(s.kept) for s in selections) + merged, merged
 
 
 def reference(samples, settings: dict) -> list[dict]:
@@ -95,13 +107,12 @@ def reference(samples, settings: dict) -> list[dict]:
                     output_scores=True,
                     return_dict_in_generate=True,
                 )
-            (selection,) = handle.selections
-            merged = 0 if selection.merged is None else len(selection.merged)
+            kept, merged = kept_of(handle.selections)
             results.append(
                 {
                     "answer": out.sequences[0, ids.shape[1] :].tolist(),
                     "prompt_tokens": ids.shape[1],
-                    "kept": len(selection.kept) + merged,
+                    "kept": kept,
                     "merged": merged,
                     "logprobs": torch.log_softmax(out.scores[0][0].double(), -1),
                 }
@@ -109,15 +120,83 @@ def reference(samples, settings: dict) -> list[dict]:
     return results
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=[s["method"] for s in SETTINGS])
-def test_cls_methods_on_llava_equal_visprune_apply(samples, settings):
-    served = serve(samples, settings)
-    expected = reference(samples, settings)
+def next_reference(model_dir, requests: list[dict], settings: dict) -> list[dict]:
+    """LLaVA-NeXT through transformers: as :func:`reference`, with ``candidates`` (the image's
+    tokens but its newlines)."""
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    model = LlavaNextForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    params = {k: v for k, v in settings.items() if k != "method"}
+    results = []
+    with visprune.apply(model, settings["method"], positions="compact", **params) as handle:
+        for r in requests:
+            inputs = processor(text=r["prompt"], images=r["image"], return_tensors="pt")
+            with torch.no_grad():
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=STEPS,
+                    do_sample=False,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+            length = inputs["input_ids"].shape[1]
+            kept, merged = kept_of(handle.selections)
+            results.append(
+                {
+                    "answer": out.sequences[0, length:].tolist(),
+                    "prompt_tokens": length,
+                    "candidates": sum(s.n for s in handle.selections),
+                    "kept": kept,
+                    "merged": merged,
+                    "logprobs": torch.log_softmax(out.scores[0][0].double(), -1),
+                }
+            )
+    return results
+
+
+def assert_equal(served, expected):
     for number, (s, e) in enumerate(zip(served, expected, strict=True)):
         assert s["answer"] == e["answer"], number
         for token, logprob in s["logprobs"].items():
             assert abs(logprob - float(e["logprobs"][token])) < 1e-3, (number, token)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=[s["method"] for s in SETTINGS])
+def test_cls_methods_on_llava_equal_visprune_apply(samples, settings):
+    served = serve(bundled_checkpoint(), demo_prompts(samples), settings)
+    expected = reference(samples, settings)
+    assert_equal(served, expected)
+    for s, e in zip(served, expected, strict=True):
         assert e["kept"] == settings["budget"]
         assert s["prompt_tokens"] == e["prompt_tokens"] - (task.NUM_CELLS - e["kept"])
     if settings["method"] == "visionzip":
         assert all(e["merged"] > 0 for e in expected)  # new tokens took part
+
+
+@pytest.fixture(scope="module")
+def next_checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("llava-next")
+    write_tiny_llava_next(directory)
+    return directory
+
+
+NEXT_SETTINGS = [
+    {"method": "vispruner", "budget": 0.25},
+    {"method": "visionzip", "budget": 6},
+]
+
+
+@pytest.mark.parametrize("settings", NEXT_SETTINGS, ids=[s["method"] for s in NEXT_SETTINGS])
+def test_cls_methods_on_llava_next_equal_visprune_apply(next_checkpoint, settings):
+    requests = next_requests(12)
+    prompts = [{"prompt": r["prompt"], "multi_modal_data": {"image": r["image"]}} for r in requests]
+    served = serve(next_checkpoint, prompts, settings, max_model_len=512)
+    expected = next_reference(next_checkpoint, requests, settings)
+    assert_equal(served, expected)
+    for s, e in zip(served, expected, strict=True):
+        assert e["kept"] < e["candidates"]
+        assert s["prompt_tokens"] == e["prompt_tokens"] - (e["candidates"] - e["kept"])
+    assert len({e["candidates"] for e in expected}) >= 3  # several anyres grids
+    if settings["method"] == "visionzip":
+        assert all(e["merged"] > 0 for e in expected)

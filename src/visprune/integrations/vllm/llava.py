@@ -21,7 +21,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
 from .selection import select_rows
 from .settings import settings_of
-from .vision_scores import ClsScores, per_image
+from .vision_scores import ScoredModelMixin, per_image
 
 
 class PrunedLlavaProcessingInfo(PrunedInfoMixin, LlavaProcessingInfo):
@@ -54,27 +54,22 @@ def build_processor(info, dummy_inputs):
 @MULTIMODAL_REGISTRY.register_processor(
     build_processor, info=build_info, dummy_inputs=LlavaDummyInputsBuilder
 )
-class PrunedLlavaForConditionalGeneration(PrunedModelMixin, LlavaForConditionalGeneration):
+class PrunedLlavaForConditionalGeneration(
+    ScoredModelMixin, PrunedModelMixin, LlavaForConditionalGeneration
+):
     """vLLM's LLaVA whose multimodal embedding returns each image's kept rows.
 
     "vision"-stage methods score the projector input (the selected CLIP layer without CLS, as
     in ``visprune.apply``); the others the projected tokens. Kept rows stay in image order and
-    take consecutive positions (``positions="compact"`` in ``visprune.apply``).
+    take consecutive positions (``positions="compact"`` in ``visprune.apply``). Methods that
+    read the CLS attention (VisPruner, VisionZip) get it from the scoring CLIP layer
+    (:mod:`.vision_scores`); VisionZip's new tokens are projected and placed as in transformers.
     """
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._init_visprune()
-        self.visprune_scores = None
-        if self.visprune is not None and self.visprune.uses_vision_scores:
-            self.visprune_scores = ClsScores(self.config, self.vision_tower, "visprune_scores")
-
-    def load_weights(self, weights):
-        if self.visprune_scores is None:
-            return super().load_weights(weights)
-        own: set[str] = set()
-        loaded = super().load_weights(self.visprune_scores.take_weights(weights, own))
-        return loaded | own
+        self._init_scores()
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:

@@ -141,3 +141,20 @@ def per_image(scores: dict[str, Tensor], image: int) -> dict[str, Tensor]:
         "vision_keys": scores["keys"][image, 1:],
         "cls_state": scores["hidden"][image, 0],
     }
+
+
+class ScoredModelMixin:
+    """For a vLLM LLaVA-style model: ``self.visprune_scores`` (a :class:`ClsScores`) when the
+    served method reads the CLS attention, and the weights it loads itself."""
+
+    def _init_scores(self) -> None:
+        self.visprune_scores = None
+        if self.visprune is not None and self.visprune.uses_vision_scores:
+            self.visprune_scores = ClsScores(self.config, self.vision_tower, "visprune_scores")
+
+    def load_weights(self, weights):
+        if self.visprune_scores is None:
+            return super().load_weights(weights)
+        own: set[str] = set()
+        loaded = super().load_weights(self.visprune_scores.take_weights(weights, own))
+        return loaded | own
