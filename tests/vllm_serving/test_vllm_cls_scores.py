@@ -12,6 +12,7 @@ run in this process (seconds to start).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 
 import pytest
@@ -51,10 +52,11 @@ def demo_prompts(samples) -> list[dict]:
 
 def serve(model_dir, prompts: list[dict], settings: dict, **engine) -> list[dict]:
     """vLLM's greedy continuation: ``answer`` ids, ``prompt_tokens``, first-step top-5
-    ``logprobs``."""
+    ``logprobs``. The engine runs in this process unless ``engine`` names an executor."""
     from vllm import LLM, SamplingParams
 
-    with engine_in_this_process() as executor:
+    in_process = "distributed_executor_backend" not in engine
+    with engine_in_this_process() if in_process else contextlib.nullcontext({}) as executor:
         llm = LLM(
             model=str(model_dir),
             **{**ENGINE, **engine},
@@ -181,17 +183,31 @@ def next_checkpoint(tmp_path_factory):
     return directory
 
 
-NEXT_SETTINGS = [
-    {"method": "vispruner", "budget": 0.25},
-    {"method": "visionzip", "budget": 6},
+#: Two ranks, one core each: each holds one of the tower's two heads, so the CLS attention and
+#: keys are gathered from both; a rank that selected other tokens would change the answers.
+TENSOR_PARALLEL = {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
+
+NEXT_CASES = [
+    ({"method": "vispruner", "budget": 0.25}, {}),
+    ({"method": "visionzip", "budget": 6}, {}),
+    ({"method": "visionzip", "budget": 6}, TENSOR_PARALLEL),
 ]
 
 
-@pytest.mark.parametrize("settings", NEXT_SETTINGS, ids=[s["method"] for s in NEXT_SETTINGS])
-def test_cls_methods_on_llava_next_equal_visprune_apply(next_checkpoint, settings):
+@pytest.mark.parametrize(
+    ("settings", "engine"),
+    NEXT_CASES,
+    ids=[f"{s['method']}-tp{e.get('tensor_parallel_size', 1)}" for s, e in NEXT_CASES],
+)
+def test_cls_methods_on_llava_next_equal_visprune_apply(
+    next_checkpoint, monkeypatch, settings, engine
+):
+    if engine.get("tensor_parallel_size", 1) > 1:
+        # vLLM's CPU workers refuse to start without one core (or NUMA node) per rank.
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
     requests = next_requests(12)
     prompts = [{"prompt": r["prompt"], "multi_modal_data": {"image": r["image"]}} for r in requests]
-    served = serve(next_checkpoint, prompts, settings, max_model_len=512)
+    served = serve(next_checkpoint, prompts, settings, max_model_len=512, **engine)
     expected = next_reference(next_checkpoint, requests, settings)
     assert_equal(served, expected)
     for s, e in zip(served, expected, strict=True):
