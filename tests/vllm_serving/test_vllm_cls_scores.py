@@ -28,9 +28,16 @@ from visprune.demo.train import Encoder
 
 STEPS = 3
 QUESTIONS = 12
-SETTINGS = [
-    {"method": "vispruner", "budget": 7},
-    {"method": "visionzip", "budget": 12},
+#: Two ranks, one core each: each holds one of the tower's two heads, so the CLS attention and
+#: keys are gathered from both; a rank that selected other tokens would change the answers.
+TENSOR_PARALLEL = {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
+
+#: On the demo checkpoint the scoring layer is one vLLM does not build (the plugin loads its
+#: projections itself, sharded like the tower's on two ranks).
+LLAVA_CASES = [
+    ({"method": "vispruner", "budget": 7}, {}),
+    ({"method": "visionzip", "budget": 12}, {}),
+    ({"method": "vispruner", "budget": 7}, TENSOR_PARALLEL),
 ]
 
 
@@ -164,9 +171,16 @@ def assert_equal(served, expected):
             assert abs(logprob - float(e["logprobs"][token])) < 1e-3, (number, token)
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=[s["method"] for s in SETTINGS])
-def test_cls_methods_on_llava_equal_visprune_apply(samples, settings):
-    served = serve(bundled_checkpoint(), demo_prompts(samples), settings)
+@pytest.mark.parametrize(
+    ("settings", "engine"),
+    LLAVA_CASES,
+    ids=[f"{s['method']}-tp{e.get('tensor_parallel_size', 1)}" for s, e in LLAVA_CASES],
+)
+def test_cls_methods_on_llava_equal_visprune_apply(samples, monkeypatch, settings, engine):
+    if engine.get("tensor_parallel_size", 1) > 1:
+        # vLLM's CPU workers refuse to start without one core (or NUMA node) per rank.
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    served = serve(bundled_checkpoint(), demo_prompts(samples), settings, **engine)
     expected = reference(samples, settings)
     assert_equal(served, expected)
     for s, e in zip(served, expected, strict=True):
@@ -182,10 +196,6 @@ def next_checkpoint(tmp_path_factory):
     write_tiny_llava_next(directory)
     return directory
 
-
-#: Two ranks, one core each: each holds one of the tower's two heads, so the CLS attention and
-#: keys are gathered from both; a rank that selected other tokens would change the answers.
-TENSOR_PARALLEL = {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
 
 NEXT_CASES = [
     ({"method": "vispruner", "budget": 0.25}, {}),

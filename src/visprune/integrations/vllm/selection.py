@@ -126,6 +126,8 @@ def with_merged(
         ``(f + m + c, d)`` with ``f`` fixed rows.
     """
     device = embeddings.device
+    if fixed is None and (merged is None or not merged.shape[0]):
+        return embeddings[kept.to(device).sort().values]  # no boolean index: no host sync
     total = embeddings.shape[0]
     stays = torch.zeros(total, dtype=torch.bool, device=device)
     if fixed is None:
