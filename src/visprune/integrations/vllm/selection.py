@@ -153,3 +153,41 @@ def with_merged(
     rows[slots] = merged.to(rows.dtype)
     stays[slots] = True
     return rows[stays]
+
+
+def select_in_parts(
+    settings: ServingSettings,
+    candidates: Sequence[Tensor],
+    embeddings: Sequence[Tensor],
+    texts: Sequence[Tensor] | None,
+    parts: Sequence[int],
+) -> list[Tensor]:
+    """The kept rows of items made of parts that are each selected on their own, as
+    ``visprune.apply`` selects them (Gemma 3's pan-and-scan crops, the frames of a video).
+
+    Parameters
+    ----------
+    settings : ServingSettings
+    candidates, embeddings : sequence of Tensor
+        Per part, in item order: ``(n_j, d_c)`` and ``(n_j, d)`` as in :func:`select_rows`.
+    texts : sequence of Tensor, optional
+        Per item, ``(m_i, d)`` its prompt text (every part of the item reads it).
+    parts : sequence of int
+        Number of parts of each item; they add up to ``len(candidates)``.
+
+    Returns
+    -------
+    list of Tensor
+        Per item, ``(sum_j k_j, d)``: its parts' kept rows, part after part.
+    """
+    if sum(parts) != len(candidates):
+        raise ValueError(f"visprune: {len(candidates)} parts for items of {list(parts)} parts.")
+    per_part = None
+    if texts is not None:
+        per_part = [text for text, count in zip(texts, parts, strict=True) for _ in range(count)]
+    kept = select_rows(settings, candidates, embeddings, per_part)
+    items, start = [], 0
+    for count in parts:
+        items.append(torch.cat(kept[start : start + count]))
+        start += count
+    return items
