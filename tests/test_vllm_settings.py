@@ -39,8 +39,6 @@ def test_an_integer_budget_above_the_candidates_keeps_them_all():
         ({"budget": 7}, "names no method"),
         ("divprune", "not valid JSON"),
         (["divprune", 7], "must be a dict"),
-        ({"method": "vispruner", "budget": 7}, "needs cls_attention .*does not capture"),
-        ({"method": "visionzip", "budget": 7}, "needs cls_attention, vision_keys"),
     ],
 )
 def test_bad_overrides_raise_with_what_to_pass(raw, message):
@@ -199,6 +197,83 @@ def test_the_override_and_vllms_own_video_pruning_are_refused_together():
                 check_served(registry, "Qwen2_5_VLForConditionalGeneration", config)
         else:
             check_served(registry, "Qwen2_5_VLForConditionalGeneration", config)
+
+
+def llava_like(tower: str, feature_layer=-2, strategy="default", **override):
+    vision = Config(model_type=tower, num_hidden_layers=4)
+    return Config(
+        hf_config=Config(
+            model_type="llava",
+            vision_config=vision,
+            vision_feature_layer=feature_layer,
+            vision_feature_select_strategy=strategy,
+            **override,
+        ),
+        model_impl="auto",
+    )
+
+
+@pytest.mark.parametrize("method", ["vispruner", "visionzip"])
+def test_cls_methods_are_served_on_clip_llava_and_refused_elsewhere(method):
+    registry = Registry()
+    override = {"visprune": {"method": method, "budget": 7}}
+    check_served(
+        registry, "LlavaForConditionalGeneration", llava_like("clip_vision_model", **override)
+    )
+    refused = [
+        ("LlavaForConditionalGeneration", llava_like("siglip_vision_model", **override)),
+        ("LlavaForConditionalGeneration", llava_like("clip_vision_model", [-2, -1], **override)),
+        ("LlavaForConditionalGeneration", llava_like("clip_vision_model", -2, "full", **override)),
+        ("Qwen2_5_VLForConditionalGeneration", model_config(**override)),
+        ("Gemma3ForConditionalGeneration", llava_like("siglip_vision_model", **override)),
+    ]
+    for architecture, config in refused:
+        with pytest.raises(
+            ValueError, match=rf"{method} cannot run on .*needs cls_attention.*e\.g\. divprune"
+        ):
+            check_served(registry, architecture, config)
+
+
+def test_the_scoring_layer_follows_visprune_apply():
+    from visprune.integrations.vllm.score_layer import ScoreLayer, score_layer
+
+    def layer(feature_layer):
+        return score_layer(llava_like("clip_vision_model", feature_layer).hf_config)
+
+    assert layer(-2) == ScoreLayer(2, False)  # the output of layers[-2] of 4
+    assert layer(-1) == ScoreLayer(3, False)
+    assert layer(2) == ScoreLayer(1, False)  # hidden_states[2] is the output of layers[1]
+    assert layer(0) == layer(-5) == ScoreLayer(0, True)  # the embeddings, read by layers[0]
+    assert layer(5) is None and layer(-6) is None
+
+
+def test_select_rows_places_merged_tokens_in_the_last_dropped_slots():
+    settings = parse_settings({"method": "visionzip", "budget": 4})
+    torch.manual_seed(0)
+    tokens = torch.randn(1, 10, 8)
+    scores = {
+        "cls_attention": torch.rand(10, 2).softmax(0),
+        "vision_keys": torch.randn(10, 4),
+        "cls_state": torch.randn(8),
+    }
+    embeddings = tokens[0] * 2
+    (rows,) = select_rows(
+        settings, [tokens[0]], [embeddings], None, scores=[scores], project=lambda t: t * 2
+    )
+    ctx = Context(
+        cls_attention=scores["cls_attention"].T,
+        vision_keys=scores["vision_keys"],
+        cls_state=scores["cls_state"],
+    )
+    kept, merged = settings.method.reduce(tokens[0], 4, ctx)
+    assert rows.shape == (4, 8)
+    dropped = [i for i in range(10) if i not in kept.tolist()]
+    slots = dropped[-len(merged) :]
+    order = sorted(
+        [(int(i), embeddings[i]) for i in kept] + list(zip(slots, merged * 2, strict=True)),
+        key=lambda p: p[0],
+    )
+    assert torch.equal(rows, torch.stack([row for _, row in order]))
 
 
 def test_importing_the_plugin_imports_no_vllm():

@@ -19,6 +19,7 @@ from qwen_serving import qwen_inputs
 from tiny_qwen import qwen_requests, write_tiny_qwen
 from visprune.integrations.vllm.mrope import OFFSET_COLUMNS, decode_offsets
 from visprune.integrations.vllm.qwen import QwenPrunedModelMixin
+from visprune.integrations.vllm.score_layer import check_scores
 from visprune.integrations.vllm.settings import parse_settings
 from visprune.integrations.vllm.text import text_after_images
 from visprune.registry import METHODS
@@ -27,11 +28,13 @@ BUDGET = 0.4
 
 
 def served_methods() -> list[str]:
-    """Every registered method the plugin accepts (the others are refused at engine start)."""
+    """Every registered method the plugin serves on Qwen-VL (the others are refused at engine
+    start: in-LLM methods everywhere, CLS-attention ones on towers without a CLS token)."""
     served = []
     for name in METHODS.names():
         try:
-            parse_settings({"method": name, "budget": BUDGET})
+            settings = parse_settings({"method": name, "budget": BUDGET})
+            check_scores("Qwen2_5_VLForConditionalGeneration", None, settings.method)
         except ValueError:
             continue
         served.append(name)

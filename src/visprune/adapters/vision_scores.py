@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import compat
+from ..functional.cls_scores import cls_scores
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,10 @@ class ScoreCapture:
         batch, length, _ = states.shape
         heads, width = module.num_heads, module.head_dim
         with torch.no_grad():
-            queries = module.q_proj(states[:, :1]).view(batch, 1, heads, width).float()
-            keys = module.k_proj(states).view(batch, length, heads, width).float()
-            logits = torch.einsum("bqhd,bthd->bht", queries, keys) * float(module.scale)
-            self._local.pending = {
-                "cls_attention": logits.softmax(dim=-1),
-                "keys": keys.mean(dim=2),
-            }
+            queries = module.q_proj(states[:, :1]).view(batch, 1, heads, width)
+            keys = module.k_proj(states).view(batch, length, heads, width)
+            attention, mean_keys = cls_scores(queries, keys, float(module.scale))
+            self._local.pending = {"cls_attention": attention, "keys": mean_keys}
 
     def _after_layer(self, module, args, output) -> None:
         pending = getattr(self._local, "pending", None)

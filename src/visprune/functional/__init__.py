@@ -5,8 +5,9 @@ int64 indices; the ``Method`` classes and the adapters call them. No model code 
 """
 
 from .cdpruner import cdpruner
+from .cls_scores import cls_scores
 from .dart import dart
 from .visionzip import visionzip
 from .vispruner import vispruner
 
-__all__ = ["cdpruner", "dart", "visionzip", "vispruner"]
+__all__ = ["cdpruner", "cls_scores", "dart", "visionzip", "vispruner"]

@@ -17,12 +17,14 @@ image (and are part of its cache identity, so cached encodings are never reused 
 
 Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5 and its
 relatives), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
-"vision"-stage ones), ``Qwen2_5_VLForConditionalGeneration`` and
+"vision"-stage ones that do not read the CLS attention), ``Qwen2_5_VLForConditionalGeneration`` and
 ``Qwen3VLForConditionalGeneration`` (images and video, the budget per video temporal patch group,
 kept tokens at their M-RoPE positions: see :mod:`.mrope`),
 ``InternVLForConditionalGeneration`` (InternVL 3 / 3.5 ``-hf``: images and video),
 ``Gemma3ForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration`` (images and
-video; every method but the "vision"-stage ones). An override on any other
+video; every method but the "vision"-stage ones). VisPruner and VisionZip read the CLIP
+tower's CLS attention (:mod:`.vision_scores`), so only LLaVA and LLaVA-NeXT with a CLIP tower
+serve them. An override on any other
 architecture, an unknown method or a bad budget raises at engine start.
 """
 

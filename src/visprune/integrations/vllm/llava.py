@@ -19,7 +19,9 @@ from vllm.model_executor.models.llava import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
+from .selection import select_rows
 from .settings import settings_of
+from .vision_scores import ScoredModelMixin, per_image
 
 
 class PrunedLlavaProcessingInfo(PrunedInfoMixin, LlavaProcessingInfo):
@@ -52,17 +54,22 @@ def build_processor(info, dummy_inputs):
 @MULTIMODAL_REGISTRY.register_processor(
     build_processor, info=build_info, dummy_inputs=LlavaDummyInputsBuilder
 )
-class PrunedLlavaForConditionalGeneration(PrunedModelMixin, LlavaForConditionalGeneration):
+class PrunedLlavaForConditionalGeneration(
+    ScoredModelMixin, PrunedModelMixin, LlavaForConditionalGeneration
+):
     """vLLM's LLaVA whose multimodal embedding returns each image's kept rows.
 
     "vision"-stage methods score the projector input (the selected CLIP layer without CLS, as
     in ``visprune.apply``); the others the projected tokens. Kept rows stay in image order and
-    take consecutive positions (``positions="compact"`` in ``visprune.apply``).
+    take consecutive positions (``positions="compact"`` in ``visprune.apply``). Methods that
+    read the CLS attention (VisPruner, VisionZip) get it from the scoring CLIP layer
+    (:mod:`.vision_scores`); VisionZip's new tokens are projected and placed as in transformers.
     """
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._init_visprune(vllm_config, PrunedLlavaProcessingInfo, PrunedLlavaMultiModalProcessor)
+        self._init_scores()
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:
@@ -70,6 +77,8 @@ class PrunedLlavaForConditionalGeneration(PrunedModelMixin, LlavaForConditionalG
         image_input, text_ids = self._pixel_input(kwargs)
         if image_input is None:
             return []
+        if self.visprune_scores is not None:
+            return self._scored_rows(image_input["pixel_values"], text_ids)
         features = self._process_image_pixels(image_input)
         if isinstance(features, torch.Tensor):  # (images, n, d_v): projected as one batch
             embeddings = list(self.multi_modal_projector(features))
@@ -78,3 +87,16 @@ class PrunedLlavaForConditionalGeneration(PrunedModelMixin, LlavaForConditionalG
         features = list(features)
         vision = self.visprune.method.stage == "vision"
         return self._kept_rows(features if vision else embeddings, embeddings, text_ids)
+
+    def _scored_rows(self, pixels, text_ids):
+        """Kept rows for methods that read the CLS attention (and merge, for VisionZip)."""
+        features, scores = self.visprune_scores.encode(self.vision_tower, pixels)
+        embeddings = list(self.multi_modal_projector(features))
+        return select_rows(
+            self.visprune,
+            list(features),
+            embeddings,
+            self._texts(text_ids, len(embeddings)),
+            scores=[per_image(scores, image) for image in range(len(embeddings))],
+            project=self.multi_modal_projector,
+        )

@@ -9,20 +9,49 @@ that line up with the packed tokens (the newline tokens have none).
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
+from torch import nn
 from vllm.model_executor.models.llava import LlavaDummyInputsBuilder
 from vllm.model_executor.models.llava_next import (
     LlavaNextForConditionalGeneration,
     LlavaNextMultiModalProcessor,
     LlavaNextProcessingInfo,
+    get_anyres_image_grid_shape,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
+from .selection import select_rows
 from .settings import settings_of
+from .vision_scores import ScoredModelMixin
 
 
 class PrunedLlavaNextProcessingInfo(PrunedInfoMixin, LlavaNextProcessingInfo):
-    """``num_keep(n)`` tokens for an image vLLM would give ``n``."""
+    """``num_keep(n)`` tokens for an image vLLM would give ``n``; for methods that read the CLS
+    attention ``num_keep(patches) + newlines`` (the newlines always stay)."""
+
+    def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
+        if not self.settings.uses_vision_scores:
+            return super().get_num_image_tokens(image_width=image_width, image_height=image_height)
+        total = LlavaNextProcessingInfo.get_num_image_tokens(
+            self, image_width=image_width, image_height=image_height
+        )
+        encoder = self.get_vision_encoder_info()
+        rows, columns = get_anyres_image_grid_shape(
+            image_size=(image_height, image_width),
+            grid_pinpoints=self.get_hf_config().image_grid_pinpoints,
+            patch_size=encoder.get_image_size(),
+        )
+        _, newlines = self._get_num_unpadded_features(
+            original_height=image_height,
+            original_width=image_width,
+            npatches=encoder.get_patch_grid_length(),
+            num_patch_height=rows,
+            num_patch_width=columns,
+        )
+        return self.settings.num_keep(total - newlines) + newlines
 
 
 class PrunedLlavaNextMultiModalProcessor(PromptTextMixin, LlavaNextMultiModalProcessor):
@@ -33,7 +62,8 @@ def build_info(ctx):
     settings = settings_of(ctx.get_hf_config())
     if settings is None:
         return LlavaNextProcessingInfo(ctx)
-    if settings.method.stage == "vision":  # refused at engine start already (guard.py)
+    if settings.method.stage == "vision" and not settings.uses_vision_scores:
+        # refused at engine start already (guard.py)
         raise ValueError(
             f"visprune: {settings.method.name} is a 'vision'-stage method, which vLLM's "
             "LLaVA-NeXT cannot serve."
@@ -50,7 +80,9 @@ def build_processor(info, dummy_inputs):
 @MULTIMODAL_REGISTRY.register_processor(
     build_processor, info=build_info, dummy_inputs=LlavaDummyInputsBuilder
 )
-class PrunedLlavaNextForConditionalGeneration(PrunedModelMixin, LlavaNextForConditionalGeneration):
+class PrunedLlavaNextForConditionalGeneration(
+    ScoredModelMixin, PrunedModelMixin, LlavaNextForConditionalGeneration
+):
     """vLLM's LLaVA-NeXT whose multimodal embedding returns each image's kept rows (in their
     packed order, at consecutive positions)."""
 
@@ -59,6 +91,7 @@ class PrunedLlavaNextForConditionalGeneration(PrunedModelMixin, LlavaNextForCond
         self._init_visprune(
             vllm_config, PrunedLlavaNextProcessingInfo, PrunedLlavaNextMultiModalProcessor
         )
+        self._init_scores()
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:
@@ -66,5 +99,75 @@ class PrunedLlavaNextForConditionalGeneration(PrunedModelMixin, LlavaNextForCond
         image_input, text_ids = self._pixel_input(kwargs)
         if image_input is None:
             return []
+        if self.visprune_scores is not None:
+            return self._scored_rows(image_input, text_ids)
         embeddings = list(self._process_image_input(image_input))
         return self._kept_rows(embeddings, embeddings, text_ids)
+
+    def _scored_rows(self, image_input, text_ids):
+        """Kept rows for methods that read the CLS attention: every crop through the tower
+        once, its patches' features and scores packed like the image's tokens."""
+        pixels = image_input["pixel_values"]
+        crops = [len(image) for image in pixels]
+        features, scores = self.visprune_scores.encode(self.vision_tower, torch.cat(list(pixels)))
+        patches, heads = features.shape[1], scores["cls_attention"].shape[1]
+        per_patch = torch.cat(  # (C * patches, D + H + hd), the order the index map refers to
+            [
+                features.float(),
+                scores["cls_attention"][:, :, 1:].transpose(1, 2),
+                scores["keys"][:, 1:],
+            ],
+            dim=-1,
+        ).flatten(0, 1)
+        width = features.shape[-1]
+        sizes = image_input.get("image_sizes")
+        if sizes is None:
+            side = self.config.vision_config.image_size
+            sizes = torch.tensor([[side, side]] * len(crops))
+        projected = self.multi_modal_projector(features).split(crops)
+        index = torch.arange(len(per_patch), dtype=torch.float64, device=features.device)
+        index = index.view(-1, patches, 1).split(crops)
+        candidates, embeddings, fixed, image_scores = [], [], [], []
+        first = 0
+        for number, count in enumerate(crops):
+            packed = self._merge_image_patch_embeddings(
+                sizes[number], projected[number], strategy="spatial_unpad"
+            )
+            with self._newline_marker():
+                order = self._merge_image_patch_embeddings(
+                    sizes[number], index[number], strategy="spatial_unpad"
+                )[:, 0]
+            newline = order < 0
+            rows = per_patch[order[~newline].long()]
+            candidates.append(rows[:, :width].to(features.dtype))
+            image_scores.append(
+                {
+                    "cls_attention": rows[:, width : width + heads],
+                    "vision_keys": rows[:, width + heads :],
+                    "cls_state": scores["hidden"][first, 0],  # the base crop's CLS
+                }
+            )
+            embeddings.append(packed)
+            fixed.append(newline)
+            first += count
+        return select_rows(
+            self.visprune,
+            candidates,
+            embeddings,
+            self._texts(text_ids, len(embeddings)),
+            scores=image_scores,
+            project=self.multi_modal_projector,
+            fixed=fixed,
+        )
+
+    @contextlib.contextmanager
+    def _newline_marker(self):
+        """vLLM's packing with ``-1`` for the newline token: packing a ``(crops, patches, 1)``
+        map of patch indices then gives each packed token's patch (``-1``: a newline)."""
+        newline = self._parameters["image_newline"]
+        marker = torch.full((1,), -1.0, dtype=torch.float64, device=newline.device)
+        self._parameters["image_newline"] = nn.Parameter(marker, requires_grad=False)
+        try:
+            yield
+        finally:
+            self._parameters["image_newline"] = newline

@@ -38,6 +38,11 @@ class ServingSettings:
         """Whether the method reads the prompt (then the text after the image travels with it)."""
         return "text" in self.method.uses
 
+    @property
+    def uses_vision_scores(self) -> bool:
+        """Whether the method reads the vision tower's CLS attention, keys or CLS state."""
+        return bool(self.method.uses & (VISION_NEEDS.keys() | {"cls_state"}))
+
     def num_keep(self, candidates: int) -> int:
         """Placeholder tokens (= kept tokens) of an image with ``candidates`` tokens."""
         return min(self.method.num_keep(candidates), candidates)
@@ -99,13 +104,6 @@ def parse_settings(raw: Any) -> ServingSettings:
         raise ValueError(
             f"visprune: {method.name} prunes inside the language model, which the vLLM plugin "
             "does not do; serve a method that selects before the language model."
-        )
-    needs = sorted(method.requires & VISION_NEEDS.keys())
-    if needs or method.merges:
-        raise ValueError(
-            f"visprune: {method.name} needs {', '.join(needs) or 'merged tokens'} from the vision "
-            "tower, which the vLLM plugin does not capture; serve a method that selects from "
-            "the image features alone (e.g. divprune, cdpruner)."
         )
     return ServingSettings(method, positions)
 
