@@ -89,12 +89,22 @@ SEAMS: dict[str, tuple[Seam, ...]] = {
         *_PROCESSOR,
         Seam("model", "_parse_and_validate_image_input", "**kwargs"),
         Seam("model", "_process_image_pixels", "inputs"),
+        # VisPruner and VisionZip: the scoring layer's weights are taken from the checkpoint.
+        Seam("model", "load_weights", "weights"),
     ),
     "LlavaNextForConditionalGeneration": (
         *_MODEL,
         *_PROCESSOR,
         Seam("model", "_parse_and_validate_image_input", "**kwargs"),
         Seam("model", "_process_image_input", "image_input"),
+        # VisPruner and VisionZip: scores packed as vLLM packs the features, newlines counted.
+        Seam("model", "_merge_image_patch_embeddings", "image_size, patch_embeddings, *, strategy"),
+        Seam("model", "load_weights", "weights"),
+        Seam(
+            "info",
+            "_get_num_unpadded_features",
+            "*, original_height, original_width, npatches, num_patch_height, num_patch_width",
+        ),
     ),
     "LlavaOnevisionForConditionalGeneration": (
         *_MODEL,
