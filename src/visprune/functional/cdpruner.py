@@ -54,10 +54,12 @@ def cdpruner(image_features: Tensor, image_embeds: Tensor, text_embeds: Tensor, 
     text = text / text.norm(dim=-1, keepdim=True)
     relevance = -(embeds @ text.mT).mean(dim=-1)  # (B, N)
     relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
-    return conditional_dpp(similarity, relevance, k).sort(dim=-1).values
+    return conditional_dpp(similarity, relevance, k, in_place=True).sort(dim=-1).values
 
 
-def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
+def conditional_dpp(
+    similarity: Tensor, relevance: Tensor, k: int, *, in_place: bool = False
+) -> Tensor:
     """Greedy MAP of ``L = diag(r) S diag(r)`` (the fast greedy of Chen et al., 2018).
 
     Parameters
@@ -68,6 +70,9 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
         ``(B, N)`` non-negative relevance weights ``r``.
     k : int
         Picks, ``1 <= k <= N``.
+    in_place : bool, optional
+        Overwrite ``similarity`` with the kernel where both have the same dtype, for a caller
+        that owns it: two ``N x N`` products without allocating (the same values).
 
     Returns
     -------
@@ -75,8 +80,12 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
         ``(B, k)`` int64 picks in greedy order, distinct (ties: the lowest index).
     """
     b, n, _ = similarity.shape
-    kernel = relevance.unsqueeze(-1) * similarity * relevance.unsqueeze(-2)
-    kernel = kernel.to(relevance.dtype)
+    if in_place and similarity.dtype == relevance.dtype:
+        # (r_i S_ij) r_j element by element, as the out-of-place products round it.
+        kernel = similarity.mul_(relevance.unsqueeze(-1)).mul_(relevance.unsqueeze(-2))
+    else:
+        kernel = relevance.unsqueeze(-1) * similarity * relevance.unsqueeze(-2)
+        kernel = kernel.to(relevance.dtype)
     # The published operations in their order (C[:, j]ᵀ C, subtract from the kernel row, divide
     # by sqrt, subtract the square) and dtypes (the Cholesky rows are stored in float32 even for
     # a float64 kernel): an exact tie of d² there is an exact tie here, and argmax takes the
@@ -86,7 +95,13 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
     batch = torch.arange(b, device=kernel.device).view(b, 1)
     zero = torch.zeros_like(batch)
     excluded = torch.full((), -torch.inf, dtype=kernel.dtype, device=kernel.device)
-    done = None  # the float32 Cholesky rows so far, (b, step, n)
+    # The float32 Cholesky rows, written in place one per step: growing them by concatenation
+    # would copy every earlier row at every step (k² n in all, as much as the products read).
+    # Each row's slot is contiguous ((k, b, 1, n) storage), so the division writes it with out=
+    # and the loop still traces whole under torch.compile.
+    rows = kernel.new_empty(max(k - 1, 1), b, 1, n, dtype=torch.float32)
+    slots = rows.unbind(0)
+    done = rows.view(-1, b, n).permute(1, 0, 2)  # (b, k - 1, n): the rows so far lead it
     picks, pivots, history = [], [], [residual]
     for step in range(k):
         d2, pick = residual.max(dim=-1)  # (b, 1) each
@@ -95,13 +110,17 @@ def conditional_dpp(similarity: Tensor, relevance: Tensor, k: int) -> Tensor:
         if step == k - 1:
             break
         e = kernel[batch, pick]  # (b, 1, n)
-        if done is not None:
-            e = e - torch.bmm(done[batch, :, pick], done)
+        if step:
+            so_far = done[:, :step]
+            e = e - torch.bmm(so_far[batch, :, pick], so_far)
         # Past an exhausted rank (d² <= 0) the root is NaN or zero: the row is garbage there,
         # and _frozen_picks replaces every later pick of that item.
-        e = e / d2.sqrt().view(b, 1, 1)
-        row = e if e.dtype == torch.float32 else e.float()
-        done = row if done is None else torch.cat([done, row], dim=1)
+        root = d2.sqrt().view(b, 1, 1)
+        if e.dtype == torch.float32:
+            e = torch.div(e, root, out=slots[step])
+        else:
+            e = e / root
+            slots[step].copy_(e)
         residual = residual - e.square()
         residual.index_put_((batch, zero, pick), excluded)
         history.append(residual)

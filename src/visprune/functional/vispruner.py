@@ -54,7 +54,10 @@ def vispruner(
     some five Grams ``X Xᵀ`` for ``N = 576, k = 64``: one Gram computed up front and read by
     every round would cost one, but a GEMM's rounding follows its shape, and the parity vectors
     hold a float32 near-tie (``N = 256, C = 1024``) that only each round's own product
-    reproduces, so the rounds keep their own products.
+    reproduces, so the rounds keep their own products. VisPruner is therefore outside the
+    "within 1.5x of one Gram" speed of the other pre-LLM selections
+    (``benchmarks/results/selection.md``): no cheaper product is known to round every entry as
+    each round's own product does for every shape.
     """
     n = image_features.shape[1]
     if not 1 <= k <= n:
@@ -68,12 +71,17 @@ def vispruner(
     kept, residual = order[:, :important], order[:, important:]
     norms = image_features.norm(dim=-1, keepdim=True)
     features = image_features / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+    # Rows of the flattened batch: copying whole rows (index_select) moves the same values as
+    # an element-wise gather at a small fraction of its cost.
+    batch, width = features.shape[0], features.shape[-1]
+    rows = features.reshape(batch * n, width)
+    offsets = torch.arange(batch, device=features.device).unsqueeze(-1) * n
     while diverse > 0:
         size = residual.shape[1]
         drop = min(8, size - diverse)
         if drop <= 0:
             break
-        tokens = features.gather(1, residual.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        tokens = rows.index_select(0, (residual + offsets).reshape(-1)).view(batch, size, width)
         a, b = tokens[:, 0::2], tokens[:, 1::2]
         scores = (a @ b.mT).max(dim=-1).values  # (B, ceil(R / 2))
         stay = _published_stay(size, drop)

@@ -64,8 +64,13 @@ class CDPruner(Method):
             return  # the CLIP pair replaces text; checked where it is read
         super()._check_context(ctx, batch, width)
 
-    def relevance(self, tokens: Tensor, ctx: Context) -> Tensor:
-        """``(b, n)`` float32 relevance weights ``r`` per image, in ``(0, 1]``."""
+    def relevance(self, tokens: Tensor, ctx: Context, norms: Tensor | None = None) -> Tensor:
+        """``(b, n)`` float32 relevance weights ``r`` per image, in ``(0, 1]``.
+
+        ``norms`` ``(b, n)``: the tokens' L2 norms where the caller has them already (the
+        square root of their Gram's diagonal); used when the relevance compares the tokens
+        themselves, which saves one pass over the ``n x d`` tokens.
+        """
         b, n, _ = tokens.shape
         if ctx.image_embeds is not None:
             embeds = per_item(ctx.image_embeds, b, (3,), "image_embeds", self.name)
@@ -76,13 +81,15 @@ class CDPruner(Method):
                 )
             embeds = embeds.to(tokens.device)
             texts = self._clip_texts(ctx, b, embeds.shape[-1])
+            norms = None
         else:
             embeds = tokens
             texts = ctx.texts_for(b, self.name)
         # mean_m cos(e, t_m) = (e · t̄) / ‖e‖ with t̄ the mean of the unit text rows: one
         # matrix-vector product instead of an (n x m) similarity matrix.
         directions, present = unit_means(texts, tokens.device)
-        norms = embeds.norm(dim=-1).clamp_min(torch.finfo(embeds.dtype).tiny)
+        norms = embeds.norm(dim=-1) if norms is None else norms
+        norms = norms.clamp_min(torch.finfo(embeds.dtype).tiny)
         # Row by row (not a matrix-vector product, whose tail rows round differently), so
         # equal tokens get equal relevance.
         scores = -(embeds * directions.unsqueeze(1)).sum(dim=-1) / norms  # (b, n)
@@ -115,8 +122,10 @@ class CDPruner(Method):
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         # r_i cos(x_i, x_j) r_j = w_i (x_i · x_j) w_j with w = r / ‖x‖: one Gram of the raw
-        # tokens, scaled by n² products, instead of normalising n x d tokens first.
+        # tokens, scaled in place by n² products, instead of normalising n x d tokens first.
+        # Its diagonal gives the norms, for the similarity and the relevance alike.
         gram = tokens @ tokens.mT
         norms = gram.diagonal(dim1=-2, dim2=-1).sqrt()
         inverse = torch.where(norms > 0, 1 / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
-        return conditional_dpp(gram, self.relevance(tokens, ctx) * inverse, k)
+        weights = self.relevance(tokens, ctx, norms) * inverse
+        return conditional_dpp(gram, weights, k, in_place=True)

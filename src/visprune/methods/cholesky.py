@@ -10,7 +10,10 @@ On a GPU every dispatched op is a kernel launch, so a step here is a handful of 
 batch: one index for the pivot's kernel row, one for its Cholesky coefficients, one ``baddbmm``
 for the new row, and no host read. The shapes of a step depend only on
 ``(b, n, k)`` and the step number, so the loop unrolls into one static graph
-(``torch.compile(fullgraph=True)``, CUDA graphs).
+(``torch.compile(fullgraph=True)``, CUDA graphs). The rows live in one buffer allocated up
+front and are written in place, so a step reads the rows so far once (the product) and copies
+none of them (growing them by concatenation would copy ``k² n / 2`` values in all, as many as
+the products read).
 """
 
 from __future__ import annotations
@@ -49,7 +52,12 @@ class PivotedCholesky:
         b, n = residual.shape
         self.scores = residual
         self.floor = floor
-        self._done: Tensor | None = None
+        self._step = 0
+        # (k, b, 1, n) storage: each row's slot is contiguous, so the GEMM writes it with out=
+        # (torch.compile captures no strided out=), and (b, k, n) is a view of all of them.
+        buffer = residual.new_empty(max(k, 1), b, 1, n)
+        self._slots = buffer.unbind(0)
+        self._all_rows = buffer.view(-1, b, n).permute(1, 0, 2)
         self._scores = residual.view(b, 1, n)
         self._batch = torch.arange(b, device=residual.device).view(b, 1)
         self._excluded = torch.full((), -torch.inf, dtype=residual.dtype, device=residual.device)
@@ -57,8 +65,7 @@ class PivotedCholesky:
     @property
     def rows(self) -> Tensor:
         """``(b, step, n)`` the Cholesky rows ``C`` so far."""
-        b, n = self.scores.shape
-        return self.scores.new_zeros(b, 0, n) if self._done is None else self._done
+        return self._all_rows[:, : self._step]
 
     def best(self) -> tuple[Tensor, Tensor]:
         """The largest ``d²`` and its token per item (ties: the lowest index): ``(b, 1)`` each."""
@@ -79,15 +86,15 @@ class PivotedCholesky:
         b = pick.shape[0]
         pivot = pivot if self.floor is None else pivot.clamp_min(self.floor)
         scale = pivot.rsqrt().view(b, 1, 1)
-        done = self._done
-        if done is None:
-            e = row * scale
-            self._done = e
+        slot = self._slots[self._step]
+        if self._step == 0:
+            e = torch.mul(row, scale, out=slot)
         else:
-            # e = K[pick, :] - C[:, pick]ᵀ C: one batched GEMM. The new row is concatenated, not
-            # written into a preallocated buffer: torch.compile captures no strided `out=`.
-            e = torch.baddbmm(row, done[self._batch, :, pick], done, alpha=-1.0).mul_(scale)
-            self._done = torch.cat([done, e], dim=1)
+            # e = K[pick, :] - C[:, pick]ᵀ C: one batched GEMM into the row's slot.
+            done = self.rows
+            e = torch.baddbmm(row, done[self._batch, :, pick], done, alpha=-1.0, out=slot)
+            e.mul_(scale)
+        self._step += 1
         self._scores.addcmul_(e, e, value=-1.0)
         self.scores.index_put_((self._batch, pick), self._excluded)
 

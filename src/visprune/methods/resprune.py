@@ -135,8 +135,12 @@ class ResPrune(Method):
     def __post_init__(self) -> None:
         check_param(self.name, "alpha", self.alpha, low=0.0)
 
-    def weights(self, tokens: Tensor, ctx: Context) -> Tensor:
-        """Relevance modulation ``g = r̃^α``: ``(b, n, d) -> (b, n)``, ones without text."""
+    def weights(self, tokens: Tensor, ctx: Context, norms: Tensor | None = None) -> Tensor:
+        """Relevance modulation ``g = r̃^α``: ``(b, n, d) -> (b, n)``, ones without text.
+
+        ``norms`` ``(b, n)``: the tokens' L2 norms where the caller has them already (one pass
+        over the ``n x d`` tokens fewer).
+        """
         b, n, d = tokens.shape
         ones = tokens.new_ones(b, n)
         text = mean_text_direction(ctx, b, d, self.name)
@@ -145,7 +149,8 @@ class ResPrune(Method):
         direction, present = text
         # cos(x_i, t̄) = (x_i · t̂) / ‖x_i‖, without materialising the normalised tokens.
         unit_direction = unit_rows(direction.to(tokens.device)).unsqueeze(-1)
-        norms = tokens.norm(dim=-1).clamp_min(torch.finfo(tokens.dtype).tiny)
+        norms = torch.linalg.vector_norm(tokens, dim=-1) if norms is None else norms
+        norms = norms.clamp_min(torch.finfo(tokens.dtype).tiny)
         cosine = (tokens @ unit_direction).squeeze(-1) / norms
         low = cosine.amin(dim=-1, keepdim=True)
         span = cosine.amax(dim=-1, keepdim=True) - low
@@ -154,8 +159,9 @@ class ResPrune(Method):
         return torch.where(flat, ones, scaled).pow(self.alpha)
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        weights = self.weights(tokens, ctx)
-        prior = weights * torch.linalg.vector_norm(tokens, dim=-1).square_()
+        norms = torch.linalg.vector_norm(tokens, dim=-1)
+        weights = self.weights(tokens, ctx, norms)
+        prior = weights * norms.square()
         threshold = EXHAUSTED * prior.amax(dim=-1)
         return residual_energy_greedy(tokens, weights, prior, threshold, k)
 
