@@ -1,15 +1,12 @@
 """Serve a tiny checkpoint of InternVL, Gemma 3 or LLaVA-OneVision with vLLM, and run the same
 requests through transformers and ``visprune.apply``.
 
-Helpers of ``test_vllm_families.py``; vLLM starts its engine in a separate process, so the
-functions that create an ``LLM`` are called from tests only.
+Helpers of ``test_vllm_families.py``; the functions that create an ``LLM`` are called from tests
+only.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +14,7 @@ import torch
 
 import visprune
 from family_checkpoints import write_gemma3, write_internvl, write_onevision
-from serving import ENGINE
+from serving import serve_prompts
 
 
 @dataclass(frozen=True)
@@ -84,79 +81,22 @@ def make_requests(
     return requests
 
 
-#: vLLM's switch between an engine in its own processes and one in the caller's.
-IN_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
-
-
-@contextlib.contextmanager
-def engine_in_this_process():
-    """vLLM's engine core and worker in the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``
-    and the "uni" executor): it starts in seconds instead of the minute or two that spawning
-    its two processes takes here. The environment variable and vLLM's cache of it (which the
-    in-process engine turns on) are restored after, so later engines spawn as usual."""
-    from vllm import envs
-
-    envs.disable_envs_cache()
-    before = os.environ.get(IN_PROCESS)
-    os.environ[IN_PROCESS] = "0"
-    try:
-        yield {"distributed_executor_backend": "uni"}
-    finally:
-        envs.disable_envs_cache()
-        if before is None:
-            os.environ.pop(IN_PROCESS)
-        else:
-            os.environ[IN_PROCESS] = before
-
-
 def serve(
-    directory,
-    family: str,
-    requests: list[dict],
-    settings: dict | None,
-    steps: int,
-    in_process: bool = True,
+    directory, family: str, requests: list[dict], settings: dict | None, steps: int, **engine
 ):
-    """vLLM's greedy continuation of each request: ``answer`` ids, ``prompt_tokens`` and the
-    first step's top-5 ``logprobs`` ({id: logprob}). ``in_process=False``: the engine runs in
-    its own processes, as served (the multimodal items, the prompt text among them, then cross
-    a process boundary)."""
-    extra = {} if settings is None else {"hf_overrides": {"visprune": settings}}
-    engine = {**ENGINE, "max_model_len": 512, "limit_mm_per_prompt": FAMILIES[family].limits}
-    if not in_process:
-        return _generate(directory, requests, steps, **engine, **extra)
-    with engine_in_this_process() as executor:
-        return _generate(directory, requests, steps, **engine, **extra, **executor)
-
-
-def _generate(directory, requests: list[dict], steps: int, **engine) -> list[dict]:
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=str(directory), **engine)
-    try:
-        outputs = llm.generate(
-            [
-                {
-                    "prompt": r["prompt"],
-                    "multi_modal_data": {k: v for k, v in r.items() if k in ("image", "video")},
-                    "mm_processor_kwargs": r.get("options", {}),
-                }
-                for r in requests
-            ],
-            SamplingParams(temperature=0.0, max_tokens=steps, logprobs=5, ignore_eos=True),
-            use_tqdm=False,
-        )
-        return [
-            {
-                "answer": list(output.outputs[0].token_ids),
-                "prompt_tokens": len(output.prompt_token_ids),
-                "logprobs": {t: p.logprob for t, p in output.outputs[0].logprobs[0].items()},
-            }
-            for output in outputs
-        ]
-    finally:
-        del llm
-        gc.collect()
+    """vLLM's greedy continuation of each request (:func:`serving.serve_prompts`, whose options
+    ``engine`` takes): ``answer`` ids, ``prompt_tokens`` and the first step's top-5
+    ``logprobs`` ({id: logprob})."""
+    limits = FAMILIES[family].limits
+    return serve_prompts(
+        directory,
+        requests,
+        settings,
+        steps,
+        max_model_len=512,
+        limit_mm_per_prompt=limits,
+        **engine,
+    )
 
 
 def vllm_attends_images_both_ways() -> bool:

@@ -3,51 +3,19 @@ requests through transformers with ``visprune.apply``, for the Qwen serving test
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
 import visprune
-from serving import ENGINE
+from serving import serve_prompts
 
-
-def _mm_data(request: dict) -> dict:
-    if "video" in request:
-        return {"video": (request["video"], request["metadata"])}
-    return {"image": request["image"]}
+#: Engine options of every Qwen test: prompts with one image or one video.
+QWEN_ENGINE = {"max_model_len": 1024, "limit_mm_per_prompt": {"image": 1, "video": 1}}
 
 
 def serve_qwen(model_dir, requests: list[dict], settings: dict | None, steps: int, **engine):
-    """vLLM greedy continuations: per request ``answer`` ids, ``prompt_tokens`` (as vLLM reports
-    it) and the first step's top-5 ``logprobs`` ({id: logprob})."""
-    from vllm import LLM, SamplingParams
-
-    extra = {} if settings is None else {"hf_overrides": {"visprune": settings}}
-    options = {
-        **ENGINE,
-        "max_model_len": 1024,
-        "limit_mm_per_prompt": {"image": 1, "video": 1},
-        **extra,
-        **engine,
-    }
-    llm = LLM(model=str(model_dir), **options)
-    try:
-        outputs = llm.generate(
-            [{"prompt": r["prompt"], "multi_modal_data": _mm_data(r)} for r in requests],
-            SamplingParams(temperature=0.0, max_tokens=steps, logprobs=5, ignore_eos=True),
-            use_tqdm=False,
-        )
-        return [
-            {
-                "answer": list(output.outputs[0].token_ids),
-                "prompt_tokens": len(output.prompt_token_ids),
-                "logprobs": {t: p.logprob for t, p in output.outputs[0].logprobs[0].items()},
-            }
-            for output in outputs
-        ]
-    finally:
-        del llm
-        gc.collect()
+    """vLLM greedy continuations (:func:`serving.serve_prompts`): per request ``answer`` ids,
+    ``prompt_tokens`` (as vLLM reports it) and the first step's top-5 ``logprobs``."""
+    return serve_prompts(model_dir, requests, settings, steps, **QWEN_ENGINE, **engine)
 
 
 def qwen_inputs(processor, request: dict) -> dict:

@@ -1,13 +1,16 @@
-"""Run the bundled demo checkpoint through vLLM and through transformers on the same questions.
+"""Serve requests through vLLM (:func:`serve_prompts`, every vLLM test's engine), and run the
+bundled demo checkpoint and a tiny LLaVA-NeXT through vLLM and through transformers on the same
+questions.
 
-Helpers of the vLLM tests and of ``benchmarks/serving.py``'s smoke check. vLLM starts its engine
-in a separate process, so the entry points that create an ``LLM`` are called from tests only.
+Helpers of the vLLM tests; the functions that create an ``LLM`` are called from tests only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +34,15 @@ ENGINE = {
 }
 
 
+#: vLLM's switch between an engine in its own processes and one in the caller's.
+IN_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+#: Two ranks, one core each (vLLM's CPU workers refuse to start without one core, or NUMA node,
+#: per rank): each holds half the heads, half the vision tower and half the embedding table.
+TENSOR_PARALLEL = {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
+THREADS_BIND = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+
+
 def questions(count: int) -> list[task.Sample]:
     return task.make_split(0, "test", count)
 
@@ -42,10 +54,153 @@ def prompt_ids(sample: task.Sample, encoder: Encoder, *, expanded: bool) -> list
     return question + image + question
 
 
-def override(method: str | None, **params) -> dict:
-    if method is None:
-        return {}
-    return {"hf_overrides": {"visprune": {"method": method, "budget": BUDGET, **params}}}
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` (which vLLM's worker processes inherit), restored after;
+    vLLM's cache of its environment variables is dropped on entry and exit."""
+    from vllm import envs
+
+    before = {name: os.environ.get(name) for name in values}
+    envs.disable_envs_cache()
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        envs.disable_envs_cache()
+
+
+def multi_modal_data(request: dict) -> dict:
+    """A request's image or video as vLLM takes it (a video with its metadata if it has one)."""
+    data = {}
+    if "image" in request:
+        data["image"] = request["image"]
+    if "video" in request:
+        video = request["video"]
+        data["video"] = (video, request["metadata"]) if "metadata" in request else video
+    return data
+
+
+def serve_prompts(
+    model_dir,
+    requests: Sequence[dict],
+    settings: dict | None,
+    steps: int,
+    *,
+    in_process: bool = True,
+    tensor_parallel: bool = False,
+    **engine,
+) -> list[dict]:
+    """vLLM's greedy continuation of each request: ``answer`` ids (``steps`` of them, past the
+    end of sequence), ``prompt_tokens`` (the prompt length vLLM reports) and the first step's
+    top-5 ``logprobs`` ({id: logprob}).
+
+    Parameters
+    ----------
+    model_dir : path
+        A checkpoint in the Hub layout.
+    requests : sequence of dict
+        ``prompt`` (text) or ``prompt_token_ids``; ``image`` or ``video`` (with ``metadata``
+        where the family takes it); optionally ``options`` (the processor's keyword arguments).
+    settings : dict, optional
+        The ``visprune`` override (``None``: vLLM unpatched).
+    in_process : bool
+        The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): it starts
+        in seconds, where spawning its process (which imports vLLM anew) takes a minute or two
+        here. ``False``: in its own process, as served, the requests crossing to it.
+    tensor_parallel : bool
+        Two ranks in vLLM's own worker processes (which load visprune through the
+        ``vllm.general_plugins`` entry point), one core each. Every rank's selections are
+        recorded, and the answers are returned only if all ranks kept the same rows.
+    **engine
+        ``LLM`` options over :data:`ENGINE`.
+    """
+    from vllm import LLM, SamplingParams
+
+    options = {**ENGINE, **engine}
+    if settings is not None:
+        options["hf_overrides"] = {"visprune": settings}
+    variables = {}
+    if tensor_parallel:
+        options.update(TENSOR_PARALLEL)
+        variables.update(THREADS_BIND)
+        # The recording functions reach a spawned engine core pickled.
+        variables["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    if in_process:
+        variables[IN_PROCESS] = "0"
+        options.setdefault("distributed_executor_backend", "uni")
+    with environment(variables):
+        llm = LLM(model=str(model_dir), **options)
+        try:
+            if tensor_parallel:
+                record, recorded = rank_recorders()
+                llm.collective_rpc(record)
+            outputs = llm.generate(
+                [
+                    {
+                        **{k: r[k] for k in ("prompt", "prompt_token_ids") if k in r},
+                        "multi_modal_data": multi_modal_data(r),
+                        "mm_processor_kwargs": r.get("options", {}),
+                    }
+                    for r in requests
+                ],
+                SamplingParams(temperature=0.0, max_tokens=steps, logprobs=5, ignore_eos=True),
+                use_tqdm=False,
+            )
+            if tensor_parallel:
+                assert_ranks_agree(llm.collective_rpc(recorded))
+            return [
+                {
+                    "answer": list(output.outputs[0].token_ids),
+                    "prompt_tokens": len(output.prompt_token_ids),
+                    "logprobs": {t: p.logprob for t, p in output.outputs[0].logprobs[0].items()},
+                }
+                for output in outputs
+            ]
+        finally:
+            del llm
+            gc.collect()
+
+
+def rank_recorders():
+    """Two functions for ``LLM.collective_rpc``: the first makes each rank's model keep a copy
+    of every multimodal embedding it returns (the kept rows of each image or video), the
+    second returns them. Defined here, inside a function, so that they travel to vLLM's worker
+    processes by value (a module-level function would be imported there by name)."""
+
+    def record(worker) -> None:
+        model = worker.model_runner.get_model()
+        embed = model.embed_multimodal
+        kept = []
+
+        def recording(**kwargs):
+            rows = embed(**kwargs)
+            kept.extend(item.detach().clone() for item in rows)
+            return rows
+
+        model.embed_multimodal = recording
+        model.visprune_recorded = kept
+
+    def recorded(worker) -> list:
+        return worker.model_runner.get_model().visprune_recorded
+
+    return record, recorded
+
+
+def assert_ranks_agree(per_rank: list[list[torch.Tensor]]) -> None:
+    """Every rank returned the same multimodal embeddings, bit for bit: it selected the same
+    rows (a rank that read only its shard of the embedding table, or drew its own random
+    numbers, would keep others)."""
+    first, *others = per_rank
+    assert first, "no multimodal embeddings were recorded"
+    for rank, items in enumerate(others, start=1):
+        assert len(items) == len(first), f"rank {rank}: {len(items)} items, rank 0: {len(first)}"
+        for number, (mine, theirs) in enumerate(zip(items, first, strict=True)):
+            assert mine.shape == theirs.shape and torch.equal(mine, theirs), (rank, number)
 
 
 def answer_ids(ids: Sequence[int], eos: int) -> list[int]:
@@ -54,34 +209,25 @@ def answer_ids(ids: Sequence[int], eos: int) -> list[int]:
     return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
-def serve(samples: Sequence[task.Sample], method: str | None, **engine) -> list[dict]:
-    """Greedy answers of vLLM for ``samples``: per question ``answer`` ids and ``prompt_tokens``
-    (the prompt length vLLM reports)."""
-    from vllm import LLM, SamplingParams
-
+def demo_requests(samples: Sequence[task.Sample]) -> list[dict]:
+    """The demo questions as vLLM requests: prompt ids with the image as one placeholder."""
     encoder = Encoder()
-    llm = LLM(model=str(bundled_checkpoint()), **{**ENGINE, **override(method), **engine})
-    try:
-        requests = [
-            {
-                "prompt_token_ids": prompt_ids(sample, encoder, expanded=False),
-                "multi_modal_data": {"image": sample.pil()},
-            }
-            for sample in samples
-        ]
-        outputs = llm.generate(
-            requests, SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS), use_tqdm=False
-        )
-        return [
-            {
-                "answer": answer_ids(output.outputs[0].token_ids, encoder.eos),
-                "prompt_tokens": len(output.prompt_token_ids),
-            }
-            for output in outputs
-        ]
-    finally:
-        del llm
-        gc.collect()
+    return [
+        {"prompt_token_ids": prompt_ids(sample, encoder, expanded=False), "image": sample.pil()}
+        for sample in samples
+    ]
+
+
+def serve(samples: Sequence[task.Sample], method: str | None, **engine) -> list[dict]:
+    """Greedy answers of vLLM on the bundled checkpoint for ``samples``: per question
+    ``answer`` ids (up to the end of sequence) and ``prompt_tokens`` (as vLLM reports it).
+    ``engine``: :func:`serve_prompts`'s options."""
+    settings = None if method is None else {"method": method, "budget": BUDGET}
+    served = serve_prompts(
+        bundled_checkpoint(), demo_requests(samples), settings, MAX_NEW_TOKENS, **engine
+    )
+    eos = Encoder().eos
+    return [{**result, "answer": answer_ids(result["answer"], eos)} for result in served]
 
 
 def reference(samples: Sequence[task.Sample], method: str | None, batch: int = 50) -> list[dict]:
@@ -221,32 +367,6 @@ def next_requests(count: int, seed: int = 0) -> list[dict]:
         after = " ".join(f"w{i}" for i in rng.integers(5, 64, 2 + number % 4))
         requests.append({"prompt": f"{before} <image> {after}", "image": Image.fromarray(pixels)})
     return requests
-
-
-def serve_prompts(model_dir, requests: list[dict], settings: dict | None, steps: int) -> list[dict]:
-    """vLLM greedy continuation of text prompts with one image each: ``answer`` ids,
-    ``prompt_tokens`` and the first step's top-5 ``logprobs`` ({id: logprob})."""
-    from vllm import LLM, SamplingParams
-
-    extra = {} if settings is None else {"hf_overrides": {"visprune": settings}}
-    llm = LLM(model=str(model_dir), **{**ENGINE, "max_model_len": 512, **extra})
-    try:
-        outputs = llm.generate(
-            [{"prompt": r["prompt"], "multi_modal_data": {"image": r["image"]}} for r in requests],
-            SamplingParams(temperature=0.0, max_tokens=steps, logprobs=5, ignore_eos=True),
-            use_tqdm=False,
-        )
-        return [
-            {
-                "answer": list(output.outputs[0].token_ids),
-                "prompt_tokens": len(output.prompt_token_ids),
-                "logprobs": {t: p.logprob for t, p in output.outputs[0].logprobs[0].items()},
-            }
-            for output in outputs
-        ]
-    finally:
-        del llm
-        gc.collect()
 
 
 def reference_prompts(model_dir, requests: list[dict], settings: dict | None, steps: int):

@@ -16,22 +16,21 @@ from family_serving import FAMILIES, make_requests, reference, serve, vllm_atten
 
 STEPS = 4
 
-#: (family, settings, engine in its own processes): a text-conditioned method on each family,
-#: a "vision"-stage one where it is served. One engine runs as served, in its own processes,
-#: with images and videos whose prompt text crosses the process boundary; the others run in
-#: this process (seconds to start instead of a minute or two).
+#: (family, settings): a text-conditioned method on each family, a "vision"-stage one where it
+#: is served. Engines run in this process (seconds to start instead of a minute or two);
+#: test_vllm_tensor_parallel.py serves each family in vLLM's own processes.
 CASES = [
-    ("internvl", {"method": "rediprune", "budget": 0.25}, False),
-    ("internvl", {"method": "divprune", "budget": 11}, False),
-    ("internvl", {"method": "cdpruner", "budget": 0.3}, False),
-    ("gemma3", {"method": "cdpruner", "budget": 5}, False),
-    ("gemma3", {"method": "rediprune", "budget": 0.5}, False),
-    ("gemma3", {"method": "otprune", "budget": 7}, False),
-    ("onevision", {"method": "trimtokenator", "budget": 0.3}, True),
+    ("internvl", {"method": "rediprune", "budget": 0.25}),
+    ("internvl", {"method": "divprune", "budget": 11}),
+    ("internvl", {"method": "cdpruner", "budget": 0.3}),
+    ("gemma3", {"method": "cdpruner", "budget": 5}),
+    ("gemma3", {"method": "rediprune", "budget": 0.5}),
+    ("gemma3", {"method": "otprune", "budget": 7}),
+    ("onevision", {"method": "trimtokenator", "budget": 0.3}),
     # ResPrune below the embedding width (64): beyond it the residuals vanish and its fill
     # order rests on float-level ties, which no two kernels break alike.
-    ("onevision", {"method": "resprune", "budget": 0.15}, False),
-    ("onevision", {"method": "uniform", "budget": 0.5}, False),
+    ("onevision", {"method": "resprune", "budget": 0.15}),
+    ("onevision", {"method": "uniform", "budget": 0.5}),
 ]
 
 
@@ -61,12 +60,12 @@ def assert_equal(served, expected):
 
 
 @pytest.mark.parametrize(
-    ("family", "settings", "spawned"), CASES, ids=[f"{f}-{s['method']}" for f, s, _ in CASES]
+    ("family", "settings"), CASES, ids=[f"{f}-{s['method']}" for f, s in CASES]
 )
-def test_pruned_family_equals_visprune_apply(checkpoints, family, settings, spawned):
+def test_pruned_family_equals_visprune_apply(checkpoints, family, settings):
     directory = checkpoints(family)
     requests = requests_of(family)
-    served = serve(directory, family, requests, settings, STEPS, in_process=not spawned)
+    served = serve(directory, family, requests, settings, STEPS)
     expected = reference(directory, family, requests, settings, STEPS)
     assert_equal(served, expected)
     for s, e in zip(served, expected, strict=True):

@@ -44,7 +44,7 @@ def assert_equal(served, expected):
     ids=["divprune", "trimtokenator", "uniform"],
 )
 def test_pruned_llava_next_equals_visprune_apply(checkpoint, requests, settings):
-    served = serve_prompts(checkpoint, requests, settings, STEPS)
+    served = serve_prompts(checkpoint, requests, settings, STEPS, max_model_len=512)
     expected = reference_prompts(checkpoint, requests, settings, STEPS)
     assert_equal(served, expected)
     for s, e in zip(served, expected, strict=True):
@@ -54,7 +54,7 @@ def test_pruned_llava_next_equals_visprune_apply(checkpoint, requests, settings)
 
 
 def test_unpruned_llava_next_is_untouched(checkpoint, requests):
-    served = serve_prompts(checkpoint, requests, None, STEPS)
+    served = serve_prompts(checkpoint, requests, None, STEPS, max_model_len=512)
     expected = reference_prompts(checkpoint, requests, None, STEPS)
     assert_equal(served, expected)
     assert [s["prompt_tokens"] for s in served] == [e["prompt_tokens"] for e in expected]

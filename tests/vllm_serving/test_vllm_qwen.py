@@ -4,8 +4,7 @@ Images of five sizes (several grids) and videos of 4 and 6 frames at 2 fps, in o
 (family, method settings): vLLM's greedy tokens and first-step log-probabilities equal
 ``visprune.apply(...)`` (the family's default positions, "original") + ``generate`` in
 transformers, and each prompt is shorter by exactly the dropped tokens (the budget applies per
-image and per video temporal patch group). The text-conditioned case runs on two tensor-parallel
-ranks. Without the override vLLM is untouched.
+image and per video temporal patch group). Without the override vLLM is untouched.
 """
 
 from __future__ import annotations
@@ -42,34 +41,23 @@ def assert_equal(served, expected):
             assert abs(logprob - float(e["logprobs"][token])) < 1e-3, (number, token)
 
 
-#: Two ranks, one core each: each holds half the heads, half the vision tower and half the
-#: embedding table, so a text-conditioned method reads the prompt through a sharded table, and
-#: a rank that selected other tokens than its peer would change the answers.
-TENSOR_PARALLEL = {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
-
-#: (family, settings, with video, engine options): text-free and text-conditioned methods,
-#: "vision" stage included (on Qwen it scores the merger's output, as in transformers), counts
-#: and fractions, one and two ranks.
+#: (family, settings, with video): text-free and text-conditioned methods, "vision" stage
+#: included (on Qwen it scores the merger's output, as in transformers), counts and fractions.
+#: Engines run in this process; test_vllm_tensor_parallel.py serves both families on two ranks
+#: in vLLM's own processes.
 CASES = [
-    ("qwen2_5_vl", {"method": "divprune", "budget": 0.4}, True, {}),
-    ("qwen2_5_vl", {"method": "rediprune", "budget": 5}, True, TENSOR_PARALLEL),
-    ("qwen3_vl", {"method": "cdpruner", "budget": 0.3}, True, {}),
+    ("qwen2_5_vl", {"method": "divprune", "budget": 0.4}, True),
+    ("qwen2_5_vl", {"method": "rediprune", "budget": 5}, True),
+    ("qwen3_vl", {"method": "cdpruner", "budget": 0.3}, True),
 ]
 
 
 @pytest.mark.parametrize(
-    ("family", "settings", "video", "engine"),
-    CASES,
-    ids=[f"{f}-{s['method']}-tp{e.get('tensor_parallel_size', 1)}" for f, s, _, e in CASES],
+    ("family", "settings", "video"), CASES, ids=[f"{f}-{s['method']}" for f, s, _ in CASES]
 )
-def test_pruned_qwen_equals_visprune_apply(
-    checkpoints, monkeypatch, family, settings, video, engine
-):
-    if engine.get("tensor_parallel_size", 1) > 1:
-        # vLLM's CPU workers refuse to start without one core (or NUMA node) per rank.
-        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+def test_pruned_qwen_equals_visprune_apply(checkpoints, family, settings, video):
     requests = requests_of(family, video)
-    served = serve_qwen(checkpoints[family], requests, settings, STEPS, **engine)
+    served = serve_qwen(checkpoints[family], requests, settings, STEPS)
     expected = reference_qwen(checkpoints[family], requests, settings, STEPS)
     assert_equal(served, expected)
     for s, e in zip(served, expected, strict=True):
