@@ -18,8 +18,8 @@ import torch
 import visprune
 from visprune.demo import model as demo_model
 from visprune.demo import task
+from visprune.demo.evaluate import Encoder
 from visprune.demo.run import bundled_checkpoint
-from visprune.demo.train import Encoder
 
 BUDGET = 7  # of the demo's 64 tokens per image
 MAX_NEW_TOKENS = 2  # the demo's answers are one word, then the end of sequence

@@ -12,33 +12,21 @@ run in this process (seconds to start).
 
 from __future__ import annotations
 
-import contextlib
-import gc
-
 import pytest
 import torch
 
 import visprune
-from family_serving import engine_in_this_process
-from serving import ENGINE, next_requests, prompt_ids, questions, write_tiny_llava_next
+from serving import next_requests, prompt_ids, questions, serve_prompts, write_tiny_llava_next
 from visprune.demo import model as demo_model
 from visprune.demo import task
+from visprune.demo.evaluate import Encoder
 from visprune.demo.run import bundled_checkpoint
-from visprune.demo.train import Encoder
 
 STEPS = 3
 QUESTIONS = 12
-#: Two ranks, one core each: each holds one of the tower's two heads, so the CLS attention and
-#: keys are gathered from both; a rank that selected other tokens would change the answers.
-TENSOR_PARALLEL = {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
-
 #: On the demo checkpoint the scoring layer is one vLLM does not build (the plugin loads its
 #: projections itself, sharded like the tower's on two ranks).
-LLAVA_CASES = [
-    ({"method": "vispruner", "budget": 7}, {}),
-    ({"method": "visionzip", "budget": 12}, {}),
-    ({"method": "vispruner", "budget": 7}, TENSOR_PARALLEL),
-]
+LLAVA_CASES = [{"method": "vispruner", "budget": 7}, {"method": "visionzip", "budget": 12}]
 
 
 @pytest.fixture(scope="module")
@@ -51,41 +39,9 @@ def demo_prompts(samples) -> list[dict]:
     return [
         {
             "prompt_token_ids": prompt_ids(sample, encoder, expanded=False),
-            "multi_modal_data": {"image": sample.pil()},
+            "image": sample.pil(),
         }
         for sample in samples
-    ]
-
-
-def serve(model_dir, prompts: list[dict], settings: dict, **engine) -> list[dict]:
-    """vLLM's greedy continuation: ``answer`` ids, ``prompt_tokens``, first-step top-5
-    ``logprobs``. The engine runs in this process unless ``engine`` names an executor."""
-    from vllm import LLM, SamplingParams
-
-    in_process = "distributed_executor_backend" not in engine
-    with engine_in_this_process() if in_process else contextlib.nullcontext({}) as executor:
-        llm = LLM(
-            model=str(model_dir),
-            **{**ENGINE, **engine},
-            **executor,
-            hf_overrides={"visprune": settings},
-        )
-        try:
-            outputs = llm.generate(
-                prompts,
-                SamplingParams(temperature=0.0, max_tokens=STEPS, logprobs=5, ignore_eos=True),
-                use_tqdm=False,
-            )
-        finally:
-            del llm
-            gc.collect()
-    return [
-        {
-            "answer": list(output.outputs[0].token_ids),
-            "prompt_tokens": len(output.prompt_token_ids),
-            "logprobs": {t: p.logprob for t, p in output.outputs[0].logprobs[0].items()},
-        }
-        for output in outputs
     ]
 
 
@@ -171,16 +127,9 @@ def assert_equal(served, expected):
             assert abs(logprob - float(e["logprobs"][token])) < 1e-3, (number, token)
 
 
-@pytest.mark.parametrize(
-    ("settings", "engine"),
-    LLAVA_CASES,
-    ids=[f"{s['method']}-tp{e.get('tensor_parallel_size', 1)}" for s, e in LLAVA_CASES],
-)
-def test_cls_methods_on_llava_equal_visprune_apply(samples, monkeypatch, settings, engine):
-    if engine.get("tensor_parallel_size", 1) > 1:
-        # vLLM's CPU workers refuse to start without one core (or NUMA node) per rank.
-        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
-    served = serve(bundled_checkpoint(), demo_prompts(samples), settings, **engine)
+@pytest.mark.parametrize("settings", LLAVA_CASES, ids=[s["method"] for s in LLAVA_CASES])
+def test_cls_methods_on_llava_equal_visprune_apply(samples, settings):
+    served = serve_prompts(bundled_checkpoint(), demo_prompts(samples), settings, STEPS)
     expected = reference(samples, settings)
     assert_equal(served, expected)
     for s, e in zip(served, expected, strict=True):
@@ -197,27 +146,30 @@ def next_checkpoint(tmp_path_factory):
     return directory
 
 
+#: On two ranks each holds one of the tower's two heads, so the CLS attention and keys are
+#: gathered from both; a rank that selected other tokens would change the answers.
 NEXT_CASES = [
-    ({"method": "vispruner", "budget": 0.25}, {}),
-    ({"method": "visionzip", "budget": 6}, {}),
-    ({"method": "visionzip", "budget": 6}, TENSOR_PARALLEL),
+    ({"method": "vispruner", "budget": 0.25}, False),
+    ({"method": "visionzip", "budget": 6}, False),
+    ({"method": "visionzip", "budget": 6}, True),
 ]
 
 
 @pytest.mark.parametrize(
-    ("settings", "engine"),
+    ("settings", "tensor_parallel"),
     NEXT_CASES,
-    ids=[f"{s['method']}-tp{e.get('tensor_parallel_size', 1)}" for s, e in NEXT_CASES],
+    ids=[f"{s['method']}-tp{2 if tp else 1}" for s, tp in NEXT_CASES],
 )
-def test_cls_methods_on_llava_next_equal_visprune_apply(
-    next_checkpoint, monkeypatch, settings, engine
-):
-    if engine.get("tensor_parallel_size", 1) > 1:
-        # vLLM's CPU workers refuse to start without one core (or NUMA node) per rank.
-        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+def test_cls_methods_on_llava_next_equal_visprune_apply(next_checkpoint, settings, tensor_parallel):
     requests = next_requests(12)
-    prompts = [{"prompt": r["prompt"], "multi_modal_data": {"image": r["image"]}} for r in requests]
-    served = serve(next_checkpoint, prompts, settings, max_model_len=512, **engine)
+    served = serve_prompts(
+        next_checkpoint,
+        requests,
+        settings,
+        STEPS,
+        tensor_parallel=tensor_parallel,
+        max_model_len=512,
+    )
     expected = next_reference(next_checkpoint, requests, settings)
     assert_equal(served, expected)
     for s, e in zip(served, expected, strict=True):
