@@ -307,8 +307,9 @@ def test_bad_requests_get_client_errors_or_answers_and_the_server_keeps_serving(
         assert not problems, "\n".join(problems)
         assert min(rounds) >= 2
 
-        # Nothing is left running or waiting, and the engine finished exactly the requests that
-        # were answered: the dropped stream (far from its max_tokens) was aborted.
+        # Nothing is left running or waiting, and the engine finished the requests that were
+        # answered, plus at most the dropped stream: the server aborts it when it notices the
+        # closed connection, but a busy machine can let the engine generate all its tokens first.
         deadline = time.monotonic() + 30
         busy = None
         while busy != 0 and time.monotonic() < deadline:
@@ -318,7 +319,7 @@ def test_bad_requests_get_client_errors_or_answers_and_the_server_keeps_serving(
         assert busy == 0, f"{busy} requests still running or waiting"
         finished = metric(server, "vllm:request_success_total") - finished_before
         answered = sum(rounds) + len(cases) + len(as_text)
-        assert finished == answered, f"{finished} requests finished, {answered} answered"
+        assert finished in (answered, answered + 1), f"{finished} finished, {answered} answered"
 
         assert answer(server.url, good_content(1), GOOD_TOKENS) == clean[1]
         assert server.alive()
