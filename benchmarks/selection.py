@@ -335,9 +335,9 @@ def render(rows: list[dict], command: str, repeats: int, compile_max_k: int | No
             "",
             "`compile=True`: the method's selection core as one `torch.compile(fullgraph=True, "
             "dynamic=False)` graph (Inductor, CPU code). `compile` = the first call, which "
-            "compiles (once per method, shapes and budget; Inductor's graph caches off, but the C++ "
-            "kernels it builds may come from its on-disk cache of earlier runs, so a first-ever "
-            "compile takes longer); eager and compiled calls are then "
+            "compiles (once per method, shapes and budget; Inductor's graph caches off, but the "
+            "C++ kernels it builds may come from its on-disk cache of earlier runs, so a "
+            "first-ever compile takes longer); eager and compiled calls are then "
             f"timed alternately ({repeats} repeats each, medians). `compiles` says whether the "
             "core runs as one graph (and picks what eager picks), or why not. Cases with a budget "
             f"above {compile_max_k} are left out: the greedy loop is unrolled into the graph, so "
