@@ -133,12 +133,11 @@ def test_the_guard_refuses_a_stage_an_architecture_cannot_serve():
     guard_registry(registry)
     vision = model_config(visprune={"method": "rediprune", "budget": 7})
     with pytest.raises(
-        ValueError, match=r"'vision'-stage method.*LlavaNextForConditionalGeneration"
+        ValueError, match=r"'vision'-stage method.*LlavaOnevisionForConditionalGeneration"
     ):
-        registry.inspect_model_cls(["LlavaNextForConditionalGeneration"], vision)
-    assert registry.inspect_model_cls(["LlavaForConditionalGeneration"], vision)[1].startswith(
-        "Llava"
-    )
+        registry.inspect_model_cls(["LlavaOnevisionForConditionalGeneration"], vision)
+    for served in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration"):
+        assert registry.inspect_model_cls([served], vision)[1] == served
     llm = model_config(visprune={"method": "divprune", "budget": 7})
     assert registry.resolve_model_cls(["LlavaNextForConditionalGeneration"], llm)[1].endswith("ion")
 

@@ -97,7 +97,9 @@ SEAMS: dict[str, tuple[Seam, ...]] = {
         *_PROCESSOR,
         Seam("model", "_parse_and_validate_image_input", "**kwargs"),
         Seam("model", "_process_image_input", "image_input"),
-        # VisPruner and VisionZip: scores packed as vLLM packs the features, newlines counted.
+        # Methods that score the patches: their projector input (and VisPruner's and VisionZip's
+        # scores) packed as vLLM packs the features, newlines counted.
+        Seam("model", "_image_pixels_to_features", "vision_tower, pixel_values"),
         Seam("model", "_merge_image_patch_embeddings", "image_size, patch_embeddings, *, strategy"),
         Seam("model", "load_weights", "weights"),
         Seam(

@@ -9,7 +9,7 @@ import functools
 import threading
 from typing import Any
 
-from .score_layer import SCORED_ARCHITECTURES, check_scores
+from .score_layer import check_scores
 from .settings import OVERRIDE_KEY, settings_of
 
 _GUARDED = "_visprune_guarded"
@@ -80,8 +80,6 @@ def check_served(
         )
     check_scores(architecture, model_config.hf_config, settings.method)
     why = UNSERVED_STAGES.get(architecture, {}).get(settings.method.stage)
-    if settings.uses_vision_scores and architecture in SCORED_ARCHITECTURES:
-        why = None  # their candidates are the tower's patches, packed (score_layer.py)
     if why is not None:
         raise ValueError(
             f"visprune: {settings.method.name} is a {settings.method.stage!r}-stage method, which "
