@@ -1,17 +1,21 @@
 """vLLM serving a "vision"-stage method (ReDiPrune: the projector input scored against the prompt)
-on a random-weight LLaVA-NeXT through the plugin, against ``visprune.apply`` in transformers.
+on random-weight LLaVA-NeXT and LLaVA-OneVision through the plugin, against ``visprune.apply`` in
+transformers.
 
 Each crop's projector input is packed in the order of the image's tokens (base tile, then the
 unpadded anyres tiles); the newline tokens have no such feature, so they are no candidates and
-always stay, as in transformers. vLLM's greedy tokens and first-step log-probabilities equal
-``visprune.apply(..., positions="compact")`` + ``generate``, and each prompt is shorter by exactly
-the dropped tokens. Engines run in this process (seconds to start).
+always stay, as in transformers. A OneVision video frame's projector input is pooled as vLLM pools
+the projected frame (the budget per frame, the closing newline kept). vLLM's greedy tokens and
+first-step log-probabilities equal ``visprune.apply`` (the family's default positions) +
+``generate``, and each prompt is shorter by exactly the dropped tokens. Engines run in this
+process (seconds to start).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from family_serving import FAMILIES, make_requests, reference, serve
 from serving import next_requests, serve_prompts, write_tiny_llava_next
 from test_vllm_cls_scores import STEPS, assert_equal, next_reference
 
@@ -36,3 +40,24 @@ def test_rediprune_on_llava_next_equals_visprune_apply(checkpoint, settings):
         assert e["kept"] < e["candidates"]
         assert s["prompt_tokens"] == e["prompt_tokens"] - (e["candidates"] - e["kept"])
     assert len({e["candidates"] for e in expected}) >= 3  # several anyres grids
+
+
+@pytest.fixture(scope="module")
+def onevision(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("onevision")
+    FAMILIES["onevision"].write(directory)
+    return directory
+
+
+def test_rediprune_on_onevision_images_and_video_equals_visprune_apply(onevision):
+    """Images (each packed with its newlines, which stay) and videos (each frame's pooled
+    projector input, the budget per frame) in one engine."""
+    settings = {"method": "rediprune", "budget": 0.3}
+    requests = make_requests("onevision", 12, videos=4)
+    served = serve(onevision, "onevision", requests, settings, STEPS)
+    expected = reference(onevision, "onevision", requests, settings, STEPS)
+    assert_equal(served, expected)
+    for s, e in zip(served, expected, strict=True):
+        assert e["dropped"] > 0
+        assert s["prompt_tokens"] == e["prompt_tokens"] - e["dropped"]
+    assert len({e["prompt_tokens"] - e["dropped"] for e in expected}) >= 3

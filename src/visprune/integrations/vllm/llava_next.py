@@ -30,9 +30,9 @@ from .settings import settings_of
 from .vision_scores import ScoredModelMixin
 
 
-class PrunedLlavaNextProcessingInfo(PrunedInfoMixin, LlavaNextProcessingInfo):
-    """``num_keep(n)`` tokens for an image vLLM would give ``n``; for methods that score the
-    tower's patches ``num_keep(patches) + newlines`` (the newlines always stay)."""
+class PatchBudgetMixin:
+    """For a LLaVA-NeXT-style pruned info: for methods that score the tower's patches an image
+    gets ``num_keep(patches) + newlines`` tokens (the newlines always stay)."""
 
     def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
         if not self.settings.scores_patches:
@@ -54,6 +54,11 @@ class PrunedLlavaNextProcessingInfo(PrunedInfoMixin, LlavaNextProcessingInfo):
             num_patch_width=columns,
         )
         return self.settings.num_keep(total - newlines) + newlines
+
+
+class PrunedLlavaNextProcessingInfo(PatchBudgetMixin, PrunedInfoMixin, LlavaNextProcessingInfo):
+    """``num_keep(n)`` tokens for an image vLLM would give ``n``; for methods that score the
+    tower's patches ``num_keep(patches) + newlines``."""
 
 
 class PrunedLlavaNextMultiModalProcessor(PromptTextMixin, LlavaNextMultiModalProcessor):
@@ -167,14 +172,22 @@ class PrunedLlavaNextForConditionalGeneration(
             fixed=fixed,
         )
 
-    @contextlib.contextmanager
     def _newline_marker(self):
         """vLLM's packing with ``-1`` for the newline token: packing a ``(crops, patches, 1)``
         map of patch indices then gives each packed token's patch (``-1``: a newline)."""
         newline = self._parameters["image_newline"]
-        marker = torch.full((1,), -1.0, dtype=torch.float64, device=newline.device)
-        self._parameters["image_newline"] = nn.Parameter(marker, requires_grad=False)
-        try:
-            yield
-        finally:
-            self._parameters["image_newline"] = newline
+        return newline_swapped(
+            self, torch.full((1,), -1.0, dtype=torch.float64, device=newline.device)
+        )
+
+
+@contextlib.contextmanager
+def newline_swapped(model: nn.Module, newline: torch.Tensor):
+    """``model.image_newline`` is ``newline`` ``(d,)`` for the duration (vLLM's packing reads
+    the parameter), so its packing of other rows than the projected tokens marks the newlines."""
+    original = model._parameters["image_newline"]
+    model._parameters["image_newline"] = nn.Parameter(newline, requires_grad=False)
+    try:
+        yield
+    finally:
+        model._parameters["image_newline"] = original
