@@ -98,20 +98,17 @@ class PrunedLlavaOnevisionForConditionalGeneration(
 
     def _patch_rows(self, inputs, text_ids) -> list[torch.Tensor]:
         """Kept rows of each image for "vision"-stage methods: its crops' projector input
-        packed like its tokens (a zero column marks the patches, ``-1`` the newlines)."""
+        packed like its tokens, the newlines kept."""
         pixels = inputs["pixel_values"]
         crops = [len(image) for image in pixels]
         features = self._image_pixels_to_features(self.vision_tower, torch.cat(list(pixels)))
         projected = self.multi_modal_projector(features).split(crops)
-        tagged = torch.cat((features, features.new_zeros(*features.shape[:-1], 1)), dim=-1)
-        marker = features.new_zeros(features.shape[-1] + 1)
-        marker[-1] = -1.0
         sizes = inputs.get("image_sizes")
         if sizes is None:
             side = self.config.vision_config.image_size
             sizes = torch.tensor([[side, side]] * len(crops))
         candidates, embeddings, fixed = [], [], []
-        for number, crop_features in enumerate(tagged.split(crops)):
+        for number, crop_features in enumerate(features.split(crops)):
             embeddings.append(
                 self._merge_image_patch_embeddings(
                     sizes[number],
@@ -120,12 +117,8 @@ class PrunedLlavaOnevisionForConditionalGeneration(
                     strategy="spatial_unpad",
                 )
             )
-            with newline_swapped(self, marker):  # a one-crop image reads the parameter
-                packed = self._merge_image_patch_embeddings(
-                    sizes[number], crop_features, image_newline=marker, strategy="spatial_unpad"
-                )
-            newline = packed[:, -1] < 0
-            candidates.append(packed[~newline, :-1])
+            patches, newline = packed_projector_input(self, sizes[number], crop_features)
+            candidates.append(patches)
             fixed.append(newline)
         texts = self._texts(text_ids, len(embeddings))
         return select_rows(self.visprune, candidates, embeddings, texts, fixed=fixed)
@@ -147,3 +140,34 @@ class PrunedLlavaOnevisionForConditionalGeneration(
         kept = select_in_parts(self.visprune, candidates, parts, texts, frames)
         newline = self.image_newline[None].to(parts[0])
         return [torch.cat((video, newline)) for video in kept]
+
+
+def packed_projector_input(model, image_size: torch.Tensor, features: torch.Tensor):
+    """One image's projector input packed by vLLM's OneVision packing of its tokens.
+
+    Parameters
+    ----------
+    model : vLLM ``LlavaOnevisionForConditionalGeneration``
+    image_size : Tensor
+        ``(2,)`` the image's height and width.
+    features : Tensor
+        ``(crops, patches, d_v)`` its crops' projector input.
+
+    Returns
+    -------
+    candidates : Tensor
+        ``(n, d_v)`` the patches in the order of the image's tokens (base tile, then the
+        unpadded tiles, interpolated where vLLM interpolates), as ``visprune.apply`` packs them.
+    newline : Tensor
+        ``(N,)`` bool over the image's ``N`` tokens: its newline tokens.
+    """
+    # A zero column marks the patches and a -1 the newline (bilinear interpolation keeps both).
+    tagged = torch.cat((features, features.new_zeros(*features.shape[:-1], 1)), dim=-1)
+    marker = features.new_zeros(features.shape[-1] + 1)
+    marker[-1] = -1.0
+    with newline_swapped(model, marker):  # a one-crop image reads the parameter
+        packed = model._merge_image_patch_embeddings(
+            image_size, tagged, image_newline=marker, strategy="spatial_unpad"
+        )
+    newline = packed[:, -1] < 0
+    return packed[~newline, :-1], newline
