@@ -19,8 +19,14 @@ from family_serving import FAMILIES, make_requests, reference, serve
 from serving import next_requests, serve_prompts, write_tiny_llava_next
 from test_vllm_cls_scores import STEPS, assert_equal, next_reference
 
-#: A fraction (each anyres grid keeps its own count) and a fixed count per image.
-CASES = [{"method": "rediprune", "budget": 0.25}, {"method": "rediprune", "budget": 7}]
+#: A fraction (each anyres grid keeps its own count) and a fixed count per image; on two ranks
+#: the prompt's embeddings come from a sharded table, and a rank that selected other tokens
+#: would change the answers.
+CASES = [
+    ({"method": "rediprune", "budget": 0.25}, False),
+    ({"method": "rediprune", "budget": 7}, False),
+    ({"method": "rediprune", "budget": 7}, True),
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +36,21 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("settings", CASES, ids=[str(s["budget"]) for s in CASES])
-def test_rediprune_on_llava_next_equals_visprune_apply(checkpoint, settings):
+@pytest.mark.parametrize(
+    ("settings", "tensor_parallel"),
+    CASES,
+    ids=[f"{s['budget']}-tp{2 if tp else 1}" for s, tp in CASES],
+)
+def test_rediprune_on_llava_next_equals_visprune_apply(checkpoint, settings, tensor_parallel):
     requests = next_requests(12)
-    served = serve_prompts(checkpoint, requests, settings, STEPS, max_model_len=512)
+    served = serve_prompts(
+        checkpoint,
+        requests,
+        settings,
+        STEPS,
+        tensor_parallel=tensor_parallel,
+        max_model_len=512,
+    )
     expected = next_reference(checkpoint, requests, settings)
     assert_equal(served, expected)
     for s, e in zip(served, expected, strict=True):
