@@ -128,19 +128,16 @@ def test_the_guard_refuses_an_override_it_would_not_serve():
         assert call(["Qwen2VLForConditionalGeneration"], model_config())[1].startswith("Qwen2VL")
 
 
-def test_the_guard_refuses_a_stage_an_architecture_cannot_serve():
+def test_the_guard_serves_vision_stage_methods_on_every_architecture():
     registry = Registry()
     guard_registry(registry)
     vision = model_config(visprune={"method": "rediprune", "budget": 7})
-    with pytest.raises(
-        ValueError, match=r"'vision'-stage method.*LlavaNextForConditionalGeneration"
-    ):
-        registry.inspect_model_cls(["LlavaNextForConditionalGeneration"], vision)
-    assert registry.inspect_model_cls(["LlavaForConditionalGeneration"], vision)[1].startswith(
-        "Llava"
-    )
-    llm = model_config(visprune={"method": "divprune", "budget": 7})
-    assert registry.resolve_model_cls(["LlavaNextForConditionalGeneration"], llm)[1].endswith("ion")
+    for served in SERVED_ARCHITECTURES:
+        assert registry.inspect_model_cls([served], vision)[1] == served
+        assert registry.resolve_model_cls([served], vision)[1] == served
+    layer = model_config(visprune={"method": "fastv", "budget": 7})
+    with pytest.raises(ValueError, match="fastv prunes inside the language model"):
+        registry.inspect_model_cls(["LlavaNextForConditionalGeneration"], layer)
 
 
 def test_a_served_name_overwritten_by_another_plugin_is_not_served():

@@ -107,16 +107,3 @@ def test_gemma3_bidirectional_span_is_the_kept_tokens(checkpoints):
         kept = [i for i, t in enumerate(ids) if t == PLACEHOLDER["gemma3"]]
         assert (first, last) == (kept[0], kept[-1])
         assert last - first + 1 == parse_settings(SETTINGS).num_keep(16)
-
-
-def test_vision_stage_methods_are_refused_on_onevision(checkpoints):
-    from vllm.config import ModelConfig
-
-    register()
-    with pytest.raises(ValueError, match="rediprune is a 'vision'-stage method"):
-        ModelConfig(
-            model=str(checkpoints["onevision"]),
-            dtype="float32",
-            max_model_len=512,
-            hf_overrides={"visprune": {"method": "rediprune", "budget": 8}},
-        )

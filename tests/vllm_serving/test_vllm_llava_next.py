@@ -60,19 +60,6 @@ def test_unpruned_llava_next_is_untouched(checkpoint, requests):
     assert [s["prompt_tokens"] for s in served] == [e["prompt_tokens"] for e in expected]
 
 
-def test_vision_stage_methods_are_refused_on_llava_next(checkpoint):
-    from vllm import LLM
-
-    from serving import ENGINE
-
-    with pytest.raises(Exception, match="rediprune is a 'vision'-stage method"):
-        LLM(
-            model=str(checkpoint),
-            hf_overrides={"visprune": {"method": "rediprune", "budget": 8}},
-            **ENGINE,
-        )
-
-
 def test_reference_logprobs_are_a_distribution(checkpoint, requests):
     expected = reference_prompts(checkpoint, requests[:1], None, 1)
     assert torch.isclose(

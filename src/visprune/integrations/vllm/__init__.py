@@ -16,15 +16,16 @@ Text-conditioned methods read the prompt's tokens after the last image, which tr
 image (and are part of its cache identity, so cached encodings are never reused across prompts).
 
 Served: ``LlavaForConditionalGeneration`` with a CLIP or SigLIP tower (LLaVA-1.5 and its
-relatives), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method but the
-"vision"-stage ones that do not read the CLS attention), ``Qwen2_5_VLForConditionalGeneration`` and
-``Qwen3VLForConditionalGeneration`` (images and video, the budget per video temporal patch group,
-kept tokens at their M-RoPE positions: see :mod:`.mrope`),
-``InternVLForConditionalGeneration`` (InternVL 3 / 3.5 ``-hf``: images and video),
-``Gemma3ForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration`` (images and
-video; every method but the "vision"-stage ones). VisPruner and VisionZip read the CLIP
-tower's CLS attention (:mod:`.vision_scores`), so only LLaVA and LLaVA-NeXT with a CLIP tower
-serve them. An override on any other
+relatives), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT: every method; "vision"-stage
+ones score each packed token's projector input, the newlines always kept),
+``Qwen2_5_VLForConditionalGeneration`` and ``Qwen3VLForConditionalGeneration`` (images and
+video, the budget per video temporal patch group, kept tokens at their M-RoPE positions: see
+:mod:`.mrope`), ``InternVLForConditionalGeneration`` (InternVL 3 / 3.5 ``-hf``: images and
+video), ``Gemma3ForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration``
+(images and video; "vision"-stage ones score the projector input, packed or pooled as vLLM
+packs the tokens). VisPruner and VisionZip read the
+CLIP tower's CLS attention (:mod:`.vision_scores`), so only LLaVA and LLaVA-NeXT with a CLIP
+tower serve them. An override on any other
 architecture, an unknown method or a bad budget raises at engine start.
 """
 
@@ -61,19 +62,6 @@ SERVED_ARCHITECTURES = {
 SERVED_POSITIONS = {
     "Qwen2_5_VLForConditionalGeneration": "original",
     "Qwen3VLForConditionalGeneration": "original",
-}
-
-
-#: Method stages an architecture cannot serve, and why (refused at engine start).
-UNSERVED_STAGES = {
-    "LlavaNextForConditionalGeneration": {
-        "vision": "vLLM's LLaVA-NeXT keeps no per-token features before the projector that "
-        "line up with its packed tokens (its newline tokens have none)",
-    },
-    "LlavaOnevisionForConditionalGeneration": {
-        "vision": "vLLM's LLaVA-OneVision keeps no per-token features before the projector "
-        "that line up with its packed image tokens (its newline tokens have none)",
-    },
 }
 
 

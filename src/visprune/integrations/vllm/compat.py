@@ -97,7 +97,9 @@ SEAMS: dict[str, tuple[Seam, ...]] = {
         *_PROCESSOR,
         Seam("model", "_parse_and_validate_image_input", "**kwargs"),
         Seam("model", "_process_image_input", "image_input"),
-        # VisPruner and VisionZip: scores packed as vLLM packs the features, newlines counted.
+        # Methods that score the patches: their projector input (and VisPruner's and VisionZip's
+        # scores) packed as vLLM packs the features, newlines counted.
+        Seam("model", "_image_pixels_to_features", "vision_tower, pixel_values"),
         Seam("model", "_merge_image_patch_embeddings", "image_size, patch_embeddings, *, strategy"),
         Seam("model", "load_weights", "weights"),
         Seam(
@@ -112,6 +114,19 @@ SEAMS: dict[str, tuple[Seam, ...]] = {
         Seam("model", "_parse_and_validate_multimodal_inputs", "**kwargs"),
         Seam("model", "_process_image_input", "image_input"),
         Seam("model", "_video_pixels_to_features", "vision_tower, pixel_values"),
+        # "vision"-stage methods: the projector input, packed and pooled as vLLM does.
+        Seam("model", "_image_pixels_to_features", "vision_tower, pixel_values"),
+        Seam(
+            "model",
+            "_merge_image_patch_embeddings",
+            "image_size, patch_embeddings, *, image_newline, vision_aspect_ratio, strategy",
+        ),
+        Seam("model", "apply_pooling", "image_features, stride"),
+        Seam(
+            "info",
+            "_get_num_unpadded_features",
+            "*, original_height, original_width, npatches, num_patch_height, num_patch_width",
+        ),
         Seam("info", "get_num_video_tokens", "*, image_width, image_height, num_frames"),
         Seam("info", "_get_num_frame_tokens", "*, image_width, image_height"),
     ),

@@ -9,7 +9,7 @@ import functools
 import threading
 from typing import Any
 
-from .score_layer import SCORED_ARCHITECTURES, check_scores
+from .score_layer import check_scores
 from .settings import OVERRIDE_KEY, settings_of
 
 _GUARDED = "_visprune_guarded"
@@ -59,7 +59,7 @@ def check_served(
     it resolved to. The override is parsed here too, so a bad method or budget fails before any
     weight loads.
     """
-    from . import SERVED_ARCHITECTURES, SERVED_POSITIONS, UNSERVED_STAGES
+    from . import SERVED_ARCHITECTURES, SERVED_POSITIONS
 
     settings = settings_of(model_config.hf_config)
     if settings is None:
@@ -79,15 +79,6 @@ def check_served(
             f'(omit it or pass "{served}").'
         )
     check_scores(architecture, model_config.hf_config, settings.method)
-    why = UNSERVED_STAGES.get(architecture, {}).get(settings.method.stage)
-    if settings.uses_vision_scores and architecture in SCORED_ARCHITECTURES:
-        why = None  # their candidates are the tower's patches, packed (score_layer.py)
-    if why is not None:
-        raise ValueError(
-            f"visprune: {settings.method.name} is a {settings.method.stage!r}-stage method, which "
-            f"{architecture} cannot serve: {why}. Serve a method that works on the projected "
-            "tokens, or prune this model with visprune.apply in transformers."
-        )
     if not is_served(registry, architecture, model_cls):
         impl = getattr(model_config, "model_impl", "auto")
         served_as = repr(architecture) if model_cls is None else f"{architecture!r} ({model_cls!r})"

@@ -2,9 +2,11 @@
 
 An image's candidates are all its tokens as vLLM's LLaVA-NeXT packs them (base tile, then the
 unpadded anyres tiles with one newline token per row), which is what ``visprune.apply`` selects
-from with ``newlines="candidates"``; the budget applies per image. "vision"-stage methods are
-refused at engine start: vLLM's LLaVA-NeXT keeps no per-token features before the projector
-that line up with the packed tokens (the newline tokens have none).
+from with ``newlines="candidates"``; the budget applies per image. Methods that score the
+tower's patches ("vision"-stage ones such as ReDiPrune, and those that read the CLS attention)
+get each crop's projector input (and scores) packed in the order of the image's tokens by
+vLLM's own packing of a map of patch indices; the newline tokens have no such feature, so they
+are no candidates then and always stay, as in ``visprune.apply``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from .settings import settings_of
 from .vision_scores import ScoredModelMixin
 
 
-class PrunedLlavaNextProcessingInfo(PrunedInfoMixin, LlavaNextProcessingInfo):
-    """``num_keep(n)`` tokens for an image vLLM would give ``n``; for methods that read the CLS
-    attention ``num_keep(patches) + newlines`` (the newlines always stay)."""
+class PatchBudgetMixin:
+    """For a LLaVA-NeXT-style pruned info: for methods that score the tower's patches an image
+    gets ``num_keep(patches) + newlines`` tokens (the newlines always stay)."""
 
     def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
-        if not self.settings.uses_vision_scores:
+        if not self.settings.scores_patches:
             return super().get_num_image_tokens(image_width=image_width, image_height=image_height)
         total = LlavaNextProcessingInfo.get_num_image_tokens(
             self, image_width=image_width, image_height=image_height
@@ -54,6 +56,11 @@ class PrunedLlavaNextProcessingInfo(PrunedInfoMixin, LlavaNextProcessingInfo):
         return self.settings.num_keep(total - newlines) + newlines
 
 
+class PrunedLlavaNextProcessingInfo(PatchBudgetMixin, PrunedInfoMixin, LlavaNextProcessingInfo):
+    """``num_keep(n)`` tokens for an image vLLM would give ``n``; for methods that score the
+    tower's patches ``num_keep(patches) + newlines``."""
+
+
 class PrunedLlavaNextMultiModalProcessor(PromptTextMixin, LlavaNextMultiModalProcessor):
     """vLLM's LLaVA-NeXT processor, carrying the prompt text for text-conditioned methods."""
 
@@ -62,12 +69,6 @@ def build_info(ctx):
     settings = settings_of(ctx.get_hf_config())
     if settings is None:
         return LlavaNextProcessingInfo(ctx)
-    if settings.method.stage == "vision" and not settings.uses_vision_scores:
-        # refused at engine start already (guard.py)
-        raise ValueError(
-            f"visprune: {settings.method.name} is a 'vision'-stage method, which vLLM's "
-            "LLaVA-NeXT cannot serve."
-        )
     return PrunedLlavaNextProcessingInfo(ctx)
 
 
@@ -84,7 +85,9 @@ class PrunedLlavaNextForConditionalGeneration(
     ScoredModelMixin, PrunedModelMixin, LlavaNextForConditionalGeneration
 ):
     """vLLM's LLaVA-NeXT whose multimodal embedding returns each image's kept rows (in their
-    packed order, at consecutive positions)."""
+    packed order, at consecutive positions). "vision"-stage methods score the projector input
+    (the selected CLIP layer without CLS, as in ``visprune.apply``); the others the projected
+    tokens."""
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -99,27 +102,35 @@ class PrunedLlavaNextForConditionalGeneration(
         image_input, text_ids = self._pixel_input(kwargs)
         if image_input is None:
             return []
-        if self.visprune_scores is not None:
-            return self._scored_rows(image_input, text_ids)
+        if self.visprune.scores_patches:
+            return self._patch_rows(image_input, text_ids)
         embeddings = list(self._process_image_input(image_input))
         return self._kept_rows(embeddings, embeddings, text_ids)
 
-    def _scored_rows(self, image_input, text_ids):
-        """Kept rows for methods that read the CLS attention: every crop through the tower
-        once, its patches' features and scores packed like the image's tokens."""
+    def _patch_rows(self, image_input, text_ids):
+        """Kept rows for methods that score the tower's patches: every crop through the tower
+        once, its patches' projector input (and CLS scores, for the methods that read them)
+        packed like the image's tokens, the newlines always kept."""
         pixels = image_input["pixel_values"]
         crops = [len(image) for image in pixels]
-        features, scores = self.visprune_scores.encode(self.vision_tower, torch.cat(list(pixels)))
-        patches, heads = features.shape[1], scores["cls_attention"].shape[1]
-        per_patch = torch.cat(  # (C * patches, D + H + hd), the order the index map refers to
-            [
-                features.float(),
-                scores["cls_attention"][:, :, 1:].transpose(1, 2),
-                scores["keys"][:, 1:],
-            ],
-            dim=-1,
-        ).flatten(0, 1)
-        width = features.shape[-1]
+        stacked = torch.cat(list(pixels))
+        if self.visprune_scores is None:  # "vision"-stage: the projector input alone
+            features = self._image_pixels_to_features(self.vision_tower, stacked)
+            scores, heads = None, 0
+            per_patch = features.float()
+        else:
+            features, scores = self.visprune_scores.encode(self.vision_tower, stacked)
+            heads = scores["cls_attention"].shape[1]
+            per_patch = torch.cat(  # (C, patches, D + H + hd)
+                [
+                    features.float(),
+                    scores["cls_attention"][:, :, 1:].transpose(1, 2),
+                    scores["keys"][:, 1:],
+                ],
+                dim=-1,
+            )
+        patches, width = features.shape[1], features.shape[-1]
+        per_patch = per_patch.flatten(0, 1)  # (C * patches, ...), the order the index map names
         sizes = image_input.get("image_sizes")
         if sizes is None:
             side = self.config.vision_config.image_size
@@ -140,13 +151,14 @@ class PrunedLlavaNextForConditionalGeneration(
             newline = order < 0
             rows = per_patch[order[~newline].long()]
             candidates.append(rows[:, :width].to(features.dtype))
-            image_scores.append(
-                {
-                    "cls_attention": rows[:, width : width + heads],
-                    "vision_keys": rows[:, width + heads :],
-                    "cls_state": scores["hidden"][first, 0],  # the base crop's CLS
-                }
-            )
+            if scores is not None:
+                image_scores.append(
+                    {
+                        "cls_attention": rows[:, width : width + heads],
+                        "vision_keys": rows[:, width + heads :],
+                        "cls_state": scores["hidden"][first, 0],  # the base crop's CLS
+                    }
+                )
             embeddings.append(packed)
             fixed.append(newline)
             first += count
@@ -155,19 +167,27 @@ class PrunedLlavaNextForConditionalGeneration(
             candidates,
             embeddings,
             self._texts(text_ids, len(embeddings)),
-            scores=image_scores,
+            scores=image_scores if scores is not None else None,
             project=self.multi_modal_projector,
             fixed=fixed,
         )
 
-    @contextlib.contextmanager
     def _newline_marker(self):
         """vLLM's packing with ``-1`` for the newline token: packing a ``(crops, patches, 1)``
         map of patch indices then gives each packed token's patch (``-1``: a newline)."""
         newline = self._parameters["image_newline"]
-        marker = torch.full((1,), -1.0, dtype=torch.float64, device=newline.device)
-        self._parameters["image_newline"] = nn.Parameter(marker, requires_grad=False)
-        try:
-            yield
-        finally:
-            self._parameters["image_newline"] = newline
+        return newline_swapped(
+            self, torch.full((1,), -1.0, dtype=torch.float64, device=newline.device)
+        )
+
+
+@contextlib.contextmanager
+def newline_swapped(model: nn.Module, newline: torch.Tensor):
+    """``model.image_newline`` is ``newline`` ``(d,)`` for the duration (vLLM's packing reads
+    the parameter), so its packing of other rows than the projected tokens marks the newlines."""
+    original = model._parameters["image_newline"]
+    model._parameters["image_newline"] = nn.Parameter(newline, requires_grad=False)
+    try:
+        yield
+    finally:
+        model._parameters["image_newline"] = original

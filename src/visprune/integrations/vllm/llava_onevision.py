@@ -4,9 +4,10 @@ Images as in LLaVA-NeXT: an image's candidates are all its tokens as vLLM packs 
 tile, then the unpadded anyres tiles with one newline token per row, which is what
 ``visprune.apply`` selects from with ``newlines="candidates"``); the budget applies per image.
 A video is its frames' pooled grids, then one newline token: the budget applies per frame and
-the newline is always kept, as in ``visprune.apply``. "vision"-stage methods are refused at
-engine start (the packed image tokens have no per-token features before the projector: the
-newline tokens have none).
+the newline is always kept, as in ``visprune.apply``. "vision"-stage methods score the
+projector input: an image's packed by vLLM's own packing (its interpolation included) with a
+marked newline, the newlines then no candidates and always kept; a video frame's pooled as vLLM
+pools the projected frame, as in ``visprune.apply``.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ from vllm.model_executor.models.llava_onevision import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from .llava_next import PatchBudgetMixin, newline_swapped
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
-from .selection import select_in_parts
+from .selection import select_in_parts, select_rows
 from .settings import settings_of
 from .text import TEXT_FIELD
 
 
-class PrunedLlavaOnevisionProcessingInfo(PrunedInfoMixin, LlavaOnevisionProcessingInfo):
-    """``num_keep(n)`` tokens for an image vLLM would give ``n``; per video frame
-    ``num_keep(frame tokens)``, plus the closing newline."""
+class PrunedLlavaOnevisionProcessingInfo(
+    PatchBudgetMixin, PrunedInfoMixin, LlavaOnevisionProcessingInfo
+):
+    """``num_keep(n)`` tokens for an image vLLM would give ``n`` (``num_keep(patches) +
+    newlines`` for "vision"-stage methods); per video frame ``num_keep(frame tokens)``, plus
+    the closing newline."""
 
     def get_num_video_tokens(self, *, image_width: int, image_height: int, num_frames: int):
         per_frame = self._get_num_frame_tokens(image_width=image_width, image_height=image_height)
@@ -50,11 +55,6 @@ def build_info(ctx):
     settings = settings_of(ctx.get_hf_config())
     if settings is None:
         return LlavaOnevisionProcessingInfo(ctx)
-    if settings.method.stage == "vision":  # refused at engine start already (guard.py)
-        raise ValueError(
-            f"visprune: {settings.method.name} is a 'vision'-stage method, which vLLM's "
-            "LLaVA-OneVision cannot serve."
-        )
     return PrunedLlavaOnevisionProcessingInfo(ctx)
 
 
@@ -87,18 +87,87 @@ class PrunedLlavaOnevisionForConditionalGeneration(
         for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
             if modality == "image":
                 self._require_pixels(inputs)
+                if self.visprune.method.stage == "vision":
+                    kept += self._patch_rows(inputs, text_ids)
+                    continue
                 embeddings = list(self._process_image_input(inputs))
                 kept += self._kept_rows(embeddings, embeddings, text_ids)
             else:
                 kept += self._kept_video_rows(inputs, text_ids)
         return kept
 
+    def _patch_rows(self, inputs, text_ids) -> list[torch.Tensor]:
+        """Kept rows of each image for "vision"-stage methods: its crops' projector input
+        packed like its tokens, the newlines kept."""
+        pixels = inputs["pixel_values"]
+        crops = [len(image) for image in pixels]
+        features = self._image_pixels_to_features(self.vision_tower, torch.cat(list(pixels)))
+        projected = self.multi_modal_projector(features).split(crops)
+        sizes = inputs.get("image_sizes")
+        if sizes is None:
+            side = self.config.vision_config.image_size
+            sizes = torch.tensor([[side, side]] * len(crops))
+        candidates, embeddings, fixed = [], [], []
+        for number, crop_features in enumerate(features.split(crops)):
+            embeddings.append(
+                self._merge_image_patch_embeddings(
+                    sizes[number],
+                    projected[number],
+                    image_newline=self.image_newline,
+                    strategy="spatial_unpad",
+                )
+            )
+            patches, newline = packed_projector_input(self, sizes[number], crop_features)
+            candidates.append(patches)
+            fixed.append(newline)
+        texts = self._texts(text_ids, len(embeddings))
+        return select_rows(self.visprune, candidates, embeddings, texts, fixed=fixed)
+
     def _kept_video_rows(self, inputs, text_ids) -> list[torch.Tensor]:
         videos = list(inputs["pixel_values_videos"])  # per video (frames, c, h, w)
         frames = [len(video) for video in videos]
-        pooled = self._video_pixels_to_features(self.vision_tower, torch.cat(videos))
-        parts = list(pooled)  # per frame (tokens, d), projected and pooled
+        stacked = torch.cat(videos)
+        if self.visprune.method.stage == "vision":
+            # vLLM's _video_pixels_to_features, keeping the projector input (pooled the same
+            # way) for the method to score
+            features = self._image_pixels_to_features(self.vision_tower, stacked)
+            parts = list(self.apply_pooling(self.multi_modal_projector(features)))
+            candidates = list(self.apply_pooling(features))
+        else:
+            parts = list(self._video_pixels_to_features(self.vision_tower, stacked))
+            candidates = parts  # per frame (tokens, d), projected and pooled
         texts = self._texts(text_ids, len(videos))
-        kept = select_in_parts(self.visprune, parts, parts, texts, frames)
+        kept = select_in_parts(self.visprune, candidates, parts, texts, frames)
         newline = self.image_newline[None].to(parts[0])
         return [torch.cat((video, newline)) for video in kept]
+
+
+def packed_projector_input(model, image_size: torch.Tensor, features: torch.Tensor):
+    """One image's projector input packed by vLLM's OneVision packing of its tokens.
+
+    Parameters
+    ----------
+    model : vLLM ``LlavaOnevisionForConditionalGeneration``
+    image_size : Tensor
+        ``(2,)`` the image's height and width.
+    features : Tensor
+        ``(crops, patches, d_v)`` its crops' projector input.
+
+    Returns
+    -------
+    candidates : Tensor
+        ``(n, d_v)`` the patches in the order of the image's tokens (base tile, then the
+        unpadded tiles, interpolated where vLLM interpolates), as ``visprune.apply`` packs them.
+    newline : Tensor
+        ``(N,)`` bool over the image's ``N`` tokens: its newline tokens.
+    """
+    # A zero column marks the patches and a -1 the newline (bilinear interpolation keeps both).
+    tagged = torch.cat((features, features.new_zeros(*features.shape[:-1], 1)), dim=-1)
+    marker = features.new_zeros(features.shape[-1] + 1)
+    marker[-1] = -1.0
+    with newline_swapped(model, marker):  # a one-crop image reads the parameter
+        packed = model._merge_image_patch_embeddings(
+            image_size, tagged, image_newline=marker, strategy="spatial_unpad"
+        )
+    newline = packed[:, -1] < 0
+    return packed[~newline, :-1], newline

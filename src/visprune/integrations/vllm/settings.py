@@ -43,6 +43,13 @@ class ServingSettings:
         """Whether the method reads the vision tower's CLS attention, keys or CLS state."""
         return bool(self.method.uses & (VISION_NEEDS.keys() | {"cls_state"}))
 
+    @property
+    def scores_patches(self) -> bool:
+        """Whether the method scores the vision tower's patches ("vision"-stage methods and
+        those that read the CLS attention): packed tokens without a patch (LLaVA-NeXT's
+        newlines) are then no candidates and always stay."""
+        return self.method.stage == "vision" or self.uses_vision_scores
+
     def num_keep(self, candidates: int) -> int:
         """Placeholder tokens (= kept tokens) of an image with ``candidates`` tokens."""
         return min(self.method.num_keep(candidates), candidates)
