@@ -120,6 +120,23 @@ def next_reference(model_dir, requests: list[dict], settings: dict) -> list[dict
     return results
 
 
+def assert_next_served_as_applied(model_dir, settings: dict, tensor_parallel: bool) -> list[dict]:
+    """Twelve requests over several anyres grids served by the tiny LLaVA-NeXT at ``model_dir``
+    answer as :func:`next_reference`, each prompt shorter by exactly the dropped candidates;
+    returns the references."""
+    requests = next_requests(12)
+    served = serve_prompts(
+        model_dir, requests, settings, STEPS, tensor_parallel=tensor_parallel, max_model_len=512
+    )
+    expected = next_reference(model_dir, requests, settings)
+    assert_equal(served, expected)
+    for s, e in zip(served, expected, strict=True):
+        assert e["kept"] < e["candidates"]
+        assert s["prompt_tokens"] == e["prompt_tokens"] - (e["candidates"] - e["kept"])
+    assert len({e["candidates"] for e in expected}) >= 3  # several anyres grids
+    return expected
+
+
 def assert_equal(served, expected):
     for number, (s, e) in enumerate(zip(served, expected, strict=True)):
         assert s["answer"] == e["answer"], number
@@ -161,20 +178,6 @@ NEXT_CASES = [
     ids=[f"{s['method']}-tp{2 if tp else 1}" for s, tp in NEXT_CASES],
 )
 def test_cls_methods_on_llava_next_equal_visprune_apply(next_checkpoint, settings, tensor_parallel):
-    requests = next_requests(12)
-    served = serve_prompts(
-        next_checkpoint,
-        requests,
-        settings,
-        STEPS,
-        tensor_parallel=tensor_parallel,
-        max_model_len=512,
-    )
-    expected = next_reference(next_checkpoint, requests, settings)
-    assert_equal(served, expected)
-    for s, e in zip(served, expected, strict=True):
-        assert e["kept"] < e["candidates"]
-        assert s["prompt_tokens"] == e["prompt_tokens"] - (e["candidates"] - e["kept"])
-    assert len({e["candidates"] for e in expected}) >= 3  # several anyres grids
+    expected = assert_next_served_as_applied(next_checkpoint, settings, tensor_parallel)
     if settings["method"] == "visionzip":
         assert all(e["merged"] > 0 for e in expected)
