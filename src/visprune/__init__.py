@@ -1,5 +1,7 @@
 """visprune: training-free visual-token pruning for multimodal LLMs.
 
+Examples
+--------
 >>> import visprune
 >>> visprune.list_methods()[:5]
 ['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator']
