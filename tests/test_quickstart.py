@@ -4,7 +4,8 @@ Python blocks run as written, offline, on the bundled demo models. Shell blocks 
 commands: ``visprune ...`` and the lmms-eval commands run as written; ``make`` targets and
 ``pip install`` extras must exist; ``vllm serve`` overrides must parse as the plugin parses them
 (the vLLM blocks are served in the vLLM environment: tests/vllm_serving/test_quickstart_vllm.py).
-A command of any other kind fails the test, so no block goes unchecked.
+A command of any other kind fails the test, so no block goes unchecked. The demo page's Python
+blocks (loading the bundled models) run as well; its shell blocks train models for an hour.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def vllm_overrides(code: str) -> list[dict]:
 
 PYTHON = unique_blocks("python")
 SHELL = unique_blocks("bash")
+DEMO = [(i, code) for i, lang, code in code_blocks(ROOT / "docs" / "demo.md") if lang == "python"]
 
 
 def test_the_quick_start_covers_select_apply_vllm_and_lmms_eval():
@@ -90,6 +92,12 @@ def test_python_block_runs(code, tmp_path, monkeypatch):
             assert parse_settings(overrides["visprune"]).method is not None
         return
     exec(compile(code, "quick start", "exec"), {"__name__": "quickstart"})
+
+
+@pytest.mark.parametrize("code", [c for _, c in DEMO], ids=[i for i, _ in DEMO])
+def test_demo_page_python_block_runs(code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "demo page", "exec"), {"__name__": "demo_page"})
 
 
 def _check_pip(command: str) -> None:
