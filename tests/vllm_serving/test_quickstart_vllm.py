@@ -10,6 +10,7 @@ exactly the tokens the budget drops, and the greedy answers equal ``visprune.app
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shlex
 from pathlib import Path
@@ -35,11 +36,13 @@ def test_the_serve_command_parses_as_vllm_serve_parses_it():
     parser = FlexibleArgumentParser(prog="vllm")
     serve = ServeSubcommand()
     serve.subparser_init(parser.add_subparsers(dest="subparser"))
-    args = parser.parse_args(shlex.split(line.split(" #")[0])[1:])
+    words = shlex.split(line.split(" #")[0])
+    args = parser.parse_args(words[1:])
     serve.validate(args)
     args.model = args.model_tag
     overrides = AsyncEngineArgs.from_cli_args(args).hf_overrides
-    assert parse_settings(overrides["visprune"]).method.name == "divprune"
+    assert overrides == json.loads(words[words.index("--hf-overrides") + 1])
+    assert parse_settings(overrides["visprune"]).method.name == overrides["visprune"]["method"]
 
 
 def test_the_llm_override_serves_the_demo_model_pruned(monkeypatch):
