@@ -63,3 +63,8 @@ def test_dart_is_described_as_running_inside_the_language_model():
     text = " ".join(" ".join(PAGES.values()).split())
     assert "which the adapters do not hand to methods" not in text
     assert "`dart` method runs inside the language model" in text
+
+
+def test_the_readme_stays_short():
+    lines = len(README.splitlines())
+    assert lines <= 300, f"README.md has {lines} lines: move details into a page under docs/"
