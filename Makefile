@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
-CODE := src tests benchmarks scripts docs
+CODE := src tests benchmarks scripts docs/hooks
 
 # The tested transformers range lives in one place, visprune/compat.py (TESTED_RANGE); pip
 # resolves the newest release of it in $(VENV), and $(VENV_OLDEST) holds the oldest, on which the
