@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
-CODE := src tests benchmarks scripts
+CODE := src tests benchmarks scripts docs/hooks
 
 # The tested transformers range lives in one place, visprune/compat.py (TESTED_RANGE); pip
 # resolves the newest release of it in $(VENV), and $(VENV_OLDEST) holds the oldest, on which the
@@ -26,7 +26,7 @@ PY_VLLM := $(VENV_VLLM)/bin/python
 VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py tests/test_vllm_compat.py
 
 .PHONY: install install-oldest install-vllm demo test test-newest test-oldest test-vllm lint \
-	format bench bench-gpu clean check-transformers test-hf-identity test-hf-identity-quick
+	format bench bench-gpu clean check-transformers test-hf-identity test-hf-identity-quick docs
 
 # The eval extra (lmms-eval) requires torchvision; the only builds the registry offers next to
 # the pinned CPU torch are CUDA builds that fail to import (`operator torchvision::nms does not
@@ -93,8 +93,9 @@ format: install
 	$(VENV)/bin/ruff format $(CODE)
 
 # Every test on the newest tested transformers, transformers' own model tests with keepall
-# applied, then the model-facing tests on the oldest, then vLLM serving the bundled model.
-test: lint test-newest test-hf-identity test-oldest test-vllm
+# applied, then the model-facing tests on the oldest, then vLLM serving the bundled model, then
+# the documentation site.
+test: lint test-newest test-hf-identity test-oldest test-vllm docs
 
 test-newest: install
 	$(PY) -m pytest -q
@@ -130,6 +131,16 @@ test-hf-identity: install
 test-hf-identity-quick:
 	$(MAKE) test-hf-identity HF_IDENTITY_SELECT='$(HF_IDENTITY_QUICK)'
 
+# The documentation site (mkdocs.yml): built strictly, so a broken link, a missing page or a
+# docstring the API reference cannot read fails; the site lands in .site/ (git-ignored). No
+# --quiet: it silences the warnings that --strict counts, and the build then passes.
+$(VENV)/.installed-docs: $(VENV)/.installed-test
+	$(PIP) -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench: install
 	$(PY) benchmarks/selection.py
 
@@ -140,5 +151,5 @@ bench-gpu: install
 	$(PY) benchmarks/gpu.py
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) $(VENV_NEXT) $(HF_TESTS) build dist src/*.egg-info \
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_VLLM) $(VENV_NEXT) $(HF_TESTS) build dist src/*.egg-info .site \
 		.pytest_cache .ruff_cache .hypothesis
