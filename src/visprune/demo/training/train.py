@@ -238,6 +238,16 @@ def _forward(model, cfg: TrainConfig, batch: dict, samples, probe_pair, projecte
     return output, probe_loss
 
 
+def _new_probes(width: int) -> tuple[CellProbes, torch.nn.Linear]:
+    """The training-only probes on ``width``-wide hidden states, drawn from the seeded generator
+    in this order: :class:`CellProbes`, then the named-object probe."""
+    probes = CellProbes(width)
+    # Three classes although the labels are 0/1: the shipped checkpoint was trained with a third
+    # (a second named object, for a two-object question type since dropped), and the probe's
+    # initialisation draws from the seeded generator; kept so the run reproduces exactly.
+    return probes, torch.nn.Linear(width, 3)
+
+
 def _optimise(
     model, opt, cfg: TrainConfig, batch: dict, samples, probe_pair, projected, image_token
 ):
@@ -300,11 +310,7 @@ def train(
     model = demo_model.build_model(config, cfg.seed)
     model.train()
     params = sum(p.numel() for p in model.parameters())
-    probes = CellProbes(config.text_config.hidden_size)
-    # Three classes although the labels are 0/1: the shipped checkpoint was trained with a third
-    # (a second named object, for a two-object question type since dropped), and the probe's
-    # initialisation draws from the seeded generator; kept so the run reproduces exactly.
-    named_probe = torch.nn.Linear(config.text_config.hidden_size, 3)
+    probes, named_probe = _new_probes(config.text_config.hidden_size)
     projected: list[torch.Tensor] = []
     capture = model.model.multi_modal_projector.register_forward_hook(
         lambda module, args, output: projected.append(output)
