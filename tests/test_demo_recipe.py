@@ -217,3 +217,15 @@ def test_the_object_count_curriculum_grows_the_scenes_to_the_full_range():
     assert all(len(s.objects) == 1 for s in first)
     plain = recipe.RecipeConfig(question_objects=(1, 14))
     assert recipe.question_objects_at(plain, 0) == (1, 14)
+
+
+def test_the_best_checkpoint_is_saved_when_validation_matches_or_beats_the_best():
+    saved, lines = [], []
+    best = stages.BestCheckpoint(saved.append, "ckpt", lines.append)
+    for step, score in enumerate([0.5, 0.4, 0.5, 0.7, 0.6]):
+        best.offer({"all": score, "colour": score}, seed=3, params=10, step=step, began=0.0)
+    assert [info["step"] for info in saved] == [0, 2, 3]
+    assert list(saved[-1]) == ["seed", "params", "step", "minutes", "validation"]
+    assert saved[-1]["validation"] == {"all": 0.7, "colour": 0.7}
+    assert (saved[-1]["seed"], saved[-1]["params"]) == (3, 10)
+    assert lines == ["  saved to ckpt"] * 3

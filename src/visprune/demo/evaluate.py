@@ -6,7 +6,6 @@ what ``visprune demo`` reports per question type.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 
 from . import model as demo_model
 from . import task
+from .answers import accuracy_per_type, greedy_words, left_padded
 
 
 class Encoder:
@@ -42,40 +42,20 @@ class Encoder:
 
 def prompt_batch(samples: Sequence[task.Sample], enc: Encoder) -> dict[str, torch.Tensor]:
     """Left-padded prompts (as the processor with ``padding_side="left"`` gives)."""
-    rows = [enc.prompt(s) for s in samples]
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), enc.pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = torch.tensor(r)
-        mask[i, length - len(r) :] = 1
-    pixels = torch.from_numpy(task.normalize(np.stack([s.image for s in samples])))
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+    batch = left_padded([enc.prompt(s) for s in samples], enc.pad)
+    batch["pixel_values"] = torch.from_numpy(task.normalize(np.stack([s.image for s in samples])))
+    return batch
 
 
-@torch.no_grad()
 def predict(model, samples: Sequence[task.Sample], enc: Encoder, batch: int = 100) -> list[str]:
     """Greedy first answer word: argmax of the next-token logits over the whole vocabulary
     (what ``generate(max_new_tokens=1)`` returns)."""
-    was_training = model.training
-    model.eval()
-    inv = {i: w for w, i in enc.vocab.items()}
-    out: list[str] = []
-    for i in range(0, len(samples), batch):
-        logits = model(**prompt_batch(samples[i : i + batch], enc), logits_to_keep=1).logits
-        out += [inv[int(t)] for t in logits[:, -1].argmax(-1)]
-    model.train(was_training)
-    return out
+    return greedy_words(model, samples, lambda rows: prompt_batch(rows, enc), enc.vocab, batch)
 
 
 def accuracy(model, samples: Sequence[task.Sample], enc: Encoder) -> dict[str, float]:
     """Accuracy per question type and ``"all"`` (mean over samples)."""
-    preds = predict(model, samples, enc)
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for s, p in zip(samples, preds, strict=True):
-        hits[s.qtype].append(p == s.answer)
-        hits["all"].append(p == s.answer)
-    return {k: float(np.mean(v)) for k, v in hits.items()}
+    return accuracy_per_type(samples, predict(model, samples, enc))
 
 
 def pruned_accuracy(model, samples, enc, method: str = "random", budget: float = 0.111, **kw):

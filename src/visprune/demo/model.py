@@ -105,35 +105,13 @@ def build_processor(tokenizer=None):
 
 def build_config(tokenizer=None, **sizes: int):
     """The ``LlavaConfig``: 1-layer CLIP tower, features from its embedding output, small Llama."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaConfig
 
     tokenizer = tokenizer or build_tokenizer()
     s = {**DEFAULT_SIZES, **sizes}
-    vision = CLIPVisionConfig(
-        hidden_size=s["vision_hidden"],
-        intermediate_size=2 * s["vision_hidden"],
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=task.IMAGE_SIZE,
-        patch_size=task.PATCH,
-        projection_dim=s["vision_hidden"],
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s["text_hidden"],
-        intermediate_size=s["text_intermediate"],
-        num_hidden_layers=s["text_layers"],
-        num_attention_heads=s["text_heads"],
-        num_key_value_heads=s["text_heads"],
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
     config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=vision_config(s, task.IMAGE_SIZE),
+        text_config=text_config(tokenizer, s),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
         vision_feature_layer=VISION_FEATURE_LAYER,
         vision_feature_select_strategy="default",
@@ -143,15 +121,59 @@ def build_config(tokenizer=None, **sizes: int):
     return config
 
 
+def vision_config(sizes: dict[str, int], image_size: int):
+    """The demo models' 1-layer ``CLIPVisionConfig`` on ``image_size`` px images (or frames),
+    width ``sizes["vision_hidden"]`` (:data:`DEFAULT_SIZES`)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=sizes["vision_hidden"],
+        intermediate_size=2 * sizes["vision_hidden"],
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=task.PATCH,
+        projection_dim=sizes["vision_hidden"],
+    )
+
+
+def text_config(tokenizer, sizes: dict[str, int]):
+    """The demo models' small ``LlamaConfig`` over ``tokenizer``'s vocabulary, sized by
+    ``sizes`` (:data:`DEFAULT_SIZES`)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=sizes["text_hidden"],
+        intermediate_size=sizes["text_intermediate"],
+        num_hidden_layers=sizes["text_layers"],
+        num_attention_heads=sizes["text_heads"],
+        num_key_value_heads=sizes["text_heads"],
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
 def build_model(config=None, seed: int = 0):
     """A freshly initialised ``LlavaForConditionalGeneration`` (train mode)."""
-    import torch
     from transformers import LlavaForConditionalGeneration
 
     tokenizer = build_tokenizer()
-    config = config or build_config(tokenizer)
+    return initialise(
+        LlavaForConditionalGeneration, config or build_config(tokenizer), tokenizer, seed
+    )
+
+
+def initialise(model_class: type, config, tokenizer, seed: int):
+    """``model_class(config)`` initialised from ``seed``, its generation config set to greedy
+    two-token answers with ``tokenizer``'s special tokens (train mode)."""
+    import torch
+
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    model = model_class(config)
     gen = model.generation_config
     gen.pad_token_id = tokenizer.pad_token_id
     gen.eos_token_id = tokenizer.eos_token_id

@@ -35,14 +35,6 @@ def _methods() -> list[str]:
     return [name for name in visprune.list_methods() if name != "keepall"]
 
 
-def _positions(method: str, positions: str) -> str:
-    """The position mode for ``method``: methods that prune inside the language model keep
-    the original positions (the only mode they have)."""
-    import visprune
-
-    return "original" if visprune.METHODS[method].stage == "layer" else positions
-
-
 def evaluate(
     model_dir: str | Path | None = None,
     *,
@@ -152,10 +144,8 @@ def overlays(
     """One picture: a column per test question (headed by the question and its right answer), a
     row per method (unpruned first), each panel the image enlarged 3 times with the dropped
     tokens masked, framed and captioned by the model's answer, right or wrong."""
-    import torch
     from PIL import Image
 
-    import visprune
     from visprune.viz import (
         MASK_NOTE,
         Panel,
@@ -167,12 +157,11 @@ def overlays(
     )
     from visprune.viz.text import BLACK, GREY
 
+    from .answers import answers_per_method
     from .evaluate import Encoder, prompt_batch
 
     model, processor = demo_model.load(model_dir or bundled_checkpoint())
     encoder = Encoder(processor.tokenizer)
-    words = {i: w for w, i in encoder.vocab.items()}
-    chosen = list(methods or _methods())
     picks = task.make_split(seed, "test", examples)
     scale = 3  # 64 px images at 192 px: each token's 8 px patch shows as 24 px
     images = [
@@ -180,21 +169,16 @@ def overlays(
         for s in picks
     ]
     panels, heads = [], []
-    for method in ["unpruned", *chosen]:
-        handle = None
-        if method != "unpruned":
-            handle = visprune.apply(
-                model, method, budget=budget, positions=_positions(method, positions)
-            )
-        try:
-            with torch.no_grad():
-                logits = model(**prompt_batch(picks, encoder), logits_to_keep=1).logits
-            kept = handle.selections if handle else None
-            tokens = handle.method.num_keep(task.NUM_CELLS) if handle else task.NUM_CELLS
-        finally:
-            if handle is not None:
-                handle.remove()
-        answers = [words[int(t)] for t in logits[:, -1].argmax(-1)]
+    for method, kept, tokens, answers in answers_per_method(
+        model,
+        prompt_batch(picks, encoder),
+        encoder.vocab,
+        list(methods or _methods()),
+        budget=budget,
+        positions=positions,
+        tokens=task.NUM_CELLS,
+    ):
+        tokens = task.NUM_CELLS if tokens is None else tokens
         heads.append([(method, BLACK), (budget_text(tokens, task.NUM_CELLS), GREY)])
         panels.append(
             [

@@ -3,7 +3,6 @@ answer, accuracy."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 
 from . import video_model as vmodel
 from . import video_task
+from .answers import accuracy_per_type, greedy_words, left_padded
 
 
 class VideoEncoder:
@@ -37,37 +37,19 @@ def pixels(clips: Sequence[video_task.Clip]) -> torch.Tensor:
 
 def prompt_batch(clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str, torch.Tensor]:
     """Left-padded prompts (what a left-padding processor gives)."""
-    rows = [enc.prompt(c) for c in clips]
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), enc.pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = torch.tensor(r)
-        mask[i, length - len(r) :] = 1
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pixels(clips)}
+    batch = left_padded([enc.prompt(c) for c in clips], enc.pad)
+    batch["pixel_values_videos"] = pixels(clips)
+    return batch
 
 
-@torch.no_grad()
 def predict(model, clips: Sequence[video_task.Clip], enc: VideoEncoder, batch: int = 50):
     """Greedy first answer word per clip (what ``generate(max_new_tokens=1)`` returns)."""
-    was_training = model.training
-    model.eval()
-    inverse = {i: w for w, i in enc.vocab.items()}
-    out: list[str] = []
-    for i in range(0, len(clips), batch):
-        logits = model(**prompt_batch(clips[i : i + batch], enc), logits_to_keep=1).logits
-        out += [inverse[int(t)] for t in logits[:, -1].argmax(-1)]
-    model.train(was_training)
-    return out
+    return greedy_words(model, clips, lambda rows: prompt_batch(rows, enc), enc.vocab, batch)
 
 
 def accuracy(model, clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str, float]:
     """Accuracy per question type and ``"all"``."""
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for clip, word in zip(clips, predict(model, clips, enc), strict=True):
-        hits[clip.qtype].append(word == clip.answer)
-        hits["all"].append(word == clip.answer)
-    return {k: float(np.mean(v)) for k, v in hits.items()}
+    return accuracy_per_type(clips, predict(model, clips, enc))
 
 
 def fmt(acc: dict[str, float]) -> str:

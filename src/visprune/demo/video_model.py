@@ -24,35 +24,13 @@ def build_tokenizer():
 
 def build_config(tokenizer=None, **sizes: int):
     """The ``LlavaNextVideoConfig`` (sizes as :data:`demo_model.DEFAULT_SIZES`)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
+    from transformers import LlavaNextVideoConfig
 
     tokenizer = tokenizer or build_tokenizer()
     s = {**demo_model.DEFAULT_SIZES, **sizes}
-    vision = CLIPVisionConfig(
-        hidden_size=s["vision_hidden"],
-        intermediate_size=2 * s["vision_hidden"],
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=video_task.FRAME_SIZE,
-        patch_size=video_task.task.PATCH,
-        projection_dim=s["vision_hidden"],
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s["text_hidden"],
-        intermediate_size=s["text_intermediate"],
-        num_hidden_layers=s["text_layers"],
-        num_attention_heads=s["text_heads"],
-        num_key_value_heads=s["text_heads"],
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
     return LlavaNextVideoConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=demo_model.vision_config(s, video_task.FRAME_SIZE),
+        text_config=demo_model.text_config(tokenizer, s),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
         video_token_index=tokenizer.convert_tokens_to_ids(VIDEO),
         vision_feature_layer=demo_model.VISION_FEATURE_LAYER,
@@ -68,20 +46,11 @@ def build_config(tokenizer=None, **sizes: int):
 
 def build_model(config=None, seed: int = 0):
     """A freshly initialised ``LlavaNextVideoForConditionalGeneration`` (train mode)."""
-    import torch
     from transformers import LlavaNextVideoForConditionalGeneration
 
     tokenizer = build_tokenizer()
     config = config or build_config(tokenizer)
-    torch.manual_seed(seed)
-    model = LlavaNextVideoForConditionalGeneration(config)
-    gen = model.generation_config
-    gen.pad_token_id = tokenizer.pad_token_id
-    gen.eos_token_id = tokenizer.eos_token_id
-    gen.bos_token_id = tokenizer.bos_token_id
-    gen.do_sample = False
-    gen.max_new_tokens = 2
-    return model
+    return demo_model.initialise(LlavaNextVideoForConditionalGeneration, config, tokenizer, seed)
 
 
 def save(model, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:

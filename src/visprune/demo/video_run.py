@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import video_task
-from .run import BUDGETS, _methods, _positions, sweep_demo
+from .run import BUDGETS, _methods, sweep_demo
 
 CHECKPOINT = Path(__file__).parent / "video_checkpoint"
 
@@ -66,40 +66,33 @@ def frames_picture(
     """Frames x kept tokens: per question type one test clip, its question and right answer
     above its frames as numbered tiles; a row per method (unpruned first, with the answer's
     cells outlined), the dropped tokens masked, the model's answer (right or wrong) at its head."""
-    import torch
     from PIL import Image
 
-    import visprune
     from visprune.methods.base import resolve_budget
     from visprune.viz import FramesRun, frames_sheet, stack
     from visprune.viz.text import BLACK
 
     from . import video_model
+    from .answers import answers_per_method
     from .video_evaluate import VideoEncoder, prompt_batch
 
     model, tokenizer = video_model.load(model_dir or bundled_checkpoint())
     encoder = VideoEncoder(tokenizer)
-    words = {i: w for w, i in encoder.vocab.items()}
-    chosen = list(methods or video_methods()[0])
     clips = [video_task.make_clip(seed, "test", i) for i in range(len(video_task.QUESTION_TYPES))]
     runs: list[list[FramesRun]] = [[] for _ in clips]
-    for method in ["unpruned", *chosen]:
-        handle = None
-        if method != "unpruned":
-            handle = visprune.apply(
-                model, method, budget=budget, positions=_positions(method, positions)
-            )
-        try:
-            with torch.no_grad():
-                logits = model(**prompt_batch(clips, encoder), logits_to_keep=1).logits
-            kept = {(s.sample, s.frame): s for s in handle.selections} if handle else None
-            tokens = handle.method.num_keep(video_task.CELLS) if handle else None
-        finally:
-            if handle is not None:
-                handle.remove()
-        for c, token in enumerate(logits[:, -1].argmax(-1).tolist()):
+    for method, selections, tokens, answers in answers_per_method(
+        model,
+        prompt_batch(clips, encoder),
+        encoder.vocab,
+        list(methods or video_methods()[0]),
+        budget=budget,
+        positions=positions,
+        tokens=video_task.CELLS,
+    ):
+        kept = None if selections is None else {(s.sample, s.frame): s for s in selections}
+        for c, answer in enumerate(answers):
             frames = None if kept is None else [kept[(c, f)] for f in range(video_task.FRAMES)]
-            runs[c].append(FramesRun(method, frames, words[token], tokens))
+            runs[c].append(FramesRun(method, frames, answer, tokens))
     per_frame = resolve_budget(budget, video_task.CELLS)
     header = [
         (

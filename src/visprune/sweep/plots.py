@@ -13,7 +13,7 @@ a caption line names the model, tasks, limit and date.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,48 +137,63 @@ def _finish(figure: Any, axes: list[Any], records: Sequence[dict[str, Any]], pat
     return path
 
 
+def _flops_percent(record: dict[str, Any]) -> float | None:
+    """The x of ``accuracy_vs_flops``: prefill FLOPs in % of unpruned (None: not measured)."""
+    ratio = record["prefill_flops_ratio"]
+    return None if ratio is None else 100 * ratio
+
+
+def _points(
+    rows: Sequence[dict[str, Any]],
+    metric: str,
+    scale: float,
+    name: str,
+    several_positions: bool,
+    x: Callable[[dict[str, Any]], float | None],
+) -> list[tuple[float, float]]:
+    """The points ``(x(record), scale * metric)`` of the line ``name``, sorted: its pruned
+    records that have ``metric`` and an ``x`` (not None)."""
+    points = []
+    for r in rows:
+        if r["method"] == UNPRUNED or metric not in r["metrics"]:
+            continue
+        at = x(r)
+        if at is not None and _series_name(r, several_positions) == name:
+            points.append((at, scale * r["metrics"][metric]))
+    return sorted(points)
+
+
 def _metric_label(metric: str, share: bool) -> str:
     return f"{metric} (%)" if share else metric
 
 
 def accuracy_vs_tokens(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Draw ``accuracy_vs_tokens.png`` from sweep records; returns its path."""
-    plt = _matplotlib()
+    title, xlabel = "Accuracy against visual tokens kept", "visual tokens kept per prompt (mean)"
+    return _draw(records, path, title, xlabel, _tokens_panel)
+
+
+def _tokens_panel(ax: Any, rows: Sequence[dict[str, Any]], metric: str, scale: float, series):
+    """A line per method over the visual tokens kept; the unpruned model a horizontal line."""
     from matplotlib.ticker import MaxNLocator
 
-    panels = _panels(records)
-    several, names, style = _series(records)
-    figure, axes = _figure(plt, len(panels), "Accuracy against visual tokens kept")
-    for ax, (task, metric, rows) in zip(axes, panels, strict=True):
-        share = is_share(rows, metric)
-        scale = 100.0 if share else 1.0
-        for name in names:
-            points = sorted(
-                (r["visual_tokens"], scale * r["metrics"][metric])
-                for r in rows
-                if r["method"] != UNPRUNED
-                and _series_name(r, several) == name
-                and metric in r["metrics"]
+    several, names, style = series
+    for name in names:
+        points = _points(rows, metric, scale, name, several, lambda r: r["visual_tokens"])
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, label=name, linewidth=1.6, markersize=5.5, **style[name])
+    for r in rows:
+        if r["method"] == UNPRUNED and metric in r["metrics"]:
+            ax.axhline(
+                scale * r["metrics"][metric],
+                color=REFERENCE_COLOUR,
+                linewidth=1.3,
+                linestyle=":",
+                label=f"unpruned ({r['visual_tokens_unpruned']:.4g} tokens)",
             )
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, label=name, linewidth=1.6, markersize=5.5, **style[name])
-        for r in rows:
-            if r["method"] == UNPRUNED and metric in r["metrics"]:
-                ax.axhline(
-                    scale * r["metrics"][metric],
-                    color=REFERENCE_COLOUR,
-                    linewidth=1.3,
-                    linestyle=":",
-                    label=f"unpruned ({r['visual_tokens_unpruned']:.4g} tokens)",
-                )
-        ax.set_title(f"{task}: {metric}", fontsize=11)
-        ax.set_xlabel("visual tokens kept per prompt (mean)")
-        ax.set_ylabel(_metric_label(metric, share))
-        ax.grid(True, color="#dddddd", linewidth=0.6)
-        ax.set_xlim(left=0)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tokens come whole
-    return _finish(figure, axes, records, Path(path))
+    ax.set_xlim(left=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tokens come whole
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -202,55 +217,68 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 def accuracy_vs_flops(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Draw ``accuracy_vs_flops.png`` from sweep records; returns its path."""
+    title, xlabel = "Accuracy against prefill compute", "prefill FLOPs (% of unpruned)"
+    return _draw(records, path, title, xlabel, _flops_panel)
+
+
+def _flops_panel(ax: Any, rows: Sequence[dict[str, Any]], metric: str, scale: float, series):
+    """A line per method over the prefill FLOPs, the unpruned model a star at 100 %, and the
+    Pareto front of all the points drawn."""
+    several, names, style = series
+    every = []
+    for name in names:
+        points = _points(rows, metric, scale, name, several, _flops_percent)
+        if points:
+            every += points
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, label=name, linewidth=1.2, markersize=5.5, **style[name])
+    for r in rows:
+        if r["method"] == UNPRUNED and metric in r["metrics"]:
+            point = (100.0, scale * r["metrics"][metric])
+            every.append(point)
+            ax.plot(
+                *point,
+                marker="*",
+                markersize=13,
+                color=REFERENCE_COLOUR,
+                linestyle="",
+                label=f"unpruned ({r['visual_tokens_unpruned']:.4g} tokens)",
+            )
+    front = pareto_front(every)
+    if front:
+        xs, ys = zip(*front, strict=True)
+        ax.plot(
+            xs,
+            ys,
+            drawstyle="steps-post",
+            color="#bbbbbb",
+            linewidth=5,
+            alpha=0.6,
+            zorder=0,
+            label="Pareto front",
+        )
+    ax.margins(y=0.08)
+
+
+def _draw(
+    records: Sequence[dict[str, Any]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    draw_panel: Callable[..., None],
+) -> Path:
+    """What both pictures share: a panel per task and metric (:func:`_panels`), its lines drawn
+    by ``draw_panel(ax, rows, metric, scale, series)`` (``scale`` 100 for a share, shown in %;
+    ``series`` from :func:`_series`), then titled, labelled and gridded; saved to ``path``."""
     plt = _matplotlib()
     panels = _panels(records)
-    several, names, style = _series(records)
-    figure, axes = _figure(plt, len(panels), "Accuracy against prefill compute")
+    series = _series(records)
+    figure, axes = _figure(plt, len(panels), title)
     for ax, (task, metric, rows) in zip(axes, panels, strict=True):
         share = is_share(rows, metric)
-        scale = 100.0 if share else 1.0
-        every = []
-        for name in names:
-            points = sorted(
-                (100 * r["prefill_flops_ratio"], scale * r["metrics"][metric])
-                for r in rows
-                if r["method"] != UNPRUNED
-                and _series_name(r, several) == name
-                and metric in r["metrics"]
-                and r["prefill_flops_ratio"] is not None
-            )
-            if points:
-                every += points
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, label=name, linewidth=1.2, markersize=5.5, **style[name])
-        for r in rows:
-            if r["method"] == UNPRUNED and metric in r["metrics"]:
-                point = (100.0, scale * r["metrics"][metric])
-                every.append(point)
-                ax.plot(
-                    *point,
-                    marker="*",
-                    markersize=13,
-                    color=REFERENCE_COLOUR,
-                    linestyle="",
-                    label=f"unpruned ({r['visual_tokens_unpruned']:.4g} tokens)",
-                )
-        front = pareto_front(every)
-        if front:
-            xs, ys = zip(*front, strict=True)
-            ax.plot(
-                xs,
-                ys,
-                drawstyle="steps-post",
-                color="#bbbbbb",
-                linewidth=5,
-                alpha=0.6,
-                zorder=0,
-                label="Pareto front",
-            )
+        draw_panel(ax, rows, metric, 100.0 if share else 1.0, series)
         ax.set_title(f"{task}: {metric}", fontsize=11)
-        ax.set_xlabel("prefill FLOPs (% of unpruned)")
-        ax.margins(y=0.08)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(_metric_label(metric, share))
         ax.grid(True, color="#dddddd", linewidth=0.6)
     return _finish(figure, axes, records, Path(path))

@@ -31,6 +31,7 @@ from . import corpus, grid_text
 from .checks import caption_accuracy, grid_accuracy, relevance_line, text_accuracy
 from .rows import caption_batch, question_batch, text_batch
 from .stages import (
+    BestCheckpoint,
     Curriculum,
     StageConfig,
     language_parameters,
@@ -277,26 +278,12 @@ def questions_stage(
         right = answer_accuracy(output.logits[:questions], batch["labels"][:questions])
         curriculum.update(step, right)
 
-    best = {"all": -1.0}
+    best = BestCheckpoint(lambda info: demo_model.save(model, out, processor, info), out, log)
 
     def question_eval(step: int) -> None:
         acc = accuracy(model, val, enc)
         log(f"  questions step {step}: validation {fmt(acc)}; {relevance_line(model, enc, val)}")
-        if acc["all"] >= best["all"]:
-            best.update(acc)
-            demo_model.save(
-                model,
-                out,
-                processor,
-                {
-                    "seed": cfg.seed,
-                    "params": params,
-                    "step": step,
-                    "minutes": round((time.time() - began) / 60, 2),
-                    "validation": acc,
-                },
-            )
-            log(f"  saved to {out}")
+        best.offer(acc, seed=cfg.seed, params=params, step=step, began=began)
 
     tuned, vision = questions_parameters(model, cfg)
     probed = cfg.named_probe_weight > 0

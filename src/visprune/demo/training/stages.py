@@ -161,3 +161,36 @@ class Curriculum:
             run = self.running
             self.stage, self.steps, self.running = self.stage + 1, 0, 0.0
             self.log(f"step {step + 1}: question types {self.types} ({run:.2f})")
+
+
+class BestCheckpoint:
+    """Saves the model at every evaluation whose validation accuracy (``"all"``) is at least the
+    best so far, with its metadata: ``seed``, ``params``, ``step``, ``minutes`` since the
+    training began and the ``validation`` accuracies.
+
+    Parameters
+    ----------
+    save : callable
+        ``save(info)`` writes the model with ``info`` as its ``demo_info.json``.
+    out : str
+        Where ``save`` writes, for the log line.
+    log : callable
+        Progress lines.
+    """
+
+    def __init__(self, save: Callable[[dict], None], out: str, log: Callable[[str], None]):
+        self.save, self.out, self.log = save, out, log
+        self.best = -1.0
+
+    def offer(
+        self, acc: dict[str, float], *, seed: int, params: int, step: int, began: float
+    ) -> None:
+        """Save when ``acc["all"]`` is at least the best so far (``began``: ``time.time()`` at
+        the start of the training)."""
+        if acc["all"] < self.best:
+            return
+        self.best = acc["all"]
+        minutes = round((time.time() - began) / 60, 2)
+        info = {"seed": seed, "params": params, "step": step, "minutes": minutes}
+        self.save({**info, "validation": acc})
+        self.log(f"  saved to {self.out}")

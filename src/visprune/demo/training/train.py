@@ -87,18 +87,27 @@ def cell_targets(samples: Sequence[task.Sample]) -> dict[str, torch.Tensor]:
     """Per visual token (row-major cells, flattened over the batch): colour / shape index of the
     object drawn in the cell (``len(COLOUR_NAMES)`` / ``len(SHAPE_NAMES)`` for an empty cell),
     and the cell's row and column."""
-    colour = np.full((len(samples), task.NUM_CELLS), len(task.COLOUR_NAMES), np.int64)
-    shape = np.full((len(samples), task.NUM_CELLS), len(task.SHAPE_NAMES), np.int64)
-    for i, sample in enumerate(samples):
-        for cell, c, s in sample.objects:
+    return scene_cell_targets([s.objects for s in samples], task.NUM_CELLS, task.GRID)
+
+
+def scene_cell_targets(
+    scenes: Sequence[Sequence[tuple[int, str, str]]], cells: int, grid: int
+) -> dict[str, torch.Tensor]:
+    """:func:`cell_targets` of scenes (an image's or a frame's objects, each ``(cell, colour,
+    shape)``) of ``cells`` row-major cells on a ``grid`` x ``grid`` board: every target is
+    ``(len(scenes) * cells,)``, flattened over the scenes."""
+    colour = np.full((len(scenes), cells), len(task.COLOUR_NAMES), np.int64)
+    shape = np.full((len(scenes), cells), len(task.SHAPE_NAMES), np.int64)
+    for i, objects in enumerate(scenes):
+        for cell, c, s in objects:
             colour[i, cell] = task.COLOUR_NAMES.index(c)
             shape[i, cell] = task.SHAPE_NAMES.index(s)
-    cells = np.tile(np.arange(task.NUM_CELLS), len(samples))
+    index = np.tile(np.arange(cells), len(scenes))
     return {
         "colour": torch.from_numpy(colour.reshape(-1)),
         "shape": torch.from_numpy(shape.reshape(-1)),
-        "row": torch.from_numpy(cells // task.GRID),
-        "column": torch.from_numpy(cells % task.GRID),
+        "row": torch.from_numpy(index // grid),
+        "column": torch.from_numpy(index % grid),
     }
 
 
@@ -229,6 +238,58 @@ def _forward(model, cfg: TrainConfig, batch: dict, samples, probe_pair, projecte
     return output, probe_loss
 
 
+def _new_probes(width: int) -> tuple[CellProbes, torch.nn.Linear]:
+    """The training-only probes on ``width``-wide hidden states, drawn from the seeded generator
+    in this order: :class:`CellProbes`, then the named-object probe."""
+    probes = CellProbes(width)
+    # Three classes although the labels are 0/1: the shipped checkpoint was trained with a third
+    # (a second named object, for a two-object question type since dropped), and the probe's
+    # initialisation draws from the seeded generator; kept so the run reproduces exactly.
+    return probes, torch.nn.Linear(width, 3)
+
+
+def _optimise(
+    model, opt, cfg: TrainConfig, batch: dict, samples, probe_pair, projected, image_token
+):
+    """One optimiser step on the answer loss plus ``cfg.probe_weight`` times the probes' loss
+    (:func:`_forward`), gradients clipped to norm 1; returns the output and the probes' loss."""
+    output, probe_loss = _forward(model, cfg, batch, samples, probe_pair, projected, image_token)
+    loss = output.loss + cfg.probe_weight * probe_loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return output, probe_loss
+
+
+class _Saver:
+    """:func:`train`'s checkpoints: the best by validation accuracy under ``out``, and the last
+    weights under ``out/last`` when not the best, at least every ``cfg.save_every_minutes`` and
+    at the end. ``info`` (seed, params, later the schedule's steps) heads each one's metadata."""
+
+    def __init__(self, model, processor, out: str, cfg: TrainConfig, info: dict, start, log):
+        self.model, self.processor, self.out, self.cfg = model, processor, out, cfg
+        self.info, self.start, self.log = info, start, log
+        self.best, self.last_save = -1.0, start
+
+    def due(self) -> bool:
+        """Whether ``cfg.save_every_minutes`` have passed since the last save."""
+        return time.time() - self.last_save > 60 * self.cfg.save_every_minutes
+
+    def save(self, step: int, seen: int, acc: dict[str, float] | None, final: bool = False):
+        """The best checkpoint when ``acc`` is at least the best so far, else the last weights
+        when ``final`` or due."""
+        elapsed = (time.time() - self.start) / 60
+        meta = {**self.info, "step": step, "samples": seen, "minutes": round(elapsed, 2)}
+        if acc is not None and acc["all"] >= self.best:
+            self.best = acc["all"]
+            demo_model.save(self.model, self.out, self.processor, {**meta, "validation": acc})
+            self.log(f"  saved best checkpoint to {self.out} (validation {100 * self.best:.1f} %)")
+        elif final or self.due():
+            demo_model.save(self.model, os.path.join(self.out, "last"), self.processor, meta)
+        self.last_save = time.time()
+
+
 def train(
     cfg: TrainConfig,
     out: str,
@@ -249,11 +310,7 @@ def train(
     model = demo_model.build_model(config, cfg.seed)
     model.train()
     params = sum(p.numel() for p in model.parameters())
-    probes = CellProbes(config.text_config.hidden_size)
-    # Three classes although the labels are 0/1: the shipped checkpoint was trained with a third
-    # (a second named object, for a two-object question type since dropped), and the probe's
-    # initialisation draws from the seeded generator; kept so the run reproduces exactly.
-    named_probe = torch.nn.Linear(config.text_config.hidden_size, 3)
+    probes, named_probe = _new_probes(config.text_config.hidden_size)
     projected: list[torch.Tensor] = []
     capture = model.model.multi_modal_projector.register_forward_hook(
         lambda module, args, output: projected.append(output)
@@ -269,35 +326,21 @@ def train(
     start = time.time()
     deadline = start + 60 * cfg.minutes
     total = cfg.steps or 10**9
-    best, last_save, seen, step = -1.0, start, 0, 0
-    info: dict = {"seed": cfg.seed, "params": params}
-
-    def checkpoint(acc: dict[str, float] | None, final: bool = False) -> None:
-        nonlocal best, last_save
-        elapsed = (time.time() - start) / 60
-        meta = {**info, "step": step, "samples": seen, "minutes": round(elapsed, 2)}
-        if acc is not None and acc["all"] >= best:
-            best = acc["all"]
-            demo_model.save(model, out, processor, {**meta, "validation": acc})
-            log(f"  saved best checkpoint to {out} (validation {100 * best:.1f} %)")
-        elif final or time.time() - last_save > 60 * cfg.save_every_minutes:
-            demo_model.save(model, os.path.join(out, "last"), processor, meta)
-        last_save = time.time()
-
+    saver = _Saver(model, processor, out, cfg, {"seed": cfg.seed, "params": params}, start, log)
+    seen, step = 0, 0
     stage, stage_steps, running = 0, 0, 0.0
     while step < total and time.time() < deadline:
         if step == 20 and cfg.steps is None:  # estimate the schedule length from measured speed
-            total = info["steps"] = _schedule_length(cfg, step, time.time() - start, log)
+            total = saver.info["steps"] = _schedule_length(cfg, step, time.time() - start, log)
         lr = _lr_at(step, total if total < 10**9 else 10**6, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
         samples = step_samples(cfg, step, STAGES[stage])
         batch = train_batch(samples, enc)
         projected.clear()
-        output, probe_loss = _forward(
-            model, cfg, batch, samples, (probes, named_probe), projected, enc.image
+        output, probe_loss = _optimise(
+            model, opt, cfg, batch, samples, (probes, named_probe), projected, enc.image
         )
-        loss = output.loss + cfg.probe_weight * probe_loss
         stage_steps += 1
         running = 0.95 * running + 0.05 * answer_accuracy(output.logits, batch["labels"])
         ready = stage_steps >= cfg.stage_min_steps and running >= cfg.stage_accuracy
@@ -305,10 +348,6 @@ def train(
             why = "running accuracy reached" if ready else "stage_max_steps reached"
             log(f"step {step}: stage {stage + 1} {STAGES[stage + 1]} ({why}, {running:.2f})")
             stage, stage_steps, running = stage + 1, 0, 0.0
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
         step += 1
         seen += cfg.batch
         if step % 25 == 0:
@@ -321,11 +360,11 @@ def train(
         if step % cfg.eval_every == 0:
             acc = accuracy(model, val, enc)
             log(f"[{(time.time() - start) / 60:6.2f} min] step {step} validation {fmt(acc)}")
-            checkpoint(acc)
-        elif time.time() - last_save > 60 * cfg.save_every_minutes:
-            checkpoint(None)
+            saver.save(step, seen, acc)
+        elif saver.due():
+            saver.save(step, seen, None)
     acc = accuracy(model, val, enc)
     log(f"[{(time.time() - start) / 60:6.2f} min] final step {step} validation {fmt(acc)}")
-    checkpoint(acc, final=True)
+    saver.save(step, seen, acc, final=True)
     capture.remove()
     return model, acc

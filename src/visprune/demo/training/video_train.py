@@ -21,8 +21,8 @@ from .. import video_model as vmodel
 from .. import video_task
 from ..video_evaluate import VideoEncoder, accuracy, fmt, pixels
 from .rows import sequences
-from .stages import Curriculum, StageConfig, run_stage
-from .train import CellProbes, answer_accuracy
+from .stages import BestCheckpoint, Curriculum, StageConfig, run_stage
+from .train import CellProbes, answer_accuracy, scene_cell_targets
 
 #: Question types of each curriculum stage, one more type per stage (as the image demo's).
 STAGES: tuple[tuple[str, ...], ...] = tuple(
@@ -41,23 +41,8 @@ def train_batch(clips: Sequence[video_task.Clip], enc: VideoEncoder) -> dict[str
 def cell_targets(clips: Sequence[video_task.Clip]) -> dict[str, torch.Tensor]:
     """Per frame token (clips x frames x cells, flattened): colour / shape index of the object
     in the cell (``len(COLOUR_NAMES)`` / ``len(SHAPE_NAMES)`` when empty), row and column."""
-    from .. import task
-
-    shape = (len(clips), video_task.FRAMES, video_task.CELLS)
-    colour = np.full(shape, len(task.COLOUR_NAMES), np.int64)
-    kind = np.full(shape, len(task.SHAPE_NAMES), np.int64)
-    for i, clip in enumerate(clips):
-        for f, objects in enumerate(clip.objects):
-            for cell, c, s in objects:
-                colour[i, f, cell] = task.COLOUR_NAMES.index(c)
-                kind[i, f, cell] = task.SHAPE_NAMES.index(s)
-    cells = np.tile(np.arange(video_task.CELLS), len(clips) * video_task.FRAMES)
-    return {
-        "colour": torch.from_numpy(colour.reshape(-1)),
-        "shape": torch.from_numpy(kind.reshape(-1)),
-        "row": torch.from_numpy(cells // video_task.GRID),
-        "column": torch.from_numpy(cells % video_task.GRID),
-    }
+    frames = [objects for clip in clips for objects in clip.objects]
+    return scene_cell_targets(frames, video_task.CELLS, video_task.GRID)
 
 
 def answer_targets(clips: Sequence[video_task.Clip]) -> torch.Tensor:
@@ -136,22 +121,12 @@ def train(cfg: VideoConfig, out: str, log: Callable[[str], None] = print, sizes=
     def advance(step: int, output, batch) -> None:
         curriculum.update(step, answer_accuracy(output.logits, batch["labels"]))
 
-    best = {"all": -1.0}
+    best = BestCheckpoint(lambda info: vmodel.save(model, out, info), out, log)
 
     def evaluate(step: int) -> None:
         acc = accuracy(model, val, enc)
         log(f"  step {step}: validation {fmt(acc)}")
-        if acc["all"] >= best["all"]:
-            best.update(acc)
-            info = {
-                "seed": cfg.seed,
-                "params": params,
-                "step": step,
-                "minutes": round((time.time() - began) / 60, 2),
-                "validation": acc,
-            }
-            vmodel.save(model, out, info)
-            log(f"  saved to {out}")
+        best.offer(acc, seed=cfg.seed, params=params, step=step, began=began)
 
     try:
         run_stage(
