@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from ..functional.dart import claim_least_duplicated, true_positions
+from ..functional.rows import top_scores, unit_rows
+from ..functional.text import padded_rows
 from ..registry import METHODS
-from .base import Context, unit_rows
-from .layer import LayerMethod, check_layer, padded_scores, scores_batch, top_scores
-from .text import padded_rows
+from .context import Context
+from .layer import LayerMethod, check_layer, padded_scores, scores_batch
 
 
 @METHODS.register("dart")
