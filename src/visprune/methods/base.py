@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..compiled import compile_mode, compiled_core
 from .budget import Budget, resolve_budget
-from .checks import check_all_finite, check_finite, finite_power_of_two_scaled
+from .checks import check_all_finite, check_finite, finite_power_of_two_scaled, token_batch
 from .context import VISION_NEEDS, Context, scaled_context, with_batch_dim
 
 Stage = Literal["vision", "llm", "layer"]
@@ -135,24 +135,8 @@ class Method:
                 f"for the kept indices and the merged tokens, or visprune.functional.{self.name}."
             )
         ctx = ctx or Context()
-        if not isinstance(tokens, Tensor):
-            raise ValueError(f"{self.name}: tokens must be a torch.Tensor, got {type(tokens)}.")
-        if tokens.dim() not in (2, 3):
-            raise ValueError(
-                f"{self.name}: tokens must have shape (n, d) or (b, n, d), got "
-                f"{tuple(tokens.shape)}."
-            )
-        if not tokens.is_floating_point():
-            raise ValueError(f"{self.name}: tokens must be floating point, got {tokens.dtype}.")
-        if tokens.device.type == "meta":
-            raise ValueError(
-                f"{self.name}: tokens are on the meta device and hold no values; load the "
-                "model's weights (not an empty or device_map='meta' model) before selecting."
-            )
-        batch = tokens.unsqueeze(0) if tokens.dim() == 2 else tokens
+        batch = token_batch(tokens, self.name)
         b, n, d = batch.shape
-        if n == 0 or d == 0 or b == 0:
-            raise ValueError(f"{self.name}: tokens are empty (shape {tuple(tokens.shape)}).")
         batch = finite_power_of_two_scaled(batch, "tokens", self.name)
         k = self.num_keep(n) if k is None else resolve_budget(k, n, self.name)
         if tokens.dim() == 2:

@@ -61,6 +61,31 @@ def check_all_finite(tensors: list[Tensor], what: str, method: str) -> None:
         check_finite(tensor, what, method)
 
 
+def token_batch(tokens: object, method: str) -> Tensor:
+    """Check the tokens given to a selection and return them as a ``(b, n, d)`` batch.
+
+    ``tokens`` must be a non-empty floating-point tensor ``(n, d)`` (one image, returned as a
+    view ``(1, n, d)``) or ``(b, n, d)``, with values (not on the meta device).
+    """
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"{method}: tokens must be a torch.Tensor, got {type(tokens)}.")
+    if tokens.dim() not in (2, 3):
+        raise ValueError(
+            f"{method}: tokens must have shape (n, d) or (b, n, d), got {tuple(tokens.shape)}."
+        )
+    if not tokens.is_floating_point():
+        raise ValueError(f"{method}: tokens must be floating point, got {tokens.dtype}.")
+    if tokens.device.type == "meta":
+        raise ValueError(
+            f"{method}: tokens are on the meta device and hold no values; load the "
+            "model's weights (not an empty or device_map='meta' model) before selecting."
+        )
+    batch = tokens.unsqueeze(0) if tokens.dim() == 2 else tokens
+    if 0 in batch.shape:
+        raise ValueError(f"{method}: tokens are empty (shape {tuple(tokens.shape)}).")
+    return batch
+
+
 def finite_power_of_two_scaled(x: Tensor, what: str, method: str) -> Tensor:
     """:func:`~visprune.functional.scaling.items_power_of_two_scaled` of ``(b, n, d)`` tokens,
     and :func:`check_finite`, with one host read for both.
