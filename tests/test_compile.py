@@ -54,7 +54,7 @@ def graphs(monkeypatch):
     torch._dynamo.reset()
 
 
-#: Cores that key the graph on the identity of the text tensors (``methods/text.py``
+#: Cores that key the graph on the identity of the text tensors (``functional/text.py``
 #: computes a shared prompt once by ``id(text)``), so new tensors of the same shapes compile
 #: again; a strict xfail reports when they no longer do.
 TEXT_IDENTITY: frozenset[str] = frozenset()

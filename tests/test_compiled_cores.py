@@ -12,15 +12,16 @@ import pytest
 import torch
 
 import visprune
-import visprune.methods.otprune as otprune_module
+import visprune.functional.logdet as otprune_module
 from visprune import Context
 from visprune.functional.cdpruner import conditional_dpp
 from visprune.functional.dart import claim_least_duplicated
+from visprune.functional.divprune import cosine_distance, max_min_greedy
+from visprune.functional.logdet import logdet_greedy
+from visprune.functional.otprune import column_normalise
+from visprune.functional.resprune import residual_energy_greedy
+from visprune.functional.trimtokenator import repmax_greedy
 from visprune.functional.vispruner import vispruner
-from visprune.methods.divprune import cosine_distance, max_min_greedy
-from visprune.methods.otprune import column_normalise, logdet_greedy
-from visprune.methods.resprune import residual_energy_greedy
-from visprune.methods.trimtokenator import repmax_greedy
 
 pytestmark = pytest.mark.compiled
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import visprune
-import visprune.methods.otprune as otprune
+import visprune.functional.logdet as otprune
 from conftest import (
     METHOD_NAMES,
     NO_BUDGET,
@@ -26,7 +26,8 @@ from conftest import (
     uses_text,
 )
 from dispatch_counting import DispatchCounts
-from visprune.methods.otprune import column_normalise, logdet_greedy
+from visprune.functional.logdet import logdet_greedy
+from visprune.functional.otprune import column_normalise
 
 BUDGETED = [name for name in METHOD_NAMES if name not in NO_BUDGET]
 

@@ -16,8 +16,8 @@ from torch import Tensor
 
 import visprune
 from conftest import assert_valid_indices, make_tokens
+from visprune.functional.otprune import column_normalise
 from visprune.methods import match_query_width, pool_text_queries, pool_text_query
-from visprune.methods.otprune import column_normalise
 
 # --- slow references (float64) -------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from visprune.functional.logdet import logdet_greedy
+from visprune.functional.otprune import column_normalise
+from visprune.functional.resprune import _FeatureResiduals, _GramResiduals
 from visprune.methods.divprune import DivPrune
-from visprune.methods.otprune import OTPrune, column_normalise, logdet_greedy
-from visprune.methods.resprune import _FeatureResiduals, _GramResiduals
+from visprune.methods.otprune import OTPrune
 
 FAST = settings(max_examples=25, derandomize=True, deadline=None)
 

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from .methods.base import unit_rows
+from .functional.rows import unit_rows
 
 __all__ = ["alignment_report", "bures_wasserstein", "coverage", "relevance_retained"]
 

@@ -1,7 +1,7 @@
 """What a method needs from the model, and whether a family can supply it, checked at ``apply``.
 
 A method declares its needs in ``Method.requires``: ``"text"`` (every adapter supplies the
-prompt after the image) and the vision-tower scores of :data:`visprune.methods.base.VISION_NEEDS`
+prompt after the image) and the vision-tower scores of :data:`visprune.methods.context.VISION_NEEDS`
 (``"cls_attention"``, ``"vision_keys"``), which an adapter supplies when its family names a
 vision layer with a CLS token (``Adapter.score_layer``). A method that needs what the model
 cannot supply fails here, at ``visprune.apply``, never in the middle of ``generate``.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..methods import Method
-from ..methods.base import VISION_NEEDS
+from ..methods.context import VISION_NEEDS
 from ..registry import METHODS
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..methods import Context, Method
-from ..methods.base import VISION_NEEDS
+from ..methods.context import VISION_NEEDS
 from .records import Item, Selection
 
 #: Per-token vision scores, stacked ``(b, n, ...)``; ``cls_attention`` moves its heads first.

@@ -24,7 +24,7 @@ def video_methods() -> tuple[list[str], dict[str, str]]:
     nothing to read on LLaVA-NeXT-Video frames, which are pooled after the tower.
     """
     import visprune
-    from visprune.methods.base import VISION_NEEDS
+    from visprune.methods.context import VISION_NEEDS
 
     runnable, skipped = [], {}
     for name in _methods():
@@ -68,7 +68,7 @@ def frames_picture(
     cells outlined), the dropped tokens masked, the model's answer (right or wrong) at its head."""
     from PIL import Image
 
-    from visprune.methods.base import resolve_budget
+    from visprune.methods.budget import resolve_budget
     from visprune.viz import FramesRun, frames_sheet, stack
     from visprune.viz.text import BLACK
 

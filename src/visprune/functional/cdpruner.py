@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .text import unit_means
+
 
 def cdpruner(image_features: Tensor, image_embeds: Tensor, text_embeds: Tensor, k: int) -> Tensor:
     """Greedy MAP of the conditional DPP kernel ``L = diag(r) S diag(r)``.
@@ -125,6 +127,47 @@ def conditional_dpp(
         residual.index_put_((batch, zero, pick), excluded)
         history.append(residual)
     return _frozen_picks(torch.cat(picks, -1), torch.cat(pivots, -1), torch.cat(history, 1))
+
+
+def instruction_relevance(
+    embeds: Tensor, texts: list[Tensor], norms: Tensor | None = None
+) -> Tensor:
+    """CDPruner's relevance weights per image, min-max rescaled per image: ``(b, n)`` in (0, 1].
+
+    ``r_i = -mean_m cos(e_i, t_m)`` (the published sign), then
+    ``r = (r - min + 1e-6) / (max - min)`` over each image's own tokens (the published code
+    rescales over the whole batch tensor, the same for its batch of one).
+
+    Parameters
+    ----------
+    embeds : Tensor
+        ``(b, n, C)`` float32 embeddings ``e`` of the tokens (CLIP image embeddings, or the
+        projected tokens themselves).
+    texts : list of Tensor
+        ``b`` instructions ``(M_i, C)`` in the same space (one tensor repeated is read once).
+    norms : Tensor, optional
+        ``(b, n)`` the L2 norms of ``embeds`` where the caller has them already (one pass over
+        the ``n x C`` embeddings fewer).
+
+    Returns
+    -------
+    Tensor
+        ``(b, n)`` float32 ``r``; ``r = 1`` for an image without instruction text or whose
+        relevance is constant (where the published code divides by zero).
+    """
+    # mean_m cos(e, t_m) = (e · t̄) / ‖e‖ with t̄ the mean of the unit text rows: one
+    # matrix-vector product instead of an (n x m) similarity matrix.
+    directions, present = unit_means(texts, embeds.device)
+    norms = embeds.norm(dim=-1) if norms is None else norms
+    norms = norms.clamp_min(torch.finfo(embeds.dtype).tiny)
+    # Row by row (not a matrix-vector product, whose tail rows round differently), so
+    # equal tokens get equal relevance.
+    scores = -(embeds * directions.unsqueeze(1)).sum(dim=-1) / norms  # (b, n)
+    low = scores.amin(dim=-1, keepdim=True)
+    span = scores.amax(dim=-1, keepdim=True) - low
+    scaled = (scores - low + 1e-6) / span.masked_fill(span <= 0, 1.0)
+    flat = (span <= 0) | ~present.unsqueeze(-1)
+    return torch.where(flat, torch.ones_like(scaled), scaled)
 
 
 def _frozen_picks(picks: Tensor, pivots: Tensor, history: Tensor) -> Tensor:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .rows import top_scores, unit_rows
+from .text import padded_rows
+
 
 def dart(
     hidden_states: Tensor,
@@ -85,6 +88,73 @@ def dart(
     kept = claimed.scatter(1, image, True)
     count = min(image_length, image_pivots + positions.shape[-1] * per_pivot)
     return true_positions(kept, count) + image_start
+
+
+def dart_exact(
+    tokens: Tensor,
+    k: int,
+    scores: Tensor,
+    texts: list[Tensor],
+    text_scores: Tensor | None,
+    image_pivots: int = 4,
+    text_pivots: int = 4,
+) -> Tensor:
+    """DART's selection on the visual tokens alone, keeping exactly ``k`` of them.
+
+    The ``image_pivots`` visual tokens and the ``text_pivots`` prompt tokens with the largest
+    key norm are pivots; the image pivots are kept, and each pivot in turn claims its share of
+    the other visual tokens least cosine-similar to it (:func:`claim_least_duplicated`). The
+    ``k - p`` claimed tokens are shared out as evenly as the pivots allow (the first
+    ``(k - p) mod P`` pivots claim one more), where :func:`dart` keeps the published
+    ``p + P * (k // P)``. Pivots claim in order of their key norm, image pivots first; ties go to
+    the lowest index.
+
+    Parameters
+    ----------
+    tokens : Tensor
+        ``(b, n, d)`` float32 hidden states of the visual tokens after the final norm.
+    k : int
+        Tokens to keep, ``1 <= k < n``.
+    scores : Tensor
+        ``(b, n)`` the visual tokens' L1 key norms.
+    texts : list of Tensor
+        ``b`` prompt hidden states ``(m_i, d)`` (the tokens after the image; may be empty).
+    text_scores : Tensor, optional
+        ``(b, max m_i)`` their key norms, ``-inf`` past each item's text; ``None`` without text.
+    image_pivots, text_pivots : int
+        Pivot counts (4 and 4, as published); an item with fewer prompt tokens has fewer text
+        pivots.
+
+    Returns
+    -------
+    Tensor
+        ``(b, k)`` int64 indices, ascending.
+    """
+    b, n, d = tokens.shape
+    device = tokens.device
+    lengths = [len(text) for text in texts]
+    p_img = min(image_pivots, k)
+    p_txt = min(text_pivots, max(lengths))
+    image = top_scores(scores, p_img)  # (b, p_img)
+    unit = unit_rows(tokens)
+    pivots = unit.gather(1, image.unsqueeze(-1).expand(b, p_img, d))
+    if p_txt:
+        text = padded_rows(texts, device)  # (b, m, d), zero rows past each item's text
+        # Padding sorts last: an item with fewer text tokens has fewer text pivots.
+        chosen = top_scores(text_scores, p_txt)
+        text_states = unit_rows(text.gather(1, chosen.unsqueeze(-1).expand(b, p_txt, d)))
+        pivots = torch.cat([pivots, text_states], dim=1)
+    # Each item's shares, from the text lengths the host already knows: k - p_img tokens
+    # spread over its pivots, the first (k - p_img) mod P_i pivots claiming one more.
+    shares, slots = [], pivots.shape[1]
+    for length in lengths:
+        count = p_img + min(text_pivots, length)
+        rest, extra = divmod(k - p_img, count)
+        shares.append([rest + (slot < extra) if slot < count else 0 for slot in range(slots)])
+    pool = torch.ones(b, n, dtype=torch.bool, device=device).scatter_(1, image, False)
+    shares = torch.tensor(shares, device=device)
+    claimed = claim_least_duplicated(unit, pool, pivots, shares)
+    return true_positions(claimed.scatter_(1, image, True), k)
 
 
 def claim_least_duplicated(unit: Tensor, pool: Tensor, pivots: Tensor, shares: Tensor) -> Tensor:

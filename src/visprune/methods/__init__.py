@@ -1,12 +1,16 @@
-"""Selection methods: pure torch, tensors in, indices out. Importing registers them."""
+"""Selection methods: dataclasses that validate their hyperparameters and input, then call their
+pure core in :mod:`visprune.functional`. Importing registers them."""
 
 # Import order is registration order: the paper methods, the simple baselines, then the
 # published pre-LLM baselines.
 # isort: off
-from .base import Context, Method, resolve_budget
+from ..functional.rediprune import match_query_width, pool_text_queries, pool_text_query
+from .base import Method
+from .budget import resolve_budget
+from .context import Context
 from .divprune import DivPrune
 from .otprune import OTPrune
-from .rediprune import ReDiPrune, match_query_width, pool_text_queries, pool_text_query
+from .rediprune import ReDiPrune
 from .resprune import ResPrune
 from .trimtokenator import TrimTokenator
 from .simple import KeepAll, Random, Uniform

@@ -12,10 +12,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..functional.cdpruner import conditional_dpp
+from ..functional.cdpruner import conditional_dpp, instruction_relevance
 from ..registry import METHODS
-from .base import Context, Method, check_all_finite, per_item
-from .text import unit_means
+from .base import Method
+from .checks import check_all_finite, per_item
+from .context import Context
 
 
 @METHODS.register("cdpruner")
@@ -65,7 +66,8 @@ class CDPruner(Method):
         super()._check_context(ctx, batch, width)
 
     def relevance(self, tokens: Tensor, ctx: Context, norms: Tensor | None = None) -> Tensor:
-        """``(b, n)`` float32 relevance weights ``r`` per image, in ``(0, 1]``.
+        """``(b, n)`` float32 relevance weights ``r`` per image, in ``(0, 1]``
+        (:func:`~visprune.functional.cdpruner.instruction_relevance`).
 
         ``norms`` ``(b, n)``: the tokens' L2 norms where the caller has them already (the
         square root of their Gram's diagonal); used when the relevance compares the tokens
@@ -85,19 +87,7 @@ class CDPruner(Method):
         else:
             embeds = tokens
             texts = ctx.texts_for(b, self.name)
-        # mean_m cos(e, t_m) = (e · t̄) / ‖e‖ with t̄ the mean of the unit text rows: one
-        # matrix-vector product instead of an (n x m) similarity matrix.
-        directions, present = unit_means(texts, tokens.device)
-        norms = embeds.norm(dim=-1) if norms is None else norms
-        norms = norms.clamp_min(torch.finfo(embeds.dtype).tiny)
-        # Row by row (not a matrix-vector product, whose tail rows round differently), so
-        # equal tokens get equal relevance.
-        scores = -(embeds * directions.unsqueeze(1)).sum(dim=-1) / norms  # (b, n)
-        low = scores.amin(dim=-1, keepdim=True)
-        span = scores.amax(dim=-1, keepdim=True) - low
-        scaled = (scores - low + 1e-6) / span.masked_fill(span <= 0, 1.0)
-        flat = (span <= 0) | ~present.unsqueeze(-1)
-        return torch.where(flat, torch.ones_like(scaled), scaled)
+        return instruction_relevance(embeds, texts, norms)
 
     def _clip_texts(self, ctx: Context, batch: int, width: int) -> list[Tensor]:
         given = ctx.text_embeds

@@ -2,7 +2,8 @@
 
 Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models: Duplication
 Matters More" (arXiv 2502.11494). The pure core with the published quirks is
-:func:`visprune.functional.dart`; this method keeps exactly ``budget`` tokens.
+:func:`visprune.functional.dart`; this method keeps exactly ``budget`` tokens
+(:func:`visprune.functional.dart.dart_exact`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
-from ..functional.dart import claim_least_duplicated, true_positions
+from ..functional.dart import dart_exact
 from ..registry import METHODS
-from .base import Context, unit_rows
-from .layer import LayerMethod, check_layer, padded_scores, scores_batch, top_scores
-from .text import padded_rows
+from .context import Context
+from .layer import LayerMethod, check_layer, padded_scores, scores_batch
 
 
 @METHODS.register("dart")
@@ -90,29 +89,6 @@ class DART(LayerMethod):
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         # From _prepare: scores (b, n), text a list of b (m_i, d), text_scores (b, max m_i) with
         # -inf past each item's text (or None without text).
-        b, n, d = tokens.shape
-        device = tokens.device
-        norms, texts, text_norms = ctx.scores, ctx.text, ctx.text_scores
-        lengths = [len(text) for text in texts]
-        p_img = min(self.image_pivots, k)
-        p_txt = min(self.text_pivots, max(lengths))
-        image = top_scores(norms, p_img)  # (b, p_img)
-        unit = unit_rows(tokens)
-        pivots = unit.gather(1, image.unsqueeze(-1).expand(b, p_img, d))
-        if p_txt:
-            text = padded_rows(texts, device)  # (b, m, d), zero rows past each item's text
-            # Padding sorts last: an item with fewer text tokens has fewer text pivots.
-            chosen = top_scores(text_norms, p_txt)
-            text_pivots = unit_rows(text.gather(1, chosen.unsqueeze(-1).expand(b, p_txt, d)))
-            pivots = torch.cat([pivots, text_pivots], dim=1)
-        # Each item's shares, from the text lengths the host already knows: k - p_img tokens
-        # spread over its pivots, the first (k - p_img) mod P_i pivots claiming one more.
-        shares, slots = [], pivots.shape[1]
-        for length in lengths:
-            count = p_img + min(self.text_pivots, length)
-            rest, extra = divmod(k - p_img, count)
-            shares.append([rest + (slot < extra) if slot < count else 0 for slot in range(slots)])
-        pool = torch.ones(b, n, dtype=torch.bool, device=device).scatter_(1, image, False)
-        shares = torch.tensor(shares, device=device)
-        claimed = claim_least_duplicated(unit, pool, pivots, shares)
-        return true_positions(claimed.scatter_(1, image, True), k)
+        return dart_exact(
+            tokens, k, ctx.scores, ctx.text, ctx.text_scores, self.image_pivots, self.text_pivots
+        )

@@ -12,9 +12,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..functional.rows import top_scores
 from ..registry import METHODS
-from .base import Context
-from .layer import LayerMethod, check_layer, scores_per_item, top_scores
+from .context import Context
+from .layer import LayerMethod, check_layer, scores_per_item
 
 
 @METHODS.register("fastv")

@@ -19,7 +19,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Context, Method, check_all_finite
+from .base import Method
+from .checks import check_all_finite
+from .context import Context
 
 
 def check_layer(method: str, name: str, value: object, low: int = 1) -> None:
@@ -115,11 +117,6 @@ def padded_scores(scores: object, lengths: list[int], what: str, method: str) ->
     padded = packed.new_full((batch * longest,), -torch.inf)
     padded.index_copy_(0, torch.tensor(where, device=packed.device), packed)
     return padded.view(batch, longest)
-
-
-def top_scores(scores: Tensor, k: int) -> Tensor:
-    """``(b, n) -> (b, k)`` the ``k`` highest scores' indices; ties go to the lowest index."""
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
 
 
 @dataclass

@@ -12,9 +12,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..functional.rows import top_scores
 from ..registry import METHODS
-from .base import Context, check_param
-from .layer import LayerMethod, check_layer, scores_per_item, top_scores
+from .checks import check_param
+from .context import Context
+from .layer import LayerMethod, check_layer, scores_per_item
 
 
 @METHODS.register("pdrop")

@@ -9,96 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
+from ..functional.resprune import relevance_weights, resprune
 from ..registry import METHODS
-from .base import Context, Method, check_param, unit_rows
-from .cholesky import PivotedCholesky
-from .text import mean_text_direction
-
-#: The greedy stops when the best remaining score falls to this fraction of the largest
-#: ``g_i ‖x_i‖²``: the kept span already reconstructs every relevant token.
-EXHAUSTED = 1e-6
-
-
-class _FeatureResiduals:
-    """Residuals ``x_i - P_S x_i`` kept in feature space (Gram–Schmidt), O(nd) per pick.
-
-    Exact down to the last picks of a rank-deficient set, where a Gram-matrix form loses the
-    residual energies to cancellation; used when the picks can exhaust the feature dimension.
-    """
-
-    def __init__(self, tokens: Tensor, weights: Tensor, scores: Tensor, k: int) -> None:
-        b = tokens.shape[0]
-        self.residuals = tokens.clone()
-        self.weights = weights
-        self.scores = scores.clone()
-        self.taken = torch.zeros_like(scores, dtype=torch.bool)
-        self.batch = torch.arange(b, device=tokens.device).view(b, 1)
-
-    def best(self) -> tuple[Tensor, Tensor]:
-        """The best score and its token per item (ties: the lowest index): ``(b, 1)`` each."""
-        return self.scores.max(dim=-1, keepdim=True)
-
-    def update(self, pick: Tensor, pivot: Tensor) -> None:
-        """Project the residual of ``pick`` (``(b, 1)``) out of every token."""
-        direction = self.residuals[self.batch, pick]  # (b, 1, d)
-        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        coefficients = self.residuals @ direction.mT
-        self.residuals.sub_(coefficients * direction)
-        self.taken[self.batch, pick] = True
-        energy = (self.residuals * self.residuals).sum(-1)
-        self.scores = (self.weights * energy).masked_fill_(self.taken, -torch.inf)
-
-
-class _GramResiduals(PivotedCholesky):
-    """Pivoted partial Cholesky of ``G = diag(√g) X Xᵀ diag(√g)``: the same picks in O(n²d + k²n).
-
-    The Cholesky diagonal ``d²_i`` equals ``g_i ‖x_i - P_S x_i‖²``, the greedy score.
-    """
-
-    def __init__(self, tokens: Tensor, weights: Tensor, scores: Tensor, k: int) -> None:
-        super().__init__(scores.clone(), k, floor=1e-30)
-        root = weights.sqrt()
-        self.gram = (tokens @ tokens.mT).mul_(root.unsqueeze(-1)).mul_(root.unsqueeze(-2))
-
-    def update(self, pick: Tensor, pivot: Tensor) -> None:
-        """Add the Cholesky row of ``pick`` (``(b, 1)``; ``pivot`` its score)."""
-        super().update(pick, self.gram[self._batch, pick], pivot)
-
-
-def fill_exhausted(picks: Tensor, pivots: Tensor, prior: Tensor, threshold: Tensor) -> Tensor:
-    """Give the picks from the first with a score ``<= threshold`` on to the largest priors.
-
-    Once the best score of an item falls to the threshold, its span is exhausted: that pick and
-    every later one go to the largest ``prior`` not picked before, in descending order (ties:
-    the lowest index). The greedy runs all ``k`` steps regardless (what it picks after the
-    exhaustion is discarded here), so no step asks the host whether an item is exhausted.
-
-    Parameters
-    ----------
-    picks, pivots : Tensor
-        ``(b, k)`` the greedy's picks and their scores when picked.
-    prior : Tensor
-        ``(b, n)`` the fill order's scores.
-    threshold : Tensor
-        ``(b,)`` the exhaustion threshold.
-
-    Returns
-    -------
-    Tensor
-        ``(b, k)`` int64 picks.
-    """
-    k = picks.shape[-1]
-    exhausted = (pivots <= threshold.unsqueeze(-1)).cumsum(dim=-1) > 0
-    kept = (~exhausted).long()
-    # A count, not a boolean scatter: discarded picks may repeat a kept one.
-    taken = torch.zeros_like(prior, dtype=torch.long).scatter_add_(1, picks, kept) > 0
-    order = prior.masked_fill(taken, -torch.inf).sort(dim=-1, descending=True, stable=True)
-    steps = torch.arange(k, device=picks.device) - kept.sum(dim=-1, keepdim=True)
-    fill = order.indices.gather(1, steps.clamp_min(0))
-    return torch.where(exhausted, fill, picks)
+from .base import Method
+from .checks import check_param
+from .context import Context
 
 
 @METHODS.register("resprune")
@@ -122,7 +39,8 @@ class ResPrune(Method):
     after the image, same width as the tokens) is optional: without it, or with an empty tail,
     ``g = 1`` and the method is pure residual-energy reconstruction. When the span is exhausted
     before ``k`` picks (best score <= 1e-6 of the largest ``g_i ‖x_i‖²``), the remaining slots
-    go to the largest ``g_i ‖x_i‖²``. Paper: https://arxiv.org/abs/2603.21105
+    go to the largest ``g_i ‖x_i‖²`` (:func:`visprune.functional.resprune`).
+    Paper: https://arxiv.org/abs/2603.21105
     """
 
     alpha: float = 0.5
@@ -141,63 +59,9 @@ class ResPrune(Method):
         ``norms`` ``(b, n)``: the tokens' L2 norms where the caller has them already (one pass
         over the ``n x d`` tokens fewer).
         """
-        b, n, d = tokens.shape
-        ones = tokens.new_ones(b, n)
-        text = mean_text_direction(ctx, b, d, self.name)
-        if text is None or self.alpha == 0:
-            return ones
-        direction, present = text
-        # cos(x_i, t̄) = (x_i · t̂) / ‖x_i‖, without materialising the normalised tokens.
-        unit_direction = unit_rows(direction.to(tokens.device)).unsqueeze(-1)
-        norms = torch.linalg.vector_norm(tokens, dim=-1) if norms is None else norms
-        norms = norms.clamp_min(torch.finfo(tokens.dtype).tiny)
-        cosine = (tokens @ unit_direction).squeeze(-1) / norms
-        low = cosine.amin(dim=-1, keepdim=True)
-        span = cosine.amax(dim=-1, keepdim=True) - low
-        scaled = (cosine - low) / torch.where(span > 0, span, 1.0)
-        flat = (span <= 0) | ~present.to(tokens.device).unsqueeze(-1)
-        return torch.where(flat, ones, scaled).pow(self.alpha)
+        texts = ctx.texts_for(tokens.shape[0], self.name)
+        return relevance_weights(tokens, texts, self.alpha, norms)
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        norms = torch.linalg.vector_norm(tokens, dim=-1)
-        weights = self.weights(tokens, ctx, norms)
-        prior = weights * norms.square()
-        threshold = EXHAUSTED * prior.amax(dim=-1)
-        return residual_energy_greedy(tokens, weights, prior, threshold, k)
-
-
-def residual_energy_greedy(
-    tokens: Tensor, weights: Tensor, prior: Tensor, threshold: Tensor, k: int
-) -> Tensor:
-    """ResPrune's greedy: ``k`` picks of ``argmax_{i ∉ S} g_i ‖x_i - P_S x_i‖²``.
-
-    Parameters
-    ----------
-    tokens : Tensor
-        ``(b, n, d)`` float32 tokens ``x``.
-    weights : Tensor
-        ``(b, n)`` relevance weights ``g``.
-    prior : Tensor
-        ``(b, n)`` ``g_i ‖x_i‖²``, the first scores and the fill order once the span is exhausted.
-    threshold : Tensor
-        ``(b,)`` the score at or below which the span counts as exhausted.
-    k : int
-        Picks per item.
-
-    Returns
-    -------
-    Tensor
-        ``(b, k)`` int64 picks in pick order.
-    """
-    # Picks beyond half the width can drive residuals to zero, where only the feature-space
-    # form keeps them exact; below that the Gram form is faster (one GEMM, then O(k²n)).
-    state_type = _FeatureResiduals if 2 * k > tokens.shape[-1] else _GramResiduals
-    state = state_type(tokens, weights, prior, k)
-    picks, pivots = [], []
-    for step in range(k):
-        pivot, pick = state.best()
-        picks.append(pick)
-        pivots.append(pivot)
-        if step < k - 1:
-            state.update(pick, pivot)
-    return fill_exhausted(torch.cat(picks, -1), torch.cat(pivots, -1), prior, threshold)
+        texts = ctx.texts_for(tokens.shape[0], self.name)
+        return resprune(tokens, k, texts, self.alpha, sort=False)

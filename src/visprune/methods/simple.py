@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 from ..registry import METHODS
-from .base import Budget, Context, Method, resolve_budget
+from .base import Method
+from .budget import Budget, resolve_budget
+from .context import Context
 
 
 @METHODS.register("random")

@@ -9,43 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
+from ..functional.trimtokenator import trimtokenator
 from ..registry import METHODS
-from .base import Context, Method, batch_rows, unit_rows
-from .divprune import cosine_distance
-from .text import mean_text_direction
-
-
-def aligned_tokens(unit: Tensor, direction: Tensor, present: Tensor, k: int) -> Tensor:
-    """The tokens aligned with the prompt: ``a_i >= mean(a)``, or the top ``k`` if fewer.
-
-    ``a_i = -(1/m) Σ_j ‖x̂_i - t̂_j‖² = 2 x̂_i · t̄ - 2`` (mutual information under a Gaussian
-    model reduces to this L2 alignment).
-
-    Parameters
-    ----------
-    unit : Tensor
-        ``(b, n, d)`` unit-normalised tokens.
-    direction : Tensor
-        ``(b, d)`` mean ``t̄`` of the unit-normalised prompt rows.
-    present : Tensor
-        ``(b,)`` bool; items without prompt text keep every token.
-    k : int
-        The budget: at least ``k`` tokens stay aligned.
-
-    Returns
-    -------
-    Tensor
-        ``(b, n)`` bool mask of the aligned set ``A``.
-    """
-    alignment = 2.0 * (unit @ direction.unsqueeze(-1)).squeeze(-1) - 2.0
-    aligned = alignment >= alignment.mean(dim=-1, keepdim=True)
-    top = alignment.topk(k, dim=-1).indices
-    top_k = torch.zeros_like(aligned).scatter_(1, top, True)
-    aligned = torch.where((aligned.sum(-1) < k).unsqueeze(-1), top_k, aligned)
-    return aligned | ~present.unsqueeze(-1)
+from .base import Method
+from .context import Context
 
 
 @METHODS.register("trimtokenator")
@@ -65,7 +34,8 @@ class TrimTokenator(Method):
     -----
     Runs on the LLM input embeddings (after the projector). Text (LLM embeddings of the prompt
     after the image, same width as the tokens) is optional: without it, or with an empty tail,
-    every token is aligned and only RepMax runs. Paper: https://arxiv.org/abs/2509.00320
+    every token is aligned and only RepMax runs (:func:`visprune.functional.trimtokenator`).
+    Paper: https://arxiv.org/abs/2509.00320
     """
 
     name: ClassVar[str] = "trimtokenator"
@@ -74,47 +44,5 @@ class TrimTokenator(Method):
     text_in_token_space: ClassVar[bool] = True
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
-        b, n, d = tokens.shape
-        unit = unit_rows(tokens)
-        text = mean_text_direction(ctx, b, d, self.name)
-        if text is None:
-            aligned = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
-        else:
-            direction, present = (t.to(tokens.device) for t in text)
-            aligned = aligned_tokens(unit, direction, present, k)
-        distance = cosine_distance(unit, normalised=True)
-        # Σ_{j ∈ A} δ(i, j): how representative token i is of the whole aligned set.
-        spread = (distance @ aligned.to(distance.dtype).unsqueeze(-1)).squeeze(-1)
-        return repmax_greedy(distance, spread.masked_fill(~aligned, -torch.inf), ~aligned, k)
-
-
-def repmax_greedy(distance: Tensor, spread: Tensor, excluded: Tensor, k: int) -> Tensor:
-    """RepMax's greedy: ``argmax spread``, then ``argmax_{i ∉ S} Σ_{s ∈ S} δ(i, s)``.
-
-    Parameters
-    ----------
-    distance : Tensor
-        ``(b, n, n)`` cosine distances ``δ``.
-    spread : Tensor
-        ``(b, n)`` the first pick's score (``-inf`` where excluded).
-    excluded : Tensor
-        ``(b, n)`` bool, tokens never picked (outside the aligned set); not changed.
-    k : int
-        Picks per item.
-
-    Returns
-    -------
-    Tensor
-        ``(b, k)`` int64 picks in pick order.
-    """
-    b = distance.shape[0]
-    batch = torch.arange(b, device=distance.device)
-    # Excluded tokens score -inf; picked ones too, set on the running total itself.
-    total = torch.zeros_like(spread).masked_fill_(excluded, -torch.inf)
-    never = torch.full((), -torch.inf, dtype=total.dtype, device=total.device)
-    picks = [spread.argmax(dim=-1)]
-    for _ in range(k - 1):
-        total.index_put_((batch, picks[-1]), never)
-        total += batch_rows(distance, picks[-1])
-        picks.append(total.argmax(dim=-1))
-    return torch.stack(picks, dim=-1)
+        texts = ctx.texts_for(tokens.shape[0], self.name)
+        return trimtokenator(tokens, k, texts, sort=False)

@@ -14,7 +14,9 @@ from torch import Tensor
 
 from ..functional.visionzip import visionzip
 from ..registry import METHODS
-from .base import Context, Method, _with_batch_dim, check_finite, check_param, per_item
+from .base import Method
+from .checks import check_finite, check_param, per_item
+from .context import Context, with_batch_dim
 from .vispruner import head_attention
 
 #: The published split: 10 contextual tokens of 64 (54 dominant + 10, 108 + 20, 162 + 30).
@@ -126,7 +128,7 @@ class VisionZip(Method):
         single = tokens.dim() == 2
         batch = tokens.unsqueeze(0) if single else tokens
         if single:
-            ctx = _with_batch_dim(ctx)
+            ctx = with_batch_dim(ctx)
         b, n, d = batch.shape
         check_finite(batch, "tokens", self.name)
         k = self.num_keep(n) if k is None else self.num_keep(n, k)

@@ -14,7 +14,9 @@ from torch import Tensor
 
 from ..functional.vispruner import vispruner
 from ..registry import METHODS
-from .base import Context, Method, check_param, per_item
+from .base import Method
+from .checks import check_param, per_item
+from .context import Context
 
 
 def head_attention(value: object, batch: int, n: int, method: str) -> Tensor:

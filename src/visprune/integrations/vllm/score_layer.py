@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...methods import Method
-from ...methods.base import VISION_NEEDS
+from ...methods.context import VISION_NEEDS
 from ...registry import METHODS
 
 #: Architectures whose vLLM model code the plugin scores with the CLS attention.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...methods import Method
-from ...methods.base import VISION_NEEDS
+from ...methods.context import VISION_NEEDS
 
 #: The key of ``hf_overrides`` (and attribute of ``hf_config``) that turns pruning on.
 OVERRIDE_KEY = "visprune"

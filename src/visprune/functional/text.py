@@ -1,4 +1,5 @@
-"""Text helpers shared by the methods that compare tokens with the prompt in the token space."""
+"""Prompt-text helpers shared by the cores that compare tokens with the prompt: mean unit
+directions, and ragged prompts packed into one zero-padded batch."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Context, unit_rows
+from .rows import unit_rows
 
 
-def mean_text_direction(
-    ctx: Context, batch: int, width: int, method: str
+def mean_text_directions(
+    text: Tensor | list[Tensor] | None, batch: int
 ) -> tuple[Tensor, Tensor] | None:
     """Mean of the unit-normalised prompt rows per item, or ``None`` when no text was given.
+
+    Parameters
+    ----------
+    text : Tensor or list of Tensor, optional
+        One ``(m, d)`` prompt shared by every item, or a list of ``batch`` prompts ``(m_i, d)``.
+    batch : int
+        Items ``b``.
 
     Returns
     -------
@@ -23,9 +31,9 @@ def mean_text_direction(
     present : Tensor
         ``(b,)`` bool: which items have a non-empty prompt tail.
     """
-    texts = ctx.texts_for(batch, method)
-    if texts is None:
+    if text is None:
         return None
+    texts = [text] * batch if isinstance(text, Tensor) else list(text)
     return unit_means(texts, torch.device("cpu") if not texts else texts[0].device)
 
 

@@ -19,6 +19,7 @@ the products read).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -123,11 +124,46 @@ def cholesky_greedy(
         ``(b, k)`` the ``d²`` of each pick when it was picked.
     """
     state = PivotedCholesky(residual, k, floor)
+    return pivoted_greedy(state, k, lambda pick, pivot: state.update(pick, rows(pick), pivot))
+
+
+class PivotState(Protocol):
+    """A greedy's state: the best remaining score per item, and the update after a pick."""
+
+    def best(self) -> tuple[Tensor, Tensor]:
+        """The best score and its token per item (ties: the lowest index): ``(b, 1)`` each."""
+        ...
+
+
+def pivoted_greedy(
+    state: PivotState, k: int, update: Callable[[Tensor, Tensor], None]
+) -> tuple[Tensor, Tensor]:
+    """``k`` picks of ``state.best()``, calling ``update(pick, pivot)`` between them.
+
+    The loop of every pivoted greedy here (the log-det and residual-energy selections): the
+    last pick needs no update, and no step reads the host.
+
+    Parameters
+    ----------
+    state : PivotState
+        Its ``best()`` gives the ``(b, 1)`` score and token of the next pick.
+    k : int
+        Picks per item.
+    update : callable
+        ``(pick (b, 1), pivot (b, 1)) -> None``: take the pick into the state.
+
+    Returns
+    -------
+    picks : Tensor
+        ``(b, k)`` int64 picks in pick order.
+    pivots : Tensor
+        ``(b, k)`` the score of each pick when it was picked.
+    """
     picks, pivots = [], []
     for step in range(k):
         pivot, pick = state.best()
         picks.append(pick)
         pivots.append(pivot)
         if step < k - 1:
-            state.update(pick, rows(pick), pivot)
+            update(pick, pivot)
     return torch.cat(picks, dim=-1), torch.cat(pivots, dim=-1)
