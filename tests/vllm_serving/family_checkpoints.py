@@ -5,8 +5,8 @@ Each writer saves a random-weight model (seeded, float32) with its family's own 
 classes and a word-level tokenizer (``w5`` ... ``w63`` are words), sized so that vLLM's CPU
 attention serves it (head_dim 32; its kernels have none of 16). Every model has untied,
 wide-initialised output embeddings, so greedy picks are far apart and never decided by float
-rounding. SigLIP towers are renamed to the Hub's ``vision_tower.vision_model.*``, the only names
-vLLM reads (transformers loads both).
+rounding. SigLIP and CLIP towers are renamed to the Hub's ``vision_tower.vision_model.*``, the
+only names vLLM reads (transformers loads both; :func:`visprune.demo.model.to_hub_layout`).
 """
 
 from __future__ import annotations
