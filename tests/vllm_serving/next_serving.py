@@ -1,6 +1,5 @@
-"""A tiny LLaVA-NeXT served by vLLM and run through transformers on the same requests: images of
-several sizes, so several anyres grids (its checkpoint: :func:`family_checkpoints.
-write_tiny_llava_next`).
+"""A tiny LLaVA-NeXT (:func:`family_checkpoints.write_tiny_llava_next`) served by vLLM and run
+through transformers on the same requests: images of several sizes, so several anyres grids.
 
 Helpers of the vLLM tests; the functions that create an ``LLM`` are called from tests only.
 """
