@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-VOCAB = 32000
+from _checkpoint import VOCAB, image_then_text, save_model, word_tokenizer
+
 SPECIALS = {
     "<|image_pad|>": VOCAB - 4,
     "<|video_pad|>": VOCAB - 3,
@@ -25,12 +26,7 @@ SPECIALS = {
 }
 #: Word ids a prompt may draw from (no special token among them).
 WORDS = range(4, VOCAB - len(SPECIALS))
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- else -%}<|vision_start|><|image_pad|><|vision_end|> {% endif -%}"
-    "{%- endfor -%}{%- endfor -%}"
-)
+CHAT_TEMPLATE = image_then_text("<|vision_start|><|image_pad|><|vision_end|>")
 
 #: The benchmark's default depths: with hidden 1024, the vision tower and merger take 27% of an
 #: unpruned request's prefill FLOPs on a 640 x 480 image, as in Qwen2.5-VL-7B (27%).
@@ -132,28 +128,6 @@ def vision_share(config, grid: tuple[int, int, int], text_tokens: int) -> float:
     return (prefill.vision + prefill.projector) / prefill.total
 
 
-def word_tokenizer(specials: dict[str, int]):
-    """A word-level tokenizer over ``VOCAB`` ids: ``w<id>`` for each id not in ``specials``."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
-    taken = set(specials.values())
-    vocab.update({f"w{i}": i for i in range(4, VOCAB) if i not in taken})
-    vocab.update(specials)
-    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=list(specials),
-    )
-
-
 def write_qwen_checkpoint(directory: Path, hidden: int, layers: int, vision_depth: int) -> None:
     """Save the seeded random-weight model, its tokenizer and its processor (the Hub's pixel
     range: images keep their size, rounded to multiples of 28, up to 12.8 M pixels)."""
@@ -167,9 +141,7 @@ def write_qwen_checkpoint(directory: Path, hidden: int, layers: int, vision_dept
 
     config = qwen_config(text_config(hidden, layers), vision_config(hidden, vision_depth))
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = None  # every answer runs to max_tokens
-    model.save_pretrained(directory)
+    save_model(Qwen2_5_VLForConditionalGeneration(config), directory, hub_tower=False)
     patches = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
     sizes = {"shortest_edge": 4 * 28 * 28, "longest_edge": 16384 * 28 * 28}
     Qwen2_5_VLProcessor(

@@ -11,6 +11,7 @@ import torch
 from tiny_vlms import tiny_demo_model
 from visprune.demo import evaluate, task
 from visprune.demo import model as demo_model
+from visprune.demo.tokenizer import build_tokenizer
 from visprune.demo.training import train as demo_train
 
 
@@ -93,7 +94,7 @@ def test_answers_follow_from_the_objects():
 
 
 def test_tokenizer_and_processor_round_trip(tmp_path):
-    tok = demo_model.build_tokenizer()
+    tok = build_tokenizer()
     processor = demo_model.build_processor(tok)
     sample = task.make_sample(0, "test", 7)
     enc = evaluate.Encoder(tok)

@@ -304,27 +304,15 @@ NEXT_IMAGE = 100  # the image token id of tiny_vlms
 @pytest.fixture(scope="module")
 def next_checkpoint(tmp_path_factory) -> Path:
     """A tiny LLaVA-NeXT (tests/tiny_vlms.py) with a word-level tokenizer and a PIL processor."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import LlavaNextProcessor, PreTrainedTokenizerFast
+    from transformers import LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import (
         LlavaNextImageProcessorPil,
     )
 
     import tiny_vlms
+    from tiny_checkpoints import word_tokenizer
 
-    words = ["<pad>", "</s>", "<unk>", *NEXT_WORDS, "<image>"]
-    words += [f"x{i}" for i in range(len(words), 128)]
-    core = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer = word_tokenizer({NEXT_IMAGE: "<image>"}, {"image_token": "<image>"})
     processor = LlavaNextProcessor(
         image_processor=LlavaNextImageProcessorPil(
             size={"shortest_edge": 28},

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, pre_tokenizers
-from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
 import tiny_vlms
 from tiny_vlms import IMG, SPECIAL, VE, VID, VS
+from visprune.demo.tokenizer import word_level_tokenizer
 
 #: Words a request may use; every other id of the vocabulary is a special token or unused.
 WORDS = [f"w{i}" for i in range(3, 100)]
@@ -72,27 +71,31 @@ _SPECIALS = {
 _SPECIALS["qwen3_vl_moe"] = _SPECIALS["qwen3_vl"]
 
 
+#: The role tokens at the tiny models' ids: padding 0, end of sequence 1, unknown 2.
+ROLES = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+#: The chat template's own words, on ids no tiny model treats specially.
+CHAT_WORDS = dict(enumerate(("<start>", "<end>", "user", "assistant", "system"), 110))
+
+
+def word_tokenizer(
+    specials: dict[int, str], named: dict[str, str], words: dict[int, str] | None = None
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the tiny models' 128 ids: :data:`ROLES`, :data:`WORDS`,
+    ``specials`` (special tokens) and ``words`` at their ids, ``x<id>`` on every other id;
+    ``named`` are the tokenizer attributes a processor reads (``image_token``)."""
+    vocabulary = ["<pad>", "</s>", "<unk>", *WORDS]
+    vocabulary += [f"x{i}" for i in range(len(vocabulary), 128)]
+    for index, token in {**specials, **(words or {})}.items():
+        vocabulary[index] = token
+    return word_level_tokenizer(
+        vocabulary, roles=ROLES, media=named, specials=list(specials.values())
+    )
+
+
 def tokenizer(family: str) -> PreTrainedTokenizerFast:
     """A word-level tokenizer with ``family``'s special tokens at the tiny models' ids."""
     specials, named, _, _ = _SPECIALS[family]
-    vocabulary = ["<pad>", "</s>", "<unk>", *WORDS]
-    vocabulary += [f"x{i}" for i in range(len(vocabulary), 128)]
-    for index, token in specials.items():
-        vocabulary[index] = token
-    # the chat template's own words, on ids no tiny model treats specially
-    for index, token in enumerate(("<start>", "<end>", "user", "assistant", "system"), 110):
-        vocabulary[index] = token
-    core = Tokenizer(WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    result = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens=named,
-    )
-    result.add_special_tokens({"additional_special_tokens": list(specials.values())})
-    return result
+    return word_tokenizer(specials, named, CHAT_WORDS)
 
 
 def processor(family: str):

@@ -585,9 +585,10 @@ if __name__ == "__main__":  # smoke run: python tests/tiny_vlms.py
 def tiny_demo_model():
     """An untrained demo LLaVA (``visprune.demo.model``) small enough for unit tests, eval mode."""
     from visprune.demo import model as demo_model
+    from visprune.demo.tokenizer import build_tokenizer
 
     config = demo_model.build_config(
-        demo_model.build_tokenizer(),
+        build_tokenizer(),
         vision_hidden=16,
         text_hidden=32,
         text_layers=3,  # as the bundled model: room for the in-LLM methods (layer 2)

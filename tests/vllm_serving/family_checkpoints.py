@@ -1,12 +1,12 @@
-"""Tiny seeded checkpoints of InternVL, Gemma 3 and LLaVA-OneVision in the Hub layout, for
-comparing vLLM with transformers.
+"""Tiny seeded checkpoints of InternVL, Gemma 3, LLaVA-OneVision and LLaVA-NeXT in the Hub
+layout, for comparing vLLM with transformers.
 
 Each writer saves a random-weight model (seeded, float32) with its family's own processor
 classes and a word-level tokenizer (``w5`` ... ``w63`` are words), sized so that vLLM's CPU
 attention serves it (head_dim 32; its kernels have none of 16). Every model has untied,
 wide-initialised output embeddings, so greedy picks are far apart and never decided by float
-rounding. SigLIP towers are renamed to the Hub's ``vision_tower.vision_model.*``, the only names
-vLLM reads (transformers loads both).
+rounding. SigLIP and CLIP towers are renamed to the Hub's ``vision_tower.vision_model.*``, the
+only names vLLM reads (transformers loads both; :func:`visprune.demo.model.to_hub_layout`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+
+from visprune.demo.model import to_hub_layout
+from visprune.demo.tokenizer import word_level_tokenizer
 
 #: Words of every prompt; the special tokens of a family sit at ids below 5 and from 64 on.
 WORDS = [f"w{i}" for i in range(5, 64)]
@@ -41,43 +43,23 @@ _SIGLIP = {
 
 def tokenizer(specials: list[str], named: dict[str, str] | None = None):
     """A word-level tokenizer: ``<pad> <unk> <s> </s>``, then ``specials`` (ids 4 ...), then
-    :data:`WORDS`; ``named`` are the tokenizer attributes a processor reads (``image_token``)."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocabulary = ["<pad>", "<unk>", "<s>", "</s>", *specials, *WORDS]
-    core = Tokenizer(WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    result = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        extra_special_tokens=named or {},
+    :data:`WORDS`; ``named`` are the tokenizer attributes a processor reads (``image_token``).
+    Newlines are plain added tokens (matched before whitespace splitting), the rest special."""
+    return word_level_tokenizer(
+        ["<pad>", "<unk>", "<s>", "</s>", *specials, *WORDS],
+        media=named,
+        specials=[token for token in specials if token not in NEWLINES],
+        plain=[token for token in specials if token in NEWLINES],
     )
-    # Newlines are plain added tokens (matched before whitespace splitting), the rest special.
-    result.add_tokens([token for token in specials if token in NEWLINES])
-    result.add_special_tokens(
-        {"additional_special_tokens": [t for t in specials if t not in NEWLINES]}
-    )
-    return result
 
 
-def _save(model, directory: Path, hub_tower: bool) -> None:
-    model.generation_config.eos_token_id = None  # every answer runs to max_new_tokens
+def save_model(model, directory, hub_tower: bool) -> None:
+    """Save ``model`` with no end of sequence (every answer runs to max_new_tokens), its vision
+    tower's weights under the Hub's names if ``hub_tower``."""
+    model.generation_config.eos_token_id = None
     model.save_pretrained(directory)
-    if not hub_tower:
-        return
-    path = directory / "model.safetensors"
-    state = load_file(path)
-    old, new = "vision_tower.", "vision_tower.vision_model."
-    renamed = {
-        new + name[len(old) :] if name.startswith(old) and not name.startswith(new) else name: t
-        for name, t in state.items()
-    }
-    save_file(renamed, path, metadata={"format": "pt"})
+    if hub_tower:
+        to_hub_layout(Path(directory) / "model.safetensors")
 
 
 def write_internvl(directory, seed: int = 0) -> None:
@@ -115,7 +97,7 @@ def write_internvl(directory, seed: int = 0) -> None:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    _save(InternVLForConditionalGeneration(config), Path(directory), hub_tower=False)
+    save_model(InternVLForConditionalGeneration(config), Path(directory), hub_tower=False)
     side = {"height": 32, "width": 32}
     InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(size=side, crop_to_patches=True, max_patches=4),
@@ -169,7 +151,7 @@ def write_gemma3(directory, seed: int = 0) -> None:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    _save(Gemma3ForConditionalGeneration(config), Path(directory), hub_tower=True)
+    save_model(Gemma3ForConditionalGeneration(config), Path(directory), hub_tower=True)
     Gemma3Processor(
         image_processor=Gemma3ImageProcessor(size={"height": 56, "width": 56}),
         tokenizer=words,
@@ -209,7 +191,7 @@ def write_onevision(directory, seed: int = 0) -> None:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    _save(LlavaOnevisionForConditionalGeneration(config), Path(directory), hub_tower=True)
+    save_model(LlavaOnevisionForConditionalGeneration(config), Path(directory), hub_tower=True)
     side = {"height": 84, "width": 84}
     LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(
@@ -221,4 +203,66 @@ def write_onevision(directory, seed: int = 0) -> None:
         vision_feature_select_strategy="full",
         image_token="<image>",
         video_token="<video>",
+    ).save_pretrained(directory)
+
+
+def write_tiny_llava_next(directory, seed: int = 0) -> None:
+    """A random-weight LLaVA-NeXT checkpoint (2-layer CLIP at 28 px, anyres pinpoints up to
+    56 x 56, 2-layer Llama) with a word-level tokenizer (``w5`` ... ``w63``, ``<image>`` = 4)
+    and its processor, for comparing vLLM with transformers."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    words = tokenizer(["<image>"])
+    pinpoints = [[28, 56], [56, 28], [56, 56]]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=32,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,  # head_dim 32: vLLM's CPU attention has no kernel for 16
+            num_key_value_heads=2,
+            vocab_size=len(words),
+            max_position_embeddings=512,
+            # Wide logits: greedy picks far apart, not decided by float rounding.
+            initializer_range=0.3,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        ),
+        image_token_index=4,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    save_model(LlavaNextForConditionalGeneration(config), directory, hub_tower=True)
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 28},
+        crop_size={"height": 28, "width": 28},
+        image_grid_pinpoints=pinpoints,
+    )
+    LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=words,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
     ).save_pretrained(directory)

@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-import visprune
 from family_checkpoints import write_gemma3, write_internvl, write_onevision
 from serving import serve_prompts
+from transformers_reference import applied, greedy
 
 
 @dataclass(frozen=True)
@@ -123,12 +122,8 @@ def reference(directory, family: str, requests: list[dict], settings: dict | Non
 
     model = AutoModelForImageTextToText.from_pretrained(directory).eval()
     processor = AutoProcessor.from_pretrained(directory)
-    handle = None
-    if settings is not None:
-        params = {k: v for k, v in settings.items() if k != "method"}
-        handle = visprune.apply(model, settings["method"], **params)
     results = []
-    try:
+    with applied(model, settings) as handle:
         for r in requests:
             media = {}
             if "image" in r:
@@ -140,27 +135,16 @@ def reference(directory, family: str, requests: list[dict], settings: dict | Non
             )
             if family == "gemma3" and not vllm_attends_images_both_ways():
                 inputs.pop("token_type_ids")
-            with torch.no_grad():
-                out = model.generate(
-                    **inputs,
-                    max_new_tokens=steps,
-                    do_sample=False,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                )
-            length = inputs["input_ids"].shape[1]
+            answer, length, logprobs = greedy(model, inputs, steps)
             dropped = 0
             if handle is not None:
                 dropped = sum(s.n - len(s.kept) for s in handle.selections)
             results.append(
                 {
-                    "answer": out.sequences[0, length:].tolist(),
+                    "answer": answer,
                     "prompt_tokens": length,
                     "dropped": dropped,
-                    "logprobs": torch.log_softmax(out.scores[0][0].double(), -1),
+                    "logprobs": logprobs,
                 }
             )
-    finally:
-        if handle is not None:
-            handle.remove()
     return results

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-import visprune
 from serving import serve_prompts
+from transformers_reference import applied, greedy
 
 #: Engine options of every Qwen test: prompts with one image or one video.
 QWEN_ENGINE = {"max_model_len": 1024, "limit_mm_per_prompt": {"image": 1, "video": 1}}
@@ -42,36 +42,21 @@ def reference_qwen(model_dir, requests: list[dict], settings: dict | None, steps
     config = AutoConfig.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    handle = None
-    if settings is not None:
-        params = {k: v for k, v in settings.items() if k != "method"}
-        handle = visprune.apply(model, settings["method"], **params)
     visual_ids = torch.tensor([config.image_token_id, config.video_token_id])
     results = []
-    try:
+    with applied(model, settings) as handle:
         for request in requests:
             inputs = qwen_inputs(processor, request)
-            with torch.no_grad():
-                out = model.generate(
-                    **inputs,
-                    max_new_tokens=steps,
-                    do_sample=False,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                )
-            length = inputs["input_ids"].shape[1]
+            answer, length, logprobs = greedy(model, inputs, steps)
             visual = int(torch.isin(inputs["input_ids"], visual_ids).sum())
             kept = visual if handle is None else sum(len(s.kept) for s in handle.selections)
             results.append(
                 {
-                    "answer": out.sequences[0, length:].tolist(),
+                    "answer": answer,
                     "prompt_tokens": length,
                     "visual": visual,
                     "kept": kept,
-                    "logprobs": torch.log_softmax(out.scores[0][0].double(), -1),
+                    "logprobs": logprobs,
                 }
             )
-    finally:
-        if handle is not None:
-            handle.remove()
     return results

@@ -1,6 +1,6 @@
-"""Serve requests through vLLM (:func:`serve_prompts`, every vLLM test's engine), and run the
-bundled demo checkpoint and a tiny LLaVA-NeXT through vLLM and through transformers on the same
-questions.
+"""Serve requests through vLLM (:func:`serve_prompts`, every vLLM test's engine), run the bundled
+demo checkpoint through vLLM and through transformers on the same questions, and process requests
+with vLLM's multimodal processor alone (:func:`processed`).
 
 Helpers of the vLLM tests; the functions that create an ``LLM`` are called from tests only.
 """
@@ -12,10 +12,9 @@ import gc
 import os
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 
-import visprune
+from transformers_reference import applied
 from visprune.demo import model as demo_model
 from visprune.demo import task
 from visprune.demo.evaluate import Encoder
@@ -235,11 +234,9 @@ def reference(samples: Sequence[task.Sample], method: str | None, batch: int = 5
     per question ``answer`` ids, ``prompt_tokens`` (full prompt) and ``kept`` visual tokens."""
     model, processor = demo_model.load(bundled_checkpoint())
     encoder = Encoder(processor.tokenizer)
-    handle = None
-    if method is not None:
-        handle = visprune.apply(model, method, budget=BUDGET, positions="compact")
+    settings = None if method is None else {"method": method, "budget": BUDGET}
     results = []
-    try:
+    with applied(model, settings, positions="compact") as handle:
         for start in range(0, len(samples), batch):
             chunk = samples[start : start + batch]
             prompts = [prompt_ids(sample, encoder, expanded=True) for sample in chunk]
@@ -268,143 +265,33 @@ def reference(samples: Sequence[task.Sample], method: str | None, batch: int = 5
                         "kept": kept[row],
                     }
                 )
-    finally:
-        if handle is not None:
-            handle.remove()
     return results
 
 
-def write_tiny_llava_next(directory, seed: int = 0) -> None:
-    """A random-weight LLaVA-NeXT checkpoint (2-layer CLIP at 28 px, anyres pinpoints up to
-    56 x 56, 2-layer Llama) with a word-level tokenizer (``w5`` ... ``w63``, ``<image>`` = 4)
-    and its processor, for comparing vLLM with transformers."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor,
-        LlavaNextProcessor,
-        PreTrainedTokenizerFast,
+def processed(directory, requests, override):
+    """vLLM's processor output (``prompt_token_ids``, ``mm_placeholders``) per request."""
+    from transformers import AutoTokenizer
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.multimodal.processing.context import TimingContext
+    from vllm.multimodal.processing.inputs import ProcessorInputs
+
+    from visprune.integrations.vllm import register
+
+    register()
+    config = ModelConfig(
+        model=str(directory), dtype="float32", max_model_len=512, hf_overrides=override
     )
-
-    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, "<image>": 4}
-    vocab.update({f"w{i}": i for i in range(5, 64)})
-    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=["<image>"],
-    )
-    pinpoints = [[28, 56], [56, 28], [56, 56]]
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            projection_dim=32,
-        ),
-        text_config=LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,  # head_dim 32: vLLM's CPU attention has no kernel for 16
-            num_key_value_heads=2,
-            vocab_size=len(vocab),
-            max_position_embeddings=512,
-            # Wide logits: greedy picks far apart, not decided by float rounding.
-            initializer_range=0.3,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=3,
-        ),
-        image_token_index=4,
-        image_grid_pinpoints=pinpoints,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config)
-    model.generation_config.eos_token_id = None  # every answer runs to max_new_tokens
-    model.save_pretrained(directory)
-    demo_model.to_hub_layout(f"{directory}/model.safetensors")
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": 28},
-        crop_size={"height": 28, "width": 28},
-        image_grid_pinpoints=pinpoints,
-    )
-    LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        image_token="<image>",
-    ).save_pretrained(directory)
-
-
-def next_requests(count: int, seed: int = 0) -> list[dict]:
-    """Prompts ``text <image> text`` with images of several sizes (so several anyres grids)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    sizes = [(56, 28), (28, 56), (56, 56), (44, 30), (36, 50), (28, 28)]
-    requests = []
-    for number in range(count):
-        width, height = sizes[number % len(sizes)]
-        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        before = " ".join(f"w{i}" for i in rng.integers(5, 64, 1 + number % 3))
-        after = " ".join(f"w{i}" for i in rng.integers(5, 64, 2 + number % 4))
-        requests.append({"prompt": f"{before} <image> {after}", "image": Image.fromarray(pixels)})
-    return requests
-
-
-def reference_prompts(model_dir, requests: list[dict], settings: dict | None, steps: int):
-    """The same through transformers (one request at a time) and ``visprune.apply``: ``answer``,
-    ``prompt_tokens`` (the full prompt), ``kept`` visual tokens and first-step ``logprobs``."""
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
-
-    model = LlavaNextForConditionalGeneration.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    handle = None
-    if settings is not None:
-        params = {k: v for k, v in settings.items() if k != "method"}
-        handle = visprune.apply(model, settings["method"], positions="compact", **params)
-    results = []
-    try:
-        for r in requests:
-            inputs = processor(text=r["prompt"], images=r["image"], return_tensors="pt")
-            with torch.no_grad():
-                out = model.generate(
-                    **inputs,
-                    max_new_tokens=steps,
-                    do_sample=False,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                )
-            length = inputs["input_ids"].shape[1]
-            visual = int((inputs["input_ids"] == model.config.image_token_index).sum())
-            kept = visual if handle is None else sum(len(s.kept) for s in handle.selections)
-            results.append(
-                {
-                    "answer": out.sequences[0, length:].tolist(),
-                    "prompt_tokens": length,
-                    "visual": visual,
-                    "kept": kept,
-                    "logprobs": torch.log_softmax(out.scores[0][0].double(), -1),
-                }
-            )
-    finally:
-        if handle is not None:
-            handle.remove()
-    return results
+    processor = MULTIMODAL_REGISTRY.create_processor(config)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    outputs = []
+    for request in requests:
+        ids = tokenizer(request["prompt"], add_special_tokens=False)["input_ids"]
+        media = {k: [v] for k, v in request.items() if k in ("image", "video")}
+        inputs = ProcessorInputs(
+            ids,
+            processor.info.parse_mm_data(media),
+            hf_processor_mm_kwargs=request.get("options", {}),
+        )
+        outputs.append(processor.apply(inputs, TimingContext()))
+    return outputs

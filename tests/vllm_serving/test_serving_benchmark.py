@@ -24,9 +24,15 @@ VISUAL = 34 * 46 // 4
 
 
 def _load(name: str):
+    """The benchmark module ``name``; its own imports of benchmark modules (``_checkpoint``)
+    resolve in ``benchmarks/`` while it loads."""
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
     return module
 
 

@@ -335,7 +335,7 @@ def test_an_image_enlarged_past_the_servers_largest_is_refused_before_encoding(t
     make, and serves that largest one with its kept count of placeholders."""
     from PIL import Image
 
-    from test_vllm_family_processing import processed
+    from serving import processed
     from tiny_qwen import SPECIALS, write_tiny_qwen
     from visprune.integrations.vllm.settings import parse_settings
 

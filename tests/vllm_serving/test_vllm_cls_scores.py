@@ -15,14 +15,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import visprune
-from serving import next_requests, prompt_ids, questions, serve_prompts, write_tiny_llava_next
+from family_checkpoints import write_tiny_llava_next
+from next_serving import STEPS, assert_next_served_as_applied
+from serving import demo_requests as demo_prompts
+from serving import prompt_ids, questions, serve_prompts
+from transformers_reference import applied, assert_equal, greedy
 from visprune.demo import model as demo_model
 from visprune.demo import task
 from visprune.demo.evaluate import Encoder
 from visprune.demo.run import bundled_checkpoint
 
-STEPS = 3
 QUESTIONS = 12
 #: On the demo checkpoint the scoring layer is one vLLM does not build (the plugin loads its
 #: projections itself, sharded like the tower's on two ranks).
@@ -32,17 +34,6 @@ LLAVA_CASES = [{"method": "vispruner", "budget": 7}, {"method": "visionzip", "bu
 @pytest.fixture(scope="module")
 def samples():
     return questions(QUESTIONS)
-
-
-def demo_prompts(samples) -> list[dict]:
-    encoder = Encoder()
-    return [
-        {
-            "prompt_token_ids": prompt_ids(sample, encoder, expanded=False),
-            "image": sample.pil(),
-        }
-        for sample in samples
-    ]
 
 
 def kept_of(selections) -> tuple[int, int]:
@@ -57,91 +48,24 @@ def reference(samples, settings: dict) -> list[dict]:
     model, processor = demo_model.load(bundled_checkpoint())
     model.generation_config.eos_token_id = None  # as vLLM's ignore_eos: run to STEPS tokens
     encoder = Encoder(processor.tokenizer)
-    params = {k: v for k, v in settings.items() if k != "method"}
     results = []
-    with visprune.apply(model, settings["method"], positions="compact", **params) as handle:
+    with applied(model, settings, positions="compact") as handle:
         for sample in samples:
             ids = torch.tensor([prompt_ids(sample, encoder, expanded=True)])
             pixels = processor.image_processor([sample.pil()], return_tensors="pt")
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=ids,
-                    pixel_values=pixels["pixel_values"],
-                    max_new_tokens=STEPS,
-                    do_sample=False,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                )
+            inputs = {"input_ids": ids, "pixel_values": pixels["pixel_values"]}
+            answer, length, logprobs = greedy(model, inputs, STEPS)
             kept, merged = kept_of(handle.selections)
             results.append(
                 {
-                    "answer": out.sequences[0, ids.shape[1] :].tolist(),
-                    "prompt_tokens": ids.shape[1],
-                    "kept": kept,
-                    "merged": merged,
-                    "logprobs": torch.log_softmax(out.scores[0][0].double(), -1),
-                }
-            )
-    return results
-
-
-def next_reference(model_dir, requests: list[dict], settings: dict) -> list[dict]:
-    """LLaVA-NeXT through transformers: as :func:`reference`, with ``candidates`` (the image's
-    tokens but its newlines)."""
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
-
-    model = LlavaNextForConditionalGeneration.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    params = {k: v for k, v in settings.items() if k != "method"}
-    results = []
-    with visprune.apply(model, settings["method"], positions="compact", **params) as handle:
-        for r in requests:
-            inputs = processor(text=r["prompt"], images=r["image"], return_tensors="pt")
-            with torch.no_grad():
-                out = model.generate(
-                    **inputs,
-                    max_new_tokens=STEPS,
-                    do_sample=False,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                )
-            length = inputs["input_ids"].shape[1]
-            kept, merged = kept_of(handle.selections)
-            results.append(
-                {
-                    "answer": out.sequences[0, length:].tolist(),
+                    "answer": answer,
                     "prompt_tokens": length,
-                    "candidates": sum(s.n for s in handle.selections),
                     "kept": kept,
                     "merged": merged,
-                    "logprobs": torch.log_softmax(out.scores[0][0].double(), -1),
+                    "logprobs": logprobs,
                 }
             )
     return results
-
-
-def assert_next_served_as_applied(model_dir, settings: dict, tensor_parallel: bool) -> list[dict]:
-    """Twelve requests over several anyres grids served by the tiny LLaVA-NeXT at ``model_dir``
-    answer as :func:`next_reference`, each prompt shorter by exactly the dropped candidates;
-    returns the references."""
-    requests = next_requests(12)
-    served = serve_prompts(
-        model_dir, requests, settings, STEPS, tensor_parallel=tensor_parallel, max_model_len=512
-    )
-    expected = next_reference(model_dir, requests, settings)
-    assert_equal(served, expected)
-    for s, e in zip(served, expected, strict=True):
-        assert e["kept"] < e["candidates"]
-        assert s["prompt_tokens"] == e["prompt_tokens"] - (e["candidates"] - e["kept"])
-    assert len({e["candidates"] for e in expected}) >= 3  # several anyres grids
-    return expected
-
-
-def assert_equal(served, expected):
-    for number, (s, e) in enumerate(zip(served, expected, strict=True)):
-        assert s["answer"] == e["answer"], number
-        for token, logprob in s["logprobs"].items():
-            assert abs(logprob - float(e["logprobs"][token])) < 1e-3, (number, token)
 
 
 @pytest.mark.parametrize("settings", LLAVA_CASES, ids=[s["method"] for s in LLAVA_CASES])

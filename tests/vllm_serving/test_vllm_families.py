@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from family_serving import FAMILIES, make_requests, reference, serve, vllm_attends_images_both_ways
+from transformers_reference import assert_equal
 
 STEPS = 4
 
@@ -50,13 +51,6 @@ def checkpoints(tmp_path_factory):
 
 def requests_of(family: str) -> list[dict]:
     return make_requests(family, 12, videos=4 if FAMILIES[family].video_mark else 0)
-
-
-def assert_equal(served, expected):
-    for number, (s, e) in enumerate(zip(served, expected, strict=True)):
-        assert s["answer"] == e["answer"], number
-        for token, logprob in s["logprobs"].items():
-            assert abs(logprob - float(e["logprobs"][token])) < 1e-3, (number, token)
 
 
 @pytest.mark.parametrize(

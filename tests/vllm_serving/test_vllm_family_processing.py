@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from family_serving import FAMILIES, make_requests
-from visprune.integrations.vllm import register
+from serving import processed
 from visprune.integrations.vllm.settings import parse_settings
 
 SETTINGS = {"method": "cdpruner", "budget": 0.3}
@@ -24,33 +24,6 @@ def checkpoints(tmp_path_factory):
         written[family] = tmp_path_factory.mktemp(family)
         spec.write(written[family])
     return written
-
-
-def processed(directory, requests, override):
-    """vLLM's processor output (``prompt_token_ids``, ``mm_placeholders``) per request."""
-    from transformers import AutoTokenizer
-    from vllm.config import ModelConfig
-    from vllm.multimodal import MULTIMODAL_REGISTRY
-    from vllm.multimodal.processing.context import TimingContext
-    from vllm.multimodal.processing.inputs import ProcessorInputs
-
-    register()
-    config = ModelConfig(
-        model=str(directory), dtype="float32", max_model_len=512, hf_overrides=override
-    )
-    processor = MULTIMODAL_REGISTRY.create_processor(config)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    outputs = []
-    for request in requests:
-        ids = tokenizer(request["prompt"], add_special_tokens=False)["input_ids"]
-        media = {k: [v] for k, v in request.items() if k in ("image", "video")}
-        inputs = ProcessorInputs(
-            ids,
-            processor.info.parse_mm_data(media),
-            hf_processor_mm_kwargs=request.get("options", {}),
-        )
-        outputs.append(processor.apply(inputs, TimingContext()))
-    return outputs
 
 
 def runs(ids: list[int], token: int) -> list[int]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving import next_requests, reference_prompts, serve_prompts, write_tiny_llava_next
+from family_checkpoints import write_tiny_llava_next
+from next_serving import next_requests, reference_prompts
+from serving import serve_prompts
+from transformers_reference import assert_equal
 
 STEPS = 4
 
@@ -25,13 +28,6 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def requests():
     return next_requests(12)
-
-
-def assert_equal(served, expected):
-    for number, (s, e) in enumerate(zip(served, expected, strict=True)):
-        assert s["answer"] == e["answer"], number
-        for token, logprob in s["logprobs"].items():
-            assert abs(logprob - float(e["logprobs"][token])) < 1e-3, (number, token)
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import pytest
 
+from family_checkpoints import write_tiny_llava_next
 from family_serving import FAMILIES, make_requests, reference, serve
-from serving import write_tiny_llava_next
-from test_vllm_cls_scores import STEPS, assert_equal, assert_next_served_as_applied
+from next_serving import STEPS, assert_next_served_as_applied
+from transformers_reference import assert_equal
 
 #: A fraction (each anyres grid keeps its own count) and a fixed count per image; on two ranks
 #: the prompt's embeddings come from a sharded table, and a rank that selected other tokens

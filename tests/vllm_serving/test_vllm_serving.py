@@ -93,9 +93,9 @@ def test_an_override_on_a_model_the_plugin_does_not_serve_raises(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
     from vllm import LLM
 
-    from visprune.demo import model as demo_model
+    from visprune.demo.tokenizer import build_tokenizer
 
-    tokenizer = demo_model.build_tokenizer()
+    tokenizer = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,

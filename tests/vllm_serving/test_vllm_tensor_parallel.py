@@ -18,8 +18,11 @@ import pytest
 
 import family_serving
 import serving
+from family_checkpoints import write_tiny_llava_next
+from next_serving import next_requests, reference_prompts
 from qwen_serving import reference_qwen, serve_qwen
 from tiny_qwen import qwen_requests, write_tiny_qwen
+from transformers_reference import assert_equal
 
 STEPS = 4
 QUESTIONS = 40  # demo questions on the bundled LLaVA-1.5 checkpoint
@@ -46,13 +49,6 @@ CASES = [
 ]
 
 
-def assert_equal(served, expected):
-    for number, (s, e) in enumerate(zip(served, expected, strict=True)):
-        assert s["answer"] == e["answer"], number
-        for token, logprob in s["logprobs"].items():
-            assert abs(logprob - float(e["logprobs"][token])) < 1e-3, (number, token)
-
-
 def llava(case: Case, directory, engine: dict):
     """The bundled demo checkpoint: one-word answers, no reference log-probabilities."""
     samples = serving.questions(QUESTIONS)
@@ -64,12 +60,12 @@ def llava(case: Case, directory, engine: dict):
 
 
 def llava_next(case: Case, directory, engine: dict):
-    serving.write_tiny_llava_next(directory)
-    requests = serving.next_requests(12)
+    write_tiny_llava_next(directory)
+    requests = next_requests(12)
     served = serving.serve_prompts(
         directory, requests, case.settings, STEPS, max_model_len=512, **engine
     )
-    expected = serving.reference_prompts(directory, requests, case.settings, STEPS)
+    expected = reference_prompts(directory, requests, case.settings, STEPS)
     assert_equal(served, expected)
     return served, expected, [e["visual"] - e["kept"] for e in expected]
 

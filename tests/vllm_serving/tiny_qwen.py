@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from family_checkpoints import save_model
+from visprune.demo.tokenizer import word_level_tokenizer
+
 #: Special token ids of both tokenizers.
 SPECIALS = {
     "<|image_pad|>": 100,
@@ -27,24 +30,11 @@ FAMILIES = tuple(PATCH)
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
     vocab.update({f"w{i}": i for i in range(5, 100)})
     vocab.update(SPECIALS)
     vocab.update({f"x{i}": i for i in range(104, VOCAB)})
-    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=list(SPECIALS),
-    )
+    return word_level_tokenizer(vocab, specials=list(SPECIALS))
 
 
 def _text_config(family: str) -> dict:
@@ -130,9 +120,7 @@ def write_tiny_qwen(family: str, directory, seed: int = 0) -> None:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = model_cls(config)
-    model.generation_config.eos_token_id = None  # every answer runs to max_new_tokens
-    model.save_pretrained(directory)
+    save_model(model_cls(config), directory, hub_tower=False)
     low, high = _PIXELS[family]
     sizes = {"shortest_edge": low, "longest_edge": high}
     patches = {"patch_size": PATCH[family], "merge_size": 2, "temporal_patch_size": 2}

@@ -11,21 +11,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import model as demo_model
 from . import task
 from .answers import accuracy_per_type, greedy_words, left_padded
+from .tokenizer import EOS, IMAGE, PAD, build_tokenizer
 
 
 class Encoder:
     """Token ids of prompts and answers without the processor (same ids as the processor)."""
 
     def __init__(self, tokenizer=None) -> None:
-        self.tokenizer = tokenizer or demo_model.build_tokenizer()
+        self.tokenizer = tokenizer or build_tokenizer()
         vocab = self.tokenizer.get_vocab()
         self.vocab = vocab
-        self.image = vocab[demo_model.IMAGE]
-        self.pad = vocab[demo_model.PAD]
-        self.eos = vocab[demo_model.EOS]
+        self.image = vocab[IMAGE]
+        self.pad = vocab[PAD]
+        self.eos = vocab[EOS]
         self._cache: dict[str, list[int]] = {}
 
     def words(self, text: str) -> list[int]:

@@ -1,4 +1,5 @@
-"""Config, tokenizer, processor and save/load helpers of the demo LLaVA (offline, no hub)."""
+"""Config, processor and save/load helpers of the demo LLaVA (offline, no hub); its tokenizer is
+:func:`visprune.demo.tokenizer.build_tokenizer`."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import os
 from typing import Any
 
 from . import task
+from .tokenizer import IMAGE, build_tokenizer
 
-PAD, UNK, BOS, EOS, IMAGE = "<pad>", "<unk>", "<s>", "</s>", "<image>"
 #: Features from hidden_states[-2] of a 1-layer tower = its embedding output (one patch per token).
 VISION_FEATURE_LAYER = -2
 
@@ -18,34 +19,6 @@ DEFAULT_SIZES: dict[str, int] = {
     "text_heads": 4,
     "text_intermediate": 384,
 }
-
-
-def build_tokenizer(words: list[str] | None = None, media: dict[str, str] | None = None):
-    """A word-level ``PreTrainedTokenizerFast`` (lower-cased) over ``words`` (default
-    :func:`task.vocabulary`) after the special tokens; ``media`` names the placeholder tokens
-    (default ``{"image_token": "<image>"}``), which follow the four special tokens."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    media = media or {"image_token": IMAGE}
-    specials = [PAD, UNK, BOS, EOS, *media.values()]
-    vocab = {tok: i for i, tok in enumerate(specials + (words or task.vocabulary()))}
-    core = Tokenizer(WordLevel(vocab, unk_token=UNK))
-    core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token=PAD,
-        unk_token=UNK,
-        bos_token=BOS,
-        eos_token=EOS,
-        extra_special_tokens=dict(media),
-        model_max_length=512,
-    )
-    tok.add_special_tokens({"additional_special_tokens": list(media.values())})
-    tok.padding_side = "left"
-    return tok
 
 
 def build_image_processor():

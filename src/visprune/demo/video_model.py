@@ -11,15 +11,17 @@ import os
 from typing import Any
 
 from . import model as demo_model
+from . import tokenizer as demo_tokenizer
 from . import video_task
+from .tokenizer import IMAGE
 
-IMAGE, VIDEO = demo_model.IMAGE, "<video>"
+VIDEO = "<video>"
 MEDIA = {"image_token": IMAGE, "video_token": VIDEO}
 
 
 def build_tokenizer():
     """The word-level tokenizer over :func:`video_task.vocabulary` with ``<image>``/``<video>``."""
-    return demo_model.build_tokenizer(video_task.vocabulary(), MEDIA)
+    return demo_tokenizer.build_tokenizer(video_task.vocabulary(), MEDIA)
 
 
 def build_config(tokenizer=None, **sizes: int):
