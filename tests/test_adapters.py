@@ -51,6 +51,15 @@ CASE_PARAMS = [pytest.param(*case, id=case_id(case)) for case in CASES]
 QWEN_CASES = [pytest.param(*case, id=case_id(case)) for case in CASES if case[0] in QWEN]
 
 
+def method_params(names: list[str], random_seed: int) -> list:
+    """``(method, params)`` cases, each with the method's name as its id; ``random`` draws from
+    ``random_seed`` so that its picks are reproducible."""
+    return [
+        pytest.param(name, {"seed": random_seed} if name == "random" else {}, id=name)
+        for name in names
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():
@@ -307,14 +316,9 @@ def test_keepall_is_bit_identical(family, video, padded):
 
 
 # ---------------------------------------------------------------- 2. generate == the reference
-METHODS = [
-    pytest.param("divprune", {}, id="divprune"),
-    pytest.param("random", {"seed": 3}, id="random"),
-    pytest.param("trimtokenator", {}, id="trimtokenator"),
-    pytest.param("resprune", {}, id="resprune"),
-    pytest.param("rediprune", {}, id="rediprune"),
-    pytest.param("cdpruner", {}, id="cdpruner"),
-]
+METHODS = method_params(
+    ["divprune", "random", "trimtokenator", "resprune", "rediprune", "cdpruner"], random_seed=3
+)
 
 
 @pytest.mark.parametrize(("method", "params"), METHODS)
@@ -473,13 +477,9 @@ def test_method_gets_each_items_tokens_and_prompt(family, video, method):
 
 
 # ------------------------------------------------------------------------ 4. batch == single
-BATCH_METHODS = [
-    pytest.param("divprune", {}, id="divprune"),
-    pytest.param("random", {"seed": 1}, id="random"),
-    pytest.param("trimtokenator", {}, id="trimtokenator"),
-    pytest.param("rediprune", {}, id="rediprune"),
-    pytest.param("cdpruner", {}, id="cdpruner"),
-]
+BATCH_METHODS = method_params(
+    ["divprune", "random", "trimtokenator", "rediprune", "cdpruner"], random_seed=1
+)
 
 
 @pytest.mark.parametrize(("method", "params"), BATCH_METHODS)
