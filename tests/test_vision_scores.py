@@ -18,7 +18,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 
 import visprune
 import visprune.functional as F
-from test_adapters import (
+from pruned_reference import (
     always_kept,
     assert_logits_close,
     assert_unpatched,
