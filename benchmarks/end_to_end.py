@@ -105,6 +105,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model, inputs = build_model(args.hidden, args.layers), build_inputs()
     configs = [("unpruned", None)] + [(m, b) for b in BUDGETS for m in args.methods]
+    samples = interleaved_samples(model, inputs, configs, args.rounds)
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    text = render(table_rows(samples, configs), command, args.hidden, args.layers, args.rounds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text, end="")
+
+
+def interleaved_samples(model, inputs: dict, configs: list[tuple], rounds: int) -> dict:
+    """Per ``(method, budget)``: one :func:`visprune.bench.measure` result a round; every round
+    measures every configuration once, after one untimed pass of each."""
     extra = {"suppress_tokens": [IMAGE_TOKEN]}
 
     def run(method, budget):
@@ -124,9 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     for method, budget in configs:  # warm-up: one untimed pass of every configuration
         run(method, budget)
     samples: dict[tuple, list] = {config: [] for config in configs}
-    for _ in tqdm(range(args.rounds), desc="rounds"):
+    for _ in tqdm(range(rounds), desc="rounds"):
         for config in configs:
             samples[config].append(run(*config))
+    return samples
+
+
+def table_rows(samples: dict, configs: list[tuple]) -> list[tuple]:
+    """One row per configuration: medians over the rounds, against the unpruned first one."""
 
     def median(config, read):
         return statistics.median(read(result) for result in samples[config])
@@ -153,16 +169,20 @@ def main(argv: list[str] | None = None) -> None:
                 first.kv_cache_bytes / 2**20,
             )
         )
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    return rows
+
+
+def render(rows: list[tuple], command: str, hidden: int, layers: int, rounds: int) -> str:
+    """The Markdown report: the command, the machine, how it was measured, the table."""
     lines = [
         "# End-to-end speed on a LLaVA-shaped model (CPU)",
         "",
         f"Command: `{command}`",
         "",
         f"Machine: {machine_description()}. Model: random-weight LLaVA layout, Llama LM "
-        f"hidden {args.hidden}, "
-        f"{args.layers} layers, 576 visual tokens (CLIP tower 2 x 256 at 336 px), "
-        f"{PROMPT_TOKENS}-token prompt, fp32, batch 1. Medians over {args.rounds} interleaved "
+        f"hidden {hidden}, "
+        f"{layers} layers, 576 visual tokens (CLIP tower 2 x 256 at 336 px), "
+        f"{PROMPT_TOKENS}-token prompt, fp32, batch 1. Medians over {rounds} interleaved "
         f"rounds; decode over {NEW_TOKENS} new tokens.",
         "",
         "Prefill = time to first token (vision tower + projector + selection + LM prefill). "
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         "model_flops`); achieved = measured speed-up / predicted (target >= 0.8). Selection = "
         "time inside the method as a share of the unpruned prefill (target <= 3 %); for the "
         "methods that prune inside the language model (fastv, dart after layer 2; pdrop at "
-        f"layers {', '.join(str(args.layers * s // 4) for s in (1, 2, 3))} keeping budget, "
+        f"layers {', '.join(str(layers * s // 4) for s in (1, 2, 3))} keeping budget, "
         "budget / 2, budget / 4) it includes recomputing their scores there, and their "
         "predicted FLOPs count the layers before each pruning on every visual token; visual "
         "tokens = what the last layers see.",
@@ -184,9 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {method} | {budget or '-'} | {kept} | {ms:.0f} | {speed:.2f}x | {pred:.2f}x | "
             f"{achieved:.2f} | {share:.2f} | {decode:.1f} | {kv:.1f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -31,112 +31,30 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-import visprune
-from visprune.bench import machine_description
-from visprune.compiled import SelectionNotCompilable
-from visprune.dispatch import DispatchCounts
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import visprune  # noqa: E402
+from _gpu_report import prefill_line, render, selection_line  # noqa: E402
+from _gpu_setup import (  # noqa: E402
+    BUDGETS,
+    FULL,
+    IMAGE_TOKENS,
+    PROMPT_AFTER,
+    SMALL,
+    build_inputs,
+    build_model,
+)
+from _timing import first_sentence, graph_break_site  # noqa: E402
+from visprune.compiled import SelectionNotCompilable  # noqa: E402
+from visprune.dispatch import DispatchCounts  # noqa: E402
 
 METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator", "cdpruner"]
-BUDGETS = (64, 128, 192)
-IMAGE_TOKENS = 576
-IMAGE_TOKEN = 32000
-PROMPT_BEFORE, PROMPT_AFTER = 5, 35
 SYNC_BATCHES = (1, 2, 4)
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """The model's shapes: LLaVA-1.5-7B's (``full``) or small ones for a CPU."""
-
-    name: str
-    vision: dict
-    text: dict
-    dtype: torch.dtype
-
-
-FULL = Shapes(
-    name="LLaVA-1.5-7B (CLIP ViT-L/14-336, Llama-2-7B), bfloat16",
-    vision={
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-    },
-    text={
-        "hidden_size": 4096,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 32,
-    },
-    dtype=torch.bfloat16,
-)
-
-SMALL = Shapes(
-    name="small (vision: 1 layer, width 64; language model: 2 layers, width 128), float32",
-    vision={
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 4,
-    },
-    text={
-        "hidden_size": 128,
-        "intermediate_size": 352,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-    },
-    dtype=torch.float32,
-)
-
-
-def build_model(shapes: Shapes, device: torch.device) -> LlavaForConditionalGeneration:
-    """A random-weight LLaVA-1.5 of ``shapes`` on ``device``: 24 x 24 patches at 336 px."""
-    config = LlavaConfig(
-        vision_config={
-            "model_type": "clip_vision_model",
-            "image_size": 336,
-            "patch_size": 14,
-            **shapes.vision,
-        },
-        text_config={
-            "model_type": "llama",
-            "vocab_size": 32064,
-            "max_position_embeddings": 4096,
-            **shapes.text,
-        },
-        image_token_index=IMAGE_TOKEN,
-        image_seq_length=IMAGE_TOKENS,
-        vision_feature_layer=-2,
-    )
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlavaForConditionalGeneration._from_config(config, dtype=shapes.dtype)
-    return model.eval()
-
-
-def build_inputs(batch: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """``batch`` prompts of one image each: 5 prompt tokens, the image, 35 prompt tokens."""
-    generator = torch.Generator().manual_seed(1)
-    rows = []
-    for _ in range(batch):
-        text = torch.randint(1, 31000, (PROMPT_BEFORE + PROMPT_AFTER,), generator=generator)
-        image = torch.full((IMAGE_TOKENS,), IMAGE_TOKEN)
-        rows.append(torch.cat([text[:PROMPT_BEFORE], image, text[PROMPT_BEFORE:]]))
-    ids = torch.stack(rows)
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": torch.ones_like(ids).to(device),
-        "pixel_values": torch.randn(batch, 3, 336, 336, generator=generator).to(device, dtype),
-    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -232,16 +150,13 @@ def selection_rows(
                 result["same"] = torch.equal(run(), eager)
                 row[label] = result
             rows.append(row)
-            print(_selection_line(row), flush=True)
+            print(selection_line(row), flush=True)
     return rows
 
 
 def _reason(error: Exception) -> str:
     """Where the graph breaks (``file:line in function``), from the error's message."""
-    message = str(error)
-    if " At " in message:
-        return message.split(" At ", 1)[1].split(": `", 1)[0]
-    return message.split(": ", 1)[-1].split(". ")[0]
+    return graph_break_site(error) or first_sentence(error)
 
 
 def prefill_rows(
@@ -254,7 +169,7 @@ def prefill_rows(
             model(**inputs)
 
     rows = [{"method": "unpruned", "k": IMAGE_TOKENS, "eager": timed(forward, device, repeats)}]
-    print(_prefill_line(rows[0]), flush=True)
+    print(prefill_line(rows[0]), flush=True)
     for method in methods:
         for k in BUDGETS:
             row = {"method": method, "k": k}
@@ -271,7 +186,7 @@ def prefill_rows(
                     row[label] = timed(forward, device, repeats)
                     row[label]["compile_s"] = seconds if compile else None
             rows.append(row)
-            print(_prefill_line(row), flush=True)
+            print(prefill_line(row), flush=True)
     return rows
 
 
@@ -287,128 +202,6 @@ def added_syncs(model, method: str, device: torch.device) -> dict[int, tuple[int
                 model(**inputs)
         counts[batch] = (unpruned.syncs, pruned.syncs)
     return counts
-
-
-def _ms(result: dict | None) -> str:
-    if result is None:
-        return ""
-    if "note" in result:
-        return result["note"]
-    shown = f"{result['ms']:.2f}"
-    if result.get("event_ms") is not None:
-        shown += f" ({result['event_ms']:.2f})"
-    if result.get("same") is False:
-        shown += " DIFFERENT PICKS"
-    return shown
-
-
-def _compile_s(result: dict | None) -> str:
-    if not result or result.get("compile_s") is None:
-        return ""
-    return f"{result['compile_s']:.1f}"
-
-
-def _selection_line(row: dict) -> str:
-    parts = [f"{label} {_ms(row.get(label))}" for label in ("eager", "compiled", "CUDA graph")]
-    return f"select  {row['method']:<14} k={row['k']:<4} " + " | ".join(parts)
-
-
-def _prefill_line(row: dict) -> str:
-    parts = [f"{label} {_ms(row.get(label))}" for label in ("eager", "compiled")]
-    return f"prefill {row['method']:<14} k={row['k']:<4} " + " | ".join(parts)
-
-
-def render(
-    command: str,
-    shapes: Shapes,
-    device: torch.device,
-    repeats: int,
-    compile_max_k: int,
-    selection: list[dict],
-    prefill: list[dict],
-    syncs: dict[int, tuple[int, int]],
-    sync_method: str,
-) -> str:
-    small = shapes is SMALL
-    where = (
-        f"**No CUDA device or `--small`: small shapes on the CPU** ({shapes.name}); these rows "
-        "show that the script runs, not how fast a GPU is."
-        if small
-        else f"Model: random-weight {shapes.name}, SDPA attention, on {device}."
-    )
-    event = " (in brackets: CUDA events, the device's own time)" if device.type == "cuda" else ""
-    lines = [
-        "# Selection and prefill on a GPU" + (" (small shapes, CPU)" if small else ""),
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {machine_description()}",
-        "",
-        where,
-        "",
-        f"Medians of {repeats} calls after one untimed call, in ms of wall time with the device "
-        f"synchronised before and after each call{event}. Compiled: `compile=True` (one "
-        "`torch.compile(fullgraph=True, dynamic=False)` graph per method and shapes); CUDA "
-        '(on CUDA only): `compile="reduce-overhead"`, the compiled graph captured as a CUDA '
-        "graph. `compile (s)` = the first call, which compiles. Budgets above "
-        f"{compile_max_k} are not compiled (`--compile-max-k`: the greedy loop is unrolled "
-        "into the graph, so compile time grows with the budget).",
-        "",
-        "## Selection",
-        "",
-        f"{IMAGE_TOKENS} tokens of width {shapes.text['hidden_size']} in bfloat16 (the methods "
-        f"select in float32) and a {PROMPT_AFTER}-token prompt; `ops` and `syncs` = ops one "
-        "eager call dispatches (each a kernel launch on a GPU) and its host syncs "
-        "(`visprune.dispatch`).",
-        "",
-        "| method | keep | eager (ms) | compiled (ms) | compile (s) | CUDA graph (ms) | "
-        "compile (s) | ops | syncs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in selection:
-        graph = row.get("CUDA graph")
-        lines.append(
-            f"| {row['method']} | {row['k']} of {IMAGE_TOKENS} | {_ms(row['eager'])} | "
-            f"{_ms(row['compiled'])} | {_compile_s(row['compiled'])} | "
-            f"{_ms(graph) if graph else 'CUDA only'} | {_compile_s(graph)} | {row['ops']} | "
-            f"{row['syncs']} |"
-        )
-    unpruned = prefill[0]["eager"]["ms"]
-    lines += [
-        "",
-        "## Prefill",
-        "",
-        f"One forward (`model(**inputs)`, with the KV cache) over {PROMPT_BEFORE} prompt "
-        f"tokens, the image's {IMAGE_TOKENS} tokens and {PROMPT_AFTER} more (vision tower "
-        "included), batch 1; speed-up = unpruned / pruned wall time.",
-        "",
-        "| method | keep | eager (ms) | speed-up | compiled (ms) | speed-up | compile (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in prefill:
-        cells = []
-        for label in ("eager", "compiled"):
-            result = row.get(label)
-            speedup = f"{unpruned / result['ms']:.2f}x" if result and "ms" in result else ""
-            cells += [_ms(result), speedup]
-        lines.append(
-            f"| {row['method']} | {row['k']} of {IMAGE_TOKENS} | {' | '.join(cells)} | "
-            f"{_compile_s(row.get('compiled'))} |"
-        )
-    lines += [
-        "",
-        "## Host syncs per prefill",
-        "",
-        f"Host syncs of one forward, unpruned and with `visprune.apply(model, {sync_method!r}, "
-        f"budget={BUDGETS[0]})`, one image per row (`visprune.dispatch`, exact): what visprune "
-        "adds does not grow with the images in the batch.",
-        "",
-        "| images in the batch | unpruned | pruned | added by visprune |",
-        "|---:|---:|---:|---:|",
-    ]
-    for batch, (before, after) in syncs.items():
-        lines.append(f"| {batch} | {before} | {after} | {after - before} |")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 # Compile times without Inductor's graph caches (left by earlier runs or tests), which would make
@@ -40,84 +37,27 @@ os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
 import torch
 
-import visprune
-from visprune.bench import machine_description
-from visprune.compiled import SelectionNotCompilable
-from visprune.dispatch import DispatchCounts
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import visprune  # noqa: E402
+from _selection_cases import (  # noqa: E402
+    CASES,
+    TEXT_TOKENS,
+    Case,
+    frame_context,
+    inputs,
+    runner,
+    vision_context,
+)
+from _selection_report import render  # noqa: E402
+from _timing import clock, counted, first_sentence, graph_break_site, median_ms  # noqa: E402
+from visprune.compiled import SelectionNotCompilable  # noqa: E402
 
 PAPER_METHODS = ["divprune", "otprune", "rediprune", "resprune", "trimtokenator"]
 BASELINES = ["random", "uniform"]
 PRE_LLM = ["cdpruner", "vispruner", "visionzip"]
 IN_LLM = ["fastv", "pdrop", "dart"]
-TEXT_TOKENS = 40
-#: CLS attention heads and key width of the vision-tower context (CLIP ViT-L/14: 16 x 64).
-HEADS, KEY_WIDTH = 16, 64
-
-
-@dataclass
-class Case:
-    """One benchmark shape: ``frames`` images of ``n`` tokens of width ``d``, keeping ``k``."""
-
-    key: str
-    label: str
-    frames: int
-    n: int
-    d: int
-    k: int
-
-
-CASES = [
-    Case("image", "LLaVA-1.5 image", 1, 576, 4096, 64),
-    Case("next", "LLaVA-NeXT image", 1, 2880, 4096, 320),
-    Case("video", "video, 32 frames", 32, 144, 1024, 16),
-]
-
-
-def clock(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    shape = (case.frames, case.n, case.d) if case.frames > 1 else (case.n, case.d)
-    tokens = torch.randn(shape, generator=generator)
-    text = torch.randn(TEXT_TOKENS, case.d, generator=generator)
-    return tokens, text
-
-
-def vision_context(case: Case, seed: int = 2) -> visprune.Context:
-    """Seeded CLS attention ``(.., H, n)``, keys ``(.., n, hd)`` and CLS states ``(.., d)``."""
-    generator = torch.Generator().manual_seed(seed)
-    lead = (case.frames,) if case.frames > 1 else ()
-    logits = torch.randn(*lead, HEADS, case.n, generator=generator)
-    return visprune.Context(
-        cls_attention=logits.softmax(dim=-1),
-        vision_keys=torch.randn(*lead, case.n, KEY_WIDTH, generator=generator),
-        cls_state=torch.randn(*lead, case.d, generator=generator),
-    )
-
-
-def runner(
-    method: str, tokens: torch.Tensor, text: torch.Tensor, k: int, context, compile: bool = False
-):
-    """One call of ``method``: ``visprune.select`` with what it needs, or ``reduce`` for a
-    merging method (its kept indices are returned, to compare batched and per-frame runs)."""
-    chosen = visprune.get_method(method, budget=k)
-    if chosen.merges:
-        if compile:
-            raise SelectionNotCompilable(f"{method} merges tokens; only selection compiles.")
-        return lambda: chosen.reduce(tokens, None, context).kept
-    extra = {"cls_attention": context.cls_attention} if "cls_attention" in chosen.uses else {}
-    return lambda: visprune.select(chosen, tokens, k, text=text, compile=compile, **extra)
-
-
-def counted(run) -> DispatchCounts:
-    """The dispatched ops and host syncs of one call of ``run``."""
-    with DispatchCounts() as counts:
-        run()
-    return counts
 
 
 def launch_counts(run, half_run, k: int) -> dict:
@@ -132,10 +72,8 @@ def launch_counts(run, half_run, k: int) -> dict:
 
 def graph_break(error: Exception) -> str:
     """Where a core breaks the graph (``file:line in function``), from the error's message."""
-    message = str(error)
-    if " At " in message:
-        return "breaks at " + message.split(" At ", 1)[1].split(": `", 1)[0]
-    return message.split(": ", 1)[-1].split(". ")[0]
+    site = graph_break_site(error)
+    return "breaks at " + site if site is not None else first_sentence(error)
 
 
 def compiled_timing(method: str, tokens, text, case: Case, context, repeats: int, eager) -> dict:
@@ -154,21 +92,28 @@ def compiled_timing(method: str, tokens, text, case: Case, context, repeats: int
     return {
         "compiled": "yes" if same else "DIFFERENT PICKS",
         "compile_s": compile_s,
-        "compiled_ms": 1e3 * statistics.median(compiled_times),
-        "eager_alt_ms": 1e3 * statistics.median(eager_times),
+        "compiled_ms": median_ms(compiled_times),
+        "eager_alt_ms": median_ms(eager_times),
     }
 
 
-def frame_context(context, frame: int):
-    """The vision-tower context of one video frame."""
-    return visprune.Context(
-        cls_attention=context.cls_attention[frame],
-        vision_keys=context.vision_keys[frame],
-        cls_state=context.cls_state[frame],
-    )
+def speed_row(case: str, method: str, method_times: list[float], gram_times: list[float]) -> dict:
+    """A table row from the timings: medians in ms, the method's spread and its ratio to the
+    Gram's median."""
+    row = {
+        "case": case,
+        "method": method,
+        "ms": median_ms(method_times),
+        "spread": 1e3 * (max(method_times) - min(method_times)),
+        "gram_ms": median_ms(gram_times),
+    }
+    row["ratio"] = row["ms"] / row["gram_ms"]
+    return row
 
 
 def measure(case: Case, method: str, repeats: int, compile_max_k: int | None) -> dict:
+    """Eager time against the Gram, dispatch counts, compiled time (up to ``compile_max_k``)
+    and, for video, the per-frame loop of ``method`` on ``case``."""
     tokens, text = inputs(case)
     context = vision_context(case)
     run = runner(method, tokens, text, case.k, context)
@@ -179,14 +124,7 @@ def measure(case: Case, method: str, repeats: int, compile_max_k: int | None) ->
     for _ in range(repeats):
         gram_times.append(clock(gram))
         method_times.append(clock(run))
-    row = {
-        "case": case.label,
-        "method": method,
-        "ms": 1e3 * statistics.median(method_times),
-        "spread": 1e3 * (max(method_times) - min(method_times)),
-        "gram_ms": 1e3 * statistics.median(gram_times),
-    }
-    row["ratio"] = row["ms"] / row["gram_ms"]
+    row = speed_row(case.label, method, method_times, gram_times)
     row.update(counts)
     if compile_max_k is not None and case.k <= compile_max_k:
         row.update(compiled_timing(method, tokens, text, case, context, repeats, run))
@@ -197,7 +135,7 @@ def measure(case: Case, method: str, repeats: int, compile_max_k: int | None) ->
         ]
         loop = lambda: [single() for single in singles]  # noqa: E731
         loop_times = [clock(loop) for _ in range(max(3, repeats // 2))]
-        row["loop_ms"] = 1e3 * statistics.median(loop_times)
+        row["loop_ms"] = median_ms(loop_times)
         row["identical"] = torch.equal(torch.stack(loop()), run())
     return row
 
@@ -264,99 +202,10 @@ def measure_in_llm(method: str, repeats: int, layer_and_rotary) -> dict:
         gram_times.append(clock(gram))
         method_times.append(clock(run))
         layer_times.append(clock(forward))
-    row = {
-        "case": "LLaVA-1.5 in-LLM (one 4096 layer)",
-        "method": method,
-        "ms": 1e3 * statistics.median(method_times),
-        "spread": 1e3 * (max(method_times) - min(method_times)),
-        "gram_ms": 1e3 * statistics.median(gram_times),
-        "layer_ms": 1e3 * statistics.median(layer_times),
-    }
-    row["ratio"] = row["ms"] / row["gram_ms"]
+    row = speed_row("LLaVA-1.5 in-LLM (one 4096 layer)", method, method_times, gram_times)
+    row["layer_ms"] = median_ms(layer_times)
     row.update(counts)
     return row
-
-
-def render(rows: list[dict], command: str, repeats: int, compile_max_k: int | None) -> str:
-    lines = [
-        "# Selection speed",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {machine_description()}",
-        "",
-        f"Load average at the end of the run: {os.getloadavg()[0]:.1f} (1 minute) on "
-        f"{os.cpu_count()} CPUs; above the threads used, other processes shared the CPUs and "
-        "the timings (not the counts) are noisy.",
-        "",
-        f"Medians of {repeats} repeats; the Gram time is one `X @ X.T` (a batched `X @ X.mT` for "
-        "video) on the same float32 tokens, timed alternately with the method in the same "
-        "process. Ratio = method median / Gram median. Spread = max - min of the method's "
-        "repeats. Video: `loop` runs the same method frame by frame in Python (the published "
-        "codes' way); `same` says whether both select identical tokens. VisPruner and VisionZip "
-        f"get a seeded {HEADS}-head CLS attention (and VisionZip {KEY_WIDTH}-wide keys and a CLS "
-        "state), VisionZip runs `reduce` (kept plus merged = budget). In-LLM rows (FastV, "
-        "PyramidDrop, DART): the recomputed scores (FastV and PyramidDrop: the last prompt "
-        "token's attention row; DART: key norms) plus the selection, on one random-weight "
-        "LLaVA-1.5-7B-sized Llama layer; `layer` = that share of one forward of the same layer "
-        "on the whole 616-token sequence (a 32-layer model's prefill is about 32 such "
-        "forwards).",
-        "",
-        "VisPruner is outside the 1.5x target by design: each of its duplicate-removal rounds "
-        "multiplies its own `a @ b.T` as the published code does (about five Grams of "
-        "multiply-adds at n = 576, k = 64, in 64 smaller products), because the float32 "
-        "rounding of those per-round products decides near-ties that the parity vectors hold; "
-        "one shared Gram read by every round would be cheaper but rounds differently.",
-        "",
-        "Counted in the same run with `visprune.dispatch.DispatchCounts` (exact, the same on any "
-        "device): `ops` = ops one call dispatches (each a kernel launch on a GPU; in-LLM rows "
-        "include the layer's score recomputation), `ops/pick` = the marginal ops of one more "
-        "greedy pick (the count at the budget minus the count at half of it, per pick), "
-        "`syncs` = host syncs per call (each stalls a GPU stream until it drains).",
-        "",
-        "| case | method | time (ms) | spread (ms) | Gram (ms) | ratio to Gram | "
-        "per-frame loop (ms) | same | share of one layer | ops | ops/pick | syncs |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        loop = f"{row['loop_ms']:.1f}" if "loop_ms" in row else ""
-        share = f"{100 * row['ms'] / row['layer_ms']:.1f} %" if "layer_ms" in row else ""
-        same = ("yes" if row["identical"] else "NO") if "identical" in row else ""
-        lines.append(
-            f"| {row['case']} | {row['method']} | {row['ms']:.1f} | {row['spread']:.1f} | "
-            f"{row['gram_ms']:.1f} | {row['ratio']:.2f}x | {loop} | {same} | {share} | "
-            f"{row['ops']} | {row['ops_per_pick']:.1f} | {row['syncs']} |"
-        )
-    compiled = [row for row in rows if "compiled" in row]
-    if compiled:
-        lines += [
-            "",
-            "## Eager and compiled",
-            "",
-            "`compile=True`: the method's selection core as one `torch.compile(fullgraph=True, "
-            "dynamic=False)` graph (Inductor, CPU code). `compile` = the first call, which "
-            "compiles (once per method, shapes and budget; Inductor's graph caches off, but the "
-            "C++ kernels it builds may come from its on-disk cache of earlier runs, so a "
-            "first-ever compile takes longer); eager and compiled calls are then "
-            f"timed alternately ({repeats} repeats each, medians). `compiles` says whether the "
-            "core runs as one graph (and picks what eager picks), or why not. Cases with a budget "
-            f"above {compile_max_k} are left out: the greedy loop is unrolled into the graph, so "
-            "compile time grows with the budget.",
-            "",
-            "| case | method | compiles | compile (s) | eager (ms) | compiled (ms) | "
-            "eager / compiled |",
-            "|---|---|---|---:|---:|---:|---:|",
-        ]
-        for row in compiled:
-            if "compiled_ms" in row:
-                timing = (
-                    f"{row['compile_s']:.1f} | {row['eager_alt_ms']:.1f} | "
-                    f"{row['compiled_ms']:.1f} | {row['eager_alt_ms'] / row['compiled_ms']:.2f}x"
-                )
-            else:
-                timing = " |  |  | "
-            lines.append(f"| {row['case']} | {row['method']} | {row['compiled']} | {timing} |")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

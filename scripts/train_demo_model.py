@@ -19,7 +19,8 @@ import sys
 import time
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the schedule, the recipe and each recipe's stage options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="checkpoint folder")
     p.add_argument("--minutes", type=float, default=65.0, help="wall-clock training budget")
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         help="stage 3: the named-object probe on the language model (0: off)",
     )
     p.add_argument("--aligned", default=None, help="start at stage 3 from a saved OUT-aligned")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.question_objects_ramp < 0:
         p.error(f"--question-objects-ramp {args.question_objects_ramp}: give 0 (off) or more steps")
@@ -115,24 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe == "llava":
         from visprune.demo.training import recipe
 
-        cfg = recipe.RecipeConfig(seed=args.seed, threads=args.threads)
-        cfg.text.steps = args.text_steps
-        cfg.text_scenes = args.text_scenes
-        cfg.captions.steps = args.caption_steps
-        cfg.questions.steps = args.question_steps
-        cfg.caption_share = args.caption_share
-        cfg.tune_vision_tower = args.tune_vision_tower
-        cfg.vision_lr_ratio = args.vision_lr_ratio
-        cfg.aligned = args.aligned
-        cfg.named_probe_weight = args.named_probe_weight
-        if args.question_objects:
-            cfg.question_objects = tuple(args.question_objects)
-        cfg.question_objects_ramp = args.question_objects_ramp
-        if args.text_objects:
-            cfg.text_objects = tuple(args.text_objects)
-        cfg.tune_embeddings = not args.freeze_embeddings
-        cfg.eval_every = args.eval_every
-        recipe.train(cfg, args.out, log, sizes=sizes)
+        recipe.train(recipe_config(args), args.out, log, sizes=sizes)
         if args.question_steps == 0:  # stages 1-2 only
             logfile.close()
             return 0
@@ -149,6 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo_train.train(cfg, args.out, log, sizes=sizes)
     return report(args, log, logfile)
+
+
+def recipe_config(args: argparse.Namespace):
+    """The three-stage recipe's settings (``--recipe llava``) from the command line."""
+    from visprune.demo.training import recipe
+
+    cfg = recipe.RecipeConfig(seed=args.seed, threads=args.threads)
+    cfg.text.steps = args.text_steps
+    cfg.text_scenes = args.text_scenes
+    cfg.captions.steps = args.caption_steps
+    cfg.questions.steps = args.question_steps
+    cfg.caption_share = args.caption_share
+    cfg.tune_vision_tower = args.tune_vision_tower
+    cfg.vision_lr_ratio = args.vision_lr_ratio
+    cfg.aligned = args.aligned
+    cfg.named_probe_weight = args.named_probe_weight
+    if args.question_objects:
+        cfg.question_objects = tuple(args.question_objects)
+    cfg.question_objects_ramp = args.question_objects_ramp
+    if args.text_objects:
+        cfg.text_objects = tuple(args.text_objects)
+    cfg.tune_embeddings = not args.freeze_embeddings
+    cfg.eval_every = args.eval_every
+    return cfg
 
 
 def report(args, log, logfile) -> int:

@@ -109,6 +109,14 @@ def test_usage_error_says_what_to_change_not_what_to_install(monkeypatch):
 
 
 # ------------------------------------------------------------------------ broken on purpose
+def _pruned(family: str):
+    """A tiny ``family`` model with DivPrune applied (half the visual tokens) and its inputs."""
+    model = tiny(family)
+    data = inputs(family, model)
+    visprune.apply(model, "divprune", 0.5)
+    return model, data
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl", "gemma3"])
 def test_cache_under_an_unknown_keyword_raises(family):
     model = tiny(family)
@@ -170,18 +178,14 @@ class _HooklessCall(torch.nn.Module):
 
 
 def test_prefill_that_skips_the_language_model_hook_raises():
-    model = tiny("llava")
-    data = inputs("llava", model)
-    visprune.apply(model, "divprune", 0.5)
+    model, data = _pruned("llava")
     model.model.language_model = _HooklessCall(model.model.language_model)
     with pytest.raises(PruningNotApplied, match="without its language model receiving"):
         model(**data)
 
 
 def test_language_model_without_inputs_embeds_raises():
-    model = tiny("llava")
-    data = inputs("llava", model)
-    visprune.apply(model, "divprune", 0.5)
+    model, data = _pruned("llava")
 
     def to_ids(module, args, kwargs):
         kwargs.pop("inputs_embeds")
@@ -197,9 +201,7 @@ def test_language_model_without_inputs_embeds_raises():
 
 def test_placeholders_in_a_step_with_a_cache_raise():
     """A prompt prefilled in chunks: the second chunk carries image tokens on a cache."""
-    model = tiny("llava")
-    data = inputs("llava", model)
-    visprune.apply(model, "divprune", 0.5)
+    model, data = _pruned("llava")
     ids = data["input_ids"]
     first = int((ids[0] == model.config.image_token_id).nonzero()[0])
     out = model(input_ids=ids[:, :first], attention_mask=data["attention_mask"][:, :first])
@@ -231,9 +233,7 @@ def test_cache_argument_follows_the_forward_signature():
 
 def test_gemma3_without_its_mask_function_raises(monkeypatch):
     """A release whose Gemma 3 no longer builds its masks through create_masks_for_generate."""
-    model = tiny("gemma3")
-    data = inputs("gemma3", model)
-    visprune.apply(model, "divprune", 0.5)
+    model, data = _pruned("gemma3")
     monkeypatch.delattr(type(model), "create_masks_for_generate")
     with pytest.raises(PruningNotApplied, match="create_masks_for_generate"):
         model(**data)
@@ -241,9 +241,7 @@ def test_gemma3_without_its_mask_function_raises(monkeypatch):
 
 def test_gemma3_masks_of_an_unknown_form_raise(monkeypatch):
     """A mask function that returns something visprune cannot check is refused."""
-    model = tiny("gemma3")
-    data = inputs("gemma3", model)
-    visprune.apply(model, "divprune", 0.5)
+    model, data = _pruned("gemma3")
 
     def unknown(config, inputs_embeds, attention_mask, cache, position_ids, **kwargs):
         return object()

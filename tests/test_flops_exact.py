@@ -37,10 +37,19 @@ def _lm_flops(part: FlopsBreakdown) -> float:
     return part.attention + part.mlp + part.lm_head
 
 
+def _llava_config(text: dict, vision: dict, **options) -> LlavaConfig:
+    """A LLaVA config of a Llama language model of sizes ``text`` behind a CLIP tower of sizes
+    ``vision``; ``options`` go to the config itself."""
+    return LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", **vision),
+        text_config=dict(model_type="llama", **text),
+        **options,
+    )
+
+
 def _head_dim_model():
     """Tiny LLaVA whose text head_dim (16) differs from hidden / heads (8), with GQA."""
     text = dict(
-        model_type="llama",
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -50,7 +59,6 @@ def _head_dim_model():
         vocab_size=128,
     )
     vision = dict(
-        model_type="clip_vision_model",
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -58,7 +66,7 @@ def _head_dim_model():
         image_size=28,
         patch_size=14,
     )
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=100)
+    config = _llava_config(text, vision, image_token_index=100)
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     return LlavaForConditionalGeneration(config).eval()
@@ -244,7 +252,6 @@ def test_decode_steps_match_counter(family, steps):
 
 def _llava_7b_config():
     text = dict(
-        model_type="llama",
         hidden_size=4096,
         intermediate_size=11008,
         num_hidden_layers=32,
@@ -253,7 +260,6 @@ def _llava_7b_config():
         vocab_size=32064,
     )
     vision = dict(
-        model_type="clip_vision_model",
         hidden_size=1024,
         intermediate_size=4096,
         num_hidden_layers=24,
@@ -261,7 +267,7 @@ def _llava_7b_config():
         image_size=336,
         patch_size=14,
     )
-    return LlavaConfig(vision_config=vision, text_config=text)  # no weights built
+    return _llava_config(text, vision)  # no weights built
 
 
 @pytest.mark.parametrize("visual,text", [(576, 83), (56, 83), (576, 15)])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import visprune
-from test_adapters import lm_inputs, prompt_text, visual_runs
+from pruned_reference import lm_inputs, prompt_text, visual_runs
 from tiny_vlms import (
     GENERATE,
     IMG,

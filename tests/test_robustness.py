@@ -11,7 +11,7 @@ import torch
 
 import visprune
 from conftest import METHOD_NAMES, cls_attention_of, needs_cls_attention, run
-from test_adapters import (
+from pruned_reference import (
     assert_same_selections,
     assert_unpatched,
     hooks_of,

@@ -18,7 +18,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 
 import visprune
 import visprune.functional as F
-from test_adapters import (
+from pruned_reference import (
     always_kept,
     assert_logits_close,
     assert_unpatched,
@@ -165,10 +165,24 @@ def test_vispruner_generate_matches_eager_reference(family):
 
 
 # ----------------------------------------------------------------------------- VisionZip
+def visionzip_reference(image: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor, int]:
+    """VisionZip's core on one image's eager scores (:func:`eager_scores`) for a budget ``k``
+    that counts the CLS token: the kept patch indices ``(k - new,)``, the contextual tokens
+    merged from the rest ``(new - 1, d)`` and ``new`` (those plus the CLS)."""
+    patches, new = visprune.VisionZip(**VISIONZIP).split(k, with_cls=True)
+    indices, merged = F.visionzip(
+        image["attention"][None],
+        image["hidden"][None],
+        image["keys"][None],
+        patches + 1,
+        new - 1,
+    )
+    return indices[0, 1:] - 1, merged[0], new
+
+
 def visionzip_by_hand(family: str, twin, eager, data: dict, k: int):
     """Embeddings with the new tokens in their slots, the keep mask, and per image the kept
     indices, slot positions and projected new tokens, all computed without visprune."""
-    method = visprune.VisionZip(**VISIONZIP)
     captured = lm_inputs(twin, data)
     embeds = captured["embeds"].clone()
     fixed = always_kept(family, twin, data, captured["embeds"], "candidates", "vision")
@@ -177,16 +191,8 @@ def visionzip_by_hand(family: str, twin, eager, data: dict, k: int):
     for image, (row, span) in zip(
         eager_scores(eager, data), candidates_of(family, twin, data), strict=True
     ):
-        patches, new = method.split(k, with_cls=True)
-        indices, merged = F.visionzip(
-            image["attention"][None],
-            image["hidden"][None],
-            image["keys"][None],
-            patches + 1,
-            new - 1,
-        )
-        kept = indices[0, 1:] - 1
-        tokens = torch.cat([image["hidden"][:1], merged[0]])
+        kept, merged, new = visionzip_reference(image, k)
+        tokens = torch.cat([image["hidden"][:1], merged])
         projected = twin.model.multi_modal_projector(tokens)
         dropped = torch.ones(len(span), dtype=torch.bool)
         dropped[kept] = False
@@ -350,13 +356,5 @@ def test_features_from_the_embeddings_are_scored_by_the_first_layer(method, chos
         if method == "vispruner":
             want = F.vispruner(image["hidden"][None, 1:], image["attention"][None, :, 1:], 3)[0]
         else:
-            patches, new = visprune.VisionZip(**VISIONZIP).split(3, with_cls=True)
-            indices, _ = F.visionzip(
-                image["attention"][None],
-                image["hidden"][None],
-                image["keys"][None],
-                patches + 1,
-                new - 1,
-            )
-            want = indices[0, 1:] - 1
+            want = visionzip_reference(image, 3)[0]
         assert torch.equal(record.kept, want)

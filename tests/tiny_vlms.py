@@ -1,9 +1,10 @@
 """Tiny in-process vision-language models and processor-like inputs for the adapter tests.
 
-Every model is built from a config (no download) with random weights seeded by ``seed``, so two
-calls with the same arguments give identical weights. The inputs imitate what the Hugging Face
-processors return: ``input_ids`` with one placeholder token per visual feature, the matching
-pixel tensors, grids and sizes, and ``attention_mask``. Everything runs in milliseconds on a CPU.
+The models come from :mod:`tiny_vlm_models` (:func:`tiny`, with random weights seeded by
+``seed``, so two calls with the same arguments give identical weights); the tests import them
+from here with their inputs. The inputs imitate what the Hugging Face processors return:
+``input_ids`` with one placeholder token per visual feature, the matching pixel tensors, grids
+and sizes, and ``attention_mask``. Everything runs in milliseconds on a CPU.
 
 Families: ``llava``, ``llava_next``, ``llava_next_video`` and ``llava_onevision`` (images and
 video), ``qwen2_5_vl`` (images and video) and ``qwen2_vl``, ``qwen3_vl`` and ``qwen3_vl_moe``
@@ -19,152 +20,64 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformers import (
-    Gemma3Config,
-    Gemma3ForConditionalGeneration,
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaNextVideoConfig,
-    LlavaNextVideoForConditionalGeneration,
-    LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-    Qwen3VLMoeConfig,
-    Qwen3VLMoeForConditionalGeneration,
+
+from tiny_vlm_models import (
+    FAMILIES,
+    GEMMA3_TOKENS,
+    GEMMA3_WINDOW,
+    IMG,
+    INTERNVL_TILE_TOKENS,
+    PAD,
+    PINPOINTS,
+    QWEN,
+    QWEN3,
+    VE,
+    VID,
+    VS,
+    tiny,
 )
 
-#: Special token ids, inside the vocabulary of 128: image, video, vision start, vision end.
-IMG, VID, VS, VE = 100, 101, 102, 103
+#: Names the tests import from here with the inputs (``GEMMA3_WINDOW`` only for them).
+__all__ = [
+    "CASES",
+    "DEFAULT_SIZE",
+    "FAMILIES",
+    "GEMMA3_TOKENS",
+    "GEMMA3_WINDOW",
+    "GENERATE",
+    "IMG",
+    "INTERNVL_TILE_TOKENS",
+    "PAD",
+    "QWEN",
+    "QWEN3",
+    "SPECIAL",
+    "TIMESTAMP",
+    "VE",
+    "VID",
+    "VIDEO",
+    "VS",
+    "collate",
+    "inputs",
+    "ragged_samples",
+    "sample",
+    "tiny",
+    "tiny_demo_model",
+    "token_counts",
+    "visual_mask",
+]
+
 #: Ids a tiny model must never generate (a generated placeholder breaks the next step).
 SPECIAL = (IMG, VID, VS, VE)
 #: Greedy generation settings for every test.
 GENERATE = {"do_sample": False, "suppress_tokens": list(SPECIAL), "max_new_tokens": 6}
-#: Pad token id of the left-padded batches.
-PAD = 0
-
-FAMILIES = (
-    "llava",
-    "llava_next",
-    "llava_next_video",
-    "llava_onevision",
-    "qwen2_5_vl",
-    "qwen2_vl",
-    "qwen3_vl",
-    "qwen3_vl_moe",
-    "internvl",
-    "gemma3",
-)
-QWEN = frozenset({"qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe"})
-QWEN3 = frozenset({"qwen3_vl", "qwen3_vl_moe"})
 #: Families with a video input in these tests.
 VIDEO = frozenset({"llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"})
-#: InternVL: pixel-shuffled tokens per 32-px tile (8x8 patches of 4 px, shuffled 2x2 -> 4x4).
-INTERNVL_TILE_TOKENS = 16
 #: Qwen3-VL wraps each video frame in its own timestamp and vision start/end tokens.
 TIMESTAMP = 30
 #: Every (family, video) pair.
 CASES = [(family, False) for family in FAMILIES] + [
     (family, True) for family in FAMILIES if family in VIDEO
 ]
-
-_TEXT = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 128,
-    "max_position_embeddings": 512,
-}
-_CLIP = {  # 28 / 14 = 2x2 patches plus CLS
-    "model_type": "clip_vision_model",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 28,
-    "patch_size": 14,
-}
-_CLIP56 = dict(_CLIP, image_size=56)  # 4x4 patches plus CLS; video frames pool to 2x2
-_SIGLIP = {  # 56 / 14 = 4x4 patches, no CLS
-    "model_type": "siglip_vision_model",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 56,
-    "patch_size": 14,
-}
-#: Qwen text config: head_dim 8, so the M-RoPE sections must sum to 4.
-_QWEN_TEXT = dict(
-    _TEXT,
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-    bos_token_id=None,
-    eos_token_id=None,
-)
-_QWEN25_VISION = {
-    "depth": 2,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_heads": 2,
-    "out_hidden_size": 32,
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-    "window_size": 56,
-    "fullatt_block_indexes": [1],
-    "tokens_per_second": 2,
-}
-_QWEN3_TEXT = dict(
-    _QWEN_TEXT,
-    head_dim=8,
-    rope_parameters={
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "mrope_section": [1, 1, 2],
-        "mrope_interleaved": True,
-    },
-)
-_QWEN3_VISION = {
-    "depth": 2,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_heads": 2,
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-    "out_hidden_size": 32,
-    "num_position_embeddings": 16,
-    "deepstack_visual_indexes": [0, 1],  # deepstack features added inside decoder layers 0 and 1
-}
-_QWEN2_VISION = {
-    "depth": 2,
-    "embed_dim": 32,
-    "hidden_size": 32,
-    "num_heads": 2,
-    "mlp_ratio": 2,
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-}
-_INTERNVL_VISION = {  # 32 / 4 = 8x8 patches plus CLS; pixel shuffle -> 4x4 tokens per tile
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 32,
-    "patch_size": 4,
-}
-NEXT_VIDEO_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
 #: Default (H, W) of one image, per family.
 DEFAULT_SIZE = {
     "llava": (28, 28),
@@ -178,139 +91,13 @@ DEFAULT_SIZE = {
     "internvl": 3,  # InternVL: tiles of the image, thumbnail included (2 tiles + thumbnail)
     "gemma3": (56, 56),
 }
-#: Gemma 3: 8x8 SigLIP patches average-pooled to a 4x4 grid of soft tokens per image.
-GEMMA3_TOKENS = 16
-#: Gemma 3's sliding window, shorter than every prompt here, so it masks something.
-GEMMA3_WINDOW = 8
-_GEMMA3_TEXT = dict(
-    _TEXT,
-    num_hidden_layers=3,
-    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-    sliding_window=GEMMA3_WINDOW,
-    head_dim=8,
-    query_pre_attn_scalar=8,
-    bos_token_id=None,
-    eos_token_id=None,
-)
-_GEMMA3_VISION = dict(_SIGLIP, patch_size=7, vision_use_head=False)  # 56 / 7 = 8x8 patches
-
-
-def tiny(family: str, attn: str = "sdpa", seed: int = 0):
-    """A randomly initialised ``...ForConditionalGeneration`` of ``family`` in eval mode.
-
-    Parameters
-    ----------
-    family : str
-        One of :data:`FAMILIES`.
-    attn : str
-        Attention implementation ("sdpa" or "eager").
-    seed : int
-        Seed of the weights; equal seeds give equal weights.
-    """
-    torch.manual_seed(seed)
-    if family == "llava":
-        config = LlavaConfig(
-            vision_config=_CLIP,
-            text_config=dict(model_type="llama", **_TEXT),
-            image_token_index=IMG,
-            image_seq_length=4,
-        )
-        cls = LlavaForConditionalGeneration
-    elif family == "llava_next":
-        config = LlavaNextConfig(
-            vision_config=_CLIP,
-            text_config=dict(model_type="llama", **_TEXT),
-            image_token_index=IMG,
-            image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]],
-        )
-        cls = LlavaNextForConditionalGeneration
-    elif family == "llava_next_video":
-        config = LlavaNextVideoConfig(
-            vision_config=_CLIP56,
-            text_config=dict(model_type="llama", **_TEXT),
-            image_token_index=IMG,
-            video_token_index=VID,
-            image_grid_pinpoints=NEXT_VIDEO_PINPOINTS,
-        )
-        cls = LlavaNextVideoForConditionalGeneration
-    elif family == "llava_onevision":
-        config = LlavaOnevisionConfig(
-            vision_config=_SIGLIP,
-            text_config=dict(model_type="qwen2", **_TEXT),
-            image_token_index=IMG,
-            video_token_index=VID,
-            image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
-        )
-        cls = LlavaOnevisionForConditionalGeneration
-    elif family in QWEN3:
-        moe = family == "qwen3_vl_moe"
-        text = dict(_QWEN3_TEXT, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
-        config = (Qwen3VLMoeConfig if moe else Qwen3VLConfig)(
-            text_config=text if moe else _QWEN3_TEXT,
-            vision_config=_QWEN3_VISION,
-            image_token_id=IMG,
-            video_token_id=VID,
-            vision_start_token_id=VS,
-            vision_end_token_id=VE,
-        )
-        cls = Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration
-    elif family in QWEN:
-        if family == "qwen2_5_vl":
-            config_cls, vision, cls = (
-                Qwen2_5_VLConfig,
-                _QWEN25_VISION,
-                Qwen2_5_VLForConditionalGeneration,
-            )
-        else:
-            config_cls, vision, cls = Qwen2VLConfig, _QWEN2_VISION, Qwen2VLForConditionalGeneration
-        config = config_cls(
-            text_config=_QWEN_TEXT,
-            vision_config=vision,
-            image_token_id=IMG,
-            video_token_id=VID,
-            vision_start_token_id=VS,
-            vision_end_token_id=VE,
-        )
-    elif family == "internvl":
-        config = InternVLConfig(
-            vision_config=_INTERNVL_VISION,
-            text_config=dict(model_type="qwen2", **_TEXT),
-            image_token_id=IMG,
-            image_seq_length=INTERNVL_TILE_TOKENS,
-            # Untied: a tiny random model with tied embeddings greedily repeats one token.
-            tie_word_embeddings=False,
-        )
-        cls = InternVLForConditionalGeneration
-    elif family == "gemma3":
-        config = Gemma3Config(
-            text_config=_GEMMA3_TEXT,
-            vision_config=_GEMMA3_VISION,
-            mm_tokens_per_image=GEMMA3_TOKENS,
-            image_token_index=IMG,
-            boi_token_index=VS,
-            eoi_token_index=VE,
-        )
-        cls = Gemma3ForConditionalGeneration
-    else:
-        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    config._attn_implementation = attn  # propagates to the text and vision sub-configs
-    model = cls(config).eval()
-    # No end-of-sequence token: every generation runs to max_new_tokens, so rows compare 1:1.
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = PAD
-    return model
 
 
 def _tiles(family: str, size: tuple[int, int]) -> int:
     from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-    pinpoints = {
-        "llava_next": [[28, 56], [56, 28], [56, 56]],
-        "llava_next_video": NEXT_VIDEO_PINPOINTS,
-        "llava_onevision": [[56, 56], [56, 112], [112, 56], [112, 112]],
-    }[family]
     tile = 28 if family == "llava_next" else 56
-    return image_size_to_num_patches(list(size), pinpoints, tile)
+    return image_size_to_num_patches(list(size), PINPOINTS[family], tile)
 
 
 def token_counts(family: str, model, visuals: list[dict]) -> list[int]:
@@ -565,6 +352,22 @@ def visual_mask(input_ids: Tensor) -> Tensor:
     return (input_ids == IMG) | (input_ids == VID)
 
 
+def tiny_demo_model():
+    """An untrained demo LLaVA (``visprune.demo.model``) small enough for unit tests, eval mode."""
+    from visprune.demo import model as demo_model
+    from visprune.demo.tokenizer import build_tokenizer
+
+    config = demo_model.build_config(
+        build_tokenizer(),
+        vision_hidden=16,
+        text_hidden=32,
+        text_layers=3,  # as the bundled model: room for the in-LLM methods (layer 2)
+        text_heads=2,
+        text_intermediate=64,
+    )
+    return demo_model.build_model(config, seed=0).eval()
+
+
 if __name__ == "__main__":  # smoke run: python tests/tiny_vlms.py
     import time
 
@@ -580,19 +383,3 @@ if __name__ == "__main__":  # smoke run: python tests/tiny_vlms.py
             f"loss={out.loss.item():.3f} generated={tuple(generated.shape)} "
             f"{time.perf_counter() - start:.2f}s"
         )
-
-
-def tiny_demo_model():
-    """An untrained demo LLaVA (``visprune.demo.model``) small enough for unit tests, eval mode."""
-    from visprune.demo import model as demo_model
-    from visprune.demo.tokenizer import build_tokenizer
-
-    config = demo_model.build_config(
-        build_tokenizer(),
-        vision_hidden=16,
-        text_hidden=32,
-        text_layers=3,  # as the bundled model: room for the in-LLM methods (layer 2)
-        text_heads=2,
-        text_intermediate=64,
-    )
-    return demo_model.build_model(config, seed=0).eval()
