@@ -22,11 +22,10 @@ from vllm.model_executor.models.llava_next import (
     LlavaNextProcessingInfo,
     get_anyres_image_grid_shape,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
+from .registration import register_pruned_processing
 from .selection import select_rows
-from .settings import settings_of
 from .vision_scores import ScoredModelMixin
 
 
@@ -65,21 +64,12 @@ class PrunedLlavaNextMultiModalProcessor(PromptTextMixin, LlavaNextMultiModalPro
     """vLLM's LLaVA-NeXT processor, carrying the prompt text for text-conditioned methods."""
 
 
-def build_info(ctx):
-    settings = settings_of(ctx.get_hf_config())
-    if settings is None:
-        return LlavaNextProcessingInfo(ctx)
-    return PrunedLlavaNextProcessingInfo(ctx)
-
-
-def build_processor(info, dummy_inputs):
-    if isinstance(info, PrunedLlavaNextProcessingInfo):
-        return PrunedLlavaNextMultiModalProcessor(info, dummy_inputs)
-    return LlavaNextMultiModalProcessor(info, dummy_inputs)
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    build_processor, info=build_info, dummy_inputs=LlavaDummyInputsBuilder
+@register_pruned_processing(
+    info=LlavaNextProcessingInfo,
+    processor=LlavaNextMultiModalProcessor,
+    dummy_inputs=LlavaDummyInputsBuilder,
+    pruned_info=PrunedLlavaNextProcessingInfo,
+    pruned_processor=PrunedLlavaNextMultiModalProcessor,
 )
 class PrunedLlavaNextForConditionalGeneration(
     ScoredModelMixin, PrunedModelMixin, LlavaNextForConditionalGeneration
@@ -91,9 +81,7 @@ class PrunedLlavaNextForConditionalGeneration(
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune(
-            vllm_config, PrunedLlavaNextProcessingInfo, PrunedLlavaNextMultiModalProcessor
-        )
+        self._init_visprune(vllm_config)
         self._init_scores()
 
     def embed_multimodal(self, **kwargs: object):

@@ -19,12 +19,11 @@ from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionMultiModalProcessor,
     LlavaOnevisionProcessingInfo,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .llava_next import PatchBudgetMixin, newline_swapped
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
+from .registration import register_pruned_processing
 from .selection import select_in_parts, select_rows
-from .settings import settings_of
 from .text import TEXT_FIELD
 
 
@@ -51,21 +50,12 @@ class PrunedLlavaOnevisionMultiModalProcessor(PromptTextMixin, LlavaOnevisionMul
     _placeholder_ids = _media_marks
 
 
-def build_info(ctx):
-    settings = settings_of(ctx.get_hf_config())
-    if settings is None:
-        return LlavaOnevisionProcessingInfo(ctx)
-    return PrunedLlavaOnevisionProcessingInfo(ctx)
-
-
-def build_processor(info, dummy_inputs):
-    if isinstance(info, PrunedLlavaOnevisionProcessingInfo):
-        return PrunedLlavaOnevisionMultiModalProcessor(info, dummy_inputs)
-    return LlavaOnevisionMultiModalProcessor(info, dummy_inputs)
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    build_processor, info=build_info, dummy_inputs=LlavaOnevisionDummyInputsBuilder
+@register_pruned_processing(
+    info=LlavaOnevisionProcessingInfo,
+    processor=LlavaOnevisionMultiModalProcessor,
+    dummy_inputs=LlavaOnevisionDummyInputsBuilder,
+    pruned_info=PrunedLlavaOnevisionProcessingInfo,
+    pruned_processor=PrunedLlavaOnevisionMultiModalProcessor,
 )
 class PrunedLlavaOnevisionForConditionalGeneration(
     PrunedModelMixin, LlavaOnevisionForConditionalGeneration
@@ -75,9 +65,7 @@ class PrunedLlavaOnevisionForConditionalGeneration(
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune(
-            vllm_config, PrunedLlavaOnevisionProcessingInfo, PrunedLlavaOnevisionMultiModalProcessor
-        )
+        self._init_visprune(vllm_config)
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:
