@@ -16,6 +16,7 @@ causally, pruned or not.)
 
 from __future__ import annotations
 
+from torch import Tensor
 from vllm.model_executor.models.gemma3_mm import (
     Gemma3DummyInputsBuilder,
     Gemma3ForConditionalGeneration,
@@ -71,12 +72,7 @@ class PrunedGemma3ForConditionalGeneration(PrunedModelMixin, Gemma3ForConditiona
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._init_visprune(vllm_config)
 
-    def embed_multimodal(self, **kwargs: object):
-        if self.visprune is None:
-            return super().embed_multimodal(**kwargs)
-        image_input, text_ids = self._pixel_input(kwargs)
-        if image_input is None:
-            return []
+    def _kept_image_rows(self, image_input, text_ids) -> list[Tensor]:
         parts = [int(count) for count in image_input["num_patches"]]  # crops + 1 per image
         projector = self.multi_modal_projector
         with projector_inputs(projector) as captured:

@@ -65,12 +65,7 @@ class PrunedLlavaForConditionalGeneration(
         self._init_visprune(vllm_config)
         self._init_scores()
 
-    def embed_multimodal(self, **kwargs: object):
-        if self.visprune is None:
-            return super().embed_multimodal(**kwargs)
-        image_input, text_ids = self._pixel_input(kwargs)
-        if image_input is None:
-            return []
+    def _kept_image_rows(self, image_input, text_ids) -> list[torch.Tensor]:
         if self.visprune_scores is not None:
             return self._scored_rows(image_input["pixel_values"], text_ids)
         features = self._process_image_pixels(image_input)

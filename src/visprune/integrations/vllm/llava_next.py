@@ -11,6 +11,7 @@ candidates then and always stay, as in ``visprune.apply``.
 
 from __future__ import annotations
 
+from torch import Tensor
 from vllm.model_executor.models.llava import LlavaDummyInputsBuilder
 from vllm.model_executor.models.llava_next import (
     LlavaNextForConditionalGeneration,
@@ -53,12 +54,7 @@ class PrunedLlavaNextForConditionalGeneration(
         self._init_visprune(vllm_config)
         self._init_scores()
 
-    def embed_multimodal(self, **kwargs: object):
-        if self.visprune is None:
-            return super().embed_multimodal(**kwargs)
-        image_input, text_ids = self._pixel_input(kwargs)
-        if image_input is None:
-            return []
+    def _kept_image_rows(self, image_input, text_ids) -> list[Tensor]:
         if self.visprune.scores_patches:
             return self._patch_rows(image_input, text_ids)
         embeddings = list(self._process_image_input(image_input))

@@ -127,14 +127,17 @@ class PrunedModelMixin:
         if self.visprune is not None:
             require_servable(type(self), vllm_config, *self.visprune_parts)
 
-    def _pixel_input(self, kwargs: dict):
-        """``(image input, prompt token ids per image)``, or ``(None, None)`` without images."""
+    def embed_multimodal(self, **kwargs: object):
+        """Each image's kept rows (an image-only family's ``_kept_image_rows``); vLLM's own
+        embedding without the override. Families with videos override this."""
+        if self.visprune is None:
+            return super().embed_multimodal(**kwargs)
         text_ids = kwargs.pop(TEXT_FIELD, None)
         image_input = self._parse_and_validate_image_input(**kwargs)
         if image_input is None:
-            return None, None
+            return []
         self._require_pixels(image_input)
-        return image_input, text_ids
+        return self._kept_image_rows(image_input, text_ids)
 
     def _require_pixels(self, media_input) -> None:
         if not media_input["type"].startswith("pixel_values"):
