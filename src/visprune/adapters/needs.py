@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..functional.score_layer import score_settings
 from ..methods import Method
 from ..methods.context import VISION_NEEDS
 from ..registry import METHODS
@@ -37,22 +38,14 @@ def check_method(adapter_type: Any, model: Any, method: Method) -> None:
     if not missing:
         return
     config = model.config
-    tower = getattr(getattr(config, "vision_config", None), "model_type", "its vision tower")
     lines = "; ".join(
         f"{need} ({VISION_NEEDS.get(need, need)}) is needed by {', '.join(methods_needing(need))}"
         for need in missing
     )
-    settings = f"vision tower {tower}"
-    if getattr(config, "vision_feature_layer", None) is not None:
-        settings += (
-            f", vision_feature_layer {config.vision_feature_layer!r}, select strategy "
-            f"{getattr(config, 'vision_feature_select_strategy', None)!r}; a single layer of a "
-            "CLS-token tower with the 'default' strategy is needed"
-        )
     raise ValueError(
         f"{method.name} cannot run on {config.model_type}: it needs {', '.join(missing)}, which "
-        f"this model cannot supply ({settings}). {lines}. Choose a method without these needs "
-        "(e.g. divprune, cdpruner)."
+        f"this model cannot supply ({score_settings(config)}). {lines}. Choose a method without "
+        "these needs (e.g. divprune, cdpruner)."
     )
 
 

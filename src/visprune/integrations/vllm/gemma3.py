@@ -16,35 +16,31 @@ causally, pruned or not.)
 
 from __future__ import annotations
 
+from torch import Tensor
 from vllm.model_executor.models.gemma3_mm import (
     Gemma3DummyInputsBuilder,
     Gemma3ForConditionalGeneration,
     Gemma3MultiModalProcessor,
     Gemma3ProcessingInfo,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .processing import (
     KeptPlaceholdersMixin,
     PromptTextMixin,
+    PrunedInfoMixin,
     PrunedModelMixin,
     projector_inputs,
 )
+from .registration import register_pruned_processing
 from .selection import select_in_parts
-from .settings import ServingSettings, settings_of
 
 
-class PrunedGemma3ProcessingInfo(Gemma3ProcessingInfo):
+class PrunedGemma3ProcessingInfo(PrunedInfoMixin, Gemma3ProcessingInfo):
     """``num_keep(mm_tokens_per_image)`` tokens for the image and for each of its crops."""
 
-    @property
-    def settings(self) -> ServingSettings:
-        return settings_of(self.get_hf_config())
-
     def get_num_image_tokens(self, **kwargs) -> int:
-        processor = kwargs["processor"]
-        per_image = processor.image_seq_length
-        parts = super().get_num_image_tokens(**kwargs) // per_image
+        per_image = kwargs["processor"].image_seq_length
+        parts = self.get_num_image_candidates(**kwargs) // per_image
         return parts * self.settings.num_keep(per_image)
 
 
@@ -61,20 +57,12 @@ class PrunedGemma3MultiModalProcessor(
         return [self.info.get_hf_config().image_token_index]
 
 
-def build_info(ctx):
-    if settings_of(ctx.get_hf_config()) is None:
-        return Gemma3ProcessingInfo(ctx)
-    return PrunedGemma3ProcessingInfo(ctx)
-
-
-def build_processor(info, dummy_inputs):
-    if isinstance(info, PrunedGemma3ProcessingInfo):
-        return PrunedGemma3MultiModalProcessor(info, dummy_inputs)
-    return Gemma3MultiModalProcessor(info, dummy_inputs)
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    build_processor, info=build_info, dummy_inputs=Gemma3DummyInputsBuilder
+@register_pruned_processing(
+    info=Gemma3ProcessingInfo,
+    processor=Gemma3MultiModalProcessor,
+    dummy_inputs=Gemma3DummyInputsBuilder,
+    pruned_info=PrunedGemma3ProcessingInfo,
+    pruned_processor=PrunedGemma3MultiModalProcessor,
 )
 class PrunedGemma3ForConditionalGeneration(PrunedModelMixin, Gemma3ForConditionalGeneration):
     """vLLM's Gemma 3 whose multimodal embedding returns the kept rows of each image and crop
@@ -82,16 +70,9 @@ class PrunedGemma3ForConditionalGeneration(PrunedModelMixin, Gemma3ForConditiona
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune(
-            vllm_config, PrunedGemma3ProcessingInfo, PrunedGemma3MultiModalProcessor
-        )
+        self._init_visprune(vllm_config)
 
-    def embed_multimodal(self, **kwargs: object):
-        if self.visprune is None:
-            return super().embed_multimodal(**kwargs)
-        image_input, text_ids = self._pixel_input(kwargs)
-        if image_input is None:
-            return []
+    def _kept_image_rows(self, image_input, text_ids) -> list[Tensor]:
         parts = [int(count) for count in image_input["num_patches"]]  # crops + 1 per image
         projector = self.multi_modal_projector
         with projector_inputs(projector) as captured:

@@ -21,7 +21,6 @@ from vllm.model_executor.models.interns1 import (
     InternS1MultiModalProcessor,
     InternS1ProcessingInfo,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .processing import (
     KeptPlaceholdersMixin,
@@ -30,8 +29,8 @@ from .processing import (
     PrunedModelMixin,
     projector_inputs,
 )
+from .registration import register_pruned_processing
 from .selection import select_in_parts
-from .settings import settings_of
 from .text import TEXT_FIELD
 
 
@@ -56,20 +55,12 @@ class PrunedInternVLMultiModalProcessor(
     _placeholder_ids = _media_marks
 
 
-def build_info(ctx):
-    if settings_of(ctx.get_hf_config()) is None:
-        return InternS1ProcessingInfo(ctx)
-    return PrunedInternVLProcessingInfo(ctx)
-
-
-def build_processor(info, dummy_inputs):
-    if isinstance(info, PrunedInternVLProcessingInfo):
-        return PrunedInternVLMultiModalProcessor(info, dummy_inputs)
-    return InternS1MultiModalProcessor(info, dummy_inputs)
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    build_processor, info=build_info, dummy_inputs=InternS1DummyInputsBuilder
+@register_pruned_processing(
+    info=InternS1ProcessingInfo,
+    processor=InternS1MultiModalProcessor,
+    dummy_inputs=InternS1DummyInputsBuilder,
+    pruned_info=PrunedInternVLProcessingInfo,
+    pruned_processor=PrunedInternVLMultiModalProcessor,
 )
 class PrunedInternVLForConditionalGeneration(PrunedModelMixin, InternS1ForConditionalGeneration):
     """vLLM's InternVL whose multimodal embedding returns each image's kept rows (in tile
@@ -77,9 +68,7 @@ class PrunedInternVLForConditionalGeneration(PrunedModelMixin, InternS1ForCondit
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune(
-            vllm_config, PrunedInternVLProcessingInfo, PrunedInternVLMultiModalProcessor
-        )
+        self._init_visprune(vllm_config)
 
     def embed_multimodal(self, **kwargs: object):
         if self.visprune is None:

@@ -1,6 +1,6 @@
 """vLLM's LLaVA-1.5 model, processor and processing info, pruned when the override is set.
 
-Without ``hf_config.visprune`` every class here behaves as vLLM's own (the builders return
+Without ``hf_config.visprune`` every class here behaves as vLLM's own (the registration gives
 vLLM's info and processor, and the model defers to its parent).
 """
 
@@ -16,11 +16,10 @@ from vllm.model_executor.models.llava import (
     _build_llava_or_pixtral_hf_info,
     _build_llava_or_pixtral_hf_processor,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
+from .registration import register_pruned_processing
 from .selection import select_rows
-from .settings import settings_of
 from .vision_scores import ScoredModelMixin, per_image
 
 
@@ -32,27 +31,22 @@ class PrunedLlavaMultiModalProcessor(PromptTextMixin, LlavaMultiModalProcessor):
     """vLLM's LLaVA processor, carrying the prompt text for text-conditioned methods."""
 
 
-def build_info(ctx):
-    """vLLM's info without the override; the pruned one (CLIP/SigLIP towers only) with it."""
-    info = _build_llava_or_pixtral_hf_info(ctx)
-    if settings_of(ctx.get_hf_config()) is None:
-        return info
-    if isinstance(info, PixtralHFProcessingInfo):
+def refuse_pixtral(ctx) -> None:
+    """The plugin prunes LLaVA models with a CLIP or SigLIP tower only."""
+    if isinstance(_build_llava_or_pixtral_hf_info(ctx), PixtralHFProcessingInfo):
         raise ValueError(
             "visprune: the vLLM plugin prunes LLaVA models with a CLIP or SigLIP tower; this one "
             "has a Pixtral tower (variable image sizes). Remove the override to serve it."
         )
-    return PrunedLlavaProcessingInfo(ctx)
 
 
-def build_processor(info, dummy_inputs):
-    if isinstance(info, PrunedLlavaProcessingInfo):
-        return PrunedLlavaMultiModalProcessor(info, dummy_inputs)
-    return _build_llava_or_pixtral_hf_processor(info, dummy_inputs)
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    build_processor, info=build_info, dummy_inputs=LlavaDummyInputsBuilder
+@register_pruned_processing(
+    info=_build_llava_or_pixtral_hf_info,
+    processor=_build_llava_or_pixtral_hf_processor,
+    dummy_inputs=LlavaDummyInputsBuilder,
+    pruned_info=PrunedLlavaProcessingInfo,
+    pruned_processor=PrunedLlavaMultiModalProcessor,
+    refuse=refuse_pixtral,
 )
 class PrunedLlavaForConditionalGeneration(
     ScoredModelMixin, PrunedModelMixin, LlavaForConditionalGeneration
@@ -68,15 +62,10 @@ class PrunedLlavaForConditionalGeneration(
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune(vllm_config, PrunedLlavaProcessingInfo, PrunedLlavaMultiModalProcessor)
+        self._init_visprune(vllm_config)
         self._init_scores()
 
-    def embed_multimodal(self, **kwargs: object):
-        if self.visprune is None:
-            return super().embed_multimodal(**kwargs)
-        image_input, text_ids = self._pixel_input(kwargs)
-        if image_input is None:
-            return []
+    def _kept_image_rows(self, image_input, text_ids) -> list[torch.Tensor]:
         if self.visprune_scores is not None:
             return self._scored_rows(image_input["pixel_values"], text_ids)
         features = self._process_image_pixels(image_input)

@@ -12,6 +12,8 @@ pools the projected frame, as in ``visprune.apply``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionDummyInputsBuilder,
@@ -19,12 +21,11 @@ from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionMultiModalProcessor,
     LlavaOnevisionProcessingInfo,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from .llava_next import PatchBudgetMixin, newline_swapped
+from .anyres import PatchBudgetMixin, PatchRowsMixin, packed_patches
 from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
-from .selection import select_in_parts, select_rows
-from .settings import settings_of
+from .registration import register_pruned_processing
+from .selection import select_in_parts
 from .text import TEXT_FIELD
 
 
@@ -51,95 +52,12 @@ class PrunedLlavaOnevisionMultiModalProcessor(PromptTextMixin, LlavaOnevisionMul
     _placeholder_ids = _media_marks
 
 
-def build_info(ctx):
-    settings = settings_of(ctx.get_hf_config())
-    if settings is None:
-        return LlavaOnevisionProcessingInfo(ctx)
-    return PrunedLlavaOnevisionProcessingInfo(ctx)
-
-
-def build_processor(info, dummy_inputs):
-    if isinstance(info, PrunedLlavaOnevisionProcessingInfo):
-        return PrunedLlavaOnevisionMultiModalProcessor(info, dummy_inputs)
-    return LlavaOnevisionMultiModalProcessor(info, dummy_inputs)
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    build_processor, info=build_info, dummy_inputs=LlavaOnevisionDummyInputsBuilder
-)
-class PrunedLlavaOnevisionForConditionalGeneration(
-    PrunedModelMixin, LlavaOnevisionForConditionalGeneration
-):
-    """vLLM's LLaVA-OneVision whose multimodal embedding returns the kept rows of each image
-    and of each video frame (in order, at consecutive positions)."""
-
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune(
-            vllm_config, PrunedLlavaOnevisionProcessingInfo, PrunedLlavaOnevisionMultiModalProcessor
-        )
-
-    def embed_multimodal(self, **kwargs: object):
-        if self.visprune is None:
-            return super().embed_multimodal(**kwargs)
-        text_ids = kwargs.pop(TEXT_FIELD, None)
-        kept: list[torch.Tensor] = []
-        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
-            if modality == "image":
-                self._require_pixels(inputs)
-                if self.visprune.method.stage == "vision":
-                    kept += self._patch_rows(inputs, text_ids)
-                    continue
-                embeddings = list(self._process_image_input(inputs))
-                kept += self._kept_rows(embeddings, embeddings, text_ids)
-            else:
-                kept += self._kept_video_rows(inputs, text_ids)
-        return kept
-
-    def _patch_rows(self, inputs, text_ids) -> list[torch.Tensor]:
-        """Kept rows of each image for "vision"-stage methods: its crops' projector input
-        packed like its tokens, the newlines kept."""
-        pixels = inputs["pixel_values"]
-        crops = [len(image) for image in pixels]
-        features = self._image_pixels_to_features(self.vision_tower, torch.cat(list(pixels)))
-        projected = self.multi_modal_projector(features).split(crops)
-        sizes = inputs.get("image_sizes")
-        if sizes is None:
-            side = self.config.vision_config.image_size
-            sizes = torch.tensor([[side, side]] * len(crops))
-        candidates, embeddings, fixed = [], [], []
-        for number, crop_features in enumerate(features.split(crops)):
-            embeddings.append(
-                self._merge_image_patch_embeddings(
-                    sizes[number],
-                    projected[number],
-                    image_newline=self.image_newline,
-                    strategy="spatial_unpad",
-                )
-            )
-            patches, newline = packed_projector_input(self, sizes[number], crop_features)
-            candidates.append(patches)
-            fixed.append(newline)
-        texts = self._texts(text_ids, len(embeddings))
-        return select_rows(self.visprune, candidates, embeddings, texts, fixed=fixed)
-
-    def _kept_video_rows(self, inputs, text_ids) -> list[torch.Tensor]:
-        videos = list(inputs["pixel_values_videos"])  # per video (frames, c, h, w)
-        frames = [len(video) for video in videos]
-        stacked = torch.cat(videos)
-        if self.visprune.method.stage == "vision":
-            # vLLM's _video_pixels_to_features, keeping the projector input (pooled the same
-            # way) for the method to score
-            features = self._image_pixels_to_features(self.vision_tower, stacked)
-            parts = list(self.apply_pooling(self.multi_modal_projector(features)))
-            candidates = list(self.apply_pooling(features))
-        else:
-            parts = list(self._video_pixels_to_features(self.vision_tower, stacked))
-            candidates = parts  # per frame (tokens, d), projected and pooled
-        texts = self._texts(text_ids, len(videos))
-        kept = select_in_parts(self.visprune, candidates, parts, texts, frames)
-        newline = self.image_newline[None].to(parts[0])
-        return [torch.cat((video, newline)) for video in kept]
+def pack_onevision(model, image_size: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """vLLM's OneVision packing of one image's ``(crops, patches, c)`` rows (its interpolation
+    included) with the model's newline: ``(N, c)`` in the order of the image's tokens."""
+    return model._merge_image_patch_embeddings(
+        image_size, rows, image_newline=model.image_newline, strategy="spatial_unpad"
+    )
 
 
 def packed_projector_input(model, image_size: torch.Tensor, features: torch.Tensor):
@@ -161,13 +79,60 @@ def packed_projector_input(model, image_size: torch.Tensor, features: torch.Tens
     newline : Tensor
         ``(N,)`` bool over the image's ``N`` tokens: its newline tokens.
     """
-    # A zero column marks the patches and a -1 the newline (bilinear interpolation keeps both).
-    tagged = torch.cat((features, features.new_zeros(*features.shape[:-1], 1)), dim=-1)
-    marker = features.new_zeros(features.shape[-1] + 1)
-    marker[-1] = -1.0
-    with newline_swapped(model, marker):  # a one-crop image reads the parameter
-        packed = model._merge_image_patch_embeddings(
-            image_size, tagged, image_newline=marker, strategy="spatial_unpad"
-        )
-    newline = packed[:, -1] < 0
-    return packed[~newline, :-1], newline
+    return packed_patches(model, image_size, features, functools.partial(pack_onevision, model))
+
+
+@register_pruned_processing(
+    info=LlavaOnevisionProcessingInfo,
+    processor=LlavaOnevisionMultiModalProcessor,
+    dummy_inputs=LlavaOnevisionDummyInputsBuilder,
+    pruned_info=PrunedLlavaOnevisionProcessingInfo,
+    pruned_processor=PrunedLlavaOnevisionMultiModalProcessor,
+)
+class PrunedLlavaOnevisionForConditionalGeneration(
+    PatchRowsMixin, PrunedModelMixin, LlavaOnevisionForConditionalGeneration
+):
+    """vLLM's LLaVA-OneVision whose multimodal embedding returns the kept rows of each image
+    and of each video frame (in order, at consecutive positions)."""
+
+    _pack = pack_onevision
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._init_visprune(vllm_config)
+        self.visprune_scores = None  # its SigLIP tower has no CLS row
+
+    def embed_multimodal(self, **kwargs: object):
+        if self.visprune is None:
+            return super().embed_multimodal(**kwargs)
+        text_ids = kwargs.pop(TEXT_FIELD, None)
+        kept: list[torch.Tensor] = []
+        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
+            if modality == "image":
+                self._require_pixels(inputs)
+                if self.visprune.method.stage == "vision":
+                    kept += self._patch_rows(inputs, text_ids)
+                    continue
+                embeddings = list(self._process_image_input(inputs))
+                kept += self._kept_rows(embeddings, embeddings, text_ids)
+            else:
+                kept += self._kept_video_rows(inputs, text_ids)
+        return kept
+
+    def _kept_video_rows(self, inputs, text_ids) -> list[torch.Tensor]:
+        videos = list(inputs["pixel_values_videos"])  # per video (frames, c, h, w)
+        frames = [len(video) for video in videos]
+        stacked = torch.cat(videos)
+        if self.visprune.method.stage == "vision":
+            # vLLM's _video_pixels_to_features, keeping the projector input (pooled the same
+            # way) for the method to score
+            features = self._image_pixels_to_features(self.vision_tower, stacked)
+            parts = list(self.apply_pooling(self.multi_modal_projector(features)))
+            candidates = list(self.apply_pooling(features))
+        else:
+            parts = list(self._video_pixels_to_features(self.vision_tower, stacked))
+            candidates = parts  # per frame (tokens, d), projected and pooled
+        texts = self._texts(text_ids, len(videos))
+        kept = select_in_parts(self.visprune, candidates, parts, texts, frames)
+        newline = self.image_newline[None].to(parts[0])
+        return [torch.cat((video, newline)) for video in kept]

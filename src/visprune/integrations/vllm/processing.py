@@ -26,7 +26,11 @@ class PrunedInfoMixin:
         return settings_of(self.get_hf_config())
 
     def get_num_image_tokens(self, **kwargs) -> int:
-        return self.settings.num_keep(super().get_num_image_tokens(**kwargs))
+        return self.settings.num_keep(self.get_num_image_candidates(**kwargs))
+
+    def get_num_image_candidates(self, **kwargs) -> int:
+        """Tokens of the image before pruning: what vLLM's own info gives it."""
+        return super().get_num_image_tokens(**kwargs)
 
 
 class PromptTextMixin:
@@ -111,29 +115,36 @@ def projector_inputs(projector: torch.nn.Module):
 
 
 class PrunedModelMixin:
-    """For a vLLM LLaVA-style model: ``self.visprune`` from the config, and the kept rows."""
+    """For a vLLM model registered by :func:`~.registration.register_pruned_processing`:
+    ``self.visprune`` from the config, the prompt texts' embeddings, and the kept rows."""
 
-    def _init_visprune(self, vllm_config, info_cls: type, processor_cls: type) -> None:
+    #: What the plugin's messages call the media this model prunes.
+    media_noun = "images"
+
+    def _init_visprune(self, vllm_config) -> None:
         """Read the override; with it, check the engine fits the plugin (before weights load)."""
         self.visprune = settings_of(self.config)
         if self.visprune is not None:
-            require_servable(type(self), vllm_config, info_cls, processor_cls)
+            require_servable(type(self), vllm_config, *self.visprune_parts)
 
-    def _pixel_input(self, kwargs: dict):
-        """``(image input, prompt token ids per image)``, or ``(None, None)`` without images."""
+    def embed_multimodal(self, **kwargs: object):
+        """Each image's kept rows (an image-only family's ``_kept_image_rows``); vLLM's own
+        embedding without the override. Families with videos override this."""
+        if self.visprune is None:
+            return super().embed_multimodal(**kwargs)
         text_ids = kwargs.pop(TEXT_FIELD, None)
         image_input = self._parse_and_validate_image_input(**kwargs)
         if image_input is None:
-            return None, None
+            return []
         self._require_pixels(image_input)
-        return image_input, text_ids
+        return self._kept_image_rows(image_input, text_ids)
 
-    @staticmethod
-    def _require_pixels(media_input) -> None:
+    def _require_pixels(self, media_input) -> None:
         if not media_input["type"].startswith("pixel_values"):
             raise ValueError(
-                "visprune: images given as ready embeddings cannot be pruned (the method needs "
-                "the encoder's tokens); send pixels, or serve without the visprune override."
+                f"visprune: {self.media_noun} given as ready embeddings cannot be pruned (the "
+                "method needs the encoder's tokens); send pixels, or serve without the visprune "
+                "override."
             )
 
     def _kept_rows(self, candidates, embeddings, text_ids) -> list[torch.Tensor]:
@@ -141,17 +152,21 @@ class PrunedModelMixin:
             self.visprune, candidates, embeddings, self._texts(text_ids, len(embeddings))
         )
 
-    def _texts(self, text_ids, images: int) -> list[torch.Tensor] | None:
+    def _texts(self, text_ids, items: int) -> list[torch.Tensor] | None:
+        """The embedded prompt text of each of ``items`` media items (``None``: the method reads
+        no text)."""
         if not self.visprune.uses_text:
             return None
         if text_ids is None:
             raise ValueError(
-                f"visprune: {self.visprune.method.name} reads the prompt, but the images "
-                "arrived without it; they must come through visprune's processor."
+                f"visprune: {self.visprune.method.name} reads the prompt, but the "
+                f"{self.media_noun} arrived without it; they must come through visprune's "
+                "processor."
             )
         rows = list(text_ids)
-        if len(rows) != images:
-            raise ValueError(f"visprune: {len(rows)} prompt texts for {images} images.")
+        if len(rows) != items:
+            raise ValueError(f"visprune: {len(rows)} prompt texts for {items} {self.media_noun}.")
         embed = self.language_model.embed_input_ids
-        device = next(self.multi_modal_projector.parameters()).device
+        # The embedding table is the language model's: embed where it lives.
+        device = next(self.language_model.parameters()).device
         return [embed(row.reshape(-1).to(device)) for row in rows]

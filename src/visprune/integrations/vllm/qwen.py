@@ -19,11 +19,9 @@ import torch
 from torch import Tensor
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
-from .compat import require_servable
 from .mrope import OFFSET_COLUMNS, Run, decode_offsets, encode_offsets, media_runs, prompt_positions
-from .processing import PromptTextMixin
+from .processing import PromptTextMixin, PrunedInfoMixin, PrunedModelMixin
 from .selection import select_rows
-from .settings import ServingSettings, settings_of
 from .text import TEXT_FIELD
 
 RunsOf = Callable[[str, Sequence[int], int, float], list[Run]]
@@ -45,22 +43,15 @@ def _warn_skipped_forward() -> None:
     )
 
 
-class QwenPrunedInfoMixin:
+class QwenPrunedInfoMixin(PrunedInfoMixin):
     """For a vLLM Qwen-VL processing info: kept-token counts for images and videos, so vLLM
     budgets (and profiles) only the kept ones."""
-
-    @property
-    def settings(self) -> ServingSettings:
-        return settings_of(self.get_hf_config())
-
-    def get_num_image_tokens(self, **kwargs) -> int:
-        return self.settings.num_keep(super().get_num_image_tokens(**kwargs))
 
     def get_max_image_candidates(self) -> int:
         """Tokens before pruning of the largest image the server's processor settings make: the
         image size vLLM reserves memory for, and the largest it would accept unpruned."""
         width, height = self.get_image_size_with_most_features()
-        return super().get_num_image_tokens(
+        return self.get_num_image_candidates(
             image_width=width,
             image_height=height,
             image_processor=self.get_image_processor(),
@@ -159,7 +150,7 @@ class QwenPrunedProcessorMixin(PromptTextMixin):
         return replacement
 
 
-class QwenPrunedModelMixin:
+class QwenPrunedModelMixin(PrunedModelMixin):
     """For a vLLM Qwen-VL model: the kept rows of each image and video frame, and their M-RoPE
     positions, when the override is set (vLLM's own code otherwise).
 
@@ -178,15 +169,13 @@ class QwenPrunedModelMixin:
     """
 
     runs: RunsOf
+    media_noun = "images or videos"
     #: Columns of an item's embedding that the method scores (all; Qwen3-VL: the main features,
     #: not the deepstack levels that follow them).
     candidate_columns: int | None = None
 
-    def _init_visprune(self, vllm_config, info_cls: type, processor_cls: type) -> None:
-        """Read the override; with it, check the engine fits the plugin (before weights load)."""
-        self.visprune = settings_of(self.config)
-        if self.visprune is not None:
-            require_servable(type(self), vllm_config, info_cls, processor_cls)
+    def _init_visprune(self, vllm_config) -> None:
+        super()._init_visprune(vllm_config)
         # Kept tokens' (rows, offsets) of the step, from embed_input_ids to forward. vLLM's own
         # video pruning, whose position columns these would collide with, is refused with the
         # override at engine start (guard.py).
@@ -268,12 +257,7 @@ class QwenPrunedModelMixin:
             raise ValueError("visprune: one encoder batch holds images and videos with texts.")
         kept: list[Tensor] = []
         for modality, media in inputs.items():
-            if not media["type"].startswith("pixel_values"):
-                raise ValueError(
-                    "visprune: images or videos given as ready embeddings cannot be pruned (the "
-                    "method needs the encoder's tokens); send pixels, or serve without the "
-                    "visprune override."
-                )
+            self._require_pixels(media)
             if modality == "image":
                 embeddings = self._process_image_input(media)
             else:
@@ -314,18 +298,3 @@ class QwenPrunedModelMixin:
             items.append(torch.cat(selected[start : start + count]))
             start += count
         return items
-
-    def _texts(self, text_ids, items: int) -> list[Tensor] | None:
-        if not self.visprune.uses_text:
-            return None
-        if text_ids is None:
-            raise ValueError(
-                f"visprune: {self.visprune.method.name} reads the prompt, but the images or "
-                "videos arrived without it; they must come through visprune's processor."
-            )
-        ids = list(text_ids)
-        if len(ids) != items:
-            raise ValueError(f"visprune: {len(ids)} prompt texts for {items} images or videos.")
-        embed = self.language_model.embed_input_ids
-        device = next(self.language_model.parameters()).device
-        return [embed(row.reshape(-1).to(device)) for row in ids]

@@ -17,12 +17,11 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLMultiModalProcessor,
     Qwen2_5_VLProcessingInfo,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .guard import building_served_model
 from .mrope import Run
 from .qwen import QwenPrunedInfoMixin, QwenPrunedModelMixin, QwenPrunedProcessorMixin
-from .settings import settings_of
+from .registration import register_pruned_processing
 
 
 def runs(modality: str, grid_thw: Sequence[int], merge: int, t_step: float) -> list[Run]:
@@ -41,20 +40,12 @@ class PrunedQwen2_5_VLMultiModalProcessor(QwenPrunedProcessorMixin, Qwen2_5_VLMu
     runs = staticmethod(runs)
 
 
-def build_info(ctx):
-    if settings_of(ctx.get_hf_config()) is None:
-        return Qwen2_5_VLProcessingInfo(ctx)
-    return PrunedQwen2_5_VLProcessingInfo(ctx)
-
-
-def build_processor(info, dummy_inputs):
-    if isinstance(info, PrunedQwen2_5_VLProcessingInfo):
-        return PrunedQwen2_5_VLMultiModalProcessor(info, dummy_inputs)
-    return Qwen2_5_VLMultiModalProcessor(info, dummy_inputs)
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    build_processor, info=build_info, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
+@register_pruned_processing(
+    info=Qwen2_5_VLProcessingInfo,
+    processor=Qwen2_5_VLMultiModalProcessor,
+    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
+    pruned_info=PrunedQwen2_5_VLProcessingInfo,
+    pruned_processor=PrunedQwen2_5_VLMultiModalProcessor,
 )
 class PrunedQwen2_5_VLForConditionalGeneration(
     QwenPrunedModelMixin, Qwen2_5_VLForConditionalGeneration
@@ -67,9 +58,7 @@ class PrunedQwen2_5_VLForConditionalGeneration(
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         with building_served_model():  # its language model resolves with this config
             super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_visprune(
-            vllm_config, PrunedQwen2_5_VLProcessingInfo, PrunedQwen2_5_VLMultiModalProcessor
-        )
+        self._init_visprune(vllm_config)
 
     def _seconds_step(self) -> float:
         return float(getattr(self.config.vision_config, "tokens_per_second", 1.0))

@@ -17,12 +17,11 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLMultiModalProcessor,
     Qwen3VLProcessingInfo,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from .guard import building_served_model
 from .mrope import Run
 from .qwen import QwenPrunedInfoMixin, QwenPrunedModelMixin, QwenPrunedProcessorMixin
-from .settings import settings_of
+from .registration import register_pruned_processing
 
 
 def runs(modality: str, grid_thw: Sequence[int], merge: int, t_step: float) -> list[Run]:
@@ -41,20 +40,12 @@ class PrunedQwen3VLMultiModalProcessor(QwenPrunedProcessorMixin, Qwen3VLMultiMod
     runs = staticmethod(runs)
 
 
-def build_info(ctx):
-    if settings_of(ctx.get_hf_config()) is None:
-        return Qwen3VLProcessingInfo(ctx)
-    return PrunedQwen3VLProcessingInfo(ctx)
-
-
-def build_processor(info, dummy_inputs):
-    if isinstance(info, PrunedQwen3VLProcessingInfo):
-        return PrunedQwen3VLMultiModalProcessor(info, dummy_inputs)
-    return Qwen3VLMultiModalProcessor(info, dummy_inputs)
-
-
-@MULTIMODAL_REGISTRY.register_processor(
-    build_processor, info=build_info, dummy_inputs=Qwen3VLDummyInputsBuilder
+@register_pruned_processing(
+    info=Qwen3VLProcessingInfo,
+    processor=Qwen3VLMultiModalProcessor,
+    dummy_inputs=Qwen3VLDummyInputsBuilder,
+    pruned_info=PrunedQwen3VLProcessingInfo,
+    pruned_processor=PrunedQwen3VLMultiModalProcessor,
 )
 class PrunedQwen3VLForConditionalGeneration(QwenPrunedModelMixin, Qwen3VLForConditionalGeneration):
     """vLLM's Qwen3-VL whose multimodal embedding returns the kept rows (main and deepstack
@@ -66,6 +57,4 @@ class PrunedQwen3VLForConditionalGeneration(QwenPrunedModelMixin, Qwen3VLForCond
         with building_served_model():  # its language model resolves with this config
             super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.candidate_columns = self.visual_dim
-        self._init_visprune(
-            vllm_config, PrunedQwen3VLProcessingInfo, PrunedQwen3VLMultiModalProcessor
-        )
+        self._init_visprune(vllm_config)
