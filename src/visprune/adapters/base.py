@@ -156,6 +156,7 @@ class Adapter:
 
     # ------------------------------------------------------------------------ per-call state
     def _call(self) -> CallState:
+        """This thread's per-call state, which every hook of one call reads and writes."""
         state = getattr(self._local, "state", None)
         if state is None:
             state = self._local.state = CallState()
