@@ -7,7 +7,8 @@ Examples
 ['divprune', 'otprune', 'rediprune', 'resprune', 'trimtokenator']
 """
 
-from .api import Handle, apply, get_method, list_methods, select
+from .api import apply, get_method, list_methods, select
+from .handle import Handle
 from .methods import (
     DART,
     CDPruner,

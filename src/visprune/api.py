@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from .compiled import compile_mode
+from .handle import Handle, push, running_handle
 from .methods import Context, Method
 from .registry import METHODS
 
@@ -152,96 +153,9 @@ def select(
     return chosen.select(tokens, None, context, compile=compile)
 
 
-class Handle:
-    """A method applied to one model instance; undo with :meth:`remove` or a ``with`` block.
-
-    Handles on one model form a stack: applying again suspends the handle below (its method
-    stops running) and removing the top handle resumes it, so nested ``with visprune.apply(...)``
-    blocks restore the outer method on exit.
-
-    Attributes
-    ----------
-    model : the patched model
-    method : Method
-        The method that runs (a dataclass; ``method.params()`` gives its settings). It is
-        validated again at every call, so a field changed after ``apply`` to a bad value raises.
-    """
-
-    def __init__(self, model: Any, method: Method, build: Any) -> None:
-        self.model = model
-        self.method = method
-        self._build = build
-        self._adapter: Any = None
-        self._removed = False
-        self._final_selections: list = []
-
-    @property
-    def active(self) -> bool:
-        """Whether the method runs on the model now (False when removed or suspended)."""
-        return self._adapter is not None
-
-    @property
-    def positions(self) -> str:
-        """The position mode in use: "compact" (renumbered) or "original"."""
-        return self._adapter.positions if self._adapter is not None else ""
-
-    @property
-    def selections(self) -> list:
-        """One :class:`~visprune.adapters.Selection` per image (per video frame) of the
-        last call, in batch order: ``sample, image, frame, kept, n, grid, positions``. With
-        several threads calling the model, each thread reads its own last call. They stay
-        readable after :meth:`remove`."""
-        if self._adapter is None:
-            return list(self._final_selections)
-        return list(self._adapter.selections)
-
-    def _resume(self) -> None:
-        self._adapter = self._build(self.method)
-
-    def _suspend(self) -> None:
-        if self._adapter is not None:
-            self._final_selections = list(self._adapter.selections)
-            self._adapter.remove()
-            self._adapter = None
-
-    def remove(self) -> None:
-        """Stop this method. The model behaves exactly as before it was applied (or as under
-        the handle this one was applied on top of). Calling it again does nothing."""
-        if self._removed:
-            return
-        self._removed = True
-        stack = _stack(self.model)
-        was_top = bool(stack) and stack[-1] is self
-        self._suspend()
-        if self in stack:
-            stack.remove(self)
-        if was_top and stack:
-            stack[-1]._resume()
-        if not stack:
-            self.model.__dict__.pop(_HANDLE_ATTRIBUTE, None)
-
-    def __enter__(self) -> Handle:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.remove()
-
-    def __repr__(self) -> str:
-        state = "active" if self.active else ("removed" if self._removed else "suspended")
-        return f"Handle({self.method!r}, {state})"
-
-
-_HANDLE_ATTRIBUTE = "_visprune_handles"
-
-
-def _stack(model: Any) -> list[Handle]:
-    return model.__dict__.setdefault(_HANDLE_ATTRIBUTE, [])
-
-
 def active_handle(model: Any) -> Handle | None:
     """The handle whose method runs on ``model`` now, or ``None``."""
-    stack = unwrap_model(model).__dict__.get(_HANDLE_ATTRIBUTE) or []
-    return stack[-1] if stack and stack[-1].active else None
+    return running_handle(unwrap_model(model))
 
 
 def unwrap_model(model: Any) -> Any:
@@ -322,12 +236,27 @@ def apply(
     UserWarning
         Once per process, when the installed transformers is outside the tested range.
     """
-    from . import adapters  # noqa: F401  (registers the adapters; imported only when needed)
     from .adapters.needs import check_method
     from .compat import warn_if_untested
-    from .registry import ADAPTERS
 
     model = unwrap_model(model)
+    adapter_type = _adapter_type(model)
+    warn_if_untested()
+    chosen = _method_to_apply(method, budget, compile, params)
+    adapter_type.check_options(model.config.model_type, positions, newlines)  # before any change
+    check_method(adapter_type, model, chosen)  # e.g. CLS attention on a tower without CLS
+
+    def build(current: Method):
+        return adapter_type(model, current, positions=positions, newlines=newlines, compile=compile)
+
+    return push(Handle(model, chosen, build))
+
+
+def _adapter_type(model: Any) -> type:
+    """The adapter class for ``model`` (unwrapped), or ``ValueError`` saying what to pass."""
+    from . import adapters  # noqa: F401  (registers the adapters; imported only when needed)
+    from .registry import ADAPTERS
+
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in ADAPTERS:
         raise ValueError(
@@ -349,7 +278,13 @@ def apply(
             f"visprune does not support {type(model).__name__}; it prunes the "
             f"generation models {', '.join(supported)}."
         )
-    warn_if_untested()
+    return adapter_type
+
+
+def _method_to_apply(
+    method: str | Method, budget: int | float | None, compile: bool | str, params: dict
+) -> Method:
+    """The method :func:`apply` runs, its budget and ``compile`` checked before any call."""
     if budget is not None:
         params["budget"] = budget
     chosen = get_method(method, **params)
@@ -359,21 +294,4 @@ def apply(
             f"{chosen.name} merges tokens, and compile=True compiles selection methods only; "
             "apply it without compile."
         )
-    adapter_type.check_options(model_type, positions, newlines)  # fail before touching the model
-    check_method(adapter_type, model, chosen)  # e.g. CLS attention on a tower without CLS
-
-    def build(current: Method):
-        return adapter_type(model, current, positions=positions, newlines=newlines, compile=compile)
-
-    stack = _stack(model)
-    if stack:
-        stack[-1]._suspend()
-    handle = Handle(model, chosen, build)
-    try:
-        handle._resume()
-    except Exception:
-        if stack:  # the model stays as it was: the handle below runs again
-            stack[-1]._resume()
-        raise
-    stack.append(handle)
-    return handle
+    return chosen

@@ -1,20 +1,19 @@
 """The adapter: the hooks that connect a model to a method, and the checks that it pruned.
 
 An adapter attaches to ONE model instance through forward hooks and instance attributes (no
-class is patched) and undoes all of it in :meth:`Adapter.remove`:
+class is patched) and undoes all of it in :meth:`Adapter.remove`. Each hook has its own module:
 
-- ``get_image_features`` / ``get_video_features`` of the base model are wrapped on the instance
-  to record how many tokens each image or video has, its frames and grid (and, for "vision"-stage
-  methods, its pre-projector features). Every transformers release routes encoding through them:
-  ``forward`` calls them (up to 5.23) or ``generate`` does once before prefill (5.24+).
-- A pre-hook on the base model (``model.model``) records ``input_ids`` (or, for
+- :mod:`.encoders`: ``get_image_features`` / ``get_video_features`` of the base model, wrapped on
+  the instance, record how many tokens each image or video has, its frames and grid (and, for
+  "vision"-stage methods, its pre-projector features).
+- :mod:`.calls`: a pre-hook on the base model (``model.model``) records ``input_ids`` (or, for
   ``inputs_embeds``, where the placeholder embeddings sit) and which kinds the call carries
   (pixels or encoder outputs); in decode steps without ``position_ids`` (manual loops) it
   supplies the positions the shortened cache needs. Its post-hook checks that a prefill over
   image tokens reached the language model through visprune.
-- A pre-hook on the language model sees the final ``inputs_embeds``: at prefill it runs the
-  method per image/frame and shortens the sequence (``sequence.shorten``); decode steps get a
-  mask and positions that fit the shortened cache.
+- :mod:`.prefill`: a pre-hook on the language model sees the final ``inputs_embeds``: at
+  prefill it runs the method per image/frame and shortens the sequence (``sequence.shorten``);
+  decode steps get a mask and positions that fit the shortened cache.
 - ``model.loss_function`` is overridden on the instance to drop the labels of removed positions.
 
 The invariant, checked on every call: when a call encodes images or video and its prefill runs
@@ -34,21 +33,17 @@ from __future__ import annotations
 
 import functools
 import threading
-import weakref
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .. import compat
-from ..compat import PruningNotApplied, encoder_features
+from ..compat import encoder_features
 from ..methods import Method
-from . import sequence
+from . import calls, encoders, prefill, sequence
 from .layers import LayerPruner, layer_positions
-from .needs import check_item_scores, check_method
+from .needs import check_method
 from .records import CallState, Layout, Selection
-from .selection import keep_mask, place_merged, run_method, selections_of
-from .spans import locate_items, prompt_texts
 from .vision_scores import ScoreCapture, ScoreLayer
 
 POSITION_MODES = ("compact", "original")
@@ -161,6 +156,7 @@ class Adapter:
 
     # ------------------------------------------------------------------------ per-call state
     def _call(self) -> CallState:
+        """This thread's per-call state, which every hook of one call reads and writes."""
         state = getattr(self._local, "state", None)
         if state is None:
             state = self._local.state = CallState()
@@ -185,11 +181,13 @@ class Adapter:
         for kind in self.token_ids():
             name = f"get_{kind}_features"
             if hasattr(self.base, name):
-                setattr(self.base, name, self._wrap_encoder(kind, getattr(self.base, name)))
+                encode = getattr(self.base, name)
+                setattr(self.base, name, encoders.record_encoder(self, kind, encode))
                 self._wrapped.append(name)
         capture = self.vision_capture_module() if self.method.stage == "vision" else None
         if capture is not None:
-            self._hooks.append(capture.register_forward_pre_hook(self._capture_vision))
+            hook = functools.partial(encoders.capture_vision, self)
+            self._hooks.append(capture.register_forward_pre_hook(hook))
         if self.method.uses & {"cls_attention", "vision_keys", "cls_state"}:
             layer = self.score_layer(self.model)
             if layer is not None:
@@ -200,13 +198,15 @@ class Adapter:
                         record=lambda scores: self._call().captured_scores.append(scores),
                     )
                 )
-        self._hooks.append(self.base.register_forward_pre_hook(self._before_base, with_kwargs=True))
-        self._hooks.append(self.base.register_forward_hook(self._after_base))
-        self._hooks.append(
+        self._hooks += [
+            self.base.register_forward_pre_hook(
+                functools.partial(calls.before_base, self), with_kwargs=True
+            ),
+            self.base.register_forward_hook(functools.partial(calls.after_base, self)),
             self.language_model.register_forward_pre_hook(
-                self._before_language_model, with_kwargs=True
-            )
-        )
+                functools.partial(prefill.before_language_model, self), with_kwargs=True
+            ),
+        ]
         original_loss = self.model.loss_function
         self._had_loss_override = "_loss_function" in self.model.__dict__
 
@@ -244,243 +244,3 @@ class Adapter:
                 self.model.__dict__.pop("_loss_function", None)
             self._loss_overridden = False
         self._local = threading.local()
-
-    # ---------------------------------------------------------------------------- recording
-    def _wrap_encoder(self, kind: str, encode):
-        @functools.wraps(encode)
-        def recorded(*args, **kwargs):
-            call = self._call()
-            call.captured_vision = []
-            call.captured_scores = []
-            call.capturing = True
-            call.layouts[kind] = []
-            call.recorded.pop(kind, None)
-            try:
-                output = encode(*args, **kwargs)
-            finally:
-                call.capturing = False
-            if not compat.has_encoder_features(output):
-                # return_dict=False: no forward reads this, so it is passed on unrecorded; a
-                # forward that encoded this way finds its kind unrecorded and raises.
-                return output
-            call.layouts[kind] = self.describe(kind, output, args, kwargs)
-            call.recorded[kind] = weakref.ref(output)
-            call.encoded.add(kind)
-            call.fresh.add(kind)
-            return output
-
-        return recorded
-
-    def _capture_vision(self, module, inputs) -> None:
-        # One hook for every thread: each keeps the features of its own encoder call.
-        call = self._call()
-        if call.capturing:
-            call.captured_vision.append(inputs[0].detach())
-
-    def _before_base(self, module, args, kwargs):
-        call = self._call()
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        past = compat.cache_length(compat.find_cache(kwargs))
-        call.brought = compat.kinds_in_call(kwargs)
-        call.encoded = set()  # this forward's own encoder calls add to it
-        call.known = call.known_kinds(compat.encoder_outputs(kwargs))
-        call.ids_from_embeds = False
-        embeds = kwargs.get("inputs_embeds")
-        if input_ids is None and call.brought and isinstance(embeds, Tensor):
-            # As transformers does without input_ids: placeholders are the embeddings equal
-            # to a placeholder token's embedding.
-            input_ids = compat.placeholder_ids_from_embeds(self.base, embeds, self.token_ids())
-            call.ids_from_embeds = True
-        call.input_ids = input_ids
-        call.token_types = compat.token_types(kwargs)
-        call.positions_supplied = False
-        call.prefill_seen = False
-        call.placeholders = self._placeholder_kinds(input_ids, call.brought)
-        # A call that carries no pixels and no encoder output encodes nothing: its placeholder
-        # ids are text (as in a decode step that generated one), and it runs as the unpatched
-        # model runs it.
-        call.expects_prefill = past == 0 and bool(call.brought & call.placeholders)
-        state = call.prefill
-        if call.ids_from_embeds:
-            return args, kwargs
-        if state is None or kwargs.get("position_ids") is not None or input_ids is None:
-            return args, kwargs
-        if past == 0:
-            return args, kwargs
-        # A decode step of a manual loop: continue from where the unpruned sequence would be.
-        if self.mrope and call.next_position is not None:
-            # As generate continues M-RoPE: one past the prompt's largest position (padding
-            # holds none), then one per token decoded since.
-            decoded = past - state.index.shape[1]
-            steps = torch.arange(input_ids.shape[1], device=input_ids.device)
-            start = call.next_position.to(input_ids.device).unsqueeze(-1) + decoded
-            kwargs["position_ids"] = (start + steps).unsqueeze(0).expand(3, -1, -1)
-        else:
-            deltas = getattr(self.base, "rope_deltas", None) if self.mrope else None
-            kwargs["position_ids"] = sequence.decode_positions(
-                input_ids, state, past, deltas, self.mrope
-            )
-        call.positions_supplied = True
-        return args, kwargs
-
-    def _after_base(self, module, args, output):
-        call = self._call()
-        if call.expects_prefill and not call.prefill_seen:
-            call.expects_prefill = False
-            raise PruningNotApplied(
-                f"{type(self.model).__name__} ran a prefill over image/video placeholder tokens "
-                "without its language model receiving inputs_embeds through visprune's hook on "
-                "model.model.language_model"
-            )
-
-    def _placeholder_kinds(self, input_ids: Tensor | None, brought: set[str]) -> set[str]:
-        """Which of the kinds the call brought pixels for have placeholders in ``input_ids``.
-
-        Only those matter (a placeholder without pixels is text), so a decode step, which
-        brings none, reads nothing from the device; a prefill reads once for all its kinds.
-        """
-        kinds = [kind for kind in self.token_ids() if kind in brought]
-        if not isinstance(input_ids, Tensor) or not kinds:
-            return set()
-        ids = self.token_ids()
-        present = torch.stack([(input_ids == ids[kind]).any() for kind in kinds]).tolist()
-        return {kind for kind, found in zip(kinds, present, strict=True) if found}
-
-    # ------------------------------------------------------------------------------ prefill
-    def _before_language_model(self, module, args, kwargs):
-        call = self._call()
-        call.layer_plan = None
-        past = compat.cache_length(compat.find_cache(kwargs))
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None:
-            if call.expects_prefill:
-                raise PruningNotApplied(
-                    "the language model received input_ids instead of inputs_embeds, so the "
-                    "image features never reached a place where visprune can select them"
-                )
-            return args, kwargs
-        input_ids = call.input_ids
-        if input_ids is not None and input_ids.shape != embeds.shape[:2]:
-            input_ids = None
-        if past:
-            if call.brought & call.placeholders:
-                self._refuse_chunked_prefill()
-            if call.prefill is not None:
-                mask = kwargs.get("attention_mask")
-                if isinstance(mask, dict) or (isinstance(mask, Tensor) and mask.dim() == 4):
-                    # Built for the unpruned cache layout; the language model rebuilds it from
-                    # the 2-D mask of the shortened cache (generated tokens are never padding).
-                    kwargs["attention_mask"] = None
-                sequence.continue_decode(
-                    kwargs,
-                    call.prefill,
-                    embeds.shape[1],
-                    past,
-                    self.positions == "compact",
-                    call.positions_supplied,
-                )
-            return args, kwargs
-        call.prefill = None
-        call.selections = self._last_selections = []
-        call.next_position = None
-        if self.mrope:
-            call.next_position = compat.next_mrope_position(kwargs.get("position_ids"))
-        kinds = call.brought & call.placeholders
-        if not kinds:
-            return args, kwargs  # no images encoded (placeholder ids, if any, are text)
-        if input_ids is None:
-            raise PruningNotApplied(
-                "the language model's prefill could not be matched with the prompt that "
-                "carried the images (no input_ids or inputs_embeds of the same shape)"
-            )
-        fresh, call.fresh = call.fresh, set()
-        visual = {kind: input_ids == self.token_ids()[kind] for kind in sorted(kinds)}
-        call.prefill_seen = True
-        unrecorded = kinds - call.encoded - call.known
-        if unrecorded:
-            self._refuse_unrecorded(visual, unrecorded)
-        self._prefill(call, kwargs, embeds, input_ids, visual, continues=not fresh & kinds)
-        return args, kwargs
-
-    def _refuse_chunked_prefill(self) -> None:
-        raise ValueError(
-            "a forward with a non-empty KV cache carries image/video placeholder tokens: the "
-            "prompt arrives in chunks (prefill chunking, or a cache reused across calls), "
-            "which visprune cannot prune. Prefill the whole prompt in one call (no "
-            "prefill_chunk_size) with a fresh cache."
-        )
-
-    def _refuse_unrecorded(self, visual: dict, kinds: set[str]) -> None:
-        counts = ", ".join(f"{int(visual[kind].sum())} {kind}" for kind in sorted(kinds))
-        raise PruningNotApplied(
-            f"this call carries images or video ({counts} placeholder tokens), but their "
-            "encoder output did not pass through model.model.get_image_features / "
-            "get_video_features after visprune.apply, where visprune records it (ready "
-            "mm_encoder_outputs must be computed with the pruned model)"
-        )
-
-    def _prefill(
-        self,
-        call: CallState,
-        kwargs: dict,
-        embeds: Tensor,
-        input_ids: Tensor,
-        visual: dict,
-        continues: bool,
-    ) -> None:
-        batch, length, _ = embeds.shape
-        mask = compat.key_padding_mask(kwargs.get("attention_mask"), length)
-        vision = {
-            kind: self._vision_per_layout(kind, call.layouts.get(kind, [])) for kind in visual
-        }
-        layouts = {kind: call.layouts.get(kind, []) for kind in visual}
-        items = locate_items(input_ids, visual, layouts, vision)
-        if self.layer_pruner is not None:  # the method runs between decoder layers
-            call.layer_plan = self.layer_pruner.plan(items, mask, visual, length)
-            return
-        texts = None
-        if self.method.uses & {"text", "query"}:
-            texts = self._texts_for_prefill(call, input_ids, embeds, mask, visual, continues)
-        check_item_scores(self.method, self.model.config.model_type, items)
-        run_method(self.method, items, embeds, texts, compile=self.compile)
-        embeds = place_merged(items, embeds, self.project_vision)
-        call.selections = self._last_selections = selections_of(items)
-        if all(item.keeps_all() for item in items):
-            return
-        keep = keep_mask(items, batch, length, embeds.device)
-        call.prefill = sequence.shorten(kwargs, embeds, keep, mask, self.positions == "compact")
-        self.shorten_family_inputs(kwargs, keep, call.prefill.index)
-
-    def _vision_per_layout(self, kind: str, layouts: list[Layout]) -> list[Tensor | None]:
-        if self.method.stage != "vision" or self.vision_capture_module() is None:
-            return [None] * len(layouts)
-        features = [layout.vision for layout in layouts]
-        if any(feature is None for feature in features):
-            raise ValueError(
-                f"{self.method.name} runs on vision features before the projector, which "
-                f"{self.model.config.model_type} {kind} inputs do not provide here."
-            )
-        return features
-
-    def _texts_for_prefill(
-        self,
-        call: CallState,
-        input_ids: Tensor,
-        embeds: Tensor,
-        mask: Tensor | None,
-        visual: dict,
-        continues: bool,
-    ) -> list[Tensor]:
-        """The prompt texts; a re-run prefill (``generate(use_cache=False)`` re-sends the prompt
-        plus the tokens generated so far, without encoding again) keeps the first prompt's text,
-        so generated tokens never change what the method selects."""
-        previous = call.prompt_cache
-        if continues and previous is not None:
-            ids, texts = previous
-            width = ids.shape[1]
-            if input_ids.shape[1] > width and torch.equal(input_ids[:, :width], ids):
-                return texts
-        texts = prompt_texts(embeds, mask, visual)
-        # Ids found from embeddings are -1 on every text token: no prompt to recognise later.
-        call.prompt_cache = None if call.ids_from_embeds else (input_ids, texts)
-        return texts

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import compat
+from .. import compat_layers
 
 
 def _heads(projection: Tensor, attention: Any, norm_name: str) -> Tensor:
@@ -28,7 +28,7 @@ def _heads(projection: Tensor, attention: Any, norm_name: str) -> Tensor:
 
 
 def _rotary(attention: Any, states: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    rotate = compat.rotary_function(attention)
+    rotate = compat_layers.rotary_function(attention)
     return rotate(states, states, cos, sin)[0]
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import compat
+from .. import compat, compat_layers
 from ..compat import PruningNotApplied
 from ..methods import Context
 from . import layer_signals, sequence
@@ -78,11 +78,13 @@ class LayerPruner:
         self.method = adapter.method
         self.compile = adapter.compile
         self.language_model = adapter.language_model
-        self.layers = compat.decoder_layers(self.language_model)
+        self.layers = compat_layers.decoder_layers(self.language_model)
         self.prune_at = self.method.check_layers(len(self.layers))
         adapter.check_layer_stage(self.prune_at)
         self.signal_at = {self.method.signal_layer(layer): layer for layer in self.prune_at}
-        self.norm = compat.final_norm(self.language_model) if self.method.signal == "keys" else None
+        self.norm = (
+            compat_layers.final_norm(self.language_model) if self.method.signal == "keys" else None
+        )
         first = min(self.signal_at)
         self._hooks = [
             layer.register_forward_pre_hook(
@@ -259,7 +261,7 @@ class LayerPruner:
         shortened = shortened.masked_fill(padded.unsqueeze(-1), 0)
         cache = compat.find_cache(kwargs)
         if cache is not None:
-            compat.keep_cache_rows(cache, range(layer), local)
+            compat_layers.keep_cache_rows(cache, range(layer), local)
         safe = index.clamp_min(0)
         cos, sin = originals["position_embeddings"]
         gathered = tuple(
@@ -276,7 +278,7 @@ class LayerPruner:
             positions = positions.expand(batch, -1).gather(1, safe).masked_fill(padded, 1)
         mask = plan.mask.gather(1, safe) if plan.mask is not None else torch.ones_like(index)
         mask = mask.masked_fill(padded, 0)
-        built = compat.causal_mask(self.language_model.config, shortened, mask)
+        built = compat_layers.causal_mask(self.language_model.config, shortened, mask)
         plan.substitutes = {
             "attention_mask": built,
             "position_embeddings": gathered,

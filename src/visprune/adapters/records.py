@@ -126,7 +126,7 @@ class Prefill:
     index: Tensor  # (B, L') kept real positions of the unpruned sequence, -1 for re-padding
     mask: Tensor | None  # (B, L') compacted 2-D mask, when one is needed
     dropped: Tensor  # (B,) tokens the method removed per row (left-out padding not counted)
-    shift: Tensor  # (B, 1) decode position = arange(q) + past + shift, for manual loops
+    shift: Tensor  # (B, 1) manual loops decode at arange(q) + past + shift (M-RoPE: not used)
 
 
 @dataclass
@@ -166,7 +166,8 @@ class CallState:
     positions_supplied: bool = False
     #: The pruned prefill's state for decode steps and the loss.
     prefill: Prefill | None = None
-    #: M-RoPE: per row, the position that follows the unpruned prompt ``(B,)``.
+    #: M-RoPE: per row, the position that follows the unpruned prompt ``(B,)``, where a manual
+    #: loop's decode steps continue (``sequence.decode_positions``).
     next_position: Tensor | None = None
     #: A layer-stage method's pruning in progress inside the language model's prefill.
     layer_plan: Any = None

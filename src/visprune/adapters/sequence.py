@@ -125,26 +125,43 @@ def continue_decode(
 
 
 def decode_positions(
-    input_ids: Tensor, state: Prefill, past: int, deltas: Tensor | None, mrope: bool
+    input_ids: Tensor, state: Prefill, past: int, following: Tensor | None, mrope: bool
 ) -> Tensor:
     """Positions of a manual loop's decode step: where the unpruned sequence would continue.
 
-    ``(B, q)``, or ``(3, B, q)`` M-RoPE positions: transformers' ``rope_deltas`` count from a
-    row's real tokens (its padding left out), so a padded row continues lower by its padding.
+    Parameters
+    ----------
+    input_ids : Tensor
+        ``(B, q)`` the step's tokens.
+    state : Prefill
+        What the pruned prefill left.
+    past : int
+        Tokens in the (shortened) cache.
+    following : Tensor or None
+        M-RoPE: ``(B,)`` the position that follows each row's unpruned prompt, one past its
+        largest (``compat.next_mrope_position`` of the positions its prefill received), as
+        ``generate`` continues; ``None`` when the prefill had no M-RoPE positions: then a
+        row's real tokens count (its padding holds no position). Unused without M-RoPE.
+    mrope : bool
+        Whether the model takes M-RoPE positions.
+
+    Returns
+    -------
+    Tensor
+        ``(B, q)`` positions: the unpruned numbering (less the removed tokens when renumbered),
+        or ``(3, B, q)`` M-RoPE positions: ``following`` plus one per token decoded since.
+        M-RoPE positions are never renumbered (their adapters keep the original positions).
     """
     batch, steps = input_ids.shape
-    position = (
-        torch.arange(steps, device=input_ids.device) + past + state.shift.to(input_ids.device)
-    )
-    if mrope:
-        # The padding the prefill left out of each row (none where it had no mask).
-        kept = (state.index >= 0).sum(-1)
-        padding = state.length - state.dropped.to(kept.device) - kept
-        position = position - padding.to(position.device).unsqueeze(-1)
-        position = position.unsqueeze(0).expand(3, batch, steps)
-        if deltas is not None:
-            position = position + deltas.to(position.device)
-    return position
+    step = torch.arange(steps, device=input_ids.device)
+    if not mrope:
+        return step + past + state.shift.to(input_ids.device)
+    if following is None:
+        # The real tokens: the kept ones and the removed ones (left-out padding is neither).
+        following = (state.index >= 0).sum(-1) + state.dropped.to(state.index.device)
+    decoded = past - state.index.shape[1]
+    start = following.to(input_ids.device).unsqueeze(-1) + decoded
+    return (start + step).unsqueeze(0).expand(3, batch, steps)
 
 
 def shorten_labels(labels: Tensor | None, logits: Tensor, state: Prefill | None) -> Tensor | None:
