@@ -92,10 +92,10 @@ format: install
 	$(VENV)/bin/ruff check --fix $(CODE)
 	$(VENV)/bin/ruff format $(CODE)
 
-# Every test on the newest tested transformers, transformers' own model tests with keepall
-# applied, then the model-facing tests on the oldest, then vLLM serving the bundled model, then
-# the documentation site.
-test: lint test-newest test-hf-identity test-oldest test-vllm docs
+# The lint and the documentation site (seconds) first, then every test on the newest tested
+# transformers, transformers' own model tests with keepall applied, then the model-facing tests
+# on the oldest, then vLLM serving the bundled model.
+test: lint docs test-newest test-hf-identity test-oldest test-vllm
 
 test-newest: install
 	$(PY) -m pytest -q
