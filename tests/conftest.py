@@ -164,7 +164,7 @@ def layer_kwargs(name: str, tokens: Tensor, **kwargs) -> dict:
 
 
 def expected_k(name: str, budget: object, n: int) -> int:
-    """Tokens kept per item by the spec's budget rules."""
+    """Tokens kept per item by the budget rules of docs/methods/index.md."""
     if name in NO_BUDGET:
         return n
     if isinstance(budget, numbers.Integral):

@@ -80,7 +80,7 @@ def test_full_fraction_and_large_counts_keep_all(n):
     ],
 )
 def test_budget_examples(budget, n, k):
-    """Worked examples from the spec, with Python's half-to-even rounding."""
+    """Worked examples from docs/methods/index.md, with Python's half-to-even rounding."""
     assert resolve_budget(budget, n) == k
 
 

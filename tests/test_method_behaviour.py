@@ -1,6 +1,6 @@
-"""What each method does, checked against slow float64 references written from the spec.
+"""What each method does, checked against slow float64 references written from the method pages.
 
-The references below follow ``spec/METHODS.md`` step by step (explicit loops, full matrices,
+The references below follow ``docs/methods/<name>.md`` step by step (explicit loops, full matrices,
 ``slogdet`` instead of incremental Cholesky) and share no code with the package.
 """
 

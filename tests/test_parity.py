@@ -1,7 +1,7 @@
 """Parity with the published selection functions (tests/data/README.md says what must hold).
 
 OTPrune, DivPrune and ReDiPrune vectors come from the published code run in float32; ResPrune and
-TrimTokenator vectors from a slow float64 reference of the spec.
+TrimTokenator vectors from a slow float64 reference of their method pages.
 """
 
 from __future__ import annotations

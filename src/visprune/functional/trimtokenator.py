@@ -2,7 +2,8 @@
 RepMax.
 
 "TrimTokenator: Towards Adaptive Visual Token Pruning for Large Multimodal Models",
-https://arxiv.org/abs/2509.00320 (no published code; this follows spec/METHODS.md).
+https://arxiv.org/abs/2509.00320 (no published code; this follows
+``docs/methods/trimtokenator.md``).
 """
 
 from __future__ import annotations

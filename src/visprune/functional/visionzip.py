@@ -48,7 +48,8 @@ def visionzip(
         )
     device = hidden_states.device
     scores = cls_attention[:, :, 1:].sum(dim=1)  # (B, n)
-    # A stable sort, not topk: equal attention keeps the lower index (the spec's tie rule).
+    # A stable sort, not topk: equal attention keeps the lower index (the tie rule of
+    # docs/methods/index.md).
     top = scores.argsort(dim=-1, descending=True, stable=True)[:, : dominant - 1] + 1
     chosen = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=device), top], dim=-1)
     is_dominant = torch.zeros(b, t, dtype=torch.bool, device=device)

@@ -66,7 +66,7 @@ def vispruner(
         raise ValueError(f"vispruner: important_ratio must be in [0, 1], got {important_ratio}.")
     important = int(k * important_ratio)
     diverse = k - important
-    # Stable sorts: equal scores keep the lower index first (the spec's tie rule).
+    # Stable sorts: equal scores keep the lower index first (the tie rule of docs/methods/index.md).
     order = cls_attention.mean(dim=1).argsort(dim=-1, descending=True, stable=True)
     kept, residual = order[:, :important], order[:, important:]
     norms = image_features.norm(dim=-1, keepdim=True)

@@ -6,7 +6,8 @@ vectorised ``_select``, which calls its pure core in :mod:`visprune.functional`.
 method needs beyond the tokens (prompt text, a ready query) arrives in a :class:`Context`;
 methods never see a model.
 
-The exact contract (budget rules, ties, errors) is ``spec/METHODS.md``.
+The exact contract (budget rules, ties, errors) is the methods page of the documentation,
+``docs/methods/index.md``, with one page per method.
 """
 
 from __future__ import annotations

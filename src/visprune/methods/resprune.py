@@ -1,7 +1,8 @@
 """ResPrune: residual-energy subspace reconstruction with text modulation.
 
 "ResPrune: Text-Conditioned Subspace Reconstruction for Visual Token Pruning",
-https://arxiv.org/abs/2603.21105 (no published code; this follows spec/METHODS.md).
+https://arxiv.org/abs/2603.21105 (no published code; this follows
+``docs/methods/resprune.md``).
 """
 
 from __future__ import annotations
