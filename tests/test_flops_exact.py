@@ -15,6 +15,7 @@ from transformers import (
     LlavaNextVideoForConditionalGeneration,
 )
 
+from tiny_vlm_models import CLIP_TOWER
 from tiny_vlms import FAMILIES, QWEN, collate, sample, tiny, token_counts
 from visprune.flops import FlopsBreakdown, model_flops, prefill_flops, window_lengths
 
@@ -41,14 +42,15 @@ def _llava_config(text: dict, vision: dict, **options) -> LlavaConfig:
     """A LLaVA config of a Llama language model of sizes ``text`` behind a CLIP tower of sizes
     ``vision``; ``options`` go to the config itself."""
     return LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", **vision),
+        vision_config={"model_type": "clip_vision_model", **vision},
         text_config=dict(model_type="llama", **text),
         **options,
     )
 
 
 def _head_dim_model():
-    """Tiny LLaVA whose text head_dim (16) differs from hidden / heads (8), with GQA."""
+    """Tiny LLaVA whose text head_dim (16) differs from hidden / heads (8), with GQA, behind the
+    tiny CLIP tower."""
     text = dict(
         hidden_size=32,
         intermediate_size=64,
@@ -58,15 +60,7 @@ def _head_dim_model():
         head_dim=16,
         vocab_size=128,
     )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=28,
-        patch_size=14,
-    )
-    config = _llava_config(text, vision, image_token_index=100)
+    config = _llava_config(text, CLIP_TOWER, image_token_index=100)
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     return LlavaForConditionalGeneration(config).eval()

@@ -8,7 +8,6 @@ the KV cache of the earlier layers cut to those rows, and decodes greedily from 
 
 from __future__ import annotations
 
-import copy
 import functools
 
 import pytest
@@ -16,19 +15,13 @@ import torch
 from torch import Tensor
 
 import visprune
-from tiny_vlms import GENERATE, PAD, SPECIAL, collate, ragged_samples, tiny
+from layer_stage_models import METHODS, deep
+from tiny_vlms import GENERATE, SPECIAL, collate, ragged_samples, tiny
 from visprune import compat
 from visprune.adapters import layer_signals
 from visprune.compat import PruningNotApplied
 
 STEPS = GENERATE["max_new_tokens"]
-LAYERS = 4
-#: (method, parameters) with pruning layers that fit a 4-layer language model.
-METHODS = [
-    ("fastv", {"layer": 2, "budget": 0.5}),
-    ("pdrop", {"layers": (1, 2, 3), "budget": 0.75, "ratio": 0.5}),
-    ("dart", {"layer": 2, "budget": 0.5, "image_pivots": 1, "text_pivots": 2}),
-]
 FAMILIES = ["llava", "qwen2_vl", "internvl"]
 
 
@@ -36,19 +29,6 @@ FAMILIES = ["llava", "qwen2_vl", "internvl"]
 def _no_grad():
     with torch.no_grad():
         yield
-
-
-def deep(family: str, attn: str = "sdpa"):
-    """The tiny model of ``family`` with a 4-layer language model (the pruning layers fit)."""
-    config = copy.deepcopy(tiny(family, attn=attn).config)
-    config.text_config.num_hidden_layers = LAYERS
-    if getattr(config.text_config, "layer_types", None):
-        config.text_config.layer_types = ["full_attention"] * LAYERS
-    torch.manual_seed(0)
-    model = type(tiny(family, attn=attn))(config).eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = PAD
-    return model
 
 
 def pair(family: str):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import visprune
-from test_layer_stage import METHODS, deep
+from layer_stage_models import METHODS, deep
 from tiny_vlms import GENERATE, collate, ragged_samples
 from visprune import compat
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import visprune
-from test_layer_stage import deep
+from layer_stage_models import deep
 from tiny_vlms import CASES, GENERATE, QWEN, SPECIAL, collate, ragged_samples, sample, tiny
 from visprune.adapters import sequence
 

@@ -70,7 +70,8 @@ _TEXT = {
     "vocab_size": 128,
     "max_position_embeddings": 512,
 }
-_CLIP = {  # 28 / 14 = 2x2 patches plus CLS
+#: The tiny CLIP tower: 28 / 14 = 2x2 patches plus CLS.
+CLIP_TOWER = {
     "model_type": "clip_vision_model",
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -79,7 +80,7 @@ _CLIP = {  # 28 / 14 = 2x2 patches plus CLS
     "image_size": 28,
     "patch_size": 14,
 }
-_CLIP56 = dict(_CLIP, image_size=56)  # 4x4 patches plus CLS; video frames pool to 2x2
+_CLIP56 = dict(CLIP_TOWER, image_size=56)  # 4x4 patches plus CLS; video frames pool to 2x2
 _SIGLIP = {  # 56 / 14 = 4x4 patches, no CLS
     "model_type": "siglip_vision_model",
     "hidden_size": 32,
@@ -172,14 +173,14 @@ _LLAVA = {
     "llava": (
         LlavaConfig,
         LlavaForConditionalGeneration,
-        _CLIP,
+        CLIP_TOWER,
         "llama",
         {"image_seq_length": 4},
     ),
     "llava_next": (
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
-        _CLIP,
+        CLIP_TOWER,
         "llama",
         {"image_grid_pinpoints": PINPOINTS["llava_next"]},
     ),

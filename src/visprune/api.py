@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -133,24 +133,22 @@ def select(
             f"{chosen.name} takes no query (it is ReDiPrune's pooled prompt); pass text=... "
             "for text-conditioned methods."
         )
-    if text is not None and not isinstance(text, Tensor):
-        text = list(text)
-    if text_embeds is not None and not isinstance(text_embeds, Tensor):
-        text_embeds = list(text_embeds)
-    if scores is not None and not isinstance(scores, Tensor):
-        scores = list(scores)
-    if text_scores is not None and not isinstance(text_scores, Tensor):
-        text_scores = list(text_scores)
     context = Context(
-        text=text,
+        text=_per_item(text),
         query=query,
         cls_attention=cls_attention,
         image_embeds=image_embeds,
-        text_embeds=text_embeds,
-        scores=scores,
-        text_scores=text_scores,
+        text_embeds=_per_item(text_embeds),
+        scores=_per_item(scores),
+        text_scores=_per_item(text_scores),
     )
     return chosen.select(tokens, None, context, compile=compile)
+
+
+def _per_item(values: Tensor | Iterable[Tensor] | None) -> Tensor | list[Tensor] | None:
+    """A tensor (or None) as it is; any other iterable of per-item tensors read once into a list
+    (a generator can be passed, and the method may index it several times)."""
+    return values if values is None or isinstance(values, Tensor) else list(values)
 
 
 def active_handle(model: Any) -> Handle | None:

@@ -84,7 +84,9 @@ class Adapter:
         self.base = model.model
         self.language_model = model.model.language_model
         self._local = threading.local()
-        self._last_selections: list[Selection] = []
+        #: The last call's selections in any thread: what ``selections`` gives a thread that
+        #: made no call of its own (set by the prefill and layer-stage hooks).
+        self.last_selections: list[Selection] = []
         self._hooks: list[Any] = []
         self._captures: list[ScoreCapture] = []
         self._wrapped: list[str] = []
@@ -155,7 +157,7 @@ class Adapter:
         """
 
     # ------------------------------------------------------------------------ per-call state
-    def _call(self) -> CallState:
+    def call_state(self) -> CallState:
         """This thread's per-call state, which every hook of one call reads and writes."""
         state = getattr(self._local, "state", None)
         if state is None:
@@ -165,14 +167,14 @@ class Adapter:
     @property
     def _captured_vision(self) -> list[Tensor]:
         """Pre-projector features captured in this thread's last encoder call."""
-        return self._call().captured_vision
+        return self.call_state().captured_vision
 
     @property
     def selections(self) -> list[Selection]:
         """This thread's last call's selections; in a thread that made no call, the last
         selections of any thread."""
         state = getattr(self._local, "state", None)
-        return state.selections if state is not None else self._last_selections
+        return state.selections if state is not None else self.last_selections
 
     # --------------------------------------------------------------------------- attach/remove
     def _attach(self) -> None:
@@ -194,8 +196,8 @@ class Adapter:
                 self._captures.append(
                     ScoreCapture(
                         layer,
-                        active=lambda: self._call().capturing,
-                        record=lambda scores: self._call().captured_scores.append(scores),
+                        active=lambda: self.call_state().capturing,
+                        record=lambda scores: self.call_state().captured_scores.append(scores),
                     )
                 )
         self._hooks += [
@@ -211,7 +213,7 @@ class Adapter:
         self._had_loss_override = "_loss_function" in self.model.__dict__
 
         def loss_function(logits, labels, vocab_size, **kwargs):
-            state = self._call().prefill
+            state = self.call_state().prefill
             return original_loss(
                 logits=logits,
                 labels=sequence.shorten_labels(labels, logits, state),

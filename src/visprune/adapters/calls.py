@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def before_base(adapter: Adapter, module: Any, args: tuple, kwargs: dict) -> tuple:
     """Forward pre-hook of the base model: record the call, supply decode positions."""
-    call = adapter._call()
+    call = adapter.call_state()
     past = compat.cache_length(compat.find_cache(kwargs))
     record_call(adapter, call, args, kwargs, past)
     if not call.ids_from_embeds:
@@ -88,7 +88,7 @@ def supply_decode_positions(adapter: Adapter, call: CallState, kwargs: dict, pas
 
 def after_base(adapter: Adapter, module: Any, args: tuple, output: Any) -> None:
     """Forward hook of the base model: a prefill over placeholders must have been pruned."""
-    call = adapter._call()
+    call = adapter.call_state()
     if call.expects_prefill and not call.prefill_seen:
         call.expects_prefill = False
         raise PruningNotApplied(

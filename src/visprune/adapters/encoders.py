@@ -27,7 +27,7 @@ def record_encoder(adapter: Adapter, kind: str, encode: Callable) -> Callable:
 
     @functools.wraps(encode)
     def recorded(*args, **kwargs):
-        call = adapter._call()
+        call = adapter.call_state()
         call.captured_vision = []
         call.captured_scores = []
         call.capturing = True
@@ -53,6 +53,6 @@ def record_encoder(adapter: Adapter, kind: str, encode: Callable) -> Callable:
 def capture_vision(adapter: Adapter, module: Any, inputs: tuple) -> None:
     """Forward pre-hook of the projector: keep its input during an encoder call."""
     # One hook for every thread: each keeps the features of its own encoder call.
-    call = adapter._call()
+    call = adapter.call_state()
     if call.capturing:
         call.captured_vision.append(inputs[0].detach())

@@ -67,4 +67,4 @@ class Gemma3Adapter(Adapter):
         return projector.avg_pool(grid).flatten(2).transpose(1, 2)
 
     def shorten_family_inputs(self, kwargs: dict, keep: Tensor, index: Tensor) -> None:
-        masks.rebuild(self.model, kwargs, self._call().token_types, keep, index)
+        masks.rebuild(self.model, kwargs, self.call_state().token_types, keep, index)

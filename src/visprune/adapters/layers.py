@@ -127,7 +127,7 @@ class LayerPruner:
 
     # --------------------------------------------------------------------------------- hooks
     def _before_layer(self, number: int, module, args, kwargs):
-        call = self.adapter._call()
+        call = self.adapter.call_state()
         plan: LayerPlan | None = call.layer_plan
         if plan is None:
             return args, kwargs
@@ -162,7 +162,7 @@ class LayerPruner:
         return args, kwargs
 
     def _after_language_model(self, module, args, output):
-        call = self.adapter._call()
+        call = self.adapter.call_state()
         plan, call.layer_plan = call.layer_plan, None
         if plan is not None and plan.step < len(self.prune_at):
             raise PruningNotApplied(
@@ -309,4 +309,4 @@ class LayerPruner:
                 for (layer, _), kept in zip(plan.stages, per_stage, strict=True)
             )
             records.append(dataclasses.replace(record, layer=stages[-1][0], stages=stages))
-        call.selections = self.adapter._last_selections = records
+        call.selections = self.adapter.last_selections = records

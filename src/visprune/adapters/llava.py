@@ -56,7 +56,7 @@ class LlavaAdapter(Adapter):
     def describe(self, kind, output, args, kwargs):
         features = encoder_features(output, kind)
         before = self._captured_vision[0] if self._captured_vision else None
-        scores = self._call().captured_scores
+        scores = self.call_state().captured_scores
         if scores and scores[0]["hidden"].shape[0] != len(features):
             scores = []  # not one CLS row per image: the method refuses at the prefill
         layouts = []

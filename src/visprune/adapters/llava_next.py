@@ -76,7 +76,7 @@ class LlavaNextAdapter(Adapter):
         return image_sizes
 
     def _scores_per_image(self, args, kwargs, images: int):
-        captured = self._call().captured_scores
+        captured = self.call_state().captured_scores
         if not captured:
             return None
         image_sizes = self._image_sizes(args, kwargs)

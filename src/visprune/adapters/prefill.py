@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def before_language_model(adapter: Adapter, module: Any, args: tuple, kwargs: dict) -> tuple:
     """Forward pre-hook of the language model: prune a prefill, fit a decode step."""
-    call = adapter._call()
+    call = adapter.call_state()
     call.layer_plan = None
     past = compat.cache_length(compat.find_cache(kwargs))
     embeds = kwargs.get("inputs_embeds")
@@ -77,7 +77,7 @@ def start_prefill(
     """A forward with an empty cache: forget the last prefill, then prune this one when it
     runs over placeholders of kinds the call brought."""
     call.prefill = None
-    call.selections = adapter._last_selections = []
+    call.selections = adapter.last_selections = []
     call.next_position = None
     if adapter.mrope:
         # Where a manual loop's decode steps continue (sequence.decode_positions).
@@ -135,7 +135,7 @@ def prune_prefill(
     check_item_scores(method, adapter.model.config.model_type, items)
     run_method(method, items, embeds, texts, compile=adapter.compile)
     embeds = place_merged(items, embeds, adapter.project_vision)
-    call.selections = adapter._last_selections = selections_of(items)
+    call.selections = adapter.last_selections = selections_of(items)
     if all(item.keeps_all() for item in items):
         return
     keep = keep_mask(items, batch, length, embeds.device)

@@ -6,7 +6,8 @@ They are recomputed from that layer's own ``q_proj`` / ``k_proj`` on the input o
 no eager attention, no attention weights requested. The layer's output hidden states come with
 them (VisionZip keeps the CLS token and merges hidden states).
 
-Which layer: the one whose output is ``hidden_states[vision_feature_layer]`` (``layers[L]`` for
+Which layer (:func:`visprune.functional.score_layer.score_layer_index`, the rule the vLLM plugin
+shares): the one whose output is ``hidden_states[vision_feature_layer]`` (``layers[L]`` for
 ``L < 0``, ``layers[L - 1]`` for ``L > 0``), as published, with the ``"default"`` select strategy
 (CLS dropped before the projector, so the patches are the candidates). Where the selected
 features are the embeddings output (``hidden_states[0]``, e.g. the bundled demo model's one-layer
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from .. import compat
 from ..functional.cls_scores import cls_scores
+from ..functional.score_layer import score_layer_index
 
 
 @dataclass(frozen=True)
@@ -58,26 +60,19 @@ def clip_score_layer(tower: Any, feature_layer: Any, strategy: Any) -> ScoreLaye
     embeddings = getattr(model, "embeddings", None)
     if getattr(embeddings, "class_embedding", None) is None:
         return None  # no CLS token (SigLIP and others)
-    if isinstance(feature_layer, bool) or not isinstance(feature_layer, int):
-        return None
-    if strategy != "default":
-        return None
     layers = getattr(getattr(model, "encoder", None), "layers", None)
     if layers is None:
         return None
-    index = reads_embeddings = None
-    if feature_layer in (0, -len(layers) - 1):
-        index, reads_embeddings = 0, True
-    else:
-        index = feature_layer if feature_layer < 0 else feature_layer - 1
-        if not -len(layers) <= index < len(layers):
-            return None
+    found = score_layer_index(feature_layer, strategy, len(layers))
+    if found is None:
+        return None
+    index, reads_embeddings = found
     layer = layers[index]
     attention = getattr(layer, "self_attn", None)
     needed = ("q_proj", "k_proj", "num_heads", "head_dim", "scale")
     if attention is None or not all(hasattr(attention, name) for name in needed):
         return None
-    return ScoreLayer(layer, hidden_from_input=bool(reads_embeddings))
+    return ScoreLayer(layer, hidden_from_input=reads_embeddings)
 
 
 class ScoreCapture:
