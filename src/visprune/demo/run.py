@@ -29,7 +29,8 @@ def bundled_checkpoint() -> Path:
     return CHECKPOINT
 
 
-def _methods() -> list[str]:
+def demo_methods() -> list[str]:
+    """Every registered method but ``keepall``, which would only repeat the unpruned row."""
     import visprune
 
     return [name for name in visprune.list_methods() if name != "keepall"]
@@ -61,7 +62,7 @@ def evaluate(
     from ..sweep.grid import plan
 
     runner = DemoRunner("demo", model_dir, samples, seed)
-    configurations = plan(["demo"], list(methods or _methods()), budgets, [positions])
+    configurations = plan(["demo"], list(methods or demo_methods()), budgets, [positions])
     if progress:
         from tqdm.auto import tqdm
 
@@ -173,7 +174,7 @@ def overlays(
         model,
         prompt_batch(picks, encoder),
         encoder.vocab,
-        list(methods or _methods()),
+        list(methods or demo_methods()),
         budget=budget,
         positions=positions,
         tokens=task.NUM_CELLS,
@@ -252,7 +253,7 @@ def run(
         samples=samples,
         budgets=BUDGETS[:1] if quick else BUDGETS,
         positions=positions,
-        methods=_methods(),
+        methods=demo_methods(),
         heading="visprune demo",
         note=note,
         command=command,

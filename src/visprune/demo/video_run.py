@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import video_task
-from .run import BUDGETS, _methods, sweep_demo
+from .run import BUDGETS, demo_methods, sweep_demo
 
 CHECKPOINT = Path(__file__).parent / "video_checkpoint"
 
@@ -27,7 +27,7 @@ def video_methods() -> tuple[list[str], dict[str, str]]:
     from visprune.methods.context import VISION_NEEDS
 
     runnable, skipped = [], {}
-    for name in _methods():
+    for name in demo_methods():
         needs = sorted(visprune.METHODS[name].requires & VISION_NEEDS.keys())
         if needs:
             skipped[name] = f"needs {', '.join(needs)}, which pooled video frames do not have"
