@@ -174,3 +174,22 @@ def test_the_demo_times_are_stated_alike_in_the_cli_readme_and_makefile(capsys, 
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "--quick takes about 5 s" in capsys.readouterr().out
+
+
+def test_the_video_demo_writes_beside_the_image_demo_by_default(monkeypatch, tmp_path):
+    """``make demo`` runs both demos without --out: the video run keeps the image run's files."""
+    from visprune.demo import run as demo_run
+    from visprune.demo import video_run
+
+    outs = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo_run, "run", lambda *a, **kw: outs.append(("image", kw["out"])))
+    monkeypatch.setattr(video_run, "run", lambda *a, **kw: outs.append(("video", kw["out"])))
+    assert main(["demo", "--quick"]) == 0
+    assert main(["demo", "--quick", "--video"]) == 0
+    assert main(["demo", "--quick", "--video", "--out", "mine"]) == 0
+    assert outs == [
+        ("image", "visprune-demo"),
+        ("video", "visprune-demo/video"),
+        ("video", "mine"),
+    ]

@@ -328,3 +328,13 @@ def test_bench_explains_the_alignment_row(checkpoint, capsys):
     out = capsys.readouterr().out
     assert "alignment: the kept visual tokens against all of them" in out
     assert "w2 = Bures-Wasserstein" in out and "coverage = " in out
+
+
+def test_the_demo_header_says_which_methods_keep_their_original_positions():
+    from visprune.demo.run import demo_methods, positions_note
+
+    compact = positions_note("compact", demo_methods())
+    assert compact.startswith("compact positions for the kept tokens; the in-LLM methods (")
+    assert all(name in compact for name in ("fastv", "pdrop", "dart"))
+    assert "divprune" not in compact
+    assert positions_note("original", demo_methods()) == "original positions for the kept tokens"

@@ -37,6 +37,8 @@ def test_an_integer_budget_above_the_candidates_keeps_them_all():
         ({"method": "divprune", "budget": 7, "gamma": 1}, "no parameter"),
         ({"method": "divprune", "budget": 7, "positions": "shuffled"}, "compact.* or .*original"),
         ({"budget": 7}, "names no method"),
+        ({"method": "keepall"}, "keepall is not served"),
+        ({"method": "KeepAll", "budget": 7}, "serve without the visprune override"),
         ("divprune", "not valid JSON"),
         (["divprune", 7], "must be a dict"),
     ],

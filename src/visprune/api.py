@@ -33,6 +33,8 @@ def get_method(name: str | Method, **params: object) -> Method:
     Returns
     -------
     Method
+        A new instance of the method's dataclass holding ``params`` (a given instance is not
+        changed); its ``select`` picks tokens, and :func:`apply` runs it on a model.
 
     Raises
     ------
@@ -91,14 +93,19 @@ def select(
     cls_attention : Tensor, optional
         VisPruner: the vision tower's CLS attention to each token, ``(H, n)`` or ``(n,)`` (a
         leading ``b`` for a batch).
-    image_embeds, text_embeds : Tensor, optional
-        CDPruner: ready CLIP embeddings of the patches ``(n, C)`` (``(b, n, C)``) and of the
-        instruction ``(M, C)`` (or a list of ``b``), instead of ``text``.
-    scores, text_scores : Tensor or sequence of Tensor, optional
+    image_embeds : Tensor, optional
+        CDPruner: ready CLIP embeddings of the patches ``(n, C)`` (``(b, n, C)`` for a batch),
+        passed with ``text_embeds`` instead of ``text``.
+    text_embeds : Tensor or sequence of Tensor, optional
+        CDPruner: ready CLIP embeddings of the instruction ``(M, C)`` (for a batch, one shared
+        tensor or a list of ``b``), passed with ``image_embeds`` instead of ``text``.
+    scores : Tensor or sequence of Tensor, optional
         For the methods that prune inside the language model (``fastv``, ``pdrop``, ``dart``;
         required there): per-token scores ``(n,)`` / ``(b, n)`` that their layer measures (the
-        attention each token receives, DART's key norms), and DART's ``(m,)`` scores of the text
-        tokens. Ignored by the other methods.
+        attention each token receives, DART's key norms). Ignored by the other methods.
+    text_scores : Tensor or sequence of Tensor, optional
+        DART (required there): the ``(m,)`` scores of the text tokens (a list of ``b`` for a
+        batch), measured like ``scores``. Ignored by the other methods.
     compile : bool or str
         Run the method's selection core under ``torch.compile(fullgraph=True, dynamic=False)``
         (:mod:`visprune.compiled`): the first call per hyperparameters, shapes, device and dtype
@@ -209,9 +216,11 @@ def apply(
         Tokens to keep per image/frame: a count or a fraction of that image's tokens (for
         tiled images, InternVL's, of all its tiles together).
     positions : {"compact", "original"}, optional
-        Renumber the kept tokens ("compact", the LLaVA and Gemma 3 default, as the published
-        code does) or keep their original positions ("original", the only mode for Qwen-VL's
-        M-RoPE).
+        Renumber the kept tokens ("compact", as the published code does) or keep their original
+        positions ("original"). Default ``None``: the family's mode, "compact" for LLaVA,
+        LLaVA-NeXT, OneVision, InternVL and Gemma 3, "original" for Qwen-VL (its only mode, for
+        M-RoPE). The methods that prune inside the language model (``fastv``, ``pdrop``,
+        ``dart``) always keep the original positions and refuse "compact".
     newlines : {"candidates", "keep"}
         LLaVA-NeXT / OneVision: whether newline tokens compete for the budget (as published) or
         are always kept.

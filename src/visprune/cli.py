@@ -15,6 +15,8 @@ from typing import Any
 
 from . import __version__
 from .cli_arguments import (
+    DEMO_OUT,
+    DEMO_VIDEO_OUT,
     HelpFormatter,
     bench_arguments,
     demo_arguments,
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
             "demo",
             help="accuracy of every method on the bundled demo model (offline)",
             description="Evaluate the bundled demo model unpruned and with every method at 11, "
-            f"22 and 33 %% of the visual tokens. {DEMO_TIMES}",
+            f"22 and 33 % of the visual tokens. {DEMO_TIMES}",
         )
     )
     sweep_arguments(
@@ -179,7 +181,8 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> in
 
     if args.model is not None:
         check_demo_checkpoint(parser, args.model, args.video)
-    check_output_folder(parser, "--out", args.out)
+    out = args.out or (DEMO_VIDEO_OUT if args.video else DEMO_OUT)
+    check_output_folder(parser, "--out", out)
     from .sweep.command import check_matplotlib
 
     check_matplotlib(parser)  # the demo draws the sweep's plots
@@ -188,7 +191,7 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> in
     try:
         run(
             args.model,
-            out=args.out,
+            out=out,
             quick=args.quick,
             samples=args.samples,
             positions=args.positions,

@@ -79,7 +79,8 @@ def model_arguments(command: argparse.ArgumentParser) -> None:
         choices=("compact", "original"),
         default=None,
         help="position ids of the kept tokens (visprune.apply's option; default: the family's, "
-        "compact for LLaVA and Gemma 3, original for Qwen-VL)",
+        "compact for LLaVA, InternVL and Gemma 3, original for Qwen-VL; fastv, pdrop and dart "
+        "always keep the original positions)",
     )
     command.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda if any)")
 
@@ -101,6 +102,11 @@ def bench_arguments(command: argparse.ArgumentParser) -> None:
     )
 
 
+#: Where ``visprune demo`` writes without ``--out``: the video demo in a folder of its own.
+DEMO_OUT = "visprune-demo"
+DEMO_VIDEO_OUT = "visprune-demo/video"
+
+
 def demo_arguments(command: argparse.ArgumentParser) -> None:
     """The options of ``visprune demo``."""
     command.add_argument(
@@ -109,13 +115,24 @@ def demo_arguments(command: argparse.ArgumentParser) -> None:
         help="the demo video model (LLaVA-NeXT-Video, 8-frame clips) instead of the image model",
     )
     command.add_argument(
-        "--quick", action="store_true", help="one budget (11 %%), 60 questions (30 clips)"
+        "--quick",
+        action="store_true",
+        help="one budget (11 %%) and fewer samples: 60 questions (with --video: 30 clips)",
     )
     command.add_argument(
-        "--samples", type=at_least(1), default=None, help="test questions (default: 500)"
+        "--samples",
+        type=at_least(1),
+        default=None,
+        help="test questions, or clips with --video (default: 500 questions, 150 clips; with "
+        "--quick 60 questions, 30 clips)",
     )
     command.add_argument("--model", default=None, help="a demo checkpoint (default: bundled)")
-    command.add_argument("--out", default="visprune-demo", help="folder for results and overlays")
+    command.add_argument(
+        "--out",
+        default=None,
+        help=f"folder for results and overlays; with --video {DEMO_VIDEO_OUT}, so that both "
+        f"demos keep their results (default: {DEMO_OUT})",
+    )
     command.add_argument(
         "--positions",
         choices=("compact", "original"),

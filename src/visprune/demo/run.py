@@ -36,6 +36,18 @@ def demo_methods() -> list[str]:
     return [name for name in visprune.list_methods() if name != "keepall"]
 
 
+def positions_note(positions: str, methods: Sequence[str]) -> str:
+    """The table header's words on positions: the methods that prune inside the language model
+    keep the original positions whatever ``positions`` says (:mod:`visprune.sweep.grid`)."""
+    import visprune
+
+    note = f"{positions} positions for the kept tokens"
+    in_llm = [name for name in methods if visprune.METHODS[name].stage == "layer"]
+    if positions != "original" and in_llm:
+        note += f"; the in-LLM methods ({', '.join(in_llm)}) keep their original positions"
+    return note
+
+
 def evaluate(
     model_dir: str | Path | None = None,
     *,
@@ -242,8 +254,9 @@ def run(
     samples = samples or (60 if quick else 500)
     if model_dir is None:
         bundled_checkpoint()  # a missing checkpoint says how to train one, before anything runs
+    methods = demo_methods()
     note = (
-        f"Demo task, {samples} test questions; {positions} positions for the kept tokens; "
+        f"Demo task, {samples} test questions; {positions_note(positions, methods)}; "
         "prefill FLOPs exact (visprune.flops.model_flops), relative to unpruned."
     )
     text = sweep_demo(
@@ -253,7 +266,7 @@ def run(
         samples=samples,
         budgets=BUDGETS[:1] if quick else BUDGETS,
         positions=positions,
-        methods=demo_methods(),
+        methods=methods,
         heading="visprune demo",
         note=note,
         command=command,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import video_task
-from .run import BUDGETS, demo_methods, sweep_demo
+from .run import BUDGETS, demo_methods, positions_note, sweep_demo
 
 CHECKPOINT = Path(__file__).parent / "video_checkpoint"
 
@@ -136,10 +136,11 @@ def run(
     samples = samples or (30 if quick else 150)
     if model_dir is None:
         bundled_checkpoint()  # a missing checkpoint says how to train one, before anything runs
+    methods = video_methods()[0]
     note = (
         f"Demo video task, {samples} test clips of {video_task.FRAMES} frames x "
         f"{video_task.CELLS} tokens; the budget applies per frame (visual tokens: per clip); "
-        f"{positions} positions for the kept tokens; prefill FLOPs exact "
+        f"{positions_note(positions, methods)}; prefill FLOPs exact "
         "(visprune.flops.model_flops), relative to unpruned."
     )
     text = sweep_demo(
@@ -149,7 +150,7 @@ def run(
         samples=samples,
         budgets=BUDGETS[:1] if quick else BUDGETS,
         positions=positions,
-        methods=video_methods()[0],
+        methods=methods,
         heading="visprune demo --video",
         note=note,
         command=command,

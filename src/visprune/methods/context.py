@@ -35,9 +35,12 @@ class Context:
     cls_state : Tensor, optional
         That layer's output hidden state of the CLS token, ``(d,)`` or ``(b, d)`` (VisionZip keeps
         it as a token when given).
-    image_embeds, text_embeds : Tensor, optional
-        Ready CLIP embeddings for CDPruner's relevance: the image patches ``(n, C)`` or
-        ``(b, n, C)`` and the instruction ``(M, C)`` (shared) or a list of ``b`` of them.
+    image_embeds : Tensor, optional
+        Ready CLIP embeddings of the image patches for CDPruner's relevance, ``(n, C)`` or
+        ``(b, n, C)``; used with ``text_embeds``.
+    text_embeds : Tensor or list of Tensor, optional
+        Ready CLIP embeddings of the instruction for CDPruner's relevance, ``(M, C)`` (shared by
+        the batch) or a list of ``b`` of them; used with ``image_embeds``.
     scores : Tensor or list of Tensor, optional
         Per-token scores that a layer-stage method (FastV, PyramidDrop, DART) reads from inside
         the language model: ``(n,)`` for ``(n, d)`` tokens, ``(b, n)`` or a list of ``b``

@@ -90,6 +90,11 @@ def parse_settings(raw: Any) -> ServingSettings:
             'visprune: hf_overrides[\'visprune\'] names no method; add "method": "<name>" '
             "(see `visprune methods`)."
         )
+    if isinstance(name, str) and name.lower() == "keepall":
+        raise ValueError(
+            "visprune: keepall is not served (the plugin sizes the image placeholders from a "
+            "budget); serve without the visprune override for the unpruned model."
+        )
     if params.get("budget") is None:
         raise ValueError(
             f'visprune: no budget for {name!r}; add "budget": <tokens per image> or <fraction>.'
