@@ -33,7 +33,8 @@ VLLM_TESTS := tests/vllm_serving tests/test_vllm_settings.py tests/test_vllm_com
 # exist`) and then break transformers' image processors. Qwen-VL's and InternVL's processors
 # need it (for their video processors), so in the test environments a start-up file declares
 # the two operator schemas it needs when it does not import on its own
-# (tests/vllm_serving/torchvision_schemas.py); users without it remove it instead (README).
+# (tests/vllm_serving/torchvision_schemas.py); users without it remove it instead
+# (docs/lmms-eval.md#install).
 SCHEMAS_PTH = echo "import sys; sys.path.insert(0, '$(CURDIR)/tests/vllm_serving'); import torchvision_schemas" \
 	> "$$($(1) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/visprune_torchvision_schemas.pth"
 

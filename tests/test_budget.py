@@ -135,6 +135,21 @@ def test_infinite_budget_raises_value_error():
         resolve_budget(float("inf"), 100, "divprune")
 
 
+@pytest.mark.parametrize(
+    ("budget", "hint"),
+    [
+        (1.5, "pass an int such as budget=1 or budget=2"),
+        (64.7, "pass an int such as budget=64 or budget=65"),
+        (64.0, r"for 64 tokens pass an int \(budget=64\)"),
+    ],
+)
+def test_a_float_above_one_gets_a_hint_that_fits_it(budget, hint):
+    """A whole float means that count; a float with a fractional part is no count at all, so
+    the hint offers the whole numbers around it."""
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\], got .*; .*" + hint):
+        resolve_budget(budget, 100, "divprune")
+
+
 @FAST
 @given(budget=st.one_of(st.integers(max_value=0), st.floats(max_value=0.0)))
 def test_non_positive_budgets_always_raise(budget):

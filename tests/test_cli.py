@@ -32,6 +32,7 @@ def test_methods_lists_every_method_with_stage_and_parameters(capsys):
         ("divprune", "tokens only"),
         ("cdpruner", "prompt text"),
         ("resprune", "optional: prompt text"),
+        ("rediprune", "prompt text or a pooled query"),
     ],
 )
 def test_methods_shows_what_each_method_reads(capsys, method, needs):

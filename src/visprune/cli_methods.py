@@ -9,12 +9,16 @@ from .registry import METHODS
 #: What each kind of context a method reads is, in the ``methods`` table.
 NEEDS = {
     "text": "prompt text",
-    "query": "text query",
+    "query": "a pooled query",
     "cls_attention": "vision CLS attention",
     "vision_keys": "vision keys",
     "cls_state": "vision CLS state",
     "scores": "LLM attention rows",
 }
+
+#: A needed kind that another one can stand in for: ReDiPrune pools the prompt text into its
+#: query, or takes a ready pooled query instead.
+ALTERNATIVES = {"text": "query"}
 
 #: In-LLM methods read ``scores`` of the kind their ``signal`` names.
 SCORE_SIGNALS = {"attention": "LLM attention rows", "keys": "LLM key norms"}
@@ -22,10 +26,22 @@ SCORE_SIGNALS = {"attention": "LLM attention rows", "keys": "LLM key norms"}
 
 def needs(cls: type) -> str:
     """What ``cls`` reads besides the visual tokens: its ``requires`` (needed) and the rest of
-    its ``uses`` (read when given), e.g. ``prompt text; optional: text query``."""
+    its ``uses`` (read when given), e.g. ``LLM key norms; optional: prompt text``; a need that
+    another kind can stand in for reads ``prompt text or a pooled query``."""
     names = dict(NEEDS, scores=SCORE_SIGNALS.get(getattr(cls, "signal", None), NEEDS["scores"]))
-    needed = [names.get(name, name) for name in sorted(cls.requires)]
-    optional = [names.get(name, name) for name in sorted(cls.uses - cls.requires)]
+    alternatives = {
+        name: ALTERNATIVES[name]
+        for name in cls.requires
+        if ALTERNATIVES.get(name) in cls.uses - cls.requires
+    }
+    needed = [
+        names.get(name, name) + (f" or {names[alternatives[name]]}" if name in alternatives else "")
+        for name in sorted(cls.requires)
+    ]
+    optional = [
+        names.get(name, name)
+        for name in sorted(cls.uses - cls.requires - set(alternatives.values()))
+    ]
     parts = [", ".join(needed)] if needed else []
     if optional:
         parts.append("optional: " + ", ".join(optional))

@@ -56,6 +56,17 @@ def resolve_budget(budget: object, n: int, method: str = "method") -> int:
     if fraction > 1:
         raise ValueError(
             f"{method}: a float budget is a fraction of the tokens and must be in (0, 1], got "
-            f"{fraction!r}; pass an int (budget={int(fraction)}) for a token count."
+            f"{fraction!r}; {count_hint(fraction)}"
         )
     return min(n, max(1, round(fraction * n)))
+
+
+def count_hint(fraction: float) -> str:
+    """What to pass instead of a float budget above 1: the same whole number as an int, or, for
+    a value with a fractional part (``1.5``), a whole count of tokens."""
+    if fraction.is_integer():
+        return f"for {int(fraction)} tokens pass an int (budget={int(fraction)})."
+    return (
+        f"a count of tokens is a whole number: pass an int such as budget={math.floor(fraction)} "
+        f"or budget={math.ceil(fraction)}."
+    )
