@@ -1,8 +1,9 @@
 """Parity of CDPruner, VisionZip, VisPruner and DART with their published code.
 
-The vectors (``tests/data/wave2``, README beside them) were produced by the published selection
-code: ``wave2_public`` on image-sized inputs, ``wave2_edge`` on small images, duplicated tokens,
-exact ties and fractional ``k * important_ratio``. ``check`` says what a case must reproduce.
+The vectors (``tests/data/baselines``, README beside them) were produced by the published
+selection code: ``baselines_public`` on image-sized inputs, ``baselines_edge`` on small images,
+duplicated tokens, exact ties and fractional ``k * important_ratio``. ``check`` says what a case
+must reproduce.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 
 from visprune import functional as F
 
-DATA = Path(__file__).parent / "data" / "wave2"
-SETS = ("wave2_public", "wave2_edge")
+DATA = Path(__file__).parent / "data" / "baselines"
+SETS = ("baselines_public", "baselines_edge")
 VECTORS = {name: np.load(DATA / f"{name}.npz") for name in SETS}
 CASES = [
     {**case, "set": name}
@@ -27,7 +28,7 @@ CASES = [
 
 
 def case_id(case: dict) -> str:
-    prefix = "" if case["set"] == "wave2_public" else "edge-"
+    prefix = "" if case["set"] == "baselines_public" else "edge-"
     return f"{prefix}{case['method']}-{case['case']}-{case['input_dtype']}"
 
 
@@ -157,7 +158,7 @@ def two_items(case: dict) -> dict[str, torch.Tensor]:
 
 def test_batched_calls_equal_each_item_alone():
     by_method = {
-        c["method"]: c for c in CASES if c["check"] == "exact" and c["set"] == "wave2_public"
+        c["method"]: c for c in CASES if c["check"] == "exact" and c["set"] == "baselines_public"
     }
     given = two_items(by_method["cdpruner"])
     text = inputs(by_method["cdpruner"])["text_embeds"]
