@@ -104,8 +104,9 @@ def select(
         required there): per-token scores ``(n,)`` / ``(b, n)`` that their layer measures (the
         attention each token receives, DART's key norms). Ignored by the other methods.
     text_scores : Tensor or sequence of Tensor, optional
-        DART (required there): the ``(m,)`` scores of the text tokens (a list of ``b`` for a
-        batch), measured like ``scores``. Ignored by the other methods.
+        DART, with ``text`` when its text pivots are on: the key norms ``(m,)`` of the text
+        tokens (a list of ``b`` for a batch), measured like ``scores``. Ignored by the other
+        methods.
     compile : bool or str
         Run the method's selection core under ``torch.compile(fullgraph=True, dynamic=False)``
         (:mod:`visprune.compiled`): the first call per hyperparameters, shapes, device and dtype
@@ -215,7 +216,7 @@ def apply(
     budget : int or float, optional
         Tokens to keep per image/frame: a count or a fraction of that image's tokens (for
         tiled images, InternVL's, of all its tiles together).
-    positions : {"compact", "original"}, optional
+    positions : str or None, optional
         Renumber the kept tokens ("compact", as the published code does) or keep their original
         positions ("original"). Default ``None``: the family's mode, "compact" for LLaVA,
         LLaVA-NeXT, OneVision, InternVL and Gemma 3, "original" for Qwen-VL (its only mode, for

@@ -55,8 +55,10 @@ def last_token_attention(
     layer : decoder layer
     hidden : Tensor
         ``(B, L, d)`` the hidden states entering the layer.
-    cos, sin : Tensor
-        ``(B, L, hd)`` its rotary embedding.
+    cos : Tensor
+        ``(B, L, hd)`` the cosines of its rotary embedding.
+    sin : Tensor
+        ``(B, L, hd)`` the sines of its rotary embedding.
     query : Tensor
         ``(B,)`` the column of each row's query token (its last prompt token).
     mask : Tensor

@@ -47,8 +47,10 @@ def rebuild(model: Any, kwargs: dict, token_types: Tensor | None, keep: Tensor, 
     token_types : Tensor or None
         ``(B, L)`` the ``token_type_ids`` of the unpruned prompt; ``None`` when the call passed
         none (the model then builds plain causal masks, and so does this).
-    keep, index : Tensor
-        ``(B, L)`` kept positions and ``(B, L')`` their indices (-1 for re-padding).
+    keep : Tensor
+        ``(B, L)`` bool, the kept positions.
+    index : Tensor
+        ``(B, L')`` their indices (-1 for re-padding).
 
     Raises
     ------

@@ -48,15 +48,17 @@ def measure(
         Tokens to keep per image/frame (count or fraction).
     new_tokens : int
         Tokens generated for the decode timing (>= 2).
-    warmup, repeats : int
-        Untimed rounds, then timed rounds (>= 1); timings are medians with min/max.
+    warmup : int
+        Untimed rounds before the timing (>= 0).
+    repeats : int
+        Timed rounds (>= 1); timings are medians with min/max.
     progress : bool
         Show a tqdm bar over the repeats.
     generate_kwargs : dict, optional
         Extra ``generate`` arguments (e.g. ``suppress_tokens``); greedy by default.
-    positions : {"compact", "original"}, optional
-        :func:`visprune.apply`'s option for the kept tokens' position ids (default: the
-        family's).
+    positions : str or None, optional
+        :func:`visprune.apply`'s option for the kept tokens' position ids, "compact" or
+        "original" (default ``None``: the family's).
     compile : bool or str
         :func:`visprune.apply`'s option: the selection runs as one ``torch.compile`` graph. The
         first call per shape compiles; give ``warmup >= 1`` to keep that out of the timings.

@@ -54,8 +54,12 @@ def language_flops(
         The VLM's ``text_config``.
     model_type : str
         The VLM's ``model_type`` (Qwen3-VL-MoE routes its MLPs).
-    visual_tokens, kept, text_tokens : int
-        Visual tokens before and after pruning, and text tokens of the prompt.
+    visual_tokens : int
+        Visual tokens before pruning.
+    kept : int
+        Visual tokens after pruning.
+    text_tokens : int
+        Text tokens of the prompt.
     decode_steps : int
         Tokens decoded after prefill, each against the cache of all earlier ones.
     layer_kept_visual_tokens : sequence of int, optional

@@ -27,8 +27,12 @@ def prefill_flops(
     ----------
     seq_len : int
         Tokens in the prompt (text plus kept visual tokens).
-    hidden, ffn, layers : int
-        Hidden width ``d``, FFN width ``m`` and layer count ``T``.
+    hidden : int
+        Hidden width ``d``.
+    ffn : int
+        FFN width ``m``.
+    layers : int
+        Layer count ``T``.
     formula : {"paper"}
         ``"paper"``: ``T (4 n d² + 2 n² d + 2 n d m)``, as published by DivPrune and OTPrune.
 
@@ -52,8 +56,10 @@ class PaperRow:
 
     Attributes
     ----------
-    full_tflops, pruned_tflops : float
-        Mean prefill TFLOPs over the benchmarks' text lengths, unpruned and pruned.
+    full_tflops : float
+        Mean prefill TFLOPs over the benchmarks' text lengths, unpruned.
+    pruned_tflops : float
+        Mean prefill TFLOPs over the benchmarks' text lengths, pruned.
     percent : float
         Mean over benchmarks of the pruned / unpruned FLOPs ratio, in percent.
     """

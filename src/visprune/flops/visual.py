@@ -17,8 +17,10 @@ class VisualInputs:
     ----------
     visual_tokens : int
         Visual tokens of the whole prompt before pruning.
-    images, videos : int
-        Images and videos in the prompt.
+    images : int
+        Images in the prompt.
+    videos : int
+        Videos in the prompt.
     frames : int
         Frames per video (LLaVA-NeXT-Video / OneVision).
     tiles_per_image : int or sequence of int

@@ -179,8 +179,10 @@ def _frozen_picks(picks: Tensor, pivots: Tensor, history: Tensor) -> Tensor:
 
     Parameters
     ----------
-    picks, pivots : Tensor
-        ``(b, k)`` the greedy's picks and their ``d²``.
+    picks : Tensor
+        ``(b, k)`` the greedy's picks, in order.
+    pivots : Tensor
+        ``(b, k)`` the ``d²`` of each pick when it was picked.
     history : Tensor
         ``(b, k, n)`` ``d²`` at the start of each step (picked tokens ``-inf``).
 

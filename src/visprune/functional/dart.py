@@ -36,12 +36,16 @@ def dart(
         ``(B, S, D)`` the final-norm of layer ``K - 1``'s output hidden states.
     keys : Tensor
         ``(B, H, S, hd)`` that layer's keys after RoPE (and ``repeat_kv``).
-    image_start, image_length : int
-        Where the image tokens sit in the sequence (the same for every row).
+    image_start : int
+        Index of the first image token in the sequence (the same for every row).
+    image_length : int
+        Number of image tokens from ``image_start`` on.
     k : int
         DART's ``max_num_trunction``.
-    image_pivots, text_pivots : int
-        Pivot counts.
+    image_pivots : int
+        Pivots taken among the image tokens.
+    text_pivots : int
+        Pivots taken among the text tokens.
 
     Returns
     -------
@@ -121,9 +125,11 @@ def dart_exact(
         ``b`` prompt hidden states ``(m_i, d)`` (the tokens after the image; may be empty).
     text_scores : Tensor, optional
         ``(b, max m_i)`` their key norms, ``-inf`` past each item's text; ``None`` without text.
-    image_pivots, text_pivots : int
-        Pivot counts (4 and 4, as published); an item with fewer prompt tokens has fewer text
-        pivots.
+    image_pivots : int
+        Pivots taken among the image tokens (4, as published).
+    text_pivots : int
+        Pivots taken among the text tokens (4, as published); an item with fewer prompt tokens
+        has fewer text pivots.
 
     Returns
     -------

@@ -153,8 +153,10 @@ def fill_exhausted(picks: Tensor, pivots: Tensor, prior: Tensor, threshold: Tens
 
     Parameters
     ----------
-    picks, pivots : Tensor
-        ``(b, k)`` the greedy's picks and their scores when picked.
+    picks : Tensor
+        ``(b, k)`` the greedy's picks, in order.
+    pivots : Tensor
+        ``(b, k)`` the score of each pick when it was picked.
     prior : Tensor
         ``(b, n)`` the fill order's scores.
     threshold : Tensor

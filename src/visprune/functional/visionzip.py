@@ -30,8 +30,10 @@ def visionzip(
         ``(B, T, D)`` that layer's output hidden states.
     keys : Tensor
         ``(B, T, hd)`` that layer's key projections averaged over heads.
-    dominant, contextual : int
-        Token counts; ``1 <= dominant <= T`` and ``1 <= contextual <= T - dominant``.
+    dominant : int
+        Dominant tokens kept by CLS attention, ``1 <= dominant <= T``.
+    contextual : int
+        Contextual tokens merged from the rest, ``1 <= contextual <= T - dominant``.
 
     Returns
     -------

@@ -44,8 +44,10 @@ class DART(LayerMethod):
         Visual tokens kept per image from layer ``K`` on (the paper keeps 128 of 576).
     layer : int
         ``K`` (default 2, as published).
-    image_pivots, text_pivots : int
-        Pivot counts (4 and 4, as published).
+    image_pivots : int
+        Pivots taken among the image tokens (4, as published).
+    text_pivots : int
+        Pivots taken among the text tokens (4, as published).
 
     Notes
     -----

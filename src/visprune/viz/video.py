@@ -63,8 +63,10 @@ def frames_sheet(
     runs : sequence of FramesRun
         One per row, in order; a run with ``kept`` None shows the plain frames with the
         ``targets`` outlined.
-    question, expected : str
-        The question and its right answer (None when not known).
+    question : str
+        The question asked about the clip.
+    expected : str or None
+        Its right answer (None when not known).
     grid : (rows, cols)
         Token grid of one frame.
     scale : int

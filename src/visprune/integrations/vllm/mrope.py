@@ -43,8 +43,10 @@ class Run:
     frames : int
         Selection problems in the run (temporal patch groups; 1 for an image and for a Qwen3-VL
         video frame). The budget applies to each.
-    height, width : int
-        The merged token grid of each frame.
+    height : int
+        Rows of the merged token grid of each frame.
+    width : int
+        Columns of the merged token grid of each frame.
     t_step : float
         Temporal position step between frames (Qwen2.5-VL: seconds per group times tokens per
         second; 1 elsewhere).

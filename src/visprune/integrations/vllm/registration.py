@@ -35,8 +35,10 @@ def register_pruned_processing(
         ``(info, dummy_inputs) -> processor``: vLLM's multimodal processor (class or builder).
     dummy_inputs : type
         vLLM's dummy-inputs builder of the family (the same pruned or not).
-    pruned_info, pruned_processor : type
-        The family's pruned processing info and multimodal processor.
+    pruned_info : type
+        The family's pruned processing info.
+    pruned_processor : type
+        The family's pruned multimodal processor.
     refuse : callable, optional
         ``ctx -> None``, run with the override before the pruned info is built: raises
         ``ValueError`` where the family's config is one the plugin cannot prune.

@@ -168,8 +168,10 @@ def select_in_parts(
     Parameters
     ----------
     settings : ServingSettings
-    candidates, embeddings : sequence of Tensor
-        Per part, in item order: ``(n_j, d_c)`` and ``(n_j, d)`` as in :func:`select_rows`.
+    candidates : sequence of Tensor
+        Per part, in item order: ``(n_j, d_c)`` as in :func:`select_rows`.
+    embeddings : sequence of Tensor
+        Per part, in item order: ``(n_j, d)`` as in :func:`select_rows`.
     texts : sequence of Tensor, optional
         Per item, ``(m_i, d)`` its prompt text (every part of the item reads it).
     parts : sequence of int
