@@ -122,7 +122,7 @@ def frames_picture(
 def run(
     model_dir: str | Path | None = None,
     *,
-    out: str | Path = "visprune-demo",
+    out: str | Path = "visprune-demo/video",
     quick: bool = False,
     samples: int | None = None,
     log: Callable[[str], None] = print,
