@@ -137,7 +137,8 @@ def demo_arguments(command: argparse.ArgumentParser) -> None:
         "--positions",
         choices=("compact", "original"),
         default="compact",
-        help="position ids of the kept tokens (visprune.apply's option)",
+        help="position ids of the kept tokens (visprune.apply's option; fastv, pdrop and dart "
+        "always keep the original positions)",
     )
 
 
