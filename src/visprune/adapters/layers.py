@@ -14,7 +14,7 @@ see one consistent, shortened cache, exactly as after pruning before the languag
 generated tokens attend to the kept tokens at every layer.
 
 **Positions.** Kept tokens keep their original positions (the published code gathers the
-position ids); renumbering them after layer ``K`` would give keys of one token different
+position ids); renumbering them from layer ``K`` on would give keys of one token different
 rotations in different layers, so ``positions="compact"`` is refused for this stage.
 
 Batches: each row keeps its own tokens (per image, per frame); rows that keep different counts

@@ -22,7 +22,7 @@ def dart(
     image_pivots: int = 4,
     text_pivots: int = 4,
 ) -> Tensor:
-    """Absolute positions of the image tokens DART keeps after layer ``K``.
+    """Absolute positions of the image tokens DART keeps from decoder layer ``K`` on.
 
     Pivots: the ``image_pivots`` image tokens and the ``text_pivots`` tokens after the image with
     the largest L1 key norm. Per pivot, ``k // (image_pivots + text_pivots)`` of the remaining

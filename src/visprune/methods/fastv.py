@@ -1,4 +1,4 @@
-"""FastV: after layer K, keep the visual tokens the last prompt token attends to most.
+"""FastV: from decoder layer K on, keep the visual tokens the last prompt token attends to most.
 
 Chen et al., "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play Inference Acceleration
 for Large Vision-Language Models" (ECCV 2024, arXiv 2403.06764).

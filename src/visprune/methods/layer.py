@@ -136,7 +136,7 @@ class LayerMethod(Method):
     #: token, averaged over heads) or "keys" (each token's L1 key norm, plus the hidden states
     #: after the final norm).
     signal: ClassVar[str] = "attention"
-    #: The signal of a pruning after layer ``K`` comes from layer ``K + signal_offset``.
+    #: The signal of a pruning from layer ``K`` on comes from layer ``K + signal_offset``.
     signal_offset: ClassVar[int] = -1
 
     def prune_layers(self, num_layers: int) -> list[int]:
