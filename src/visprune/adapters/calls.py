@@ -80,8 +80,13 @@ def supply_decode_positions(adapter: Adapter, call: CallState, kwargs: dict, pas
     state, input_ids = call.prefill, call.input_ids
     if state is None or past == 0 or input_ids is None or kwargs.get("position_ids") is not None:
         return
+    # Without the prefill's own M-RoPE positions, transformers' rope_deltas (when the model kept
+    # them) say how far its positions run from the token count.
+    deltas = None
+    if adapter.mrope and call.next_position is None:
+        deltas = getattr(adapter.base, "rope_deltas", None)
     kwargs["position_ids"] = sequence.decode_positions(
-        input_ids, state, past, call.next_position, adapter.mrope
+        input_ids, state, past, call.next_position, adapter.mrope, deltas
     )
     call.positions_supplied = True
 

@@ -125,7 +125,12 @@ def continue_decode(
 
 
 def decode_positions(
-    input_ids: Tensor, state: Prefill, past: int, following: Tensor | None, mrope: bool
+    input_ids: Tensor,
+    state: Prefill,
+    past: int,
+    following: Tensor | None,
+    mrope: bool,
+    deltas: Tensor | None = None,
 ) -> Tensor:
     """Positions of a manual loop's decode step: where the unpruned sequence would continue.
 
@@ -141,9 +146,13 @@ def decode_positions(
         M-RoPE: ``(B,)`` the position that follows each row's unpruned prompt, one past its
         largest (``compat.next_mrope_position`` of the positions its prefill received), as
         ``generate`` continues; ``None`` when the prefill had no M-RoPE positions: then a
-        row's real tokens count (its padding holds no position). Unused without M-RoPE.
+        row's real tokens count (its padding holds no position), plus ``deltas``. Unused
+        without M-RoPE.
     mrope : bool
         Whether the model takes M-RoPE positions.
+    deltas : Tensor or None
+        M-RoPE without ``following``: ``(B, 1)`` transformers' ``rope_deltas``, where the model
+        kept them, by which its M-RoPE positions run ahead of or behind the token count.
 
     Returns
     -------
@@ -159,6 +168,8 @@ def decode_positions(
     if following is None:
         # The real tokens: the kept ones and the removed ones (left-out padding is neither).
         following = (state.index >= 0).sum(-1) + state.dropped.to(state.index.device)
+        if deltas is not None:
+            following = following + deltas.reshape(-1).to(following.device)
     decoded = past - state.index.shape[1]
     start = following.to(input_ids.device).unsqueeze(-1) + decoded
     return (start + step).unsqueeze(0).expand(3, batch, steps)
