@@ -439,17 +439,3 @@ def test_changing_the_layer_after_apply_raises():
         handle.method.layer = 1
         with pytest.raises(ValueError, match=r"changed after visprune\.apply"):
             model(**data)
-
-
-def test_the_handle_shows_the_layer_pruner_only_while_a_layer_method_runs():
-    """``Handle.layer_pruner`` is what measures a layer-stage method's scores (bench times its
-    ``signals``); None for a method before the language model, and once removed."""
-    from visprune.adapters.layers import LayerPruner
-
-    model = deep("llava")
-    with visprune.apply(model, "divprune", budget=0.5) as handle:
-        assert handle.layer_pruner is None
-    handle = visprune.apply(model, "fastv", layer=1, budget=0.5)
-    assert isinstance(handle.layer_pruner, LayerPruner)
-    handle.remove()
-    assert handle.layer_pruner is None
