@@ -1,7 +1,8 @@
 """The public cores of :mod:`visprune.functional`: what the methods pick, called directly.
 
-A core is the method's selection without the checks: on valid float32 tokens it picks exactly
-what ``Method.select`` picks. The package imports no model code and nothing from the methods.
+A core is the method's selection without the value checks (finiteness, scale): on valid float32
+tokens it picks exactly what ``Method.select`` picks, and it refuses only a wrong shape, dtype or
+``k``. The package imports no model code and nothing from the methods.
 """
 
 from __future__ import annotations
