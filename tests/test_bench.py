@@ -9,6 +9,7 @@ import torch
 
 import visprune
 from conftest import spy_positions
+from layer_stage_models import deep
 from tiny_vlms import GENERATE, SPECIAL, inputs, tiny
 from visprune import cli
 from visprune.bench import BenchResult, Stat, measure
@@ -295,3 +296,17 @@ def test_measure_passes_positions_to_apply(monkeypatch):
     model = tiny("llava")
     measure(model, inputs("llava", model), "divprune", 0.5, positions="original", **FAST)
     assert seen == ["original"]
+
+
+def test_the_handle_shows_the_layer_pruner_only_while_a_layer_method_runs():
+    """``Handle.layer_pruner`` is what measures a layer-stage method's scores (bench times its
+    ``signals``); None for a method before the language model, and once removed."""
+    from visprune.adapters.layers import LayerPruner
+
+    model = deep("llava")
+    with visprune.apply(model, "divprune", budget=0.5) as handle:
+        assert handle.layer_pruner is None
+    handle = visprune.apply(model, "fastv", layer=1, budget=0.5)
+    assert isinstance(handle.layer_pruner, LayerPruner)
+    handle.remove()
+    assert handle.layer_pruner is None

@@ -194,3 +194,14 @@ def test_the_video_demo_writes_beside_the_image_demo_by_default(monkeypatch, tmp
         ("video", "visprune-demo/video"),
         ("video", "mine"),
     ]
+
+
+@pytest.mark.parametrize(
+    "command", [["demo", "--quick"], ["demo", "--quick", "--video"], ["sweep"]]
+)
+def test_an_empty_out_folder_is_refused(capsys, monkeypatch, tmp_path, command):
+    """``--out ''`` is a mistake, not a request for the default folder or the current one."""
+    monkeypatch.chdir(tmp_path)
+    err = _refused([*command, "--out", ""], capsys)
+    assert "--out is empty; name a folder" in err
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,8 @@
 """The public cores of :mod:`visprune.functional`: what the methods pick, called directly.
 
-A core is the method's selection without the checks: on valid float32 tokens it picks exactly
-what ``Method.select`` picks. The package imports no model code and nothing from the methods.
+A core is the method's selection without the value checks (finiteness, scale): on valid float32
+tokens it picks exactly what ``Method.select`` picks, and it refuses only a wrong shape, dtype or
+``k``. The package imports no model code and nothing from the methods.
 """
 
 from __future__ import annotations
@@ -100,3 +101,63 @@ def test_every_public_core_documents_its_shapes_and_returns():
     for name in F.__all__:
         doc = getattr(F, name).__doc__
         assert "Parameters\n" in doc and "Returns\n" in doc and "``(" in doc, name
+
+
+#: The ``(b, n, d)`` cores, each called as ``core(tokens, k)`` (ReDiPrune with a query that fits
+#: ``d = 8``).
+TOKEN_CORES = {
+    "divprune": F.divprune,
+    "otprune": F.otprune,
+    "resprune": F.resprune,
+    "trimtokenator": F.trimtokenator,
+    "rediprune": lambda x, k: F.rediprune(x, torch.ones(len(x), 8), k),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOKEN_CORES))
+@pytest.mark.parametrize(
+    ("k", "wrong"),
+    [
+        (0, "must be >= 1, got 0"),
+        (-3, "must be >= 1"),
+        (10, "below the 10 tokens"),
+        (20, "below the 10 tokens per item, got 20"),
+        (2.0, "must be an int"),
+        (True, "must be an int"),
+    ],
+)
+def test_a_core_refuses_a_k_the_methods_never_pass(name, k, wrong):
+    """``k`` outside ``[1, n)`` used to give duplicate indices (``k > n``) or a torch error."""
+    with pytest.raises(ValueError, match=f"^{name}: ") as error:
+        TOKEN_CORES[name](make_tokens((1, 10, 8), seed=6), k)
+    assert wrong in str(error.value)
+
+
+@pytest.mark.parametrize("name", sorted(TOKEN_CORES))
+@pytest.mark.parametrize(
+    ("tokens", "wrong"),
+    [
+        (torch.ones(10, 8), "must be (b, n, d), got 2-D (10, 8); for one image add a batch"),
+        (torch.ones(1, 2, 10, 8), "must be (b, n, d), got 4-D"),
+        (torch.ones(1, 10, 8, dtype=torch.long), "must be floating, got torch.int64"),
+        ([[[1.0] * 8] * 10], "must be a floating tensor (b, n, d), got list"),
+    ],
+)
+def test_a_core_refuses_tokens_that_are_not_a_float_batch(name, tokens, wrong):
+    with pytest.raises(ValueError, match=f"^{name}: ") as error:
+        TOKEN_CORES[name](tokens, 3)
+    assert wrong in str(error.value)
+
+
+@pytest.mark.parametrize("query", [torch.ones(8), torch.ones(2, 8), torch.ones(1, 6), None])
+def test_rediprune_core_refuses_a_query_that_is_not_one_row_per_item(query):
+    with pytest.raises(ValueError, match=r"^rediprune: query must be a floating tensor \(1, 8\)"):
+        F.rediprune(make_tokens((1, 10, 8), seed=7), query, 3)
+
+
+def test_every_k_the_methods_pass_is_accepted():
+    """The check lets through exactly the ``1 <= k < n`` of ``Method.select``."""
+    tokens = make_tokens((2, 10, 8), seed=8)
+    for name, core in TOKEN_CORES.items():
+        for k in (1, 9):
+            assert core(tokens, k).shape == (2, k), (name, k)

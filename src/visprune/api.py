@@ -142,18 +142,18 @@ def select(
             "for text-conditioned methods."
         )
     context = Context(
-        text=_per_item(text),
+        text=_as_list(text),
         query=query,
         cls_attention=cls_attention,
         image_embeds=image_embeds,
-        text_embeds=_per_item(text_embeds),
-        scores=_per_item(scores),
-        text_scores=_per_item(text_scores),
+        text_embeds=_as_list(text_embeds),
+        scores=_as_list(scores),
+        text_scores=_as_list(text_scores),
     )
     return chosen.select(tokens, None, context, compile=compile)
 
 
-def _per_item(values: Tensor | Iterable[Tensor] | None) -> Tensor | list[Tensor] | None:
+def _as_list(values: Tensor | Iterable[Tensor] | None) -> Tensor | list[Tensor] | None:
     """A tensor (or None) as it is; any other iterable of per-item tensors read once into a list
     (a generator can be passed, and the method may index it several times)."""
     return values if values is None or isinstance(values, Tensor) else list(values)

@@ -181,7 +181,7 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> in
 
     if args.model is not None:
         check_demo_checkpoint(parser, args.model, args.video)
-    out = args.out or (DEMO_VIDEO_OUT if args.video else DEMO_OUT)
+    out = args.out if args.out is not None else (DEMO_VIDEO_OUT if args.video else DEMO_OUT)
     check_output_folder(parser, "--out", out)
     from .sweep.command import check_matplotlib
 

@@ -129,6 +129,9 @@ def check_output_file(parser: argparse.ArgumentParser, option: str, path: str) -
 
 def check_output_folder(parser: argparse.ArgumentParser, option: str, path: str) -> None:
     """The folder exists (or can be made) and is writable, before any work runs."""
+    if not path:
+        # An empty path resolves to the current folder, which nobody asks for by typing ''.
+        parser.error(f"{option} is empty; name a folder, or leave {option} out for the default")
     target = os.path.abspath(path)
     existing = target
     while not os.path.exists(existing):

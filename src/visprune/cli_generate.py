@@ -8,14 +8,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
+from . import api
 from .cli_checks import check_paths, first_line
 from .cli_model import load, open_image, prompt_inputs
+from .compiled import SelectionNotCompilable
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Answer one prompt about one image, optionally pruned, and optionally save the overlay."""
-    from .api import apply
-
     params = _checked_params(parser, args)
     try:
         model, processor = load(args.model, args.device)
@@ -32,16 +34,12 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     handle = None
     if args.method:
         try:
-            handle = apply(
+            handle = api.apply(
                 model, args.method, positions=args.positions, compile=args.compile, **params
             )
         except (KeyError, ValueError) as error:  # e.g. a method this model's family cannot run
             parser.error(first_line(error))
     try:
-        import torch
-
-        from .compiled import SelectionNotCompilable
-
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         selections = handle.selections if handle else []
@@ -64,15 +62,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _checked_params(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """The method's parameters (``--param``, ``--budget``), refused before any model loads when
     the method, its parameters or the options that need a method do not fit."""
-    from .api import get_method
-
     check_paths(parser, args)
     params = dict(args.param)
     if args.method is not None:
         try:
             if args.budget is not None:
                 params["budget"] = args.budget
-            get_method(args.method, **params).num_keep(1)
+            api.get_method(args.method, **params).num_keep(1)
         except (KeyError, ValueError) as error:
             parser.error(str(error).strip("'\""))
     elif args.budget is not None or params or args.viz or args.positions or args.compile:

@@ -1,7 +1,9 @@
-"""Everything visprune reads from transformers internals, with each version difference.
+"""What visprune reads from transformers internals, with each version difference, except what
+layer-stage methods read inside the language model (:mod:`visprune.compat_layers`).
 
 The adapters never look at a transformers keyword, attribute or version themselves; they ask
-this module. When a release moves a seam, this is the one file to change, and the tests that
+this module or :mod:`visprune.compat_layers`. When a release moves a seam, one of the two is the
+file to change, and the tests that
 break a seam on purpose (``tests/test_compat.py``) show that visprune then raises instead of
 running unpruned.
 

@@ -44,6 +44,12 @@ class Handle:
         return self._adapter.positions if self._adapter is not None else ""
 
     @property
+    def layer_pruner(self) -> Any:
+        """What measures a layer-stage method's scores inside the language model (its
+        ``signals``) while the method runs; None for the other stages, or when not running."""
+        return None if self._adapter is None else self._adapter.layer_pruner
+
+    @property
     def selections(self) -> list:
         """One :class:`~visprune.adapters.Selection` per image (per video frame) of the
         last call, in batch order: ``sample, image, frame, kept, n, grid, positions``. With

@@ -23,7 +23,8 @@ encoder output encodes nothing: its placeholder ids, if any, are text, and it ru
 unpatched model runs it. A kind's records serve only the forward that encoded it or that hands
 its very encoder output back, so per-call state never leaks from one call into another.
 Whatever it reads from transformers internals goes through
-:mod:`visprune.compat`. Per-call state is per thread (:class:`records.CallState`).
+:mod:`visprune.compat`, and inside the language model (layer-stage methods) through
+:mod:`visprune.compat_layers`. Per-call state is per thread (:class:`records.CallState`).
 
 Family files answer only family questions: which token ids are visual, how an encoder output
 splits into images, frames and grids, and where the pre-projector features are.

@@ -190,9 +190,8 @@ def _time_selection(handle: Any, selecting: Intervals) -> None:
     merging method such as VisionZip) and, for methods that prune inside the language model,
     the scores they measure there (one attention row, or key norms)."""
     time_calls(handle.method, "reduce" if handle.method.merges else "select", selecting)
-    pruner = getattr(handle._adapter, "layer_pruner", None)
-    if pruner is not None:
-        time_calls(pruner, "signals", selecting)
+    if handle.layer_pruner is not None:
+        time_calls(handle.layer_pruner, "signals", selecting)
 
 
 def _timed_rounds(

@@ -11,6 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+import visprune
+
+from ..methods.layer import positions_for
+
 
 def left_padded(rows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask``, both ``(len(rows), longest row)``, of token-id rows
@@ -56,14 +60,6 @@ def accuracy_per_type(items: Sequence[Any], words: Sequence[str]) -> dict[str, f
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
-def positions_for(method: str, positions: str) -> str:
-    """The position mode for ``method``: methods that prune inside the language model keep
-    the original positions (the only mode they have)."""
-    import visprune
-
-    return "original" if visprune.METHODS[method].stage == "layer" else positions
-
-
 def answers_per_method(
     model,
     inputs: dict[str, torch.Tensor],
@@ -77,14 +73,15 @@ def answers_per_method(
     """For ``"unpruned"`` and then each of ``methods`` applied at ``budget``: the method, its
     selections (None unpruned), the tokens it keeps of ``tokens`` per image or frame (None
     unpruned) and the greedy answer word of each row of ``inputs``."""
-    import visprune
-
     words = {i: w for w, i in vocab.items()}
     for method in ["unpruned", *methods]:
         handle = None
         if method != "unpruned":
             handle = visprune.apply(
-                model, method, budget=budget, positions=positions_for(method, positions)
+                model,
+                method,
+                budget=budget,
+                positions=positions_for(visprune.METHODS[method], positions),
             )
         try:
             with torch.no_grad():

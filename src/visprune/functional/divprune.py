@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .checks import check_tokens_and_k
 from .rows import batch_rows, unit_rows
 
 
@@ -36,6 +37,7 @@ def divprune(tokens: Tensor, k: int, *, sort: bool = True) -> Tensor:
     Unlike the published code, already selected tokens are excluded from later picks, so images
     with exactly duplicated tokens still keep ``k`` distinct tokens.
     """
+    check_tokens_and_k("divprune", tokens, k)
     distance = cosine_distance(tokens)
     # Distance from each token to its nearest other token: the 2nd smallest of its column
     # (the smallest is its own zero distance). D is symmetric, and a top-2 along contiguous

@@ -9,10 +9,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .checks import check_tokens_and_k
 from .logdet import logdet_greedy
 
+#: The kernel scale ``γ`` of the paper.
+GAMMA = 0.01
 
-def otprune(tokens: Tensor, k: int, gamma: float = 0.01, *, sort: bool = True) -> Tensor:
+
+def otprune(tokens: Tensor, k: int, gamma: float = GAMMA, *, sort: bool = True) -> Tensor:
     """``max_{|A| = k} log det(I + γ S Sᵀ)_A`` with ``S = X̃ X̃ᵀ`` on column-normalised tokens.
 
     Optimal-transport alignment relaxed to a monotone submodular log-det objective, maximised
@@ -42,6 +46,7 @@ def otprune(tokens: Tensor, k: int, gamma: float = 0.01, *, sort: bool = True) -
     published code returns Python set order), and on a CPU the ``n x n x n`` product is never
     formed: only the pivot rows of ``K`` are computed.
     """
+    check_tokens_and_k("otprune", tokens, k)
     normalised = column_normalise(tokens)
     similarity = normalised @ normalised.mT
     picks = logdet_greedy(similarity, gamma, k)

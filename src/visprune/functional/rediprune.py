@@ -12,17 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_query, check_tokens_and_k
 from .divprune import cosine_distance, max_min_greedy
 from .rows import unit_rows
 from .text import padded_rows, padded_sum
+
+#: The weight ``α`` of relevance against diversity (the paper's).
+ALPHA = 0.5
+#: The relevance threshold ``τ``; ``0`` makes every token a candidate.
+TAU = 0.0
 
 
 def rediprune(
     tokens: Tensor,
     query: Tensor,
     k: int,
-    alpha: float = 0.5,
-    tau: float = 0.0,
+    alpha: float = ALPHA,
+    tau: float = TAU,
     *,
     sort: bool = True,
 ) -> Tensor:
@@ -56,6 +62,8 @@ def rediprune(
     Tensor
         ``(b, k)`` int64 distinct indices.
     """
+    check_tokens_and_k("rediprune", tokens, k)
+    check_query("rediprune", query, tokens)
     n, d = tokens.shape[1:]
     unit = unit_rows(tokens)
     relevance = (unit @ unit_rows(query).unsqueeze(-1)).squeeze(-1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .checks import check_tokens_and_k
 from .cholesky import PivotedCholesky, pivoted_greedy
 from .rows import unit_rows
 from .text import mean_text_directions
@@ -18,12 +19,15 @@ from .text import mean_text_directions
 #: ``g_i ‖x_i‖²``: the kept span already reconstructs every relevant token.
 EXHAUSTED = 1e-6
 
+#: The exponent ``α`` of the relevance modulation.
+ALPHA = 0.5
+
 
 def resprune(
     tokens: Tensor,
     k: int,
     text: Tensor | list[Tensor] | None = None,
-    alpha: float = 0.5,
+    alpha: float = ALPHA,
     *,
     sort: bool = True,
 ) -> Tensor:
@@ -59,6 +63,7 @@ def resprune(
     ``g_i ‖x_i‖²``), the remaining slots go to the largest ``g_i ‖x_i‖²``
     (:func:`fill_exhausted`).
     """
+    check_tokens_and_k("resprune", tokens, k)
     norms = torch.linalg.vector_norm(tokens, dim=-1)
     weights = relevance_weights(tokens, text, alpha, norms)
     prior = weights * norms.square()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .checks import check_tokens_and_k
 from .divprune import cosine_distance
 from .rows import batch_rows, unit_rows
 from .text import mean_text_directions
@@ -43,6 +44,7 @@ def trimtokenator(
     Tensor
         ``(b, k)`` int64 distinct indices.
     """
+    check_tokens_and_k("trimtokenator", tokens, k)
     b, n, _ = tokens.shape
     unit = unit_rows(tokens)
     directions = mean_text_directions(text, b)

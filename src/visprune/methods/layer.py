@@ -24,6 +24,16 @@ from .checks import check_all_finite
 from .context import Context
 
 
+def positions_for(method: Method | type[Method], positions: str | None) -> str | None:
+    """The position mode ``method`` runs with when ``positions`` is asked for.
+
+    A method that prunes inside the language model keeps the original positions, the only mode
+    it has (the layers before ``K`` already rotated the full sequence); every other method runs
+    with ``positions`` as given (None: the model family's default).
+    """
+    return "original" if method.stage == "layer" else positions
+
+
 def check_layer(method: str, name: str, value: object, low: int = 1) -> None:
     """Raise ``ValueError`` unless ``value`` is an int ``>= low``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:

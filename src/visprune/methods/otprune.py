@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..functional.otprune import otprune
+from ..functional.otprune import GAMMA, otprune
 from ..registry import METHODS
 from .base import Method
 from .checks import check_param
@@ -44,7 +44,7 @@ class OTPrune(Method):
     Paper: https://arxiv.org/abs/2602.20205
     """
 
-    gamma: float = 0.01
+    gamma: float = GAMMA
 
     name: ClassVar[str] = "otprune"
     stage: ClassVar[str] = "llm"

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..functional.rediprune import match_query_width, pool_text_queries, rediprune
+from ..functional.rediprune import ALPHA, TAU, match_query_width, pool_text_queries, rediprune
 from ..registry import METHODS
 from .base import Method
 from .checks import check_finite, check_param
@@ -50,8 +50,8 @@ class ReDiPrune(Method):
     https://arxiv.org/abs/2603.24680
     """
 
-    alpha: float = 0.5
-    tau: float = 0.0
+    alpha: float = ALPHA
+    tau: float = TAU
 
     name: ClassVar[str] = "rediprune"
     stage: ClassVar[str] = "vision"

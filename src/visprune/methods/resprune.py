@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..functional.resprune import relevance_weights, resprune
+from ..functional.resprune import ALPHA, resprune
 from ..registry import METHODS
 from .base import Method
 from .checks import check_param
@@ -44,7 +44,7 @@ class ResPrune(Method):
     Paper: https://arxiv.org/abs/2603.21105
     """
 
-    alpha: float = 0.5
+    alpha: float = ALPHA
 
     name: ClassVar[str] = "resprune"
     stage: ClassVar[str] = "llm"
@@ -53,15 +53,6 @@ class ResPrune(Method):
 
     def __post_init__(self) -> None:
         check_param(self.name, "alpha", self.alpha, low=0.0)
-
-    def weights(self, tokens: Tensor, ctx: Context, norms: Tensor | None = None) -> Tensor:
-        """Relevance modulation ``g = r̃^α``: ``(b, n, d) -> (b, n)``, ones without text.
-
-        ``norms`` ``(b, n)``: the tokens' L2 norms where the caller has them already (one pass
-        over the ``n x d`` tokens fewer).
-        """
-        texts = ctx.texts_for(tokens.shape[0], self.name)
-        return relevance_weights(tokens, texts, self.alpha, norms)
 
     def _select(self, tokens: Tensor, k: int, ctx: Context) -> Tensor:
         texts = ctx.texts_for(tokens.shape[0], self.name)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..methods.layer import positions_for
+
 #: The reference every sweep runs first on each task; its records carry ``method="unpruned"``.
 UNPRUNED = "unpruned"
 #: ``visprune.apply``'s position modes.
@@ -159,15 +161,9 @@ def plan(
             for name in chosen:
                 method = built[(name, budget)]
                 params = {k: v for k, v in method.params().items() if k != "budget"}
-                modes = [_positions_for(method, mode) for mode in positions]
+                modes = [positions_for(method, mode) for mode in positions]
                 for mode in dict.fromkeys(modes):
                     configurations.append(
                         Configuration(task, method.name, budget, mode, params=params)
                     )
     return configurations
-
-
-def _positions_for(method: Any, positions: str | None) -> str | None:
-    """Methods that prune inside the language model keep the original positions, the only mode
-    they have."""
-    return "original" if method.stage == "layer" else positions
