@@ -12,10 +12,16 @@ CODE := src tests benchmarks scripts docs/hooks
 OLDEST_TRANSFORMERS := $(shell sed -n '/^TESTED_RANGE/s/[^"]*"\([^"]*\)".*/\1/p' src/visprune/compat.py)
 VENV_OLDEST ?= .venv-oldest
 PY_OLDEST := $(VENV_OLDEST)/bin/python
-MODEL_TESTS := tests/test_adapters.py tests/test_compat.py tests/test_robustness.py \
-	tests/test_lmms_eval.py tests/test_lmms_eval_families.py tests/test_demo_checkpoint.py \
+MODEL_TESTS := tests/test_adapters_generate.py tests/test_adapters_batching.py \
+	tests/test_adapters_selections.py tests/test_adapters_handles.py \
+	tests/test_adapters_loss_decode.py tests/test_adapters_positions.py \
+	tests/test_adapters_errors.py tests/test_adapters_per_family.py \
+	tests/test_compat.py tests/test_robustness.py \
+	tests/test_lmms_eval.py tests/test_lmms_eval_batches.py tests/test_lmms_eval_families.py \
+	tests/test_demo_checkpoint.py \
 	tests/test_demo_cli.py tests/test_cli.py tests/test_bench.py tests/test_flops_exact.py \
 	tests/test_flops_inputs.py tests/test_vision_scores.py tests/test_layer_stage.py \
+	tests/test_layer_stage_refusals.py \
 	tests/test_demo_video.py tests/test_demo_video_checkpoint.py tests/test_guard_identity.py \
 	tests/test_ragged_padding.py tests/test_layer_stage_decode.py tests/test_choice_in_model.py \
 	tests/test_demo_padding.py tests/test_empty_prompt_tail.py tests/test_vllm_mrope.py

@@ -11,7 +11,7 @@ reached), so CI can run it after the tests without turning red on a release it h
 
 Usage::
 
-    python scripts/check_newest_transformers.py --venv .venv-next -- tests/test_adapters.py ...
+    python scripts/check_newest_transformers.py --venv .venv-next -- tests/test_adapters_*.py ...
 """
 
 from __future__ import annotations
