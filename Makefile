@@ -123,8 +123,9 @@ check-transformers: install
 # transformers' own model tests (ModelTesterMixin, from the sdist of the installed transformers,
 # fetched once per version into $(HF_TESTS)) on five families, with visprune.apply(model,
 # "keepall") on every model they build: keepall must pass wherever the unpatched model passes.
-# All of it (810 tests) took 56 s on a quiet 2-core machine (the suite fetched once) and runs in `make test`; the quick subset
-# (105 tests, ~35 s) holds at least one test of every way keepall has been seen to differ.
+# All of it (810 tests) took 56 s on a quiet 2-core machine, once the suite is fetched, and runs
+# in `make test`; the quick subset (105 tests, ~35 s) holds at least one test of every way keepall
+# has been seen to differ.
 HF_TESTS ?= $(CURDIR)/.transformers-tests
 HF_IDENTITY_SELECT ?=
 HF_IDENTITY_QUICK := eager_matches_sdpa_inference_09 or inputs_embeds or features_output \
